@@ -1,0 +1,163 @@
+#include "lib/config/gateway_config.h"
+
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace imgw::config {
+namespace {
+
+constexpr std::pair<absl::string_view, absl::string_view> kRegions[] = {
+    {"china", "console.tim.qq.com"},
+    {"singapore", "adminapisgp.im.qcloud.com"},
+    {"seoul", "adminapikr.im.qcloud.com"},
+    {"tokyo", "adminapijpn.im.qcloud.com"},
+    {"frankfurt", "adminapiger.im.qcloud.com"},
+    {"silicon-valley", "adminapiusa.im.qcloud.com"},
+    {"jakarta", "adminapiidn.im.qcloud.com"},
+};
+
+absl::Status Bad(absl::string_view flag, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", why));
+}
+
+bool ValidPort(absl::string_view text) {
+  uint32_t port = 0;
+  return !text.empty() && text.size() <= 5 && absl::SimpleAtoi(text, &port) && port <= 65535;
+}
+
+absl::StatusOr<std::string> ReadSecretKey(const GatewayFlags& flags) {
+  std::string key;
+  if (!flags.secret_key_file.empty()) {
+    std::ifstream in(flags.secret_key_file);
+    if (!in) return Bad("secret_key_file", absl::StrCat("cannot read ", flags.secret_key_file));
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    key = buffer.str();
+  } else if (!flags.secret_key_env.empty()) {
+    key = flags.secret_key_env;
+  } else {
+    return Bad("secret_key_file", "missing: give --secret_key_file or set IMGW_SECRET_KEY");
+  }
+  key = std::string(absl::StripAsciiWhitespace(key));
+  if (key.empty()) return Bad("secret_key_file", "the secret key is empty");
+  return key;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> RegionDomain(absl::string_view region) {
+  std::vector<absl::string_view> names;
+  for (const auto& [name, domain] : kRegions) {
+    if (name == region) return std::string(domain);
+    names.push_back(name);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown region \"", region, "\"; one of: ", absl::StrJoin(names, ", ")));
+}
+
+absl::StatusOr<std::string> ParseEndpoint(absl::string_view endpoint) {
+  constexpr absl::string_view kScheme = "https://";
+  if (!absl::StartsWith(endpoint, kScheme)) {
+    return absl::InvalidArgumentError("must start with https:// (the upstream is HTTPS only)");
+  }
+  absl::string_view authority = endpoint.substr(kScheme.size());
+  if (absl::EndsWith(authority, "/")) authority.remove_suffix(1);
+  if (authority.empty()) return absl::InvalidArgumentError("has no host");
+  if (authority.find_first_of("/?#@ ") != absl::string_view::npos) {
+    return absl::InvalidArgumentError("must be https://host[:port] with no path, query or user");
+  }
+  size_t colon = authority.rfind(':');
+  size_t bracket = authority.rfind(']');
+  if (colon != absl::string_view::npos && (bracket == absl::string_view::npos || colon > bracket)) {
+    if (!ValidPort(authority.substr(colon + 1)) || colon == 0) {
+      return absl::InvalidArgumentError("has a bad port");
+    }
+  }
+  return absl::StrCat(kScheme, authority);
+}
+
+absl::Status CheckListenAddress(absl::string_view flag, absl::string_view address) {
+  size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0 || !ValidPort(address.substr(colon + 1))) {
+    return Bad(flag, absl::StrCat("\"", address, "\" is not host:port"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
+  GatewayConfig config;
+  if (absl::Status s = CheckListenAddress("grpc_listen", flags.grpc_listen); !s.ok()) return s;
+  if (absl::Status s = CheckListenAddress("metrics_listen", flags.metrics_listen); !s.ok()) {
+    return s;
+  }
+  config.grpc_listen = flags.grpc_listen;
+  config.metrics_listen = flags.metrics_listen;
+  if (!flags.endpoint.empty()) {
+    absl::StatusOr<std::string> url = ParseEndpoint(flags.endpoint);
+    if (!url.ok()) return Bad("endpoint", url.status().message());
+    config.base_url = *std::move(url);
+  } else if (!flags.region.empty()) {
+    absl::StatusOr<std::string> domain = RegionDomain(flags.region);
+    if (!domain.ok()) return Bad("region", domain.status().message());
+    config.base_url = absl::StrCat("https://", *domain);
+  } else {
+    return Bad("region", "missing: give --region (or --endpoint=https://host:port)");
+  }
+  if (!flags.ca_file.empty()) {
+    std::ifstream in(flags.ca_file);
+    if (!in) return Bad("ca_file", absl::StrCat("cannot read ", flags.ca_file));
+  }
+  config.ca_file = flags.ca_file;
+  config.insecure_skip_verify = flags.insecure_skip_verify;
+  if (flags.sdkappid <= 0 || flags.sdkappid > UINT32_MAX) {
+    return Bad("sdkappid", "missing or not a positive 32-bit SDKAppID");
+  }
+  config.sdkappid = static_cast<uint64_t>(flags.sdkappid);
+  if (flags.identifier.empty()) return Bad("identifier", "missing: the App admin account");
+  if (flags.identifier.size() > 32) return Bad("identifier", "longer than 32 bytes");
+  config.identifier = flags.identifier;
+  absl::StatusOr<std::string> key = ReadSecretKey(flags);
+  if (!key.ok()) return key.status();
+  config.secret_key = *std::move(key);
+  if (!(flags.rate_limit > 0) || flags.rate_limit > 1e6) {
+    return Bad("rate_limit", "must be a positive number of calls per second");
+  }
+  config.rate_limit = flags.rate_limit;
+  if (flags.max_queued < 1) return Bad("max_queued", "must be at least 1");
+  config.max_queued = static_cast<size_t>(flags.max_queued);
+  if (flags.max_connections < 1 || flags.max_connections > 1024) {
+    return Bad("max_connections", "must be 1..1024");
+  }
+  config.max_connections = flags.max_connections;
+  config.reuse_connections = flags.reuse_connections;
+  if (flags.default_deadline <= absl::ZeroDuration()) {
+    return Bad("default_deadline", "must be positive");
+  }
+  config.default_deadline = flags.default_deadline;
+  if (flags.request_timeout <= absl::Seconds(3)) {
+    return Bad("upstream_timeout", "must be longer than the upstream's own 3s timeout");
+  }
+  config.request_timeout = flags.request_timeout;
+  if (flags.usersig_lifetime < absl::Hours(1)) {
+    return Bad("usersig_lifetime", "must be at least 1h (Tencent advises 24h or more)");
+  }
+  config.usersig_lifetime = flags.usersig_lifetime;
+  if (flags.shutdown_grace < absl::ZeroDuration()) {
+    return Bad("shutdown_grace", "must not be negative");
+  }
+  config.shutdown_grace = flags.shutdown_grace;
+  if (flags.max_attempts < 1 || flags.max_attempts > 10) {
+    return Bad("max_attempts", "must be 1..10");
+  }
+  config.max_attempts = flags.max_attempts;
+  return config;
+}
+
+}  // namespace imgw::config

@@ -1,0 +1,71 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace imgw::config {
+
+// The gateway's settings as the flags give them (services/gateway/main.cc), before checks.
+struct GatewayFlags {
+  std::string grpc_listen = "127.0.0.1:50051";
+  std::string metrics_listen = "127.0.0.1:9464";
+  std::string region;
+  std::string endpoint;
+  std::string ca_file;
+  bool insecure_skip_verify = false;
+  int64_t sdkappid = 0;
+  std::string identifier;
+  std::string secret_key_file;
+  std::string secret_key_env;  // The value of IMGW_SECRET_KEY, if set.
+  double rate_limit = 200;
+  int64_t max_queued = 10000;
+  int max_connections = 8;
+  bool reuse_connections = true;
+  absl::Duration default_deadline = absl::Seconds(10);
+  absl::Duration request_timeout = absl::Seconds(5);
+  absl::Duration usersig_lifetime = absl::Hours(24);
+  absl::Duration shutdown_grace = absl::Seconds(25);
+  int max_attempts = 3;
+};
+
+// The checked settings the gateway is built from.
+struct GatewayConfig {
+  std::string grpc_listen;
+  std::string metrics_listen;
+  std::string base_url;  // https://host[:port], from --endpoint or --region.
+  std::string ca_file;
+  bool insecure_skip_verify = false;
+  uint64_t sdkappid = 0;
+  std::string identifier;
+  std::string secret_key;  // Never logged.
+  double rate_limit = 200;
+  size_t max_queued = 10000;
+  int max_connections = 8;
+  bool reuse_connections = true;
+  absl::Duration default_deadline;
+  absl::Duration request_timeout;
+  absl::Duration usersig_lifetime;
+  absl::Duration shutdown_grace;
+  int max_attempts = 3;
+};
+
+// The regions of ../shared/API.md: china, singapore, seoul, tokyo, frankfurt, silicon-valley,
+// jakarta. Returns the domain, or InvalidArgument listing the valid names.
+absl::StatusOr<std::string> RegionDomain(absl::string_view region);
+
+// "https://host[:port]" with nothing after the authority (a trailing "/" is dropped).
+absl::StatusOr<std::string> ParseEndpoint(absl::string_view endpoint);
+
+// "host:port" or "[v6]:port", port 0..65535.
+absl::Status CheckListenAddress(absl::string_view flag, absl::string_view address);
+
+// Checks every flag and reads the secret key. Errors are one line naming the flag, and never
+// contain the key.
+absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags);
+
+}  // namespace imgw::config

@@ -1,0 +1,87 @@
+#include "lib/dispatch/dispatch_loop.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace imgw::dispatch {
+
+using upstream::Outcome;
+
+DispatchLoop::DispatchLoop(Dispatcher& dispatcher, upstream::CurlClient& client, Clock& clock)
+    : dispatcher_(dispatcher), client_(client), clock_(clock) {}
+
+DispatchLoop::~DispatchLoop() { Stop(absl::ZeroDuration()); }
+
+void DispatchLoop::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
+
+void DispatchLoop::Submit(Call call) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      submitted_.push_back(std::move(call));
+      call.done = nullptr;
+    }
+  }
+  if (call.done) {
+    call.done(Outcome::Failed(Outcome::Kind::kShuttingDown, "the gateway is shutting down"));
+    return;
+  }
+  client_.Wakeup();
+}
+
+void DispatchLoop::Cancel(CallId id) {
+  {
+    absl::MutexLock lock(&mu_);
+    cancelled_.push_back(id);
+  }
+  client_.Wakeup();
+}
+
+void DispatchLoop::Stop(absl::Duration grace) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      stopping_ = true;
+      stop_by_ = clock_.Monotonic() + grace;
+    } else {
+      stop_by_ = std::min(stop_by_, clock_.Monotonic() + grace);
+    }
+  }
+  client_.Wakeup();
+  if (thread_.joinable()) thread_.join();
+}
+
+void DispatchLoop::Run() {
+  std::vector<Call> submitted;
+  std::vector<CallId> cancelled;
+  while (true) {
+    bool stopping;
+    absl::Duration stop_by;
+    {
+      absl::MutexLock lock(&mu_);
+      submitted.swap(submitted_);
+      cancelled.swap(cancelled_);
+      stopping = stopping_;
+      stop_by = stop_by_;
+    }
+    // Submissions first: a cancel posted after its submit must find the call.
+    for (Call& call : submitted) dispatcher_.Submit(std::move(call));
+    for (CallId id : cancelled) dispatcher_.Cancel(id);
+    submitted.clear();
+    cancelled.clear();
+
+    absl::Duration next = dispatcher_.Step();
+    absl::Duration now = clock_.Monotonic();
+    if (stopping && (dispatcher_.idle() || now >= stop_by)) break;
+    if (stopping) next = std::min(next, stop_by);
+    client_.Poll(std::clamp(next - now, absl::ZeroDuration(), absl::Seconds(1)));
+  }
+  // Out of time: requests still out are cancelled (their calls may be put back to wait for a
+  // retry), then everything still waiting is answered.
+  client_.CancelAll();
+  dispatcher_.FailWaiting("the gateway is shutting down");
+}
+
+}  // namespace imgw::dispatch

@@ -1,0 +1,295 @@
+#include "lib/upstream/curl_client.h"
+
+#include <curl/curl.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace imgw::upstream {
+
+const char* ErrorName(HttpResponse::Error error) {
+  switch (error) {
+    case HttpResponse::Error::kNone:
+      return "none";
+    case HttpResponse::Error::kConnect:
+      return "connect";
+    case HttpResponse::Error::kTls:
+      return "tls";
+    case HttpResponse::Error::kTimeout:
+      return "timeout";
+    case HttpResponse::Error::kProtocol:
+      return "protocol";
+    case HttpResponse::Error::kCancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+struct CurlClient::Transfer {
+  CurlClient* client = nullptr;
+  CURL* easy = nullptr;
+  curl_slist* headers = nullptr;
+  HttpRequest request;
+  HttpResponse response;
+  Callback done;
+  std::chrono::steady_clock::time_point started;
+  bool too_large = false;
+  char errbuf[CURL_ERROR_SIZE] = {0};
+};
+
+// libcurl's C callbacks; a struct so they may reach CurlClient's privates.
+struct CurlCallbacks {
+  static size_t Write(char* data, size_t size, size_t count, void* user) {
+    auto* t = static_cast<CurlClient::Transfer*>(user);
+    size_t n = size * count;
+    if (t->response.body.size() + n > t->client->options_.max_response_bytes) {
+      t->too_large = true;
+      return 0;  // Makes curl fail the transfer with CURLE_WRITE_ERROR.
+    }
+    t->response.body.append(data, n);
+    return n;
+  }
+
+  static size_t Header(char* data, size_t size, size_t count, void* user) {
+    auto* t = static_cast<CurlClient::Transfer*>(user);
+    absl::string_view line(data, size * count);
+    constexpr absl::string_view kRetryAfter = "retry-after:";
+    if (line.size() > kRetryAfter.size() &&
+        absl::EqualsIgnoreCase(line.substr(0, kRetryAfter.size()), kRetryAfter)) {
+      t->response.retry_after =
+          std::string(absl::StripAsciiWhitespace(line.substr(kRetryAfter.size())));
+    }
+    return size * count;
+  }
+
+  static curl_socket_t Open(void* user, curlsocktype purpose, curl_sockaddr* address) {
+    auto* client = static_cast<CurlClient*>(user);
+    curl_socket_t fd = socket(address->family, address->socktype, address->protocol);
+    if (fd != CURL_SOCKET_BAD) client->open_sockets_.fetch_add(1);
+    return fd;
+  }
+
+  static int Close(void* user, curl_socket_t fd) {
+    static_cast<CurlClient*>(user)->open_sockets_.fetch_sub(1);
+    return close(fd);
+  }
+
+  // Adds --ca_file's certificates to the store curl already filled from the system bundle.
+  static CURLcode SslContext(CURL*, void* ssl_ctx, void* user) {
+    auto* client = static_cast<CurlClient*>(user);
+    X509_STORE* store = SSL_CTX_get_cert_store(static_cast<SSL_CTX*>(ssl_ctx));
+    for (X509* cert : client->extra_cas_) {
+      // Fails harmlessly when the certificate is already there.
+      X509_STORE_add_cert(store, cert);
+    }
+    return CURLE_OK;
+  }
+};
+
+namespace {
+
+absl::Status LoadCertificates(const std::string& path, std::vector<X509*>* out) {
+  FILE* file = std::fopen(path.c_str(), "r");
+  if (file == nullptr) return absl::InvalidArgumentError(absl::StrCat("cannot open ", path));
+  while (X509* cert = PEM_read_X509(file, nullptr, nullptr, nullptr)) out->push_back(cert);
+  std::fclose(file);
+  if (out->empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("no PEM certificate in ", path));
+  }
+  return absl::OkStatus();
+}
+
+HttpResponse::Error ErrorOf(CURLcode code) {
+  switch (code) {
+    case CURLE_OK:
+      return HttpResponse::Error::kNone;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+      return HttpResponse::Error::kConnect;
+    case CURLE_OPERATION_TIMEDOUT:
+      return HttpResponse::Error::kTimeout;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+      return HttpResponse::Error::kTls;
+    default:
+      return HttpResponse::Error::kProtocol;
+  }
+}
+
+}  // namespace
+
+CurlClient::CurlClient(const Options& options) : options_(options) {}
+
+absl::StatusOr<std::unique_ptr<CurlClient>> CurlClient::Create(const Options& options) {
+  static std::once_flag init_once;
+  std::call_once(init_once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  if (options.max_connections < 1) {
+    return absl::InvalidArgumentError("max_connections must be at least 1");
+  }
+  auto client = std::unique_ptr<CurlClient>(new CurlClient(options));
+  if (!options.ca_file.empty()) {
+    absl::Status loaded = LoadCertificates(options.ca_file, &client->extra_cas_);
+    if (!loaded.ok()) return loaded;
+  }
+  client->multi_ = curl_multi_init();
+  if (client->multi_ == nullptr) return absl::InternalError("curl_multi_init failed");
+  curl_multi_setopt(client->multi_, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+  curl_multi_setopt(client->multi_, CURLMOPT_MAX_HOST_CONNECTIONS,
+                    static_cast<long>(options.max_connections));
+  curl_multi_setopt(client->multi_, CURLMOPT_MAXCONNECTS,
+                    static_cast<long>(options.max_connections));
+  return client;
+}
+
+CurlClient::~CurlClient() {
+  CancelAll();
+  if (multi_ != nullptr) curl_multi_cleanup(multi_);
+  for (X509* cert : extra_cas_) X509_free(cert);
+}
+
+void CurlClient::Start(HttpRequest request, Callback done) {
+  auto* t = new Transfer();
+  t->client = this;
+  t->request = std::move(request);
+  t->done = std::move(done);
+  t->started = std::chrono::steady_clock::now();
+  t->easy = curl_easy_init();
+  t->headers = curl_slist_append(nullptr, "Content-Type: application/json");
+  t->headers = curl_slist_append(t->headers, "Expect:");
+  CURL* e = t->easy;
+  curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+  curl_easy_setopt(e, CURLOPT_URL, t->request.url.c_str());
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+  curl_easy_setopt(e, CURLOPT_POST, 1L);
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->request.body.data());
+  curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, static_cast<long>(t->request.body.size()));
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &CurlCallbacks::Write);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlCallbacks::Header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, &CurlCallbacks::Open);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, this);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &CurlCallbacks::Close);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, this);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                   static_cast<long>(absl::ToInt64Milliseconds(t->request.timeout)));
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                   static_cast<long>(absl::ToInt64Milliseconds(options_.connect_timeout)));
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE,
+                   static_cast<long>(absl::ToInt64Seconds(options_.tcp_keepalive_idle)));
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 10L);
+  curl_easy_setopt(e, CURLOPT_MAXAGE_CONN,
+                   static_cast<long>(absl::ToInt64Seconds(options_.max_idle)));
+  curl_easy_setopt(e, CURLOPT_MAXLIFETIME_CONN,
+                   static_cast<long>(absl::ToInt64Seconds(options_.max_lifetime)));
+  if (!options_.reuse_connections) {
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+  }
+  if (options_.insecure_skip_verify) {
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  } else {
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (!extra_cas_.empty()) {
+      curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, &CurlCallbacks::SslContext);
+      curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, this);
+    }
+  }
+  in_flight_.fetch_add(1);
+  transfers_.insert(t);
+  CURLMcode rc = curl_multi_add_handle(multi_, e);
+  if (rc != CURLM_OK) {
+    // Completed by the next Poll(), never from inside Start().
+    t->response.error = HttpResponse::Error::kProtocol;
+    t->response.error_detail = curl_multi_strerror(rc);
+    failed_to_start_.push_back(t);
+  }
+}
+
+void CurlClient::Complete(Transfer* t, int curl_code) {
+  if (curl_code >= 0) {
+    auto code = static_cast<CURLcode>(curl_code);
+    t->response.error = ErrorOf(code);
+    if (t->too_large) {
+      t->response.error = HttpResponse::Error::kProtocol;
+      t->response.error_detail = "response body too large";
+    } else if (code != CURLE_OK) {
+      t->response.error_detail =
+          t->errbuf[0] != '\0' ? std::string(t->errbuf) : curl_easy_strerror(code);
+    }
+    long status = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    t->response.http_status = status;
+    long connects = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
+    t->response.new_connection = connects > 0;
+    connections_made_.fetch_add(connects);
+  }
+  t->response.elapsed = absl::FromChrono(std::chrono::steady_clock::now() - t->started);
+  curl_multi_remove_handle(multi_, t->easy);
+  curl_easy_cleanup(t->easy);
+  curl_slist_free_all(t->headers);
+  in_flight_.fetch_sub(1);
+  transfers_.erase(t);
+  Callback done = std::move(t->done);
+  HttpResponse response = std::move(t->response);
+  delete t;
+  done(std::move(response));
+}
+
+void CurlClient::Poll(absl::Duration max_wait) {
+  int timeout_ms = static_cast<int>(std::min<int64_t>(
+      absl::ToInt64Milliseconds(absl::Ceil(max_wait, absl::Milliseconds(1))), 60000));
+  if (timeout_ms < 0) timeout_ms = 0;
+  curl_multi_poll(multi_, nullptr, 0, timeout_ms, nullptr);
+  int running = 0;
+  curl_multi_perform(multi_, &running);
+  std::vector<Transfer*> failed;
+  failed.swap(failed_to_start_);
+  for (Transfer* t : failed) Complete(t, -1);
+  int queued = 0;
+  while (CURLMsg* msg = curl_multi_info_read(multi_, &queued)) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    Transfer* t = nullptr;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &t);
+    Complete(t, msg->data.result);
+  }
+}
+
+void CurlClient::CancelAll() {
+  failed_to_start_.clear();
+  std::vector<Transfer*> transfers(transfers_.begin(), transfers_.end());
+  for (Transfer* t : transfers) {
+    t->response.error = HttpResponse::Error::kCancelled;
+    t->response.error_detail = "the gateway is shutting down";
+    Complete(t, -1);
+  }
+}
+
+void CurlClient::Wakeup() { curl_multi_wakeup(multi_); }
+
+}  // namespace imgw::upstream

@@ -1,0 +1,78 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "lib/upstream/http_transport.h"
+
+typedef void CURLM;
+typedef struct x509_st X509;
+
+namespace imgw::upstream {
+
+// An HTTP client on libcurl's multi interface, with a pool of keep-alive connections.
+//
+// It owns no thread: the owner's event loop calls Poll(), which waits for network activity
+// (or Wakeup()) and completes finished requests by running their callbacks. Start() and Poll()
+// must be called from that one loop thread; Wakeup() and the counters are thread-safe.
+//
+// Connections: at most `max_connections` to a host, HTTP/2 (multiplexed) when the server
+// offers it over ALPN, else HTTP/1.1 keep-alive; TCP keep-alive probes; a connection idle for
+// `max_idle` or older than `max_lifetime` is closed rather than reused. TLS is always verified
+// against the system store plus the certificates of `ca_file`, unless `insecure_skip_verify`.
+// The standard proxy environment variables (https_proxy, no_proxy, ...) are honoured.
+class CurlClient final : public HttpTransport {
+ public:
+  struct Options {
+    int max_connections = 8;
+    bool reuse_connections = true;  // false: a new connection per request (benchmarks).
+    absl::Duration connect_timeout = absl::Seconds(2);
+    absl::Duration max_idle = absl::Seconds(55);
+    absl::Duration max_lifetime = absl::Minutes(5);
+    absl::Duration tcp_keepalive_idle = absl::Seconds(30);
+    std::string ca_file;  // Extra PEM certificates to trust, in addition to the system store.
+    bool insecure_skip_verify = false;
+    size_t max_response_bytes = 64 * 1024;
+  };
+
+  static absl::StatusOr<std::unique_ptr<CurlClient>> Create(const Options& options);
+  ~CurlClient() override;
+
+  // Loop thread only.
+  void Start(HttpRequest request, Callback done) override;
+  // Loop thread only. Waits up to `max_wait` for activity, then completes what finished.
+  void Poll(absl::Duration max_wait);
+  // Loop thread only. Fails every unfinished request with kCancelled.
+  void CancelAll();
+  // Thread-safe. Makes a Poll() in progress return early.
+  void Wakeup();
+
+  // Thread-safe counters.
+  int64_t open_connections() const { return open_sockets_.load(); }
+  int64_t connections_made() const { return connections_made_.load(); }
+  int64_t in_flight() const { return in_flight_.load(); }
+
+ private:
+  struct Transfer;
+  explicit CurlClient(const Options& options);
+  void Complete(Transfer* transfer, int curl_code);
+
+  const Options options_;
+  CURLM* multi_ = nullptr;
+  std::vector<X509*> extra_cas_;
+  absl::flat_hash_set<Transfer*> transfers_;  // Started and not completed.
+  std::vector<Transfer*> failed_to_start_;    // Completed by the next Poll().
+  std::atomic<int64_t> open_sockets_{0};
+  std::atomic<int64_t> connections_made_{0};
+  std::atomic<int64_t> in_flight_{0};
+
+  friend struct CurlCallbacks;
+};
+
+}  // namespace imgw::upstream

@@ -1,0 +1,20 @@
+#include "lib/upstream/request_factory.h"
+
+namespace imgw::upstream {
+
+RequestFactory::RequestFactory(const Options& options, usersig::UserSigCache& usersigs)
+    : options_(options),
+      usersigs_(usersigs),
+      random_(std::random_device{}()),
+      uint32_(0, UINT32_MAX) {}
+
+HttpRequest RequestFactory::Build(const SetMsgReadParams& params, absl::Duration timeout) {
+  HttpRequest request;
+  request.url = BuildUrl(options_.base_url, kSetMsgReadPath, options_.credentials, usersigs_.Get(),
+                         uint32_(random_));
+  request.body = BuildSetMsgReadBody(params);
+  request.timeout = timeout;
+  return request;
+}
+
+}  // namespace imgw::upstream

@@ -1,0 +1,192 @@
+#include "lib/upstream/set_msg_read.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "boost/json/parse.hpp"
+#include "boost/json/serialize.hpp"
+#include "boost/json/value.hpp"
+
+namespace imgw::upstream {
+namespace {
+
+void AppendEscaped(std::string* out, absl::string_view text) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  for (unsigned char c : text) {
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+        c == '_' || c == '.' || c == '~' || c == '*') {
+      out->push_back(static_cast<char>(c));
+    } else {
+      out->push_back('%');
+      out->push_back(kHex[c >> 4]);
+      out->push_back(kHex[c & 15]);
+    }
+  }
+}
+
+// Well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF) without C0/C1 controls or
+// DEL.
+absl::Status CheckAccount(absl::string_view name, absl::string_view account) {
+  if (account.empty()) return absl::InvalidArgumentError(absl::StrCat(name, " is empty"));
+  if (account.size() > kMaxAccountBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " is ", account.size(), " bytes long; the limit is ", kMaxAccountBytes));
+  }
+  size_t i = 0;
+  while (i < account.size()) {
+    auto c = static_cast<unsigned char>(account[i]);
+    uint32_t cp = 0;
+    int extra = 0;
+    if (c < 0x80) {
+      cp = c;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      cp = c & 0x1F;
+      extra = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      cp = c & 0x0F;
+      extra = 2;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      cp = c & 0x07;
+      extra = 3;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
+    }
+    if (extra > 0 && i + extra >= account.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
+    }
+    for (int k = 1; k <= extra; ++k) {
+      auto cc = static_cast<unsigned char>(account[i + k]);
+      if ((cc & 0xC0) != 0x80) {
+        return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
+      }
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    if ((extra == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+        (extra == 3 && (cp < 0x10000 || cp > 0x10FFFF))) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
+    }
+    if (cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp < 0xA0)) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " contains a control character"));
+    }
+    i += 1 + extra;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Validate(const SetMsgReadParams& params, absl::Time now, absl::Duration max_future) {
+  if (absl::Status s = CheckAccount("report_account", params.report_account); !s.ok()) return s;
+  if (absl::Status s = CheckAccount("peer_account", params.peer_account); !s.ok()) return s;
+  if (params.report_account == params.peer_account) {
+    return absl::InvalidArgumentError("report_account and peer_account are the same account");
+  }
+  if (params.msg_read_time.has_value()) {
+    int64_t t = *params.msg_read_time;
+    if (t <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("msg_read_time must be positive Unix seconds, got ", t));
+    }
+    int64_t limit = absl::ToUnixSeconds(now + max_future);
+    if (t > limit) {
+      return absl::InvalidArgumentError(absl::StrCat("msg_read_time ", t,
+                                                     " is too far in the future (now is ",
+                                                     absl::ToUnixSeconds(now), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string BuildUrl(absl::string_view base_url, absl::string_view path,
+                     const Credentials& credentials, absl::string_view usersig, uint32_t random) {
+  std::string url;
+  url.reserve(base_url.size() + path.size() + usersig.size() + 96);
+  absl::StrAppend(&url, base_url, path, "?sdkappid=", credentials.sdkappid, "&identifier=");
+  AppendEscaped(&url, credentials.identifier);
+  url += "&usersig=";
+  AppendEscaped(&url, usersig);
+  absl::StrAppend(&url, "&random=", random, "&contenttype=json");
+  return url;
+}
+
+std::string BuildSetMsgReadBody(const SetMsgReadParams& params) {
+  boost::json::object body;
+  body["Report_Account"] = params.report_account;
+  body["Peer_Account"] = params.peer_account;
+  if (params.msg_read_time.has_value()) body["MsgReadTime"] = *params.msg_read_time;
+  return boost::json::serialize(body);
+}
+
+std::string RedactUrl(absl::string_view url) {
+  std::string out(url);
+  for (const char* key : {"?usersig=", "&usersig="}) {
+    size_t start = out.find(key);
+    if (start == std::string::npos) continue;
+    start += std::strlen(key);
+    size_t end = out.find('&', start);
+    out.replace(start, end == std::string::npos ? std::string::npos : end - start, "REDACTED");
+  }
+  return out;
+}
+
+absl::StatusOr<Answer> ParseAnswer(absl::string_view body) {
+  boost::system::error_code ec;
+  boost::json::value value =
+      boost::json::parse(boost::json::string_view(body.data(), body.size()), ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("answer is not JSON: ", ec.message()));
+  const boost::json::object* doc = value.if_object();
+  if (doc == nullptr) return absl::InvalidArgumentError("answer is not a JSON object");
+  Answer answer;
+  const boost::json::value* code = doc->if_contains("ErrorCode");
+  if (code == nullptr) return absl::InvalidArgumentError("answer has no ErrorCode");
+  if (code->is_int64() && code->get_int64() >= INT32_MIN && code->get_int64() <= INT32_MAX) {
+    answer.error_code = static_cast<int32_t>(code->get_int64());
+  } else if (code->is_uint64() && code->get_uint64() <= INT32_MAX) {
+    answer.error_code = static_cast<int32_t>(code->get_uint64());
+  } else {
+    return absl::InvalidArgumentError("answer's ErrorCode is not a 32-bit integer");
+  }
+  if (const boost::json::value* status = doc->if_contains("ActionStatus")) {
+    if (!status->is_string()) return absl::InvalidArgumentError("ActionStatus is not a string");
+    answer.action_status = std::string(status->get_string());
+  } else {
+    answer.action_status = answer.error_code == 0 ? "OK" : "FAIL";
+  }
+  if (const boost::json::value* info = doc->if_contains("ErrorInfo")) {
+    if (!info->is_string()) return absl::InvalidArgumentError("ErrorInfo is not a string");
+    answer.error_info = std::string(info->get_string());
+  }
+  if ((answer.action_status == "OK") != (answer.error_code == 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("ActionStatus \"", answer.action_status,
+                                                   "\" contradicts ErrorCode ", answer.error_code));
+  }
+  return answer;
+}
+
+Outcome Interpret(const HttpResponse& response) {
+  if (response.error != HttpResponse::Error::kNone) {
+    return Outcome::Failed(
+        Outcome::Kind::kUnavailable,
+        absl::StrCat("upstream ", ErrorName(response.error), " error: ", response.error_detail));
+  }
+  if (response.http_status == 200) {
+    absl::StatusOr<Answer> answer = ParseAnswer(response.body);
+    if (!answer.ok()) {
+      return Outcome::Failed(
+          Outcome::Kind::kUnavailable,
+          absl::StrCat("malformed upstream answer: ", answer.status().message()));
+    }
+    return Outcome::Answered(std::move(answer->action_status), answer->error_code,
+                             std::move(answer->error_info));
+  }
+  Outcome out = Outcome::Failed(Outcome::Kind::kUnavailable,
+                                absl::StrCat("upstream answered HTTP ", response.http_status));
+  if (response.http_status == 429) {
+    out.disposition = Disposition::kRateLimited;
+  } else if (response.http_status < 500) {
+    out.disposition = Disposition::kUnknown;
+  }
+  return out;
+}
+
+}  // namespace imgw::upstream
