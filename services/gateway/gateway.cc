@@ -1,0 +1,100 @@
+#include "services/gateway/gateway.h"
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "lib/common/log.h"
+
+namespace imgw::gateway {
+
+absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayConfig& config,
+                                                         Clock& clock) {
+  auto gw = std::unique_ptr<Gateway>(new Gateway(config));
+
+  usersig::UserSigCache::Options sig_options;
+  sig_options.secret_key = config.secret_key;
+  sig_options.sdkappid = config.sdkappid;
+  sig_options.identifier = config.identifier;
+  sig_options.lifetime = config.usersig_lifetime;
+  absl::StatusOr<std::unique_ptr<usersig::UserSigCache>> usersigs =
+      usersig::UserSigCache::Create(sig_options, clock);
+  if (!usersigs.ok()) return usersigs.status();
+  gw->usersigs_ = *std::move(usersigs);
+
+  upstream::CurlClient::Options client_options;
+  client_options.max_connections = config.max_connections;
+  client_options.reuse_connections = config.reuse_connections;
+  client_options.ca_file = config.ca_file;
+  client_options.insecure_skip_verify = config.insecure_skip_verify;
+  absl::StatusOr<std::unique_ptr<upstream::CurlClient>> client =
+      upstream::CurlClient::Create(client_options);
+  if (!client.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--ca_file: ", client.status().message()));
+  gw->client_ = *std::move(client);
+
+  // Burst 1: calls go out evenly spaced, so no sliding second can hold more than the limit.
+  gw->bucket_ = std::make_unique<ratelimit::TokenBucket>(config.rate_limit, 1.0, clock.Monotonic());
+  gw->requests_ = std::make_unique<upstream::RequestFactory>(
+      upstream::RequestFactory::Options{config.base_url, {config.sdkappid, config.identifier}},
+      *gw->usersigs_);
+  dispatch::Dispatcher::Options dispatch_options;
+  dispatch_options.max_queued = config.max_queued;
+  dispatch_options.max_attempts = config.max_attempts;
+  dispatch_options.request_timeout = config.request_timeout;
+  gw->dispatcher_ = std::make_unique<dispatch::Dispatcher>(dispatch_options, clock, *gw->bucket_,
+                                                           *gw->client_, *gw->requests_);
+  gw->loop_ = std::make_unique<dispatch::DispatchLoop>(*gw->dispatcher_, *gw->client_, clock);
+
+  MsgReadService::Options service_options;
+  service_options.default_deadline = config.default_deadline;
+  gw->service_ = std::make_unique<MsgReadService>(service_options, *gw->loop_, clock);
+
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(config.grpc_listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(gw->service_.get());
+  gw->loop_->Start();
+  gw->server_ = builder.BuildAndStart();
+  if (gw->server_ == nullptr || port == 0) {
+    gw->loop_->Stop(absl::ZeroDuration());
+    return absl::UnavailableError(
+        absl::StrCat("--grpc_listen: cannot listen on ", config.grpc_listen));
+  }
+  gw->grpc_address_ =
+      absl::StrCat(config.grpc_listen.substr(0, config.grpc_listen.rfind(':')), ":", port);
+  if (config.insecure_skip_verify) {
+    Log(LogLevel::kWarning,
+        "TLS VERIFICATION OF THE UPSTREAM IS OFF (--insecure_skip_verify): anyone on the path "
+        "can read the admin UserSig and forge answers; never use this in production");
+  }
+  Log(LogLevel::kInfo, "gateway serving",
+      {{"grpc_listen", gw->grpc_address_},
+       {"upstream", config.base_url},
+       {"sdkappid", absl::StrCat(config.sdkappid)},
+       {"identifier", config.identifier},
+       {"rate_limit", absl::StrCat(config.rate_limit)}});
+  return gw;
+}
+
+void Gateway::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  Log(LogLevel::kInfo, "shutting down", {{"grace", absl::FormatDuration(config_.shutdown_grace)}});
+  // The server stops taking RPCs and waits for the ones under way, which the loop answers as
+  // it drains; past the grace period the loop answers the rest UNAVAILABLE.
+  std::thread server_stop([this] {
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      absl::ToChronoSeconds(config_.shutdown_grace + absl::Seconds(2)));
+  });
+  loop_->Stop(config_.shutdown_grace);
+  server_stop.join();
+  Log(LogLevel::kInfo, "stopped");
+}
+
+Gateway::~Gateway() {
+  if (server_ != nullptr) Shutdown();
+}
+
+}  // namespace imgw::gateway

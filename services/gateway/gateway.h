@@ -1,0 +1,52 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/server.h"
+#include "lib/common/clock.h"
+#include "lib/config/gateway_config.h"
+#include "lib/dispatch/dispatch_loop.h"
+#include "lib/dispatch/dispatcher.h"
+#include "lib/ratelimit/token_bucket.h"
+#include "lib/upstream/curl_client.h"
+#include "lib/upstream/request_factory.h"
+#include "lib/usersig/usersig_cache.h"
+#include "services/gateway/msg_read_service.h"
+
+namespace imgw::gateway {
+
+// The whole gateway, wired: UserSig cache, curl client, token bucket, dispatcher and its loop,
+// the gRPC service and server. Create() builds and starts it (nothing listens if it fails);
+// Shutdown() drains it. Thread-safe.
+class Gateway final {
+ public:
+  static absl::StatusOr<std::unique_ptr<Gateway>> Create(const config::GatewayConfig& config,
+                                                         Clock& clock);
+  ~Gateway();
+
+  // The gRPC address actually bound (the port resolved when 0 was asked for).
+  const std::string& grpc_address() const { return grpc_address_; }
+
+  // Stops taking RPCs, lets calls finish within the grace period, answers the rest
+  // UNAVAILABLE. Idempotent.
+  void Shutdown();
+
+ private:
+  explicit Gateway(const config::GatewayConfig& config) : config_(config) {}
+
+  const config::GatewayConfig config_;
+  std::unique_ptr<usersig::UserSigCache> usersigs_;
+  std::unique_ptr<upstream::CurlClient> client_;
+  std::unique_ptr<ratelimit::TokenBucket> bucket_;
+  std::unique_ptr<upstream::RequestFactory> requests_;
+  std::unique_ptr<dispatch::Dispatcher> dispatcher_;
+  std::unique_ptr<dispatch::DispatchLoop> loop_;
+  std::unique_ptr<MsgReadService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string grpc_address_;
+  bool shut_down_ = false;
+};
+
+}  // namespace imgw::gateway

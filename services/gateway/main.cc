@@ -1,0 +1,122 @@
+// imgw-gateway: flags, wiring, signals. The logic lives in lib/ and gateway.cc.
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "lib/common/clock.h"
+#include "lib/common/log.h"
+#include "lib/config/gateway_config.h"
+#include "services/gateway/gateway.h"
+
+ABSL_FLAG(std::string, grpc_listen, "127.0.0.1:50051",
+          "gRPC listen address (host:port). A sidecar listens on loopback.");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "HTTP address for /metrics and the probes (host:port).");
+ABSL_FLAG(std::string, region, "",
+          "Upstream region: china, singapore, seoul, tokyo, frankfurt, silicon-valley, jakarta.");
+ABSL_FLAG(std::string, endpoint, "",
+          "Upstream base URL https://host[:port]; overrides --region (emulator, tests).");
+ABSL_FLAG(std::string, ca_file, "",
+          "Extra PEM CA certificates to trust for the upstream, besides the system store.");
+ABSL_FLAG(bool, insecure_skip_verify, false,
+          "Do not verify the upstream's TLS certificate. Never in production.");
+ABSL_FLAG(int64_t, sdkappid, 0, "The app's SDKAppID.");
+ABSL_FLAG(std::string, identifier, "", "The App admin account the gateway signs as.");
+ABSL_FLAG(std::string, secret_key_file, "",
+          "File holding the app's secret key (else the IMGW_SECRET_KEY environment variable).");
+ABSL_FLAG(double, rate_limit, 200, "Upstream calls per second, at most.");
+ABSL_FLAG(int64_t, max_queued, 10000, "Calls allowed to wait for the upstream at once.");
+ABSL_FLAG(int, max_connections, 8, "Upstream connections per host, at most.");
+ABSL_FLAG(bool, reuse_connections, true,
+          "Keep upstream connections alive and reuse them (off only to measure the pool).");
+ABSL_FLAG(absl::Duration, default_deadline, absl::Seconds(10),
+          "Deadline for calls whose caller set none.");
+ABSL_FLAG(absl::Duration, upstream_timeout, absl::Seconds(5),
+          "Timeout of one upstream request; above the upstream's own 3s.");
+ABSL_FLAG(int, max_attempts, 3, "Upstream requests per call for retryable failures.");
+ABSL_FLAG(absl::Duration, usersig_lifetime, absl::Hours(24),
+          "Lifetime of the admin UserSig; it is renewed at half of it.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(25),
+          "On SIGTERM, time given to queued and in-flight calls (under Kubernetes' 30s).");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
+ABSL_FLAG(std::string, ready_file, "",
+          "Once serving, write {\"grpc_listen\":\"host:port\"} here (for scripts and tests).");
+
+namespace {
+
+[[noreturn]] void Die(const std::string& message) {
+  std::fprintf(stderr, "imgw-gateway: %s\n", message.c_str());
+  std::exit(2);
+}
+
+void WriteReadyFile(const std::string& path, const std::string& grpc_address) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << "{\"grpc_listen\":\"" << grpc_address << "\"}\n";
+  }
+  std::rename(tmp.c_str(), path.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "imgw-gateway --region=REGION --sdkappid=N --identifier=ADMIN --secret_key_file=FILE");
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) Die(absl::StrCat("unexpected argument \"", rest[1], "\""));
+
+  imgw::LogLevel level;
+  if (!imgw::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    Die("--log_level: must be debug, info, warning or error");
+  }
+  imgw::SetMinLogLevel(level);
+
+  imgw::config::GatewayFlags flags;
+  flags.grpc_listen = absl::GetFlag(FLAGS_grpc_listen);
+  flags.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  flags.region = absl::GetFlag(FLAGS_region);
+  flags.endpoint = absl::GetFlag(FLAGS_endpoint);
+  flags.ca_file = absl::GetFlag(FLAGS_ca_file);
+  flags.insecure_skip_verify = absl::GetFlag(FLAGS_insecure_skip_verify);
+  flags.sdkappid = absl::GetFlag(FLAGS_sdkappid);
+  flags.identifier = absl::GetFlag(FLAGS_identifier);
+  flags.secret_key_file = absl::GetFlag(FLAGS_secret_key_file);
+  if (const char* env = std::getenv("IMGW_SECRET_KEY")) flags.secret_key_env = env;
+  flags.rate_limit = absl::GetFlag(FLAGS_rate_limit);
+  flags.max_queued = absl::GetFlag(FLAGS_max_queued);
+  flags.max_connections = absl::GetFlag(FLAGS_max_connections);
+  flags.reuse_connections = absl::GetFlag(FLAGS_reuse_connections);
+  flags.default_deadline = absl::GetFlag(FLAGS_default_deadline);
+  flags.request_timeout = absl::GetFlag(FLAGS_upstream_timeout);
+  flags.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  flags.usersig_lifetime = absl::GetFlag(FLAGS_usersig_lifetime);
+  flags.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  absl::StatusOr<imgw::config::GatewayConfig> config = imgw::config::Resolve(flags);
+  if (!config.ok()) Die(std::string(config.status().message()));
+
+  // Signals are taken by sigwait() below: block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto gateway = imgw::gateway::Gateway::Create(*config, imgw::RealClock::Get());
+  if (!gateway.ok()) Die(std::string(gateway.status().message()));
+  if (!absl::GetFlag(FLAGS_ready_file).empty()) {
+    WriteReadyFile(absl::GetFlag(FLAGS_ready_file), (*gateway)->grpc_address());
+  }
+  int signal = 0;
+  sigwait(&signals, &signal);
+  imgw::Log(imgw::LogLevel::kInfo, "signal received", {{"signal", strsignal(signal)}});
+  (*gateway)->Shutdown();
+  return 0;
+}

@@ -1,0 +1,37 @@
+#pragma once
+
+#include <atomic>
+
+#include "absl/time/time.h"
+#include "imgw/v1/msg_read.grpc.pb.h"
+#include "lib/common/clock.h"
+#include "lib/dispatch/dispatch_loop.h"
+
+namespace imgw::gateway {
+
+// imgw.v1.MsgReadService on gRPC's callback API. A handler converts the request, validates
+// it, stamps a missing read time with the arrival time, posts the call to the dispatch loop and
+// returns its reactor at once; the loop finishes the reactor later with the mapped outcome.
+// No handler ever blocks a gRPC thread. Thread-safe. Borrows the loop and the clock.
+class MsgReadService final : public imgw::v1::MsgReadService::CallbackService {
+ public:
+  struct Options {
+    absl::Duration default_deadline = absl::Seconds(10);  // For callers that set none.
+    absl::Duration max_future = absl::Minutes(10);        // Allowed msg_read_time skew.
+  };
+
+  MsgReadService(const Options& options, dispatch::DispatchLoop& loop, Clock& clock)
+      : options_(options), loop_(loop), clock_(clock) {}
+
+  grpc::ServerUnaryReactor* SetMsgRead(grpc::CallbackServerContext* context,
+                                       const imgw::v1::SetMsgReadRequest* request,
+                                       imgw::v1::SetMsgReadResponse* response) override;
+
+ private:
+  const Options options_;
+  dispatch::DispatchLoop& loop_;
+  Clock& clock_;
+  std::atomic<dispatch::CallId> next_id_{1};
+};
+
+}  // namespace imgw::gateway
