@@ -1,0 +1,113 @@
+#include "lib/config/gateway_config.h"
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace imgw::config {
+namespace {
+
+GatewayFlags Valid() {
+  GatewayFlags flags;
+  flags.region = "singapore";
+  flags.sdkappid = 1400000000;
+  flags.identifier = "administrator";
+  flags.secret_key_env = "s3cret-key";
+  return flags;
+}
+
+void ExpectError(const GatewayFlags& flags, const std::string& says) {
+  absl::StatusOr<GatewayConfig> config = Resolve(flags);
+  ASSERT_FALSE(config.ok()) << "accepted; expected: " << says;
+  EXPECT_NE(config.status().message().find(says), absl::string_view::npos)
+      << config.status().message();
+  EXPECT_EQ(config.status().message().find('\n'), absl::string_view::npos) << "not one line";
+  EXPECT_EQ(config.status().message().find("s3cret-key"), absl::string_view::npos);
+}
+
+TEST(GatewayConfigTest, RegionsMapToTheirDomains) {
+  EXPECT_EQ(*RegionDomain("china"), "console.tim.qq.com");
+  EXPECT_EQ(*RegionDomain("singapore"), "adminapisgp.im.qcloud.com");
+  EXPECT_EQ(*RegionDomain("seoul"), "adminapikr.im.qcloud.com");
+  EXPECT_EQ(*RegionDomain("tokyo"), "adminapijpn.im.qcloud.com");
+  EXPECT_EQ(*RegionDomain("frankfurt"), "adminapiger.im.qcloud.com");
+  EXPECT_EQ(*RegionDomain("silicon-valley"), "adminapiusa.im.qcloud.com");
+  EXPECT_EQ(*RegionDomain("jakarta"), "adminapiidn.im.qcloud.com");
+  EXPECT_FALSE(RegionDomain("mars").ok());
+}
+
+TEST(GatewayConfigTest, ResolvesValidFlags) {
+  absl::StatusOr<GatewayConfig> config = Resolve(Valid());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->base_url, "https://adminapisgp.im.qcloud.com");
+  EXPECT_EQ(config->secret_key, "s3cret-key");
+  EXPECT_EQ(config->grpc_listen, "127.0.0.1:50051");
+  EXPECT_EQ(config->rate_limit, 200);
+}
+
+TEST(GatewayConfigTest, EndpointOverridesRegion) {
+  GatewayFlags flags = Valid();
+  flags.endpoint = "https://127.0.0.1:8443/";
+  EXPECT_EQ(Resolve(flags)->base_url, "https://127.0.0.1:8443");
+  flags.region = "";
+  EXPECT_EQ(Resolve(flags)->base_url, "https://127.0.0.1:8443");
+}
+
+TEST(GatewayConfigTest, SecretKeyFileWinsAndIsTrimmed) {
+  std::string path = ::testing::TempDir() + "/key";
+  std::ofstream(path) << "from-file\n";
+  GatewayFlags flags = Valid();
+  flags.secret_key_file = path;
+  EXPECT_EQ(Resolve(flags)->secret_key, "from-file");
+  std::remove(path.c_str());
+}
+
+TEST(GatewayConfigTest, EachBadFlagIsNamed) {
+  GatewayFlags f = Valid();
+  f.region = "mars";
+  ExpectError(f, "--region: unknown region \"mars\"");
+  f = Valid();
+  f.region = "";
+  ExpectError(f, "--region: missing");
+  f = Valid();
+  f.endpoint = "http://127.0.0.1:80";
+  ExpectError(f, "--endpoint: must start with https://");
+  f = Valid();
+  f.endpoint = "https://host/path";
+  ExpectError(f, "--endpoint:");
+  f = Valid();
+  f.endpoint = "https://host:99999";
+  ExpectError(f, "--endpoint: has a bad port");
+  f = Valid();
+  f.sdkappid = 0;
+  ExpectError(f, "--sdkappid");
+  f = Valid();
+  f.identifier = "";
+  ExpectError(f, "--identifier");
+  f = Valid();
+  f.secret_key_env = "";
+  ExpectError(f, "IMGW_SECRET_KEY");
+  f = Valid();
+  f.secret_key_file = "/nonexistent/key";
+  ExpectError(f, "--secret_key_file: cannot read");
+  f = Valid();
+  f.ca_file = "/nonexistent/ca.pem";
+  ExpectError(f, "--ca_file: cannot read");
+  f = Valid();
+  f.rate_limit = 0;
+  ExpectError(f, "--rate_limit");
+  f = Valid();
+  f.grpc_listen = "50051";
+  ExpectError(f, "--grpc_listen");
+  f = Valid();
+  f.metrics_listen = "host:port";
+  ExpectError(f, "--metrics_listen");
+  f = Valid();
+  f.request_timeout = absl::Seconds(3);
+  ExpectError(f, "--upstream_timeout");
+}
+
+}  // namespace
+}  // namespace imgw::config

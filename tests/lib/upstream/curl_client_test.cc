@@ -1,0 +1,210 @@
+// The curl client against the real emulator over TLS on 127.0.0.1.
+#include "lib/upstream/curl_client.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "lib/common/clock.h"
+#include "lib/upstream/set_msg_read.h"
+#include "lib/usersig/usersig.h"
+#include "services/emulator/emulator_core.h"
+#include "services/emulator/https_server.h"
+#include "tests/testing/tls_files.h"
+
+namespace imgw::upstream {
+namespace {
+
+constexpr uint64_t kAppId = 1400000000;
+constexpr char kKey[] = "curl-client-test-key";
+
+class CurlClientTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<testing::TlsFiles> tls = testing::GenerateSelfSignedCert(::testing::TempDir());
+    ASSERT_TRUE(tls.ok()) << tls.status();
+    tls_ = new testing::TlsFiles(*tls);
+  }
+  static void TearDownTestSuite() { delete tls_; }
+
+  void SetUp() override {
+    emulator::EmulatorOptions options;
+    options.sdkappid = kAppId;
+    options.secret_key = kKey;
+    options.rate_limit = 0;
+    core_ = std::make_unique<emulator::EmulatorCore>(options, RealClock::Get());
+    emulator::HttpsServerOptions server_options;
+    server_options.cert_chain_file = tls_->cert_file;
+    server_options.private_key_file = tls_->key_file;
+    auto server = emulator::HttpsServer::Create(
+        server_options, [this](const emulator::Request& r) { return core_->Handle(r); });
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    server_->Start();
+    base_url_ = "https://127.0.0.1:" + std::to_string(server_->port());
+  }
+
+  std::unique_ptr<CurlClient> MakeClient(CurlClient::Options options) {
+    auto client = CurlClient::Create(options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? *std::move(client) : nullptr;
+  }
+
+  HttpRequest Request(const std::string& report, absl::Duration timeout = absl::Seconds(5)) {
+    std::string sig = *usersig::Sign(kKey, {kAppId, "administrator", absl::Now(), absl::Hours(1)});
+    HttpRequest request;
+    request.url = BuildUrl(base_url_, kSetMsgReadPath, {kAppId, "administrator"}, sig, 42);
+    request.body = BuildSetMsgReadBody({report, "peer", 1700000000});
+    request.timeout = timeout;
+    return request;
+  }
+
+  // Starts the requests at once and polls until all complete (bounded by 20 s).
+  std::vector<HttpResponse> Run(CurlClient& client, std::vector<HttpRequest> requests) {
+    std::vector<HttpResponse> responses(requests.size());
+    size_t done = 0;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      client.Start(std::move(requests[i]), [&responses, &done, i](HttpResponse r) {
+        responses[i] = std::move(r);
+        ++done;
+      });
+    }
+    absl::Time give_up = absl::Now() + absl::Seconds(20);
+    while (done < responses.size() && absl::Now() < give_up) client.Poll(absl::Milliseconds(50));
+    EXPECT_EQ(done, responses.size()) << "requests did not complete";
+    return responses;
+  }
+
+  static testing::TlsFiles* tls_;
+  std::unique_ptr<emulator::EmulatorCore> core_;
+  std::unique_ptr<emulator::HttpsServer> server_;
+  std::string base_url_;
+};
+
+testing::TlsFiles* CurlClientTest::tls_ = nullptr;
+
+TEST_F(CurlClientTest, SequentialRequestsReuseOneVerifiedConnection) {
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  auto client = MakeClient(options);
+  for (int i = 0; i < 20; ++i) {
+    std::vector<HttpResponse> r = Run(*client, {Request("user" + std::to_string(i))});
+    ASSERT_EQ(r[0].error, HttpResponse::Error::kNone) << r[0].error_detail;
+    EXPECT_EQ(r[0].http_status, 200);
+    EXPECT_EQ(r[0].new_connection, i == 0) << "request " << i;
+    absl::StatusOr<Answer> answer = ParseAnswer(r[0].body);
+    ASSERT_TRUE(answer.ok()) << r[0].body;
+    EXPECT_EQ(answer->error_code, 0) << r[0].body;
+  }
+  EXPECT_EQ(client->connections_made(), 1);
+  EXPECT_EQ(client->open_connections(), 1);
+  EXPECT_EQ(core_->Stats().ok, 20u);
+}
+
+TEST_F(CurlClientTest, ConcurrentRequestsStayWithinTheConnectionBound) {
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  options.max_connections = 2;
+  auto client = MakeClient(options);
+  std::vector<HttpRequest> requests;
+  for (int i = 0; i < 30; ++i) requests.push_back(Request("user" + std::to_string(i)));
+  for (const HttpResponse& r : Run(*client, std::move(requests))) {
+    EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
+    EXPECT_EQ(r.http_status, 200);
+  }
+  EXPECT_LE(client->connections_made(), 2);
+  EXPECT_LE(client->open_connections(), 2);
+  EXPECT_EQ(client->in_flight(), 0);
+}
+
+TEST_F(CurlClientTest, WithoutReuseEveryRequestOpensAConnection) {
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  options.reuse_connections = false;
+  auto client = MakeClient(options);
+  for (int i = 0; i < 5; ++i) Run(*client, {Request("u")});
+  EXPECT_EQ(client->connections_made(), 5);
+}
+
+TEST_F(CurlClientTest, UntrustedCertificateFailsVerification) {
+  auto client = MakeClient({});  // System store only: our self-signed cert is not in it.
+  std::vector<HttpResponse> r = Run(*client, {Request("u")});
+  EXPECT_EQ(r[0].error, HttpResponse::Error::kTls) << r[0].error_detail;
+  EXPECT_EQ(core_->Stats().requests, 0u);
+}
+
+TEST_F(CurlClientTest, InsecureSkipVerifyConnectsAnyway) {
+  CurlClient::Options options;
+  options.insecure_skip_verify = true;
+  auto client = MakeClient(options);
+  std::vector<HttpResponse> r = Run(*client, {Request("u")});
+  EXPECT_EQ(r[0].error, HttpResponse::Error::kNone) << r[0].error_detail;
+  EXPECT_EQ(r[0].http_status, 200);
+}
+
+TEST_F(CurlClientTest, RefusedConnectionIsAConnectError) {
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  auto client = MakeClient(options);
+  std::string url = base_url_;
+  server_->Stop();
+  HttpRequest request = Request("u");
+  std::vector<HttpResponse> r = Run(*client, {request});
+  EXPECT_EQ(r[0].error, HttpResponse::Error::kConnect) << r[0].error_detail;
+  EXPECT_EQ(r[0].error_detail.find("usersig"), std::string::npos) << "URL leaked into the error";
+}
+
+TEST_F(CurlClientTest, SilentServerTimesOut) {
+  // A socket that listens but never answers: the TLS handshake never completes.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(fd, 8), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  auto client = MakeClient(options);
+  HttpRequest request = Request("u", absl::Milliseconds(300));
+  request.url = "https://127.0.0.1:" + std::to_string(ntohs(addr.sin_port)) + "/x";
+  absl::Time start = absl::Now();
+  std::vector<HttpResponse> r = Run(*client, {request});
+  EXPECT_EQ(r[0].error, HttpResponse::Error::kTimeout) << r[0].error_detail;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  close(fd);
+}
+
+TEST_F(CurlClientTest, OversizedResponseIsAnErrorNotACrash) {
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  options.max_response_bytes = 10;
+  auto client = MakeClient(options);
+  std::vector<HttpResponse> r = Run(*client, {Request("u")});
+  EXPECT_EQ(r[0].error, HttpResponse::Error::kProtocol);
+  EXPECT_NE(r[0].error_detail.find("too large"), std::string::npos) << r[0].error_detail;
+}
+
+TEST_F(CurlClientTest, CancelAllAnswersEveryRequest) {
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  auto client = MakeClient(options);
+  int cancelled = 0;
+  for (int i = 0; i < 3; ++i) {
+    client->Start(Request("u"), [&cancelled](HttpResponse r) {
+      if (r.error == HttpResponse::Error::kCancelled) ++cancelled;
+    });
+  }
+  client->CancelAll();
+  EXPECT_EQ(cancelled, 3);
+  EXPECT_EQ(client->in_flight(), 0);
+}
+
+}  // namespace
+}  // namespace imgw::upstream

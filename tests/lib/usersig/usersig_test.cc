@@ -1,0 +1,136 @@
+#include "lib/usersig/usersig.h"
+
+#include <zlib.h>
+
+#include <string>
+
+#include "gtest/gtest.h"
+#include "lib/usersig/usersig_cache.h"
+#include "tests/testing/fake_clock.h"
+
+namespace imgw::usersig {
+namespace {
+
+constexpr char kKey[] = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+
+TEST(UserSigTest, HmacMatchesTheTestVectorOfApiMd) {
+  EXPECT_EQ(ComputeHmac(kKey, 1400000000, "xiaojun", 1700000000, 15552000),
+            "LvA7d/Iw7gSsnskvVzBDPOCCDbuNCw4GHwTC0bip+B4=");
+}
+
+TEST(UserSigTest, SignedSignatureDecodesToTheVectorFields) {
+  absl::StatusOr<std::string> sig = Sign(
+      kKey, {1400000000, "xiaojun", absl::FromUnixSeconds(1700000000), absl::Seconds(15552000)});
+  ASSERT_TRUE(sig.ok()) << sig.status();
+  EXPECT_EQ(sig->find_first_of("+/="), std::string::npos) << "not the URL-safe variant";
+  absl::StatusOr<Decoded> decoded = Decode(*sig);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->sdkappid, 1400000000u);
+  EXPECT_EQ(decoded->identifier, "xiaojun");
+  EXPECT_EQ(decoded->time, 1700000000);
+  EXPECT_EQ(decoded->expire, 15552000);
+  EXPECT_EQ(decoded->sig, "LvA7d/Iw7gSsnskvVzBDPOCCDbuNCw4GHwTC0bip+B4=");
+}
+
+TEST(UserSigTest, VerifyRoundTripAndEachRejection) {
+  absl::Time t0 = absl::FromUnixSeconds(1700000000);
+  std::string sig = *Sign(kKey, {1400000000, "admin", t0, absl::Hours(24)});
+  EXPECT_EQ(Verify(sig, kKey, 1400000000, "admin", t0 + absl::Hours(1)), VerifyResult::kOk);
+  EXPECT_EQ(Verify(sig, "another-key", 1400000000, "admin", t0), VerifyResult::kBadSignature);
+  EXPECT_EQ(Verify(sig, kKey, 1400000001, "admin", t0), VerifyResult::kSdkAppIdMismatch);
+  EXPECT_EQ(Verify(sig, kKey, 1400000000, "root", t0), VerifyResult::kIdentifierMismatch);
+  EXPECT_EQ(Verify(sig, kKey, 1400000000, "admin", t0 + absl::Hours(24)), VerifyResult::kOk);
+  EXPECT_EQ(Verify(sig, kKey, 1400000000, "admin", t0 + absl::Hours(24) + absl::Seconds(1)),
+            VerifyResult::kExpired);
+  EXPECT_EQ(Verify(sig.substr(0, sig.size() / 2), kKey, 1400000000, "admin", t0),
+            VerifyResult::kMalformed);
+  EXPECT_EQ(Verify("", kKey, 1400000000, "admin", t0), VerifyResult::kMalformed);
+  EXPECT_EQ(Verify("not base64 at all!", kKey, 1400000000, "admin", t0), VerifyResult::kMalformed);
+}
+
+// Encodes a UserSig document as Sign() does, so tests can forge fields.
+std::string EncodeDocument(const std::string& json) {
+  uLongf size = compressBound(json.size());
+  std::string compressed(size, '\0');
+  compress(reinterpret_cast<Bytef*>(compressed.data()), &size,
+           reinterpret_cast<const Bytef*>(json.data()), json.size());
+  compressed.resize(size);
+  return EncodeBase64Variant(compressed);
+}
+
+TEST(UserSigTest, RaisedExpireWithTheOldHmacIsRejected) {
+  absl::Time t0 = absl::FromUnixSeconds(1700000000);
+  std::string honest =
+      "{\"TLS.ver\":\"2.0\",\"TLS.identifier\":\"admin\",\"TLS.sdkappid\":1,"
+      "\"TLS.time\":1700000000,\"TLS.expire\":86400,\"TLS.sig\":\"" +
+      ComputeHmac(kKey, 1, "admin", 1700000000, 86400) + "\"}";
+  EXPECT_EQ(Verify(EncodeDocument(honest), kKey, 1, "admin", t0), VerifyResult::kOk);
+  std::string forged = honest;
+  forged.replace(forged.find("86400"), 5, "999999999");
+  EXPECT_EQ(Verify(EncodeDocument(forged), kKey, 1, "admin", t0), VerifyResult::kBadSignature);
+  EXPECT_EQ(Verify(EncodeDocument("[1,2]"), kKey, 1, "admin", t0), VerifyResult::kMalformed);
+  EXPECT_EQ(Verify(EncodeDocument("{\"TLS.sdkappid\":\"1\"}"), kKey, 1, "admin", t0),
+            VerifyResult::kMalformed);
+}
+
+TEST(UserSigTest, Base64VariantRoundTripsAllBytes) {
+  std::string bytes;
+  for (int i = 0; i < 256; ++i) bytes.push_back(static_cast<char>(i));
+  std::string encoded = EncodeBase64Variant(bytes);
+  EXPECT_EQ(encoded.find_first_of("+/="), std::string::npos);
+  std::string decoded;
+  ASSERT_TRUE(DecodeBase64Variant(encoded, &decoded));
+  EXPECT_EQ(decoded, bytes);
+  EXPECT_FALSE(DecodeBase64Variant("ab+/", &decoded)) << "standard alphabet must be refused";
+}
+
+TEST(UserSigTest, SignRejectsBadParameters) {
+  absl::Time t0 = absl::FromUnixSeconds(1700000000);
+  EXPECT_FALSE(Sign("", {1, "admin", t0, absl::Hours(1)}).ok());
+  EXPECT_FALSE(Sign(kKey, {1, "", t0, absl::Hours(1)}).ok());
+  EXPECT_FALSE(Sign(kKey, {1, "admin", t0, absl::ZeroDuration()}).ok());
+}
+
+TEST(UserSigCacheTest, ReusesThenRenewsAtHalfLifeAndAfterInvalidate) {
+  testing::FakeClock clock;
+  auto cache = UserSigCache::Create({kKey, 1400000000, "admin", absl::Hours(24), 0.5}, clock);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  std::string first = (*cache)->Get();
+  EXPECT_EQ(Verify(first, kKey, 1400000000, "admin", clock.Now()), VerifyResult::kOk);
+  EXPECT_EQ((*cache)->ExpiresAt(), clock.Now() + absl::Hours(24));
+
+  clock.Advance(absl::Hours(11));
+  EXPECT_EQ((*cache)->Get(), first) << "renewed too early";
+
+  clock.Advance(absl::Hours(1));
+  std::string second = (*cache)->Get();
+  EXPECT_NE(second, first) << "not renewed at half of its lifetime";
+  EXPECT_EQ(Decode(second)->time, absl::ToUnixSeconds(clock.Now()));
+  EXPECT_EQ((*cache)->ExpiresAt(), clock.Now() + absl::Hours(24));
+
+  clock.Advance(absl::Seconds(1));
+  (*cache)->Invalidate();
+  std::string third = (*cache)->Get();
+  EXPECT_NE(third, second);
+  EXPECT_EQ(Decode(third)->time, absl::ToUnixSeconds(clock.Now()));
+}
+
+TEST(UserSigCacheTest, RenewsWhenTheWallClockStepsBack) {
+  testing::FakeClock clock;
+  auto cache = UserSigCache::Create({kKey, 1, "admin", absl::Hours(24), 0.5}, clock);
+  ASSERT_TRUE(cache.ok());
+  std::string first = (*cache)->Get();
+  clock.SetWall(clock.Now() - absl::Hours(1));
+  std::string second = (*cache)->Get();
+  EXPECT_NE(first, second);
+  EXPECT_EQ(Decode(second)->time, absl::ToUnixSeconds(clock.Now()));
+}
+
+TEST(UserSigCacheTest, CreateFailsOnOptionsThatCannotSign) {
+  testing::FakeClock clock;
+  EXPECT_FALSE(UserSigCache::Create({"", 1, "admin", absl::Hours(24), 0.5}, clock).ok());
+  EXPECT_FALSE(UserSigCache::Create({kKey, 1, "admin", absl::Hours(24), 1.5}, clock).ok());
+}
+
+}  // namespace
+}  // namespace imgw::usersig

@@ -1,0 +1,116 @@
+#include "services/gateway/status_mapping.h"
+
+#include "google/rpc/error_details.pb.h"
+#include "gtest/gtest.h"
+
+namespace imgw::gateway {
+namespace {
+
+using upstream::Outcome;
+
+Outcome Answer(int code) {
+  return Outcome::Answered(code == 0 ? "OK" : "FAIL", code, code == 0 ? "" : "the info");
+}
+
+TEST(StatusMappingTest, UpstreamCodesFollowTheDocumentedTable) {
+  struct Row {
+    int error_code;
+    grpc::StatusCode status;
+  };
+  const Row table[] = {
+      {0, grpc::StatusCode::OK},
+      {90003, grpc::StatusCode::NOT_FOUND},
+      {90008, grpc::StatusCode::NOT_FOUND},
+      {90001, grpc::StatusCode::INVALID_ARGUMENT},
+      {60003, grpc::StatusCode::INVALID_ARGUMENT},
+      {60015, grpc::StatusCode::INVALID_ARGUMENT},
+      {60007, grpc::StatusCode::RESOURCE_EXHAUSTED},
+      {60011, grpc::StatusCode::RESOURCE_EXHAUSTED},
+      {60018, grpc::StatusCode::RESOURCE_EXHAUSTED},
+      {60019, grpc::StatusCode::RESOURCE_EXHAUSTED},
+      {70050, grpc::StatusCode::RESOURCE_EXHAUSTED},
+      {60002, grpc::StatusCode::FAILED_PRECONDITION},
+      {60004, grpc::StatusCode::FAILED_PRECONDITION},
+      {60005, grpc::StatusCode::FAILED_PRECONDITION},
+      {60006, grpc::StatusCode::FAILED_PRECONDITION},
+      {60009, grpc::StatusCode::FAILED_PRECONDITION},
+      {60010, grpc::StatusCode::FAILED_PRECONDITION},
+      {60012, grpc::StatusCode::FAILED_PRECONDITION},
+      {60016, grpc::StatusCode::FAILED_PRECONDITION},
+      {60017, grpc::StatusCode::FAILED_PRECONDITION},
+      {60020, grpc::StatusCode::FAILED_PRECONDITION},
+      {60021, grpc::StatusCode::FAILED_PRECONDITION},
+      {60025, grpc::StatusCode::FAILED_PRECONDITION},
+      {60026, grpc::StatusCode::FAILED_PRECONDITION},
+      {70001, grpc::StatusCode::FAILED_PRECONDITION},
+      {70003, grpc::StatusCode::FAILED_PRECONDITION},
+      {70009, grpc::StatusCode::FAILED_PRECONDITION},
+      {70013, grpc::StatusCode::FAILED_PRECONDITION},
+      {70014, grpc::StatusCode::FAILED_PRECONDITION},
+      {70016, grpc::StatusCode::FAILED_PRECONDITION},
+      {70020, grpc::StatusCode::FAILED_PRECONDITION},
+      {60008, grpc::StatusCode::UNAVAILABLE},
+      {70169, grpc::StatusCode::UNAVAILABLE},
+      {70500, grpc::StatusCode::UNAVAILABLE},
+      {90994, grpc::StatusCode::UNAVAILABLE},
+      {12345, grpc::StatusCode::UNKNOWN},
+  };
+  for (const Row& row : table) {
+    MappedStatus mapped = MapOutcome(Answer(row.error_code));
+    EXPECT_EQ(mapped.status.error_code(), row.status) << row.error_code;
+    if (row.error_code == 0) {
+      EXPECT_FALSE(mapped.error_code.has_value());
+      continue;
+    }
+    ASSERT_TRUE(mapped.error_code.has_value()) << row.error_code;
+    EXPECT_EQ(*mapped.error_code, row.error_code);
+    EXPECT_NE(mapped.status.error_message().find("the info"), std::string::npos);
+    EXPECT_NE(mapped.status.error_message().find(std::to_string(row.error_code)),
+              std::string::npos);
+  }
+}
+
+TEST(StatusMappingTest, FailureCarriesAGoogleRpcErrorInfo) {
+  MappedStatus mapped = MapOutcome(Answer(90008));
+  google::rpc::Status details;
+  ASSERT_TRUE(details.ParseFromString(mapped.status.error_details()));
+  EXPECT_EQ(details.code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
+  EXPECT_EQ(details.message(), mapped.status.error_message());
+  ASSERT_EQ(details.details_size(), 1);
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(details.details(0).UnpackTo(&info));
+  EXPECT_EQ(details.details(0).type_url(), "type.googleapis.com/google.rpc.ErrorInfo");
+  EXPECT_EQ(info.domain(), "imgw.upstream");
+  EXPECT_EQ(info.reason(), "UPSTREAM_90008");
+  EXPECT_EQ(info.metadata().at("error_code"), "90008");
+}
+
+TEST(StatusMappingTest, LocalOutcomes) {
+  struct Row {
+    Outcome outcome;
+    grpc::StatusCode status;
+  };
+  Outcome http429 = Outcome::Failed(Outcome::Kind::kUnavailable, "HTTP 429");
+  http429.disposition = upstream::Disposition::kRateLimited;
+  const Row table[] = {
+      {Outcome::Failed(Outcome::Kind::kUnavailable, "connect error"),
+       grpc::StatusCode::UNAVAILABLE},
+      {http429, grpc::StatusCode::RESOURCE_EXHAUSTED},
+      {Outcome::Failed(Outcome::Kind::kDeadlineExceeded, "late"),
+       grpc::StatusCode::DEADLINE_EXCEEDED},
+      {Outcome::Failed(Outcome::Kind::kCancelled, "gone"), grpc::StatusCode::CANCELLED},
+      {Outcome::Failed(Outcome::Kind::kShuttingDown, "bye"), grpc::StatusCode::UNAVAILABLE},
+      {Outcome::Failed(Outcome::Kind::kQueueFull, "full"), grpc::StatusCode::RESOURCE_EXHAUSTED},
+      {Outcome::Failed(Outcome::Kind::kInvalidArgument, "peer_account is empty"),
+       grpc::StatusCode::INVALID_ARGUMENT},
+  };
+  for (const Row& row : table) {
+    MappedStatus mapped = MapOutcome(row.outcome);
+    EXPECT_EQ(mapped.status.error_code(), row.status) << row.outcome.detail;
+    EXPECT_EQ(mapped.status.error_message(), row.outcome.detail);
+    EXPECT_FALSE(mapped.error_code.has_value());
+  }
+}
+
+}  // namespace
+}  // namespace imgw::gateway

@@ -1,0 +1,51 @@
+#pragma once
+
+#include <deque>
+#include <utility>
+
+#include "lib/upstream/http_transport.h"
+
+namespace imgw::testing {
+
+// An HttpTransport that records requests and completes them only when the test says so.
+// Single-threaded, like the dispatcher it serves.
+class FakeTransport final : public upstream::HttpTransport {
+ public:
+  struct Pending {
+    upstream::HttpRequest request;
+    Callback done;
+  };
+
+  void Start(upstream::HttpRequest request, Callback done) override {
+    pending_.push_back({std::move(request), std::move(done)});
+    ++started_;
+  }
+
+  std::deque<Pending>& pending() { return pending_; }
+  int started() const { return started_; }
+
+  // Completes the oldest pending request with an HTTP 200 and `body`.
+  void Answer(const std::string& body) { AnswerAt(0, 200, body); }
+  void AnswerAt(size_t index, long status, const std::string& body) {
+    Pending p = std::move(pending_.at(index));
+    pending_.erase(pending_.begin() + static_cast<long>(index));
+    upstream::HttpResponse response;
+    response.http_status = status;
+    response.body = body;
+    p.done(std::move(response));
+  }
+  void Fail(upstream::HttpResponse::Error error) {
+    Pending p = std::move(pending_.front());
+    pending_.pop_front();
+    upstream::HttpResponse response;
+    response.error = error;
+    response.error_detail = "injected";
+    p.done(std::move(response));
+  }
+
+ private:
+  std::deque<Pending> pending_;
+  int started_ = 0;
+};
+
+}  // namespace imgw::testing
