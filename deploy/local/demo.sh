@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Runs imgw on this machine against the bundled emulator of the upstream and sends demo calls:
+#   deploy/local/demo.sh [BIN_DIR] [--keep]
+# BIN_DIR defaults to build/bin. Everything listens on 127.0.0.1 only, on free ports. A
+# throwaway certificate, key and app secret are made in a temporary directory. With --keep the
+# gateway and emulator stay up until Ctrl-C. Exits non-zero if any demo call misbehaves.
+set -euo pipefail
+
+bin=build/bin
+keep=false
+for arg in "$@"; do
+  case "$arg" in
+    --keep) keep=true ;;
+    *) bin=$arg ;;
+  esac
+done
+for b in imgw-emulator imgw-gateway imgw-cli; do
+  [[ -x $bin/$b ]] || { echo "demo: $bin/$b not found; build first (.ci/build)" >&2; exit 2; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+# Waits (at most 15 s) for a ready file and prints its content.
+wait_ready() {
+  for _ in $(seq 150); do
+    [[ -s $1 ]] && { cat "$1"; return 0; }
+    sleep 0.1
+  done
+  echo "demo: $2 did not start; its log:" >&2
+  cat "$3" >&2
+  return 1
+}
+
+step "A throwaway TLS certificate for 127.0.0.1 and an app secret key"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+openssl rand -hex 32 >"$work/secret_key"
+echo "certificate: $work/cert.pem"
+
+step "The emulator of admin_set_msg_read (HTTPS, 200 calls/s, account 'ghost' does not exist)"
+"$bin/imgw-emulator" --listen=127.0.0.1:0 --cert_file="$work/cert.pem" --key_file="$work/key.pem" \
+  --sdkappid=1400000000 --secret_key_file="$work/secret_key" --missing_accounts=ghost \
+  --ready_file="$work/emulator.ready" 2>"$work/emulator.log" &
+pids+=($!)
+emulator_port=$(wait_ready "$work/emulator.ready" emulator "$work/emulator.log" | sed 's/[^0-9]//g')
+upstream="https://127.0.0.1:$emulator_port"
+echo "emulator: $upstream"
+
+step "The gateway: gRPC on loopback, upstream over verified TLS"
+"$bin/imgw-gateway" --grpc_listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
+  --endpoint="$upstream" --ca_file="$work/cert.pem" \
+  --sdkappid=1400000000 --identifier=administrator --secret_key_file="$work/secret_key" \
+  --ready_file="$work/gateway.ready" 2>"$work/gateway.log" &
+pids+=($!)
+target=$(wait_ready "$work/gateway.ready" gateway "$work/gateway.log" |
+  sed 's/.*"grpc_listen":"\([^"]*\)".*/\1/')
+echo "gateway: $target"
+
+failures=0
+# expect EXIT_CODE FIRST_WORD -- imgw-cli arguments...
+expect() {
+  local want_rc=$1 want_word=$2
+  shift 3
+  local out rc=0
+  out=$("$bin/imgw-cli" set-msg-read --target="$target" "$@") || rc=$?
+  echo "\$ imgw-cli set-msg-read $*"
+  echo "  $out"
+  if [[ $rc -ne $want_rc || ${out%%[: ]*} != "$want_word" ]]; then
+    echo "  ^ expected exit $want_rc and $want_word" >&2
+    failures=$((failures + 1))
+  fi
+}
+
+step "Demo calls"
+now=$(date +%s)
+expect 0 OK -- --report=dramon1 --peer=dramon2 --time="$now"
+expect 0 OK -- --report=dramon1 --peer=dramon3
+expect 1 NOT_FOUND -- --report=dramon1 --peer=ghost
+expect 1 INVALID_ARGUMENT -- --report=dramon1 --peer=dramon1
+
+step "50 calls at once, distinct pairs"
+rcs=()
+for i in $(seq 50); do
+  "$bin/imgw-cli" set-msg-read --target="$target" --report="user$i" --peer=dramon2 \
+    >/dev/null &
+  rcs+=($!)
+done
+ok=0
+for pid in "${rcs[@]}"; do wait "$pid" && ok=$((ok + 1)); done
+echo "answered OK: $ok of 50"
+[[ $ok -eq 50 ]] || failures=$((failures + 1))
+
+step "What the emulator saw (GET $upstream/emulator/stats)"
+curl -sS --cacert "$work/cert.pem" "$upstream/emulator/stats" | head -c 600
+echo " ..."
+
+step "The gateway's log"
+cat "$work/gateway.log"
+
+if $keep; then
+  step "Running until Ctrl-C: imgw-cli set-msg-read --target=$target --report=A --peer=B"
+  wait "${pids[1]}"
+fi
+
+if ((failures > 0)); then
+  echo "demo: $failures unexpected answers" >&2
+  exit 1
+fi
+step "Demo passed"
