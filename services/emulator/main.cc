@@ -1,0 +1,224 @@
+// imgw-emulator: a strict stand-in for Tencent Cloud Chat's admin_set_msg_read over HTTPS.
+// Wiring only: flags, the core, the server, signals. See emulator_core.h for the behaviour.
+
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "lib/common/clock.h"
+#include "lib/common/log.h"
+#include "services/emulator/emulator_core.h"
+#include "services/emulator/https_server.h"
+
+// Numeric flags are strings so that a bad value is reported by us, in one line, with exit
+// code 2 (Abseil's own parser would exit 1).
+ABSL_FLAG(std::string, listen, "127.0.0.1:8443", "host:port to listen on; port 0 = any free port");
+ABSL_FLAG(std::string, cert_file, "", "PEM certificate chain file (required)");
+ABSL_FLAG(std::string, key_file, "", "PEM private key file (required)");
+ABSL_FLAG(std::string, sdkappid, "", "the emulated app's SDKAppID (required)");
+ABSL_FLAG(std::string, secret_key_file, "",
+          "file holding the app's secret key (else the IMGW_SECRET_KEY environment variable)");
+ABSL_FLAG(std::vector<std::string>, admins, {"administrator"},
+          "comma-separated identifiers accepted as App admins");
+ABSL_FLAG(std::vector<std::string>, missing_accounts, {},
+          "comma-separated accounts that do not exist (90003 / 90008)");
+ABSL_FLAG(std::string, rate_limit, "200", "calls per sliding second; 0 = unlimited");
+ABSL_FLAG(std::string, threads, "2", "I/O threads");
+ABSL_FLAG(std::string, ready_file, "",
+          "if set, written atomically with {\"port\":N} once the server listens");
+
+namespace {
+
+constexpr int kExitUsage = 2;
+
+int UsageError(const std::string& message) {
+  std::cerr << "imgw-emulator: " << message << "\n";
+  return kExitUsage;
+}
+
+std::vector<std::string> NonEmpty(const std::vector<std::string>& items) {
+  std::vector<std::string> out;
+  for (const std::string& item : items) {
+    std::string trimmed(absl::StripAsciiWhitespace(item));
+    if (!trimmed.empty()) out.push_back(std::move(trimmed));
+  }
+  return out;
+}
+
+// Abseil exits with 1 on an unknown flag; find those first so that every usage error is 2.
+bool FindUnknownFlag(int argc, char** argv, std::string* unknown) {
+  static const std::set<std::string> kBuiltin = {
+      "help",    "helpfull", "helpshort", "helppackage", "helpon",  "helpmatch",
+      "version", "flagfile", "fromenv",   "tryfromenv",  "undefok", "only_check_args"};
+  auto known = [](const std::string& name) {
+    return kBuiltin.count(name) > 0 || absl::FindCommandLineFlag(name) != nullptr;
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") break;
+    if (arg.size() < 2 || arg[0] != '-') continue;
+    std::string name = arg.substr(arg[1] == '-' ? 2 : 1);
+    name = name.substr(0, name.find('='));
+    if (known(name) || (name.rfind("no", 0) == 0 && known(name.substr(2)))) continue;
+    *unknown = arg;
+    return true;
+  }
+  return false;
+}
+
+bool ParseListen(const std::string& text, std::string* host, uint16_t* port) {
+  const size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  *host = text.substr(0, colon);
+  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
+    *host = host->substr(1, host->size() - 2);
+  }
+  const std::string port_text = text.substr(colon + 1);
+  uint32_t value = 0;
+  if (port_text.empty() || port_text.find_first_not_of("0123456789") != std::string::npos ||
+      !absl::SimpleAtoi(port_text, &value) || value > 65535) {
+    return false;
+  }
+  *port = static_cast<uint16_t>(value);
+  return !host->empty();
+}
+
+bool ParseNonNegativeInt(const std::string& text, int* value) {
+  return !text.empty() && text.find_first_not_of("0123456789") == std::string::npos &&
+         absl::SimpleAtoi(text, value);
+}
+
+// Writes `content` to a temporary file beside `path` and renames it over `path`, so a reader
+// never sees a partial file.
+bool WriteFileAtomically(const std::string& path, const std::string& content) {
+  const std::string temp = absl::StrCat(path, ".tmp.", getpid());
+  {
+    std::ofstream out(temp, std::ios::trunc);
+    out << content;
+    out.close();
+    if (!out) return false;
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    std::remove(temp.c_str());
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "imgw-emulator --cert_file=F --key_file=F --sdkappid=N "
+      "[--secret_key_file=F | IMGW_SECRET_KEY=...] [--listen=H:P]");
+  if (std::string unknown; FindUnknownFlag(argc, argv, &unknown)) {
+    return UsageError(absl::StrCat("unknown flag ", unknown));
+  }
+  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) return UsageError(absl::StrCat("unexpected argument ", positional[1]));
+
+  imgw::emulator::HttpsServerOptions server_options;
+  if (!ParseListen(absl::GetFlag(FLAGS_listen), &server_options.host, &server_options.port)) {
+    return UsageError("--listen must be host:port, e.g. 127.0.0.1:8443");
+  }
+  server_options.cert_chain_file = absl::GetFlag(FLAGS_cert_file);
+  server_options.private_key_file = absl::GetFlag(FLAGS_key_file);
+  if (server_options.cert_chain_file.empty()) return UsageError("--cert_file is required");
+  if (server_options.private_key_file.empty()) return UsageError("--key_file is required");
+  if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_threads), &server_options.threads) ||
+      server_options.threads < 1 || server_options.threads > 256) {
+    return UsageError("--threads must be an integer in 1..256");
+  }
+
+  imgw::emulator::EmulatorOptions options;
+  const std::string sdkappid_text = absl::GetFlag(FLAGS_sdkappid);
+  if (sdkappid_text.empty()) return UsageError("--sdkappid is required");
+  if (sdkappid_text.find_first_not_of("0123456789") != std::string::npos ||
+      !absl::SimpleAtoi(sdkappid_text, &options.sdkappid) || options.sdkappid == 0) {
+    return UsageError("--sdkappid must be a positive decimal integer");
+  }
+  const std::string key_file = absl::GetFlag(FLAGS_secret_key_file);
+  if (!key_file.empty()) {
+    std::ifstream in(key_file);
+    if (!in) return UsageError(absl::StrCat("cannot read --secret_key_file ", key_file));
+    std::stringstream content;
+    content << in.rdbuf();
+    options.secret_key = std::string(absl::StripTrailingAsciiWhitespace(content.str()));
+    if (options.secret_key.empty()) {
+      return UsageError(absl::StrCat("--secret_key_file ", key_file, " is empty"));
+    }
+  } else if (const char* env = std::getenv("IMGW_SECRET_KEY"); env != nullptr && *env != '\0') {
+    options.secret_key = std::string(absl::StripTrailingAsciiWhitespace(env));
+  }
+  if (options.secret_key.empty()) {
+    return UsageError("a secret key is required: --secret_key_file or IMGW_SECRET_KEY");
+  }
+  options.admins = NonEmpty(absl::GetFlag(FLAGS_admins));
+  if (options.admins.empty()) return UsageError("--admins must name at least one identifier");
+  for (std::string& account : NonEmpty(absl::GetFlag(FLAGS_missing_accounts))) {
+    options.missing_accounts.insert(std::move(account));
+  }
+  if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_rate_limit), &options.rate_limit)) {
+    return UsageError("--rate_limit must be a non-negative integer (0 = unlimited)");
+  }
+  const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
+
+  // Block the stop signals before any thread starts, so that every thread inherits the mask
+  // and only sigwait() below receives them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  imgw::emulator::EmulatorCore core(options, imgw::RealClock::Get());
+  auto server = imgw::emulator::HttpsServer::Create(
+      server_options,
+      [&core](const imgw::emulator::Request& request) { return core.Handle(request); });
+  if (!server.ok()) {
+    std::cerr << "imgw-emulator: " << server.status().message() << "\n";
+    return absl::IsInvalidArgument(server.status()) ? kExitUsage : 1;
+  }
+  (*server)->Start();
+  const uint16_t port = (*server)->port();
+  imgw::Log(imgw::LogLevel::kInfo, "listening",
+            {{"address", absl::StrCat(server_options.host, ":", port)},
+             {"sdkappid", std::to_string(options.sdkappid)},
+             {"rate_limit", std::to_string(options.rate_limit)},
+             {"threads", std::to_string(server_options.threads)}});
+  if (!ready_file.empty() &&
+      !WriteFileAtomically(ready_file, absl::StrCat("{\"port\":", port, "}\n"))) {
+    imgw::Log(imgw::LogLevel::kError, "cannot write ready file", {{"path", ready_file}});
+    (*server)->Stop();
+    return 1;
+  }
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  imgw::Log(imgw::LogLevel::kInfo, "stopping", {{"signal", std::to_string(signal_number)}});
+  (*server)->Stop();
+  const imgw::emulator::EmulatorStats stats = core.Stats();
+  imgw::Log(imgw::LogLevel::kInfo, "stopped",
+            {{"requests", std::to_string(stats.requests)},
+             {"calls", std::to_string(stats.calls)},
+             {"ok", std::to_string(stats.ok)},
+             {"max_calls_in_window", std::to_string(stats.max_calls_in_window)}});
+  return 0;
+}
