@@ -244,6 +244,24 @@ void CurlClient::Complete(Transfer* t, int curl_code) {
     long status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     t->response.http_status = status;
+    long version = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &version);
+    switch (version) {
+      case CURL_HTTP_VERSION_1_0:
+        t->response.http_version = 10;
+        break;
+      case CURL_HTTP_VERSION_1_1:
+        t->response.http_version = 11;
+        break;
+      case CURL_HTTP_VERSION_2_0:
+        t->response.http_version = 20;
+        break;
+      case CURL_HTTP_VERSION_3:
+        t->response.http_version = 30;
+        break;
+      default:
+        break;
+    }
     long connects = 0;
     curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
     t->response.new_connection = connects > 0;

@@ -28,6 +28,7 @@ struct HttpResponse {
   std::string body;
   std::string retry_after;      // The Retry-After header, if any.
   bool new_connection = false;  // The request opened a new connection instead of reusing one.
+  int http_version = 0;         // 11 for HTTP/1.1, 20 for HTTP/2 (0: no response).
   absl::Duration elapsed;
 };
 

@@ -2,13 +2,18 @@
 #include "lib/upstream/curl_client.h"
 
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "lib/common/clock.h"
 #include "lib/upstream/set_msg_read.h"
@@ -88,6 +93,19 @@ class CurlClientTest : public ::testing::Test {
 
 testing::TlsFiles* CurlClientTest::tls_ = nullptr;
 
+// A port nothing listens on now (bound, read, closed).
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
 TEST_F(CurlClientTest, SequentialRequestsReuseOneVerifiedConnection) {
   CurlClient::Options options;
   options.ca_file = tls_->cert_file;
@@ -97,6 +115,7 @@ TEST_F(CurlClientTest, SequentialRequestsReuseOneVerifiedConnection) {
     ASSERT_EQ(r[0].error, HttpResponse::Error::kNone) << r[0].error_detail;
     EXPECT_EQ(r[0].http_status, 200);
     EXPECT_EQ(r[0].new_connection, i == 0) << "request " << i;
+    EXPECT_EQ(r[0].http_version, 11) << "the emulator speaks HTTP/1.1 only";
     absl::StatusOr<Answer> answer = ParseAnswer(r[0].body);
     ASSERT_TRUE(answer.ok()) << r[0].body;
     EXPECT_EQ(answer->error_code, 0) << r[0].body;
@@ -157,6 +176,77 @@ TEST_F(CurlClientTest, RefusedConnectionIsAConnectError) {
   std::vector<HttpResponse> r = Run(*client, {request});
   EXPECT_EQ(r[0].error, HttpResponse::Error::kConnect) << r[0].error_detail;
   EXPECT_EQ(r[0].error_detail.find("usersig"), std::string::npos) << "URL leaked into the error";
+}
+
+TEST_F(CurlClientTest, HonoursTheProxyEnvironment) {
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  auto client = MakeClient(options);
+  int port = FreePort();
+  // A proxy that is not there: the request must try it, and fail, although the emulator is up.
+  setenv("https_proxy", ("http://127.0.0.1:" + std::to_string(port)).c_str(), 1);
+  unsetenv("no_proxy");
+  unsetenv("NO_PROXY");
+  std::vector<HttpResponse> via_proxy = Run(*client, {Request("u")});
+  // no_proxy exempts the emulator's address again.
+  setenv("no_proxy", "127.0.0.1", 1);
+  std::vector<HttpResponse> direct = Run(*client, {Request("u")});
+  unsetenv("https_proxy");
+  unsetenv("no_proxy");
+  EXPECT_EQ(via_proxy[0].error, HttpResponse::Error::kConnect) << via_proxy[0].error_detail;
+  EXPECT_EQ(direct[0].error, HttpResponse::Error::kNone) << direct[0].error_detail;
+  EXPECT_EQ(core_->Stats().requests, 1u);
+}
+
+// Debian's nghttpd serves a static answer over HTTP/2 (it answers POST with the file at the
+// path): the client must negotiate h2 over ALPN and multiplex on one connection.
+TEST_F(CurlClientTest, NegotiatesHttp2AndMultiplexesWhenTheServerOffersIt) {
+  std::string docroot = ::testing::TempDir() + "/h2root";
+  std::string dir = docroot + "/v4/openim";
+  ASSERT_EQ(std::system(("mkdir -p " + dir).c_str()), 0);
+  std::ofstream(dir + "/admin_set_msg_read")
+      << R"({"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0})";
+  int port = FreePort();
+  std::string command = "exec nghttpd --address=127.0.0.1 -d " + docroot + " " +
+                        std::to_string(port) + " " + tls_->key_file + " " + tls_->cert_file;
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", command.c_str(), nullptr);
+    _exit(127);
+  }
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  auto client = MakeClient(options);
+  std::string base = "https://127.0.0.1:" + std::to_string(port);
+  // Wait (bounded) until nghttpd listens.
+  std::vector<HttpResponse> probe;
+  for (int i = 0; i < 50; ++i) {
+    HttpRequest request = Request("u");
+    request.url = base + std::string(kSetMsgReadPath);
+    probe = Run(*client, {request});
+    if (probe[0].error == HttpResponse::Error::kNone) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(probe[0].error, HttpResponse::Error::kNone)
+      << "nghttpd (Debian package nghttp2-server) did not answer: " << probe[0].error_detail;
+  int64_t connections_before = client->connections_made();
+  std::vector<HttpRequest> requests;
+  for (int i = 0; i < 20; ++i) {
+    requests.push_back(Request("u"));
+    requests.back().url = base + std::string(kSetMsgReadPath) + "?n=" + std::to_string(i);
+  }
+  std::vector<HttpResponse> responses = Run(*client, std::move(requests));
+  kill(pid, SIGTERM);
+  waitpid(pid, nullptr, 0);
+  EXPECT_EQ(probe[0].http_version, 20);
+  for (const HttpResponse& r : responses) {
+    EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
+    EXPECT_EQ(r.http_status, 200);
+    EXPECT_EQ(r.http_version, 20);
+    EXPECT_TRUE(ParseAnswer(r.body).ok()) << r.body;
+  }
+  EXPECT_EQ(client->connections_made(), connections_before) << "h2 requests were not multiplexed";
 }
 
 TEST_F(CurlClientTest, SilentServerTimesOut) {
