@@ -1,8 +1,7 @@
 #include "services/gateway/gateway.h"
 
-#include <thread>
-
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "lib/common/log.h"
@@ -82,14 +81,14 @@ void Gateway::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
   Log(LogLevel::kInfo, "shutting down", {{"grace", absl::FormatDuration(config_.shutdown_grace)}});
-  // The server stops taking RPCs and waits for the ones under way, which the loop answers as
-  // it drains; past the grace period the loop answers the rest UNAVAILABLE.
-  std::thread server_stop([this] {
-    server_->Shutdown(std::chrono::system_clock::now() +
-                      absl::ToChronoSeconds(config_.shutdown_grace + absl::Seconds(2)));
-  });
+  // The loop answers new calls UNAVAILABLE at once, lets queued and in-flight ones finish
+  // within the grace period and answers the rest UNAVAILABLE. Then every RPC has its answer;
+  // once gRPC has sent them all, the server closes its connections without waiting for idle
+  // clients to hang up (a bounded wait: an answer stuck on a dead client must not hold us).
   loop_->Stop(config_.shutdown_grace);
-  server_stop.join();
+  absl::Time flush_by = absl::Now() + absl::Seconds(2);
+  while (service_->active() > 0 && absl::Now() < flush_by) absl::SleepFor(absl::Milliseconds(5));
+  server_->Shutdown(std::chrono::system_clock::now());
   Log(LogLevel::kInfo, "stopped");
 }
 

@@ -17,8 +17,10 @@ using upstream::Outcome;
 class SetMsgReadReactor final : public grpc::ServerUnaryReactor {
  public:
   SetMsgReadReactor(grpc::CallbackServerContext* context, imgw::v1::SetMsgReadResponse* response,
-                    dispatch::DispatchLoop& loop, dispatch::CallId id)
-      : context_(context), response_(response), loop_(loop), id_(id) {}
+                    dispatch::DispatchLoop& loop, dispatch::CallId id, std::atomic<int64_t>& active)
+      : context_(context), response_(response), loop_(loop), id_(id), active_(active) {
+    active_.fetch_add(1);
+  }
 
   void Complete(const Outcome& outcome) {
     MappedStatus mapped = MapOutcome(outcome);
@@ -34,13 +36,17 @@ class SetMsgReadReactor final : public grpc::ServerUnaryReactor {
   }
 
   void OnCancel() override { loop_.Cancel(id_); }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    active_.fetch_sub(1);
+    delete this;
+  }
 
  private:
   grpc::CallbackServerContext* const context_;
   imgw::v1::SetMsgReadResponse* const response_;
   dispatch::DispatchLoop& loop_;
   const dispatch::CallId id_;
+  std::atomic<int64_t>& active_;
 };
 
 }  // namespace
@@ -49,7 +55,7 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
                                                      const imgw::v1::SetMsgReadRequest* request,
                                                      imgw::v1::SetMsgReadResponse* response) {
   dispatch::CallId id = next_id_.fetch_add(1, std::memory_order_relaxed);
-  auto* reactor = new SetMsgReadReactor(context, response, loop_, id);
+  auto* reactor = new SetMsgReadReactor(context, response, loop_, id, active_);
 
   absl::Time now = clock_.Now();
   upstream::SetMsgReadParams params;

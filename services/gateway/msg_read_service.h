@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 
 #include "absl/time/time.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
@@ -27,11 +28,15 @@ class MsgReadService final : public imgw::v1::MsgReadService::CallbackService {
                                        const imgw::v1::SetMsgReadRequest* request,
                                        imgw::v1::SetMsgReadResponse* response) override;
 
+  // RPCs whose reactor gRPC has not released yet (answer not yet sent). Thread-safe.
+  int64_t active() const { return active_.load(); }
+
  private:
   const Options options_;
   dispatch::DispatchLoop& loop_;
   Clock& clock_;
   std::atomic<dispatch::CallId> next_id_{1};
+  std::atomic<int64_t> active_{0};
 };
 
 }  // namespace imgw::gateway

@@ -1,0 +1,21 @@
+# imgw: built with the same scripts CI runs (.ci/deps, .ci/build), run as a non-root user.
+#   docker build -t imgw .
+#   docker run --rm -e IMGW_SECRET_KEY=... imgw --region=singapore --sdkappid=N --identifier=ADMIN
+
+FROM debian:12 AS build
+WORKDIR /src
+COPY . .
+RUN .ci/deps && BUILD_TYPE=Release CMAKE_ARGS=-DIMGW_BUILD_TESTS=OFF .ci/build
+
+FROM debian:12-slim AS runtime
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      ca-certificates libgrpc++1.51 libprotobuf32 libabsl20220623 libcurl4 \
+      libboost-json1.81.0 libssl3 zlib1g \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 65532 --no-create-home --shell /usr/sbin/nologin imgw
+COPY --from=build /src/build/bin/imgw-gateway /src/build/bin/imgw-cli /usr/local/bin/
+USER 65532:65532
+# gRPC, then /metrics and the probes.
+EXPOSE 50051 9464
+ENTRYPOINT ["/usr/local/bin/imgw-gateway", "--grpc_listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464"]

@@ -1,0 +1,50 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+// Reads the imgw-emulator's counters over HTTPS (GET /emulator/stats), for tests that run the
+// real binary. Uses libcurl; never goes through a proxy. Thread-safe.
+namespace imgw::testing {
+
+struct EmulatorPairView {
+  std::string report;
+  std::string peer;
+  int64_t msg_read_time = 0;
+};
+
+// The JSON of GET /emulator/stats (services/emulator/emulator_core.h, StatsJson()).
+struct EmulatorStatsView {
+  uint64_t calls = 0;
+  uint64_t requests = 0;
+  uint64_t ok = 0;
+  std::map<int, uint64_t> errors;  // Upstream ErrorCode -> count.
+  uint64_t max_calls_in_window = 0;
+  int64_t rate_limit = 0;
+  std::vector<EmulatorPairView> pairs;
+
+  // The pair's msg_read_time, or nullopt when the emulator holds no such pair.
+  std::optional<int64_t> PairTime(const std::string& report, const std::string& peer) const;
+  // errors[code], 0 when absent.
+  uint64_t ErrorCount(int code) const;
+};
+
+// Sends an HTTPS request to `url`, trusting only the PEM CA file `ca_file`, and returns the
+// body when the answer is HTTP 200. `method` is "GET" or "POST" (POST sends "{}").
+absl::StatusOr<std::string> HttpsRequest(const std::string& method, const std::string& url,
+                                         const std::string& ca_file,
+                                         absl::Duration timeout = absl::Seconds(5));
+
+// Parses the stats JSON.
+absl::StatusOr<EmulatorStatsView> ParseEmulatorStats(const std::string& json);
+
+// GET https://127.0.0.1:<port>/emulator/stats, parsed.
+absl::StatusOr<EmulatorStatsView> FetchEmulatorStats(int port, const std::string& ca_file);
+
+}  // namespace imgw::testing
