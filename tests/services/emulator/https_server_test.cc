@@ -4,9 +4,8 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
-#include <cstdlib>
-#include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +19,8 @@
 #include "boost/beast/http.hpp"
 #include "boost/beast/ssl.hpp"
 #include "gtest/gtest.h"
+#include "tests/testing/process.h"
+#include "tests/testing/tls_files.h"
 
 namespace imgw::emulator {
 namespace {
@@ -30,8 +31,8 @@ namespace http = beast::http;
 namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
 
-// A self-signed certificate for localhost and 127.0.0.1, made once for the whole suite by the
-// openssl CLI and removed when the suite ends.
+// A self-signed certificate for localhost and 127.0.0.1 (tests/testing/tls_files.h), made once
+// for the whole suite and removed when the suite ends.
 class Certificate final : public ::testing::Environment {
  public:
   static Certificate& Get() {
@@ -42,34 +43,27 @@ class Certificate final : public ::testing::Environment {
     }();
     return *certificate;
   }
-  bool ok() const { return ok_; }
-  std::string cert_file() const { return (dir_ / "cert.pem").string(); }
-  std::string key_file() const { return (dir_ / "key.pem").string(); }
+  bool ok() const { return files_.has_value(); }
+  std::string cert_file() const { return files_->cert_file; }
+  std::string key_file() const { return files_->key_file; }
 
   void SetUp() override {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "imgw_https_server_test.XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) return;
-    dir_ = pattern;
-    const char* openssl = std::getenv("IMGW_OPENSSL");
-    const std::string command =
-        absl::StrCat(openssl != nullptr && *openssl != '\0' ? openssl : "openssl",
-                     " req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost",
-                     " -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout '", key_file(),
-                     "' -out '", cert_file(), "' >/dev/null 2>&1");
-    ok_ = std::system(command.c_str()) == 0 && std::filesystem::exists(cert_file());
+    absl::StatusOr<imgw::testing::TempDir> dir =
+        imgw::testing::TempDir::Create("imgw_https_server_test");
+    if (!dir.ok()) return;
+    dir_.emplace(*std::move(dir));
+    absl::StatusOr<imgw::testing::TlsFiles> files =
+        imgw::testing::GenerateSelfSignedCert(dir_->path());
+    if (files.ok()) files_ = *std::move(files);
   }
 
-  void TearDown() override {
-    std::error_code ignored;
-    if (!dir_.empty()) std::filesystem::remove_all(dir_, ignored);
-  }
+  void TearDown() override { dir_.reset(); }
 
  private:
   Certificate() = default;
 
-  std::filesystem::path dir_;
-  bool ok_ = false;
+  std::optional<imgw::testing::TempDir> dir_;
+  std::optional<imgw::testing::TlsFiles> files_;
 };
 
 // Registers the environment before main() runs the tests.
