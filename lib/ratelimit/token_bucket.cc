@@ -10,7 +10,18 @@ namespace imgw::ratelimit {
 constexpr double kEpsilon = 1e-9;
 
 TokenBucket::TokenBucket(double rate_per_second, double burst, absl::Duration now)
-    : rate_(rate_per_second), burst_(std::max(burst, 1.0)), tokens_(burst_), last_(now) {}
+    : burst_(std::max(burst, 1.0)), rate_(rate_per_second), tokens_(burst_), last_(now) {}
+
+void TokenBucket::SetRate(double rate_per_second, absl::Duration now) {
+  absl::MutexLock lock(&mu_);
+  RefillLocked(now);
+  rate_ = rate_per_second;
+}
+
+double TokenBucket::rate() const {
+  absl::MutexLock lock(&mu_);
+  return rate_;
+}
 
 void TokenBucket::RefillLocked(absl::Duration now) {
   if (now <= last_) return;
