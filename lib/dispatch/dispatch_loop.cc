@@ -17,18 +17,27 @@ void DispatchLoop::Start() {
 }
 
 void DispatchLoop::Submit(Call call) {
+  std::vector<Call> calls;
+  calls.push_back(std::move(call));
+  Submit(std::move(calls));
+}
+
+void DispatchLoop::Submit(std::vector<Call> calls) {
+  bool accepted = false;
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
-      submitted_.push_back(std::move(call));
-      call.done = nullptr;
+      for (Call& call : calls) submitted_.push_back(std::move(call));
+      accepted = true;
     }
   }
-  if (call.done) {
-    call.done(Outcome::Failed(Outcome::Kind::kShuttingDown, "the gateway is shutting down"));
+  if (accepted) {
+    client_.Wakeup();
     return;
   }
-  client_.Wakeup();
+  for (Call& call : calls) {
+    call.done(Outcome::Failed(Outcome::Kind::kShuttingDown, "the gateway is shutting down"));
+  }
 }
 
 void DispatchLoop::Cancel(CallId id) {

@@ -27,6 +27,8 @@ class DispatchLoop final {
   void Start();
   // Never blocks. After Stop() began, the call is answered kShuttingDown.
   void Submit(Call call) ABSL_LOCKS_EXCLUDED(mu_);
+  // The same for several calls, with one wake-up.
+  void Submit(std::vector<Call> calls) ABSL_LOCKS_EXCLUDED(mu_);
   void Cancel(CallId id) ABSL_LOCKS_EXCLUDED(mu_);
   // Stops taking calls, lets waiting and in-flight calls finish for up to `grace`, answers
   // the rest kShuttingDown, and joins the thread. Every submitted call has its answer when

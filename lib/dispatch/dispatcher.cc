@@ -1,7 +1,7 @@
 #include "lib/dispatch/dispatcher.h"
 
 #include <algorithm>
-#include <vector>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 
@@ -10,11 +10,17 @@ namespace imgw::dispatch {
 using upstream::Disposition;
 using upstream::Outcome;
 
-Dispatcher::Dispatcher(const Options& options, Clock& clock, ratelimit::TokenBucket& bucket,
+namespace {
+
+std::string Millis(absl::Duration d) { return absl::StrCat(absl::ToInt64Milliseconds(d), "ms"); }
+
+}  // namespace
+
+Dispatcher::Dispatcher(const Options& options, Clock& clock, ratelimit::RateLimiter& limiter,
                        upstream::HttpTransport& transport, upstream::RequestFactory& requests)
     : options_(options),
       clock_(clock),
-      bucket_(bucket),
+      limiter_(limiter),
       transport_(transport),
       requests_(requests),
       jitter_(std::random_device{}()) {}
@@ -22,128 +28,236 @@ Dispatcher::Dispatcher(const Options& options, Clock& clock, ratelimit::TokenBuc
 Dispatcher::~Dispatcher() {
   // The owner cancels the transport first; whatever is left still gets its one answer.
   std::vector<CallId> ids;
-  for (const auto& [id, entry] : calls_) ids.push_back(id);
+  for (const auto& [id, waiter] : waiters_) ids.push_back(id);
   for (CallId id : ids) {
-    Finish(id, Outcome::Failed(Outcome::Kind::kShuttingDown, "the gateway is shutting down"));
+    Answer(id, Outcome::Failed(Outcome::Kind::kShuttingDown, "the gateway is shutting down"));
   }
 }
 
 void Dispatcher::Submit(Call call) {
   absl::Duration now = clock_.Monotonic();
+  ++stats_.submitted;
   if (call.deadline <= now) {
+    ++stats_.expired;
     call.done(Outcome::Failed(Outcome::Kind::kDeadlineExceeded,
                               "the deadline passed before the call was queued"));
     return;
   }
-  if (waiting_ >= options_.max_queued) {
-    call.done(Outcome::Failed(
+  if (waiters_.size() >= options_.max_queued) {
+    ++stats_.rejected_queue_full;
+    Outcome out = Outcome::Failed(
         Outcome::Kind::kQueueFull,
-        absl::StrCat("the gateway's queue is full (", options_.max_queued, " calls waiting)")));
+        absl::StrCat("the gateway holds its maximum of ", options_.max_queued, " calls"));
+    double rate = std::max(limiter_.CurrentRate(now), 1e-3);
+    out.retry_after = absl::Seconds(static_cast<double>(queued_) / rate);
+    call.done(std::move(out));
     return;
   }
+  int64_t time = call.params.msg_read_time.value_or(absl::ToUnixSeconds(clock_.Now()));
+  PairKey key(call.params.report_account, call.params.peer_account);
+  PairSlots& slots = pairs_[key];
+  Entry* active = slots.active != 0 ? &entries_.at(slots.active) : nullptr;
+
+  EntryId target = 0;
+  absl::Duration turn = now;  // When the call's upstream request is expected to go.
+  if (active != nullptr && active->state == Entry::State::kInFlight && time <= active->sent_time) {
+    target = slots.active;  // The answer on its way covers this call.
+    ++stats_.merged_in_flight;
+  } else if (active != nullptr && active->state != Entry::State::kInFlight) {
+    target = slots.active;  // Waiting for a retry: it will carry this call's time too.
+    ++stats_.merged_queued;
+  } else if (slots.next != 0) {
+    target = slots.next;
+    turn = entries_.at(target).estimated_start;
+  } else {
+    turn = EstimateStart(call.caller, now);
+    if (active != nullptr) turn = std::max(turn, now + latency_);
+  }
+  if (turn > call.deadline) {
+    ++stats_.rejected_overloaded;
+    if (slots.active == 0 && slots.next == 0) pairs_.erase(key);
+    Outcome out = Outcome::Failed(
+        Outcome::Kind::kOverloaded,
+        absl::StrCat("the call's deadline (in ", Millis(call.deadline - now),
+                     ") would pass before its turn for the upstream budget (in about ",
+                     Millis(turn - now), ")"));
+    out.retry_after = std::max(absl::Milliseconds(1), turn - now);
+    call.done(std::move(out));
+    return;
+  }
+  if (target == 0) {
+    target = next_entry_++;
+    Entry& entry = entries_[target];
+    entry.pair = key;
+    entry.lane = call.caller;
+    entry.time = time;
+    entry.estimated_start = turn;
+    slots.next = target;
+    if (active != nullptr) {
+      entry.state = Entry::State::kParked;
+    } else {
+      Enqueue(target, entry, /*front=*/false);
+    }
+  } else if (target == slots.next) {
+    ++stats_.merged_queued;
+  }
+  Entry& entry = entries_.at(target);
+  if (entry.state != Entry::State::kInFlight) entry.time = std::max(entry.time, time);
+  entry.waiters.push_back(call.id);
+  deadlines_.emplace(call.deadline, call.id);
   CallId id = call.id;
-  absl::Duration deadline = call.deadline;
-  Entry& entry = calls_[id];
-  entry.call = std::move(call);
-  entry.state = State::kQueued;
-  queue_.push_back(id);
-  deadlines_.emplace(deadline, id);
-  ++waiting_;
+  waiters_[id] = Waiter{std::move(call), target};
+}
+
+absl::Duration Dispatcher::EstimateStart(const std::string& lane, absl::Duration now) {
+  // Round robin: before this call's turn each other lane sends at most as many calls as this
+  // lane has ahead of it, plus one.
+  auto mine = lanes_.find(lane);
+  size_t ahead = mine == lanes_.end() ? 0 : mine->second.live;
+  size_t rounds = ahead + 1;
+  for (const std::string& other : ring_) {
+    if (other != lane) ahead += std::min(lanes_.at(other).live, rounds);
+  }
+  double rate = std::max(limiter_.CurrentRate(now), 1e-3);
+  return now + limiter_.TimeUntilAvailable(now) + absl::Seconds(static_cast<double>(ahead) / rate);
+}
+
+void Dispatcher::Enqueue(EntryId id, Entry& entry, bool front) {
+  entry.state = Entry::State::kQueued;
+  Lane& lane = lanes_[entry.lane];
+  if (front) {
+    lane.queue.push_front(id);
+  } else {
+    lane.queue.push_back(id);
+  }
+  ++lane.live;
+  ++queued_;
+  if (!lane.in_ring) {
+    lane.in_ring = true;
+    ring_.push_back(entry.lane);
+  }
+}
+
+void Dispatcher::Unqueue(Entry& entry) {
+  // The id stays in the lane's deque and is skipped when it comes to the front.
+  --lanes_.at(entry.lane).live;
+  --queued_;
 }
 
 void Dispatcher::Cancel(CallId id) {
-  auto it = calls_.find(id);
-  if (it == calls_.end()) return;
-  if (it->second.state == State::kInFlight) {
-    it->second.cancelled = true;
-    return;
-  }
-  Finish(id, Outcome::Failed(Outcome::Kind::kCancelled, "the caller cancelled"));
+  if (waiters_.find(id) == waiters_.end()) return;
+  ++stats_.cancelled;
+  Answer(id, Outcome::Failed(Outcome::Kind::kCancelled, "the caller cancelled"));
 }
 
 absl::Duration Dispatcher::Step() {
   absl::Duration now = clock_.Monotonic();
   while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
     CallId id = deadlines_.begin()->second;
-    const Entry& entry = calls_.at(id);
-    std::string detail = "the deadline passed while the call waited for its turn";
-    if (entry.attempts > 0) {
+    const Entry& entry = entries_.at(waiters_.at(id).entry);
+    std::string detail = entry.state == Entry::State::kInFlight
+                             ? "the deadline passed while the upstream call was in flight"
+                             : "the deadline passed while the call waited for its turn";
+    if (entry.attempts > 0 && !entry.last.detail.empty()) {
       absl::StrAppend(&detail, " (after ", entry.attempts, " attempts; last: ", entry.last.detail,
                       ")");
     }
-    Finish(id, Outcome::Failed(Outcome::Kind::kDeadlineExceeded, std::move(detail)));
+    ++stats_.expired;
+    Answer(id, Outcome::Failed(Outcome::Kind::kDeadlineExceeded, std::move(detail)));
   }
-  std::vector<CallId> due;
   while (!retries_.empty() && retries_.begin()->first <= now) {
-    due.push_back(retries_.begin()->second);
+    EntryId id = retries_.begin()->second;
     retries_.erase(retries_.begin());
+    // Retries go ahead of their lane: they have waited longest.
+    Enqueue(id, entries_.at(id), /*front=*/true);
   }
-  // Retries go ahead of new calls, earliest first: they have waited longest.
-  for (auto it = due.rbegin(); it != due.rend(); ++it) {
-    calls_.at(*it).state = State::kQueued;
-    queue_.push_front(*it);
-  }
-  while (!queue_.empty()) {
-    auto it = calls_.find(queue_.front());
-    if (it == calls_.end() || it->second.state != State::kQueued) {
-      queue_.pop_front();
+  while (!ring_.empty()) {
+    std::string name = ring_.front();
+    Lane& lane = lanes_.at(name);
+    if (lane.live == 0) {  // Only skipped ids are left.
+      ring_.pop_front();
+      lanes_.erase(name);
       continue;
     }
-    if (!bucket_.TryTake(now)) break;
-    queue_.pop_front();
-    Send(it->first, it->second, now);
+    while (entries_.find(lane.queue.front()) == entries_.end() ||
+           entries_.at(lane.queue.front()).state != Entry::State::kQueued) {
+      lane.queue.pop_front();
+    }
+    if (!limiter_.TryAcquire(now)) break;
+    EntryId id = lane.queue.front();
+    lane.queue.pop_front();
+    --lane.live;
+    --queued_;
+    ring_.pop_front();
+    if (lane.live > 0) {
+      ring_.push_back(name);
+    } else {
+      lanes_.erase(name);
+    }
+    Send(id, entries_.at(id), now);
   }
   absl::Duration next = absl::InfiniteDuration();
-  if (!queue_.empty()) next = now + bucket_.TimeUntilAvailable(now);
+  if (!ring_.empty()) next = now + limiter_.TimeUntilAvailable(now);
   if (!retries_.empty()) next = std::min(next, retries_.begin()->first);
   if (!deadlines_.empty()) next = std::min(next, deadlines_.begin()->first);
   return next;
 }
 
-void Dispatcher::Send(CallId id, Entry& entry, absl::Duration now) {
-  Unschedule(id, entry);
-  entry.state = State::kInFlight;
-  --waiting_;
-  ++in_flight_;
+void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
+  PairSlots& slots = pairs_.at(entry.pair);
+  if (slots.next == id) slots.next = 0;
+  slots.active = id;
+  if (entry.attempts > 0 || entry.resigned) ++stats_.retries;
+  entry.state = Entry::State::kInFlight;
+  entry.sent_time = entry.time;
   ++entry.attempts;
-  absl::Duration timeout = std::min(options_.request_timeout, entry.call.deadline - now);
+  ++in_flight_;
+  ++stats_.requests;
+  absl::Duration timeout = std::min(options_.request_timeout, LatestDeadline(entry) - now);
   transport_.Start(
-      requests_.Build(entry.call.params, timeout),
+      requests_.Build({entry.pair.first, entry.pair.second, entry.time}, timeout),
       [this, id](upstream::HttpResponse response) { OnResponse(id, std::move(response)); });
 }
 
-void Dispatcher::OnResponse(CallId id, upstream::HttpResponse response) {
-  Entry& entry = calls_.at(id);
-  entry.state = State::kQueued;  // Provisionally; every path below moves or finishes it.
+absl::Duration Dispatcher::LatestDeadline(const Entry& entry) const {
+  absl::Duration latest = -absl::InfiniteDuration();
+  for (CallId w : entry.waiters) latest = std::max(latest, waiters_.at(w).call.deadline);
+  return latest;
+}
+
+void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
+  Entry& entry = entries_.at(id);
   --in_flight_;
-  ++waiting_;
+  latency_ =
+      latency_ == absl::ZeroDuration() ? response.elapsed : (latency_ * 7 + response.elapsed) / 8;
   Outcome outcome = upstream::Interpret(response);
   outcome.attempts = entry.attempts;
   absl::Duration now = clock_.Monotonic();
-  bool answered = outcome.kind == Outcome::Kind::kAnswered;
-
-  if (entry.cancelled) {
-    Finish(id, Outcome::Failed(Outcome::Kind::kCancelled, "the caller cancelled"));
+  if (outcome.disposition == Disposition::kRateLimited ||
+      outcome.disposition == Disposition::kRateLimitedLong) {
+    ++stats_.throttled;
+    limiter_.OnThrottled(now);
+  }
+  if (entry.waiters.empty()) {  // Everyone left while it was in flight.
+    PairKey pair = entry.pair;
+    entries_.erase(id);
+    AfterActiveDone(pair);
     return;
   }
-  if (!answered && now >= entry.call.deadline) {
-    Finish(id, Outcome::Failed(Outcome::Kind::kDeadlineExceeded,
-                               absl::StrCat("the deadline passed during attempt ", entry.attempts,
-                                            ": ", outcome.detail)));
-    return;
-  }
+  absl::Duration latest = LatestDeadline(entry);
   switch (outcome.disposition) {
     case Disposition::kResign:
     case Disposition::kResignThenConfig:
-      if (!entry.resigned && now < entry.call.deadline) {
-        // Sign anew and try once more, ahead of the queue; this retry is not counted against
-        // max_attempts but is paid for with a token like any request.
+      if (!entry.resigned && now < latest) {
+        // Sign anew and try once more, ahead of the lane; not counted against max_attempts
+        // but paid for with a token like any request.
         requests_.OnSignatureRejected();
+        ++stats_.resigns;
         entry.resigned = true;
         --entry.attempts;
         entry.last = std::move(outcome);
-        queue_.push_front(id);
-        deadlines_.emplace(entry.call.deadline, id);
+        MergeNextInto(id, entry);
+        Enqueue(id, entry, /*front=*/true);
         return;
       }
       break;
@@ -151,12 +265,12 @@ void Dispatcher::OnResponse(CallId id, upstream::HttpResponse response) {
     case Disposition::kRateLimited:
       if (entry.attempts < options_.max_attempts) {
         absl::Duration at = now + Backoff(entry.attempts);
-        if (at < entry.call.deadline) {
-          entry.state = State::kBackoff;
+        if (at < latest) {
+          entry.state = Entry::State::kBackoff;
           entry.retry_at = at;
           entry.last = std::move(outcome);
           retries_.emplace(at, id);
-          deadlines_.emplace(entry.call.deadline, id);
+          MergeNextInto(id, entry);
           return;
         }
       }
@@ -164,7 +278,95 @@ void Dispatcher::OnResponse(CallId id, upstream::HttpResponse response) {
     default:
       break;
   }
-  Finish(id, std::move(outcome));
+  FinishEntry(id, outcome);
+}
+
+void Dispatcher::MergeNextInto(EntryId id, Entry& entry) {
+  PairSlots& slots = pairs_.at(entry.pair);
+  if (slots.next == 0 || slots.next == id) return;
+  Entry& next = entries_.at(slots.next);
+  for (CallId w : next.waiters) {
+    waiters_.at(w).entry = id;
+    entry.waiters.push_back(w);
+  }
+  entry.time = std::max(entry.time, next.time);
+  if (next.state == Entry::State::kQueued) Unqueue(next);
+  entries_.erase(slots.next);
+  slots.next = 0;
+}
+
+void Dispatcher::FinishEntry(EntryId id, const Outcome& outcome) {
+  absl::Duration now = clock_.Monotonic();
+  std::vector<CallId> waiters = std::move(entries_.at(id).waiters);
+  PairKey pair = entries_.at(id).pair;
+  entries_.erase(id);
+  bool answered = outcome.kind == Outcome::Kind::kAnswered;
+  for (CallId w : waiters) {
+    if (!answered && waiters_.at(w).call.deadline <= now) {
+      ++stats_.expired;
+      Answer(w, Outcome::Failed(Outcome::Kind::kDeadlineExceeded,
+                                absl::StrCat("the deadline passed during attempt ",
+                                             outcome.attempts, ": ", outcome.detail)));
+    } else {
+      Answer(w, outcome);
+    }
+  }
+  AfterActiveDone(pair);
+}
+
+void Dispatcher::AfterActiveDone(const PairKey& pair) {
+  auto it = pairs_.find(pair);
+  PairSlots& slots = it->second;
+  slots.active = 0;
+  if (slots.next == 0) {
+    pairs_.erase(it);
+    return;
+  }
+  Entry& next = entries_.at(slots.next);
+  // A parked call joins the back of its lane now that its pair is free.
+  if (next.state == Entry::State::kParked) Enqueue(slots.next, next, /*front=*/false);
+}
+
+void Dispatcher::Answer(CallId id, Outcome outcome) {
+  auto it = waiters_.find(id);
+  if (it == waiters_.end()) return;
+  Waiter waiter = std::move(it->second);
+  waiters_.erase(it);
+  deadlines_.erase({waiter.call.deadline, id});
+  if (auto entry = entries_.find(waiter.entry); entry != entries_.end()) {
+    std::vector<CallId>& list = entry->second.waiters;
+    list.erase(std::find(list.begin(), list.end(), id));
+    DropIfAbandoned(waiter.entry);
+  }
+  waiter.call.done(std::move(outcome));
+}
+
+void Dispatcher::DropIfAbandoned(EntryId id) {
+  Entry& entry = entries_.at(id);
+  if (entry.state == Entry::State::kInFlight) return;  // OnResponse decides.
+  if (!entry.waiters.empty()) {
+    RecomputeTime(entry);  // A cancelled call's time is not sent for it.
+    return;
+  }
+  if (entry.state == Entry::State::kQueued) Unqueue(entry);
+  if (entry.state == Entry::State::kBackoff) retries_.erase({entry.retry_at, id});
+  PairKey pair = entry.pair;
+  entries_.erase(id);
+  PairSlots& slots = pairs_.at(pair);
+  if (slots.next == id) {
+    slots.next = 0;
+    if (slots.active == 0) pairs_.erase(pair);
+  } else {
+    AfterActiveDone(pair);
+  }
+}
+
+void Dispatcher::RecomputeTime(Entry& entry) {
+  int64_t time = 0;
+  for (CallId w : entry.waiters) {
+    time = std::max(time, waiters_.at(w).call.params.msg_read_time.value_or(0));
+  }
+  entry.time = time;
 }
 
 absl::Duration Dispatcher::Backoff(int attempts) {
@@ -175,32 +377,12 @@ absl::Duration Dispatcher::Backoff(int attempts) {
   return absl::Microseconds(pick(jitter_));
 }
 
-void Dispatcher::Unschedule(CallId id, const Entry& entry) {
-  deadlines_.erase({entry.call.deadline, id});
-  if (entry.state == State::kBackoff) retries_.erase({entry.retry_at, id});
-}
-
-void Dispatcher::Finish(CallId id, Outcome outcome) {
-  auto it = calls_.find(id);
-  Entry& entry = it->second;
-  Unschedule(id, entry);
-  if (entry.state == State::kInFlight) {
-    --in_flight_;
-  } else {
-    --waiting_;
-  }
-  if (outcome.attempts == 0) outcome.attempts = entry.attempts;
-  auto done = std::move(entry.call.done);
-  calls_.erase(it);
-  done(std::move(outcome));
-}
-
 void Dispatcher::FailWaiting(const std::string& why) {
   std::vector<CallId> ids;
-  for (const auto& [id, entry] : calls_) {
-    if (entry.state != State::kInFlight) ids.push_back(id);
+  for (const auto& [id, waiter] : waiters_) {
+    if (entries_.at(waiter.entry).state != Entry::State::kInFlight) ids.push_back(id);
   }
-  for (CallId id : ids) Finish(id, Outcome::Failed(Outcome::Kind::kShuttingDown, why));
+  for (CallId id : ids) Answer(id, Outcome::Failed(Outcome::Kind::kShuttingDown, why));
 }
 
 }  // namespace imgw::dispatch

@@ -4,13 +4,16 @@
 #include <deque>
 #include <random>
 #include <set>
+#include <string>
 #include <utility>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
 #include "lib/common/clock.h"
-#include "lib/ratelimit/token_bucket.h"
+#include "lib/ratelimit/rate_limiter.h"
 #include "lib/upstream/http_transport.h"
 #include "lib/upstream/outcome.h"
 #include "lib/upstream/request_factory.h"
@@ -22,15 +25,43 @@ using CallId = uint64_t;
 
 // One caller's request, as the service layer hands it over.
 struct Call {
-  CallId id = 0;  // Unique among the calls not yet finished; chosen by the caller.
-  upstream::SetMsgReadParams params;
+  CallId id = 0;       // Unique among the calls not yet answered; chosen by the caller.
+  std::string caller;  // Fair-share lane: calls are served caller by caller in turn.
+  upstream::SetMsgReadParams params;  // msg_read_time set (stamped on arrival when absent).
   absl::Duration deadline = absl::InfiniteDuration();  // On Clock::Monotonic().
   // Runs exactly once, on the dispatcher's thread, with the call's result.
   absl::AnyInvocable<void(upstream::Outcome)> done;
 };
 
-// Admission and the life of every call: a FIFO queue, paced by the token bucket, sent through
-// the transport, retried while the deadline allows, answered exactly once.
+// Counters of what the dispatcher did; read on its thread (the metrics issue exports them).
+struct DispatcherStats {
+  uint64_t submitted = 0;
+  uint64_t merged_queued = 0;     // Calls that joined a queued upstream call of their pair.
+  uint64_t merged_in_flight = 0;  // Calls answered by a call already in flight.
+  uint64_t requests = 0;          // Upstream requests sent (every attempt).
+  uint64_t retries = 0;           // Requests that were retries (re-signing included).
+  uint64_t resigns = 0;           // Signatures renewed on the upstream's word.
+  uint64_t throttled = 0;         // Frequency-limit answers from the upstream.
+  uint64_t rejected_queue_full = 0;
+  uint64_t rejected_overloaded = 0;  // Deadline could not be met by the call's turn.
+  uint64_t expired = 0;              // Deadline passed while waiting.
+  uint64_t cancelled = 0;
+};
+
+// Admission and the life of every call:
+//  - merging: calls for the same (report, peer) pair share one upstream call that carries the
+//    largest read time; a call whose time is not later than the one in flight for its pair
+//    takes that call's answer. At most one upstream call per pair is in flight; a later call
+//    for the pair waits ("parked") until it returns, gathering the calls that come meanwhile.
+//  - fair shares: upstream calls wait in one FIFO lane per caller; when the limiter has a token
+//    the lanes are served in turn (round robin), so a heavy caller cannot starve a light one.
+//  - deadlines: a call whose deadline would pass before its turn is refused at once
+//    (kOverloaded, with a retry-after hint); a waiting call whose deadline passes, or whose
+//    caller cancels, is answered and spends no token; an upstream call nobody waits for any
+//    more is dropped.
+//  - retries: transient failures and frequency limits are retried with backoff (full jitter)
+//    while some waiter's deadline allows, each retry paid with a token; a frequency limit also
+//    slows the limiter down; an expired signature is renewed and the call retried once.
 //
 // Not thread-safe: one thread (DispatchLoop's) calls every method, and the transport completes
 // requests on that same thread. No method blocks. Borrows everything it is given; all of it
@@ -38,64 +69,103 @@ struct Call {
 class Dispatcher final {
  public:
   struct Options {
-    size_t max_queued = 10000;
-    int max_attempts = 3;  // Upstream requests per call, first included (re-signing excluded).
+    size_t max_queued = 10000;  // Calls held (waiting or in flight) at once.
+    int max_attempts = 3;       // Requests per upstream call, first included (re-sign excluded).
     absl::Duration backoff_base = absl::Milliseconds(50);
     absl::Duration backoff_max = absl::Seconds(1);
     absl::Duration request_timeout = absl::Seconds(5);  // Above the upstream's own 3 s.
   };
 
-  Dispatcher(const Options& options, Clock& clock, ratelimit::TokenBucket& bucket,
+  Dispatcher(const Options& options, Clock& clock, ratelimit::RateLimiter& limiter,
              upstream::HttpTransport& transport, upstream::RequestFactory& requests);
-  ~Dispatcher();
+  ~Dispatcher();  // Answers whatever is left kShuttingDown.
 
-  // Queues a call, or answers it at once when the queue is full or its deadline has passed.
+  // Queues a call, merges it, or answers it at once (queue full, deadline unreachable).
   void Submit(Call call);
-  // The caller went away: a waiting call is answered kCancelled and spends no token; a call in
-  // flight is answered when its request completes. Unknown ids are ignored.
+  // The caller went away: answered kCancelled at once. Unknown ids are ignored.
   void Cancel(CallId id);
-  // Sends what the bucket allows, answers calls whose deadline passed, starts due retries.
+  // Sends what the limiter allows, answers calls whose deadline passed, starts due retries.
   // Returns the monotonic time at which Step() should run again (InfiniteDuration: only when
   // something new arrives).
   absl::Duration Step();
-  // Answers every waiting call kShuttingDown. Calls in flight finish as their requests do.
+  // Answers kShuttingDown every call that is not waiting for a request in flight.
   void FailWaiting(const std::string& why);
 
-  size_t waiting() const { return waiting_; }
-  size_t in_flight() const { return in_flight_; }
-  bool idle() const { return calls_.empty(); }
+  size_t calls() const { return waiters_.size(); }  // Calls not yet answered.
+  size_t in_flight() const { return in_flight_; }   // Upstream requests in flight.
+  size_t queued() const { return queued_; }         // Upstream calls waiting for a token.
+  bool idle() const { return waiters_.empty() && in_flight_ == 0; }
+  const DispatcherStats& stats() const { return stats_; }
 
  private:
-  enum class State { kQueued, kBackoff, kInFlight };
+  using EntryId = uint64_t;
+  using PairKey = std::pair<std::string, std::string>;
+
+  // One upstream call, shared by the waiters of its pair.
   struct Entry {
-    Call call;
+    enum class State { kQueued, kParked, kBackoff, kInFlight };
+    PairKey pair;
+    std::string lane;
     State state = State::kQueued;
-    bool cancelled = false;
-    bool resigned = false;
+    int64_t time = 0;       // Largest read time among the waiters: what the next request sends.
+    int64_t sent_time = 0;  // What the request in flight carries.
+    std::vector<CallId> waiters;
     int attempts = 0;
+    bool resigned = false;
     absl::Duration retry_at;
-    upstream::Outcome last;  // The last failed attempt, for the answer if time runs out.
+    absl::Duration estimated_start;  // When it was expected to get its token.
+    upstream::Outcome last;          // The last failed attempt.
+  };
+  struct Waiter {
+    Call call;
+    EntryId entry = 0;
+  };
+  // The entries of a pair: the one sent at least once and not answered yet ("active": in
+  // flight, in backoff or queued for a retry), and the one gathering later calls ("next":
+  // queued, or parked while active is in flight).
+  struct PairSlots {
+    EntryId active = 0;
+    EntryId next = 0;
+  };
+  struct Lane {
+    std::deque<EntryId> queue;  // kQueued entries in order; others are skipped lazily.
+    size_t live = 0;            // kQueued entries in `queue`.
+    bool in_ring = false;
   };
 
-  void Send(CallId id, Entry& entry, absl::Duration now);
-  void OnResponse(CallId id, upstream::HttpResponse response);
-  void Finish(CallId id, upstream::Outcome outcome);
-  void Unschedule(CallId id, const Entry& entry);
+  absl::Duration EstimateStart(const std::string& lane, absl::Duration now);
+  void Enqueue(EntryId id, Entry& entry, bool front);
+  void Unqueue(Entry& entry);
+  void Send(EntryId id, Entry& entry, absl::Duration now);
+  void OnResponse(EntryId id, upstream::HttpResponse response);
+  void MergeNextInto(EntryId id, Entry& entry);
+  absl::Duration LatestDeadline(const Entry& entry) const;
+  void FinishEntry(EntryId id, const upstream::Outcome& outcome);
+  void AfterActiveDone(const PairKey& pair);
+  void Answer(CallId id, upstream::Outcome outcome);
+  void DropIfAbandoned(EntryId id);
+  void RecomputeTime(Entry& entry);
   absl::Duration Backoff(int attempts);
 
   const Options options_;
   Clock& clock_;
-  ratelimit::TokenBucket& bucket_;
+  ratelimit::RateLimiter& limiter_;
   upstream::HttpTransport& transport_;
   upstream::RequestFactory& requests_;
   std::mt19937 jitter_;
 
-  absl::node_hash_map<CallId, Entry> calls_;
-  std::deque<CallId> queue_;  // FIFO of kQueued ids; ids no longer queued are skipped.
-  std::set<std::pair<absl::Duration, CallId>> deadlines_;  // Of kQueued and kBackoff calls.
-  std::set<std::pair<absl::Duration, CallId>> retries_;    // Of kBackoff calls, by retry_at.
-  size_t waiting_ = 0;                                     // kQueued + kBackoff.
-  size_t in_flight_ = 0;                                   // kInFlight.
+  absl::node_hash_map<CallId, Waiter> waiters_;
+  absl::node_hash_map<EntryId, Entry> entries_;
+  absl::flat_hash_map<PairKey, PairSlots> pairs_;
+  absl::flat_hash_map<std::string, Lane> lanes_;
+  std::deque<std::string> ring_;  // Lanes with queued entries, in serving order.
+  std::set<std::pair<absl::Duration, CallId>> deadlines_;  // Of every waiter.
+  std::set<std::pair<absl::Duration, EntryId>> retries_;   // Of kBackoff entries.
+  EntryId next_entry_ = 1;
+  size_t in_flight_ = 0;
+  size_t queued_ = 0;
+  absl::Duration latency_ = absl::ZeroDuration();  // Moving average of upstream latency.
+  DispatcherStats stats_;
 };
 
 }  // namespace imgw::dispatch

@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/time/time.h"
+
 namespace imgw::upstream {
 
 // What the gateway should do about an upstream ErrorCode (../shared/API.md, "Error codes").
@@ -32,6 +34,7 @@ struct Outcome {
     kCancelled,         // The caller cancelled.
     kShuttingDown,      // The gateway stopped before the call could be sent.
     kQueueFull,         // The gateway's queue was full: rejected at once.
+    kOverloaded,        // The call's deadline would pass before its turn: rejected at once.
     kInvalidArgument,   // Local validation failed: no upstream call was made.
   };
   Kind kind = Kind::kUnavailable;
@@ -41,6 +44,8 @@ struct Outcome {
   std::string error_info;                         // For kAnswered.
   std::string detail;  // For the others: what went wrong, for the caller and the logs.
   int attempts = 0;    // Upstream requests made for this call.
+  // For kQueueFull and kOverloaded: how long the caller should wait before trying again.
+  absl::Duration retry_after = absl::ZeroDuration();
 
   static Outcome Answered(std::string action_status, int32_t error_code, std::string error_info);
   static Outcome Failed(Kind kind, std::string detail);

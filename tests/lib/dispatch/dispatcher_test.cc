@@ -3,10 +3,13 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "lib/ratelimit/token_bucket.h"
 #include "lib/usersig/usersig_cache.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/fake_transport.h"
@@ -25,6 +28,23 @@ std::string Fail(int code) {
          "}";
 }
 
+// A plain token bucket as the limiter, counting throttles.
+class TestLimiter final : public ratelimit::RateLimiter {
+ public:
+  TestLimiter(double rate, absl::Duration now) : rate_(rate), bucket_(rate, 1, now) {}
+  bool TryAcquire(absl::Duration now) override { return bucket_.TryTake(now); }
+  absl::Duration TimeUntilAvailable(absl::Duration now) override {
+    return bucket_.TimeUntilAvailable(now);
+  }
+  void OnThrottled(absl::Duration) override { ++throttles; }
+  double CurrentRate(absl::Duration) override { return rate_; }
+  int throttles = 0;
+
+ private:
+  double rate_;
+  ratelimit::TokenBucket bucket_;
+};
+
 std::string UserSigOf(const std::string& url) {
   size_t start = url.find("usersig=") + 8;
   return url.substr(start, url.find('&', start) - start);
@@ -34,17 +54,23 @@ class DispatcherTest : public ::testing::Test {
  protected:
   void Build(Dispatcher::Options options, double rate = 10) {
     cache_ = *usersig::UserSigCache::Create({"key", 1, "admin", absl::Hours(24), 0.5}, clock_);
-    bucket_ = std::make_unique<ratelimit::TokenBucket>(rate, 1.0, clock_.Monotonic());
+    limiter_ = std::make_unique<TestLimiter>(rate, clock_.Monotonic());
     requests_ = std::make_unique<upstream::RequestFactory>(
         upstream::RequestFactory::Options{"https://upstream", {1, "admin"}}, *cache_);
-    dispatcher_ = std::make_unique<Dispatcher>(options, clock_, *bucket_, transport_, *requests_);
+    dispatcher_ = std::make_unique<Dispatcher>(options, clock_, *limiter_, transport_, *requests_);
   }
 
-  // Submits a call whose outcome lands in outcomes_[id]; counts answers per id.
+  // Submits a call whose outcome lands in outcomes_[id]; counts answers per id. By default
+  // each id has a pair of its own.
   void Submit(CallId id, absl::Duration timeout = absl::Seconds(10)) {
+    SubmitFor(id, "r" + std::to_string(id), 1700000000, "caller", timeout);
+  }
+  void SubmitFor(CallId id, const std::string& report, int64_t time, const std::string& caller,
+                 absl::Duration timeout = absl::Seconds(10)) {
     Call call;
     call.id = id;
-    call.params = {"r" + std::to_string(id), "p", 1700000000};
+    call.caller = caller;
+    call.params = {report, "p", time};
     call.deadline = clock_.Monotonic() + timeout;
     call.done = [this, id](Outcome outcome) {
       ++answers_[id];
@@ -59,7 +85,7 @@ class DispatcherTest : public ::testing::Test {
   testing::FakeClock clock_;
   testing::FakeTransport transport_;
   std::unique_ptr<usersig::UserSigCache> cache_;
-  std::unique_ptr<ratelimit::TokenBucket> bucket_;
+  std::unique_ptr<TestLimiter> limiter_;
   std::unique_ptr<upstream::RequestFactory> requests_;
   std::unique_ptr<Dispatcher> dispatcher_;
 };
@@ -97,24 +123,38 @@ TEST_F(DispatcherTest, PacesRequestsAtTheRateAndAnswersEachCallOnce) {
 TEST_F(DispatcherTest, DeadlinePassedInQueueAnswersWithoutSpendingAToken) {
   Build({}, /*rate=*/1);
   Submit(1);
-  Submit(2, absl::Milliseconds(500));
+  Submit(2, absl::Milliseconds(1500));  // Its turn is expected at 1 s: admitted.
   dispatcher_->Step();
-  EXPECT_EQ(transport_.started(), 1);
+  ASSERT_EQ(transport_.started(), 1);
+  // Call 1 fails and its retry goes first: call 2's turn slips to 2 s, past its deadline.
+  transport_.Fail(HttpResponse::Error::kConnect);
+  clock_.Advance(absl::Milliseconds(1000));
+  dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 2);
+  EXPECT_NE(transport_.pending()[0].request.body.find("\"r1\""), std::string::npos);
   clock_.Advance(absl::Milliseconds(500));
   dispatcher_->Step();
   EXPECT_EQ(answers_[2], 1);
   EXPECT_EQ(outcomes_[2].kind, Outcome::Kind::kDeadlineExceeded);
-  clock_.Advance(absl::Seconds(1));
+  clock_.Advance(absl::Seconds(2));
   dispatcher_->Step();
-  EXPECT_EQ(transport_.started(), 1) << "an expired call was sent";
+  EXPECT_EQ(transport_.started(), 2) << "an expired call was sent";
+  EXPECT_EQ(dispatcher_->queued(), 0u);
 }
 
-TEST_F(DispatcherTest, StepWakesAtTheEarliestDeadline) {
+TEST_F(DispatcherTest, StepWakesAtTheEarliestDeadlineEvenInFlight) {
   Build({}, /*rate=*/0.1);
-  Submit(1);
-  Submit(2, absl::Milliseconds(300));
+  Submit(1, absl::Milliseconds(300));
   absl::Duration next = dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 1);
   EXPECT_EQ(next - clock_.Monotonic(), absl::Milliseconds(300));
+  clock_.Advance(absl::Milliseconds(300));
+  dispatcher_->Step();
+  EXPECT_EQ(answers_[1], 1);
+  EXPECT_EQ(outcomes_[1].kind, Outcome::Kind::kDeadlineExceeded);
+  transport_.Answer(kOk);  // Nobody waits any more: dropped.
+  EXPECT_EQ(answers_[1], 1);
+  EXPECT_TRUE(dispatcher_->idle());
 }
 
 TEST_F(DispatcherTest, CancelledWhileQueuedIsAnsweredAndNeverSent) {
@@ -133,29 +173,31 @@ TEST_F(DispatcherTest, CancelledWhileQueuedIsAnsweredAndNeverSent) {
   EXPECT_EQ(answers_[2], 1);
 }
 
-TEST_F(DispatcherTest, CancelledInFlightIsAnsweredOnceWhenTheRequestEnds) {
+TEST_F(DispatcherTest, CancelledInFlightIsAnsweredAtOnceAndTheLateAnswerDropped) {
   Build({});
   Submit(1);
   dispatcher_->Step();
   dispatcher_->Cancel(1);
-  EXPECT_EQ(answers_[1], 0);
-  transport_.Answer(kOk);
   EXPECT_EQ(answers_[1], 1);
   EXPECT_EQ(outcomes_[1].kind, Outcome::Kind::kCancelled);
+  EXPECT_FALSE(dispatcher_->idle()) << "the request is still out";
+  transport_.Answer(kOk);
+  EXPECT_EQ(answers_[1], 1);
+  EXPECT_TRUE(dispatcher_->idle());
 }
 
 TEST_F(DispatcherTest, FullQueueRejectsAtOnce) {
   Dispatcher::Options options;
   options.max_queued = 2;
   Build(options, /*rate=*/0.001);
-  dispatcher_->Step();  // Spend the only token on nothing.
-  Submit(1);
-  Submit(2);
-  Submit(3);
+  Submit(1, absl::InfiniteDuration());
+  Submit(2, absl::InfiniteDuration());
+  Submit(3, absl::InfiniteDuration());
   EXPECT_EQ(answers_[3], 1);
   EXPECT_EQ(outcomes_[3].kind, Outcome::Kind::kQueueFull);
+  EXPECT_GT(outcomes_[3].retry_after, absl::ZeroDuration());
   EXPECT_EQ(answers_[1] + answers_[2], 0);
-  EXPECT_EQ(dispatcher_->waiting(), 2u);
+  EXPECT_EQ(dispatcher_->calls(), 2u);
 }
 
 TEST_F(DispatcherTest, ExpiredSignatureIsRenewedAndRetriedOnce) {
@@ -295,6 +337,245 @@ TEST_F(DispatcherTest, PastDeadlineAtSubmitIsAnsweredAtOnce) {
   Submit(1, absl::ZeroDuration());
   EXPECT_EQ(answers_[1], 1);
   EXPECT_EQ(outcomes_[1].kind, Outcome::Kind::kDeadlineExceeded);
+}
+
+std::string ReportOf(const upstream::HttpRequest& request) {
+  size_t start = request.body.find("\"Report_Account\":\"") + 18;
+  return request.body.substr(start, request.body.find('"', start) - start);
+}
+
+int64_t TimeOf(const upstream::HttpRequest& request) {
+  size_t start = request.body.find("\"MsgReadTime\":") + 14;
+  return std::stoll(request.body.substr(start));
+}
+
+TEST_F(DispatcherTest, QueuedCallsForAPairBecomeOneRequestWithTheLargestTime) {
+  Build({}, /*rate=*/1);
+  SubmitFor(1, "x", 100, "c");  // Takes the first token.
+  SubmitFor(2, "a", 5, "c");
+  SubmitFor(3, "a", 9, "c");
+  SubmitFor(4, "a", 7, "c");
+  dispatcher_->Step();
+  clock_.Advance(absl::Seconds(1));
+  dispatcher_->Step();
+  clock_.Advance(absl::Seconds(1));
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 2) << "the pair's calls were not merged";
+  EXPECT_EQ(ReportOf(transport_.pending()[1].request), "a");
+  EXPECT_EQ(TimeOf(transport_.pending()[1].request), 9);
+  transport_.Answer(kOk);
+  transport_.Answer(kOk);
+  for (CallId id : {1, 2, 3, 4}) {
+    EXPECT_EQ(answers_[id], 1) << id;
+    EXPECT_EQ(outcomes_[id].disposition, Disposition::kOk) << id;
+  }
+  EXPECT_EQ(dispatcher_->stats().merged_queued, 2u);
+  EXPECT_EQ(dispatcher_->stats().requests, 2u);
+}
+
+TEST_F(DispatcherTest, CallNotLaterThanTheOneInFlightTakesItsAnswer) {
+  Build({}, /*rate=*/1000);
+  SubmitFor(1, "a", 10, "c");
+  dispatcher_->Step();
+  SubmitFor(2, "a", 10, "c");
+  SubmitFor(3, "a", 3, "other caller");
+  clock_.Advance(absl::Seconds(1));
+  dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 1);
+  transport_.Answer(Fail(90008));
+  for (CallId id : {1, 2, 3}) {
+    EXPECT_EQ(answers_[id], 1) << id;
+    EXPECT_EQ(outcomes_[id].error_code, 90008) << id;
+  }
+  EXPECT_EQ(dispatcher_->stats().merged_in_flight, 2u);
+  EXPECT_TRUE(dispatcher_->idle());
+}
+
+TEST_F(DispatcherTest, LaterCallWaitsForThePairsCallInFlightThenGoesWithTheLargestTime) {
+  Build({}, /*rate=*/1000);
+  SubmitFor(1, "a", 10, "c");
+  dispatcher_->Step();
+  SubmitFor(2, "a", 20, "c");
+  SubmitFor(3, "a", 15, "c");
+  clock_.Advance(absl::Seconds(1));
+  dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 1) << "two calls of one pair in flight at once";
+  transport_.Answer(kOk);
+  EXPECT_EQ(answers_[1], 1);
+  EXPECT_EQ(answers_[2] + answers_[3], 0);
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 2);
+  EXPECT_EQ(TimeOf(transport_.pending()[0].request), 20);
+  transport_.Answer(kOk);
+  EXPECT_EQ(answers_[2], 1);
+  EXPECT_EQ(answers_[3], 1);
+}
+
+TEST_F(DispatcherTest, WaitingCallsJoinARetryOfTheirPair) {
+  Build({}, /*rate=*/1000);
+  SubmitFor(1, "a", 10, "c");
+  dispatcher_->Step();
+  SubmitFor(2, "a", 20, "c");
+  transport_.AnswerAt(0, 503, "");
+  clock_.Advance(absl::Seconds(1));
+  SubmitFor(3, "a", 30, "c");  // Joins the retry too.
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 2);
+  EXPECT_EQ(TimeOf(transport_.pending()[0].request), 30);
+  transport_.Answer(kOk);
+  for (CallId id : {1, 2, 3}) EXPECT_EQ(outcomes_[id].disposition, Disposition::kOk) << id;
+  EXPECT_TRUE(dispatcher_->idle());
+}
+
+TEST_F(DispatcherTest, CancellingTheLargestTimeLowersWhatIsSent) {
+  Build({}, /*rate=*/1);
+  SubmitFor(1, "x", 1, "c");
+  SubmitFor(2, "a", 5, "c");
+  SubmitFor(3, "a", 9, "c");
+  dispatcher_->Step();
+  dispatcher_->Cancel(3);
+  EXPECT_EQ(outcomes_[3].kind, Outcome::Kind::kCancelled);
+  clock_.Advance(absl::Seconds(1));
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 2);
+  EXPECT_EQ(TimeOf(transport_.pending()[1].request), 5);
+}
+
+TEST_F(DispatcherTest, AnUpstreamCallNobodyWaitsForIsDropped) {
+  Build({}, /*rate=*/1);
+  SubmitFor(1, "x", 1, "c");
+  SubmitFor(2, "a", 5, "c");
+  SubmitFor(3, "a", 6, "c");
+  EXPECT_EQ(dispatcher_->queued(), 2u);
+  dispatcher_->Cancel(2);
+  dispatcher_->Cancel(3);
+  EXPECT_EQ(dispatcher_->queued(), 1u);
+  for (int i = 0; i < 5; ++i) {
+    dispatcher_->Step();
+    clock_.Advance(absl::Seconds(1));
+  }
+  EXPECT_EQ(transport_.started(), 1);
+  EXPECT_EQ(dispatcher_->stats().cancelled, 2u);
+}
+
+TEST_F(DispatcherTest, CallersAreServedInTurn) {
+  Build({}, /*rate=*/10);
+  for (CallId id = 1; id <= 50; ++id) SubmitFor(id, "h" + std::to_string(id), 1, "heavy");
+  for (CallId id = 101; id <= 103; ++id) SubmitFor(id, "l" + std::to_string(id), 1, "light");
+  std::vector<std::string> order;
+  for (int i = 0; i < 10; ++i) {
+    dispatcher_->Step();
+    while (!transport_.pending().empty()) {
+      order.push_back(ReportOf(transport_.pending()[0].request));
+      transport_.Answer(kOk);
+    }
+    clock_.Advance(absl::Milliseconds(100));
+  }
+  ASSERT_GE(order.size(), 7u);
+  EXPECT_EQ(order[0], "h1");
+  EXPECT_EQ(order[1], "l101");
+  EXPECT_EQ(order[2], "h2");
+  EXPECT_EQ(order[3], "l102");
+  EXPECT_EQ(order[4], "h3");
+  EXPECT_EQ(order[5], "l103");
+  EXPECT_EQ(order[6], "h4");
+  for (CallId id = 101; id <= 103; ++id) EXPECT_EQ(answers_[id], 1);
+}
+
+TEST_F(DispatcherTest, CallThatCannotMeetItsDeadlineIsRefusedAtOnceWithAHint) {
+  Build({}, /*rate=*/10);
+  for (CallId id = 1; id <= 20; ++id) Submit(id);
+  Submit(21, absl::Milliseconds(500));
+  EXPECT_EQ(answers_[21], 1);
+  EXPECT_EQ(outcomes_[21].kind, Outcome::Kind::kOverloaded);
+  // 20 calls ahead at 10/s: its turn would have come in about 2 s.
+  EXPECT_GE(outcomes_[21].retry_after, absl::Milliseconds(1900));
+  EXPECT_LE(outcomes_[21].retry_after, absl::Milliseconds(2100));
+  EXPECT_EQ(dispatcher_->stats().rejected_overloaded, 1u);
+  // A light caller's call has its turn after one round: admitted with the same deadline.
+  SubmitFor(22, "light1", 1, "light", absl::Milliseconds(500));
+  EXPECT_EQ(answers_[22], 0);
+  for (int i = 0; i < 3; ++i) {
+    dispatcher_->Step();
+    clock_.Advance(absl::Milliseconds(100));
+  }
+  bool light_sent = false;
+  for (const auto& p : transport_.pending()) light_sent |= ReportOf(p.request) == "light1";
+  EXPECT_TRUE(light_sent);
+}
+
+TEST_F(DispatcherTest, FrequencyLimitSlowsTheLimiterAndIsRetried) {
+  Build({}, /*rate=*/1000);
+  Submit(1);
+  dispatcher_->Step();
+  transport_.Answer(Fail(60007));
+  EXPECT_EQ(limiter_->throttles, 1);
+  EXPECT_EQ(dispatcher_->stats().throttled, 1u);
+  clock_.Advance(absl::Seconds(1));
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 2);
+  transport_.Answer(kOk);
+  EXPECT_EQ(outcomes_[1].disposition, Disposition::kOk);
+  EXPECT_EQ(dispatcher_->stats().retries, 1u);
+}
+
+TEST_F(DispatcherTest, UnabsorbedFrequencyLimitIsTheAnswer) {
+  Dispatcher::Options options;
+  options.max_attempts = 2;
+  Build(options, /*rate=*/1000);
+  Submit(1);
+  for (int i = 0; i < 2; ++i) {
+    dispatcher_->Step();
+    ASSERT_EQ(transport_.pending().size(), 1u);
+    transport_.Answer(Fail(60007));
+    clock_.Advance(absl::Seconds(1));
+  }
+  EXPECT_EQ(answers_[1], 1);
+  EXPECT_EQ(outcomes_[1].disposition, Disposition::kRateLimited);
+  EXPECT_EQ(limiter_->throttles, 2);
+}
+
+// Many callers, pairs and cancellations at random, checked for the two invariants: every call
+// is answered exactly once, and no pair ever has two requests in flight.
+TEST_F(DispatcherTest, RandomisedRunAnswersEveryCallOnce) {
+  Build({}, /*rate=*/50);
+  std::mt19937 rng(7);
+  CallId next = 1;
+  for (int tick = 0; tick < 2000; ++tick) {
+    int arrivals = static_cast<int>(rng() % 4);
+    for (int i = 0; i < arrivals; ++i) {
+      CallId id = next++;
+      SubmitFor(id, "r" + std::to_string(rng() % 30), 1000 + static_cast<int64_t>(rng() % 100),
+                "c" + std::to_string(rng() % 3), absl::Milliseconds(200 + rng() % 3000));
+    }
+    if (rng() % 10 == 0 && next > 1) dispatcher_->Cancel(1 + rng() % (next - 1));
+    dispatcher_->Step();
+    std::set<std::string> in_flight;
+    for (const auto& p : transport_.pending()) {
+      EXPECT_TRUE(in_flight.insert(ReportOf(p.request)).second)
+          << "two requests in flight for " << ReportOf(p.request);
+    }
+    while (!transport_.pending().empty() && rng() % 3 != 0) {
+      switch (rng() % 4) {
+        case 0:
+          transport_.AnswerAt(0, 503, "");
+          break;
+        case 1:
+          transport_.Answer(Fail(60007));
+          break;
+        default:
+          transport_.Answer(kOk);
+      }
+    }
+    clock_.Advance(absl::Milliseconds(10));
+  }
+  for (int i = 0; i < 1000 && !dispatcher_->idle(); ++i) {
+    while (!transport_.pending().empty()) transport_.Answer(kOk);
+    clock_.Advance(absl::Milliseconds(100));
+    dispatcher_->Step();
+  }
+  EXPECT_TRUE(dispatcher_->idle());
+  for (CallId id = 1; id < next; ++id) EXPECT_EQ(answers_[id], 1) << "call " << id;
 }
 
 }  // namespace
