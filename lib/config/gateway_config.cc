@@ -130,6 +130,14 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
     return Bad("rate_limit", "must be a positive number of calls per second");
   }
   config.rate_limit = flags.rate_limit;
+  if (!(flags.rate_burst >= 1) || flags.rate_burst >= flags.rate_limit) {
+    return Bad("rate_burst", "must be at least 1 and below --rate_limit");
+  }
+  config.rate_burst = flags.rate_burst;
+  if (!(flags.rate_headroom >= 0) || flags.rate_headroom >= 0.5) {
+    return Bad("rate_headroom", "must be in [0, 0.5)");
+  }
+  config.rate_headroom = flags.rate_headroom;
   if (flags.max_queued < 1) return Bad("max_queued", "must be at least 1");
   config.max_queued = static_cast<size_t>(flags.max_queued);
   if (flags.max_connections < 1 || flags.max_connections > 1024) {

@@ -33,8 +33,12 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
     return absl::InvalidArgumentError(absl::StrCat("--ca_file: ", client.status().message()));
   gw->client_ = *std::move(client);
 
-  // Burst 1: calls go out evenly spaced, so no sliding second can hold more than the limit.
-  gw->bucket_ = std::make_unique<ratelimit::TokenBucket>(config.rate_limit, 1.0, clock.Monotonic());
+  ratelimit::LocalRateLimiter::Options limiter_options;
+  limiter_options.limit = config.rate_limit;
+  limiter_options.burst = config.rate_burst;
+  limiter_options.headroom = config.rate_headroom;
+  limiter_options.adaptive.increase_per_second = config.rate_limit / 20;  // Back in ~20 s.
+  gw->limiter_ = std::make_unique<ratelimit::LocalRateLimiter>(limiter_options, clock.Monotonic());
   gw->requests_ = std::make_unique<upstream::RequestFactory>(
       upstream::RequestFactory::Options{config.base_url, {config.sdkappid, config.identifier}},
       *gw->usersigs_);
@@ -42,7 +46,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   dispatch_options.max_queued = config.max_queued;
   dispatch_options.max_attempts = config.max_attempts;
   dispatch_options.request_timeout = config.request_timeout;
-  gw->dispatcher_ = std::make_unique<dispatch::Dispatcher>(dispatch_options, clock, *gw->bucket_,
+  gw->dispatcher_ = std::make_unique<dispatch::Dispatcher>(dispatch_options, clock, *gw->limiter_,
                                                            *gw->client_, *gw->requests_);
   gw->loop_ = std::make_unique<dispatch::DispatchLoop>(*gw->dispatcher_, *gw->client_, clock);
 
@@ -73,7 +77,8 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
        {"upstream", config.base_url},
        {"sdkappid", absl::StrCat(config.sdkappid)},
        {"identifier", config.identifier},
-       {"rate_limit", absl::StrCat(config.rate_limit)}});
+       {"rate_limit", absl::StrCat(config.rate_limit)},
+       {"pace", absl::StrCat(ratelimit::LocalRateLimiter::PaceFor(limiter_options))}});
   return gw;
 }
 

@@ -9,7 +9,7 @@
 #include "lib/config/gateway_config.h"
 #include "lib/dispatch/dispatch_loop.h"
 #include "lib/dispatch/dispatcher.h"
-#include "lib/ratelimit/token_bucket.h"
+#include "lib/ratelimit/local_rate_limiter.h"
 #include "lib/upstream/curl_client.h"
 #include "lib/upstream/request_factory.h"
 #include "lib/usersig/usersig_cache.h"
@@ -39,7 +39,7 @@ class Gateway final {
   const config::GatewayConfig config_;
   std::unique_ptr<usersig::UserSigCache> usersigs_;
   std::unique_ptr<upstream::CurlClient> client_;
-  std::unique_ptr<ratelimit::TokenBucket> bucket_;
+  std::unique_ptr<ratelimit::LocalRateLimiter> limiter_;
   std::unique_ptr<upstream::RequestFactory> requests_;
   std::unique_ptr<dispatch::Dispatcher> dispatcher_;
   std::unique_ptr<dispatch::DispatchLoop> loop_;

@@ -31,8 +31,13 @@ ABSL_FLAG(int64_t, sdkappid, 0, "The app's SDKAppID.");
 ABSL_FLAG(std::string, identifier, "", "The App admin account the gateway signs as.");
 ABSL_FLAG(std::string, secret_key_file, "",
           "File holding the app's secret key (else the IMGW_SECRET_KEY environment variable).");
-ABSL_FLAG(double, rate_limit, 200, "Upstream calls per second, at most.");
-ABSL_FLAG(int64_t, max_queued, 10000, "Calls allowed to wait for the upstream at once.");
+ABSL_FLAG(double, rate_limit, 200,
+          "The upstream's limit: calls per sliding second the gateway never exceeds.");
+ABSL_FLAG(double, rate_burst, 1, "Calls that may go at once after an idle spell (>= 1).");
+ABSL_FLAG(double, rate_headroom, 0.015,
+          "Fraction of --rate_limit left unused as a margin for network jitter.");
+ABSL_FLAG(int64_t, max_queued, 10000,
+          "Calls the gateway holds at once (waiting or in flight); past it RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_connections, 8, "Upstream connections per host, at most.");
 ABSL_FLAG(bool, reuse_connections, true,
           "Keep upstream connections alive and reuse them (off only to measure the pool).");
@@ -91,6 +96,8 @@ int main(int argc, char** argv) {
   flags.secret_key_file = absl::GetFlag(FLAGS_secret_key_file);
   if (const char* env = std::getenv("IMGW_SECRET_KEY")) flags.secret_key_env = env;
   flags.rate_limit = absl::GetFlag(FLAGS_rate_limit);
+  flags.rate_burst = absl::GetFlag(FLAGS_rate_burst);
+  flags.rate_headroom = absl::GetFlag(FLAGS_rate_headroom);
   flags.max_queued = absl::GetFlag(FLAGS_max_queued);
   flags.max_connections = absl::GetFlag(FLAGS_max_connections);
   flags.reuse_connections = absl::GetFlag(FLAGS_reuse_connections);

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "services/gateway/status_mapping.h"
@@ -12,15 +13,27 @@ namespace {
 
 using upstream::Outcome;
 
+// Counts itself in `active` from construction to OnDone, so that shutdown can tell when gRPC
+// has sent every answer.
+class CountedReactor : public grpc::ServerUnaryReactor {
+ public:
+  explicit CountedReactor(std::atomic<int64_t>& active) : active_(active) { active_.fetch_add(1); }
+  void OnDone() override {
+    active_.fetch_sub(1);
+    delete this;
+  }
+
+ private:
+  std::atomic<int64_t>& active_;
+};
+
 // Finishes one SetMsgRead exactly once: the dispatcher runs Complete() once per call, and
 // OnCancel() only tells the loop. Deletes itself when gRPC is done with it.
-class SetMsgReadReactor final : public grpc::ServerUnaryReactor {
+class SetMsgReadReactor final : public CountedReactor {
  public:
   SetMsgReadReactor(grpc::CallbackServerContext* context, imgw::v1::SetMsgReadResponse* response,
                     dispatch::DispatchLoop& loop, dispatch::CallId id, std::atomic<int64_t>& active)
-      : context_(context), response_(response), loop_(loop), id_(id), active_(active) {
-    active_.fetch_add(1);
-  }
+      : CountedReactor(active), context_(context), response_(response), loop_(loop), id_(id) {}
 
   void Complete(const Outcome& outcome) {
     MappedStatus mapped = MapOutcome(outcome);
@@ -32,56 +45,161 @@ class SetMsgReadReactor final : public grpc::ServerUnaryReactor {
     if (mapped.error_code.has_value()) {
       context_->AddTrailingMetadata(kErrorCodeTrailer, absl::StrCat(*mapped.error_code));
     }
+    if (mapped.retry_after_ms.has_value()) {
+      context_->AddTrailingMetadata(kRetryAfterTrailer, absl::StrCat(*mapped.retry_after_ms));
+    }
     Finish(mapped.status);
   }
 
   void OnCancel() override { loop_.Cancel(id_); }
-  void OnDone() override {
-    active_.fetch_sub(1);
-    delete this;
-  }
 
  private:
   grpc::CallbackServerContext* const context_;
   imgw::v1::SetMsgReadResponse* const response_;
   dispatch::DispatchLoop& loop_;
   const dispatch::CallId id_;
-  std::atomic<int64_t>& active_;
 };
 
+// Finishes a BatchSetMsgRead once every item has its result. Item results are written on the
+// dispatcher's thread (or the handler's, for items refused before queuing), each slot by one
+// writer; the last one to finish finishes the RPC.
+class BatchReactor final : public CountedReactor {
+ public:
+  BatchReactor(imgw::v1::BatchSetMsgReadResponse* response, dispatch::DispatchLoop& loop,
+               dispatch::CallId first_id, int items, std::atomic<int64_t>& active)
+      : CountedReactor(active),
+        response_(response),
+        loop_(loop),
+        first_id_(first_id),
+        items_(items),
+        remaining_(items) {
+    for (int i = 0; i < items; ++i) response_->add_results();
+  }
+
+  void Complete(int index, const Outcome& outcome) {
+    MappedStatus mapped = MapOutcome(outcome);
+    imgw::v1::SetMsgReadResult* result = response_->mutable_results(index);
+    result->set_code(static_cast<int32_t>(mapped.status.error_code()));
+    result->set_message(mapped.status.error_message());
+    if (outcome.kind == Outcome::Kind::kAnswered) {
+      result->set_action_status(outcome.action_status);
+      result->set_error_code(outcome.error_code);
+      result->set_error_info(outcome.error_info);
+    }
+    result->set_retry_after_ms(mapped.retry_after_ms.value_or(0));
+    if (remaining_.fetch_sub(1) == 1) Finish(grpc::Status::OK);
+  }
+
+  void OnCancel() override {
+    for (int i = 0; i < items_; ++i) loop_.Cancel(first_id_ + static_cast<dispatch::CallId>(i));
+  }
+
+ private:
+  imgw::v1::BatchSetMsgReadResponse* const response_;
+  dispatch::DispatchLoop& loop_;
+  const dispatch::CallId first_id_;
+  const int items_;
+  std::atomic<int> remaining_;
+};
+
+// The request as lib types, validated and stamped; or why it is refused.
+absl::Status ToParams(const imgw::v1::SetMsgReadRequest& request, absl::Time now,
+                      absl::Duration max_future, upstream::SetMsgReadParams* params) {
+  params->report_account = request.report_account();
+  params->peer_account = request.peer_account();
+  if (request.has_msg_read_time()) params->msg_read_time = request.msg_read_time();
+  absl::Status valid = upstream::Validate(*params, now, max_future);
+  // Stamped on arrival: time spent queued must never mark later messages read.
+  if (valid.ok() && !params->msg_read_time.has_value()) {
+    params->msg_read_time = absl::ToUnixSeconds(now);
+  }
+  return valid;
+}
+
 }  // namespace
+
+std::string MsgReadService::CallerOf(const grpc::CallbackServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  if (auto it = metadata.find(kCallerHeader); it != metadata.end() && !it->second.empty()) {
+    return std::string(it->second.data(), std::min(it->second.size(), kMaxCallerBytes));
+  }
+  std::string peer = context.peer();
+  size_t colon = peer.rfind(':');
+  // "ipv4:127.0.0.1:5000" and "ipv6:[::1]:5000" lose the port; "unix:/path" has none.
+  if (colon != std::string::npos && peer.compare(0, 5, "unix:") != 0 && peer.find(':') != colon) {
+    peer.resize(colon);
+  }
+  return peer;
+}
+
+absl::Duration MsgReadService::DeadlineOf(const grpc::CallbackServerContext& context) const {
+  absl::Duration remaining = options_.default_deadline;
+  auto deadline = context.deadline();
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    remaining = absl::FromChrono(deadline - std::chrono::system_clock::now());
+  }
+  return clock_.Monotonic() + remaining;
+}
 
 grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext* context,
                                                      const imgw::v1::SetMsgReadRequest* request,
                                                      imgw::v1::SetMsgReadResponse* response) {
   dispatch::CallId id = next_id_.fetch_add(1, std::memory_order_relaxed);
   auto* reactor = new SetMsgReadReactor(context, response, loop_, id, active_);
-
-  absl::Time now = clock_.Now();
-  upstream::SetMsgReadParams params;
-  params.report_account = request->report_account();
-  params.peer_account = request->peer_account();
-  if (request->has_msg_read_time()) params.msg_read_time = request->msg_read_time();
-  absl::Status valid = upstream::Validate(params, now, options_.max_future);
+  dispatch::Call call;
+  absl::Status valid = ToParams(*request, clock_.Now(), options_.max_future, &call.params);
   if (!valid.ok()) {
     reactor->Complete(
         Outcome::Failed(Outcome::Kind::kInvalidArgument, std::string(valid.message())));
     return reactor;
   }
-  // Stamped on arrival: time spent queued must never mark later messages read.
-  if (!params.msg_read_time.has_value()) params.msg_read_time = absl::ToUnixSeconds(now);
-
-  absl::Duration remaining = options_.default_deadline;
-  auto deadline = context->deadline();
-  if (deadline != std::chrono::system_clock::time_point::max()) {
-    remaining = absl::FromChrono(deadline - std::chrono::system_clock::now());
-  }
-  dispatch::Call call;
   call.id = id;
-  call.params = std::move(params);
-  call.deadline = clock_.Monotonic() + remaining;
+  call.caller = CallerOf(*context);
+  call.deadline = DeadlineOf(*context);
   call.done = [reactor](Outcome outcome) { reactor->Complete(outcome); };
   loop_.Submit(std::move(call));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(
+    grpc::CallbackServerContext* context, const imgw::v1::BatchSetMsgReadRequest* request,
+    imgw::v1::BatchSetMsgReadResponse* response) {
+  int items = request->items_size();
+  if (items == 0 || items > kMaxBatchItems) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        absl::StrCat("a batch holds 1 to ", kMaxBatchItems, " items; this one has ", items)));
+    return reactor;
+  }
+  dispatch::CallId first_id =
+      next_id_.fetch_add(static_cast<dispatch::CallId>(items), std::memory_order_relaxed);
+  auto* reactor = new BatchReactor(response, loop_, first_id, items, active_);
+  absl::Time now = clock_.Now();
+  std::string caller = CallerOf(*context);
+  absl::Duration deadline = DeadlineOf(*context);
+  std::vector<dispatch::Call> calls;
+  std::vector<std::pair<int, std::string>> invalid;
+  for (int i = 0; i < items; ++i) {
+    dispatch::Call call;
+    absl::Status valid = ToParams(request->items(i), now, options_.max_future, &call.params);
+    if (!valid.ok()) {
+      invalid.emplace_back(i, std::string(valid.message()));
+      continue;
+    }
+    call.id = first_id + static_cast<dispatch::CallId>(i);
+    call.caller = caller;
+    call.deadline = deadline;
+    call.done = [reactor, i](Outcome outcome) { reactor->Complete(i, outcome); };
+    calls.push_back(std::move(call));
+  }
+  // Refused items first: the reactor cannot finish before every valid item was submitted,
+  // since those hold their own count.
+  for (auto& [index, why] : invalid) {
+    reactor->Complete(index, Outcome::Failed(Outcome::Kind::kInvalidArgument,
+                                             absl::StrCat("item ", index, ": ", why)));
+  }
+  if (!calls.empty()) loop_.Submit(std::move(calls));
   return reactor;
 }
 

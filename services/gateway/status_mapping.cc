@@ -48,6 +48,7 @@ grpc::StatusCode CodeForFailure(const Outcome& outcome) {
     case Outcome::Kind::kShuttingDown:
       return grpc::StatusCode::UNAVAILABLE;
     case Outcome::Kind::kQueueFull:
+    case Outcome::Kind::kOverloaded:
       return grpc::StatusCode::RESOURCE_EXHAUSTED;
     case Outcome::Kind::kInvalidArgument:
       return grpc::StatusCode::INVALID_ARGUMENT;
@@ -61,6 +62,10 @@ MappedStatus MapOutcome(const Outcome& outcome) {
   MappedStatus mapped;
   if (outcome.kind != Outcome::Kind::kAnswered) {
     mapped.status = grpc::Status(CodeForFailure(outcome), outcome.detail);
+    if (outcome.kind == Outcome::Kind::kQueueFull || outcome.kind == Outcome::Kind::kOverloaded) {
+      mapped.retry_after_ms =
+          absl::ToInt64Milliseconds(absl::Ceil(outcome.retry_after, absl::Milliseconds(1)));
+    }
     return mapped;
   }
   grpc::StatusCode code = CodeForAnswer(outcome.disposition);

@@ -14,12 +14,16 @@ struct MappedStatus {
   // The upstream ErrorCode, when the upstream answered: sent as trailing metadata
   // `imgw-error-code` (and inside the google.rpc.ErrorInfo detail of `status`).
   std::optional<int32_t> error_code;
+  // When the gateway refused the call for lack of room or time: sent as trailing metadata
+  // `imgw-retry-after-ms`.
+  std::optional<int64_t> retry_after_ms;
 };
 
 // The one place where outcomes become gRPC statuses; README.md "Status mapping" documents it.
 MappedStatus MapOutcome(const upstream::Outcome& outcome);
 
 inline constexpr char kErrorCodeTrailer[] = "imgw-error-code";
+inline constexpr char kRetryAfterTrailer[] = "imgw-retry-after-ms";
 inline constexpr char kErrorInfoDomain[] = "imgw.upstream";
 
 }  // namespace imgw::gateway

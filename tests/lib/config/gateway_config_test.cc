@@ -99,6 +99,15 @@ TEST(GatewayConfigTest, EachBadFlagIsNamed) {
   f.rate_limit = 0;
   ExpectError(f, "--rate_limit");
   f = Valid();
+  f.rate_burst = 0.5;
+  ExpectError(f, "--rate_burst");
+  f = Valid();
+  f.rate_burst = 200;
+  ExpectError(f, "--rate_burst");
+  f = Valid();
+  f.rate_headroom = -0.1;
+  ExpectError(f, "--rate_headroom");
+  f = Valid();
   f.grpc_listen = "50051";
   ExpectError(f, "--grpc_listen");
   f = Valid();

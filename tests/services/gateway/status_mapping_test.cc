@@ -112,5 +112,17 @@ TEST(StatusMappingTest, LocalOutcomes) {
   }
 }
 
+TEST(StatusMappingTest, AdmissionRefusalsCarryARetryAfterHint) {
+  for (Outcome::Kind kind : {Outcome::Kind::kOverloaded, Outcome::Kind::kQueueFull}) {
+    Outcome outcome = Outcome::Failed(kind, "no room");
+    outcome.retry_after = absl::Microseconds(1500);
+    MappedStatus mapped = MapOutcome(outcome);
+    EXPECT_EQ(mapped.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    ASSERT_TRUE(mapped.retry_after_ms.has_value());
+    EXPECT_EQ(*mapped.retry_after_ms, 2) << "rounded up";
+  }
+  EXPECT_FALSE(MapOutcome(Answer(60007)).retry_after_ms.has_value());
+}
+
 }  // namespace
 }  // namespace imgw::gateway
