@@ -89,6 +89,16 @@ expect 0 OK -- --report=dramon1 --peer=dramon3
 expect 1 NOT_FOUND -- --report=dramon1 --peer=ghost
 expect 1 INVALID_ARGUMENT -- --report=dramon1 --peer=dramon1
 
+step "One BatchSetMsgRead: four items, one for an account that does not exist"
+echo "\$ imgw-cli batch-set-msg-read --report=dramon1 --peer=dramon4,dramon5,ghost,dramon4"
+batch=$("$bin/imgw-cli" batch-set-msg-read --target="$target" --report=dramon1 \
+  --peer=dramon4,dramon5,ghost,dramon4) || true
+echo "$batch" | sed 's/^/  /'
+if [[ $(grep -c " OK " <<<"$batch") -ne 3 ]] || ! grep -q "^ghost NOT_FOUND" <<<"$batch"; then
+  echo "  ^ expected three OK items and ghost NOT_FOUND" >&2
+  failures=$((failures + 1))
+fi
+
 step "50 calls at once, distinct pairs"
 rcs=()
 for i in $(seq 50); do

@@ -1,7 +1,10 @@
 // imgw-cli: calls the gateway and prints its answer.
 //   imgw-cli set-msg-read --report dramon1 --peer dramon2 [--time N] [--target host:port]
-// Exit status: 0 when the call answered OK, 1 when it answered an error, 2 on bad usage.
+//   imgw-cli batch-set-msg-read --report dramon1 --peer dramon2,dramon3 [--time N]
+// Exit status: 0 when the call (every item of a batch) answered OK, 1 when it answered an
+// error, 2 on bad usage.
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -9,6 +12,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -17,7 +22,8 @@
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "The gateway's gRPC address.");
 ABSL_FLAG(std::string, report, "", "report_account: whose messages become read.");
-ABSL_FLAG(std::string, peer, "", "peer_account: the other side of the conversation.");
+ABSL_FLAG(std::string, peer, "",
+          "peer_account: the other side of the conversation (batch: a comma-separated list).");
 ABSL_FLAG(std::string, time, "",
           "msg_read_time in Unix seconds; empty: the gateway stamps the time it received it.");
 ABSL_FLAG(absl::Duration, deadline, absl::Seconds(10), "The call's deadline.");
@@ -26,8 +32,8 @@ ABSL_FLAG(std::string, caller, "", "Sent as the imgw-caller metadata when set.")
 namespace {
 
 constexpr char kUsage[] =
-    "imgw-cli set-msg-read --report ACCOUNT --peer ACCOUNT [--time UNIX_SECONDS] "
-    "[--target host:port] [--deadline 10s]";
+    "imgw-cli set-msg-read|batch-set-msg-read --report ACCOUNT --peer ACCOUNT[,ACCOUNT...] "
+    "[--time UNIX_SECONDS] [--target host:port] [--deadline 10s] [--caller NAME]";
 
 const char* CodeName(grpc::StatusCode code) {
   static const char* kNames[] = {"OK",
@@ -51,26 +57,40 @@ const char* CodeName(grpc::StatusCode code) {
   return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
 }
 
+// The item every command sends for one peer.
+imgw::v1::SetMsgReadRequest Item(const std::string& peer, std::optional<int64_t> time) {
+  imgw::v1::SetMsgReadRequest item;
+  item.set_report_account(absl::GetFlag(FLAGS_report));
+  item.set_peer_account(peer);
+  if (time.has_value()) item.set_msg_read_time(*time);
+  return item;
+}
+
+std::string Trailer(const grpc::ClientContext& context, const char* key) {
+  const auto& trailers = context.GetServerTrailingMetadata();
+  auto it = trailers.find(key);
+  if (it == trailers.end()) return "";
+  return " " + std::string(key) + "=" + std::string(it->second.data(), it->second.size());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() != 2 || std::string(args[1]) != "set-msg-read") {
+  std::string command = args.size() == 2 ? args[1] : "";
+  if (command != "set-msg-read" && command != "batch-set-msg-read") {
     std::fprintf(stderr, "usage: %s\n", kUsage);
     return 2;
   }
-  imgw::v1::SetMsgReadRequest request;
-  request.set_report_account(absl::GetFlag(FLAGS_report));
-  request.set_peer_account(absl::GetFlag(FLAGS_peer));
-  std::string time = absl::GetFlag(FLAGS_time);
-  if (!time.empty()) {
+  std::optional<int64_t> time;
+  if (std::string text = absl::GetFlag(FLAGS_time); !text.empty()) {
     int64_t seconds = 0;
-    if (!absl::SimpleAtoi(time, &seconds)) {
-      std::fprintf(stderr, "imgw-cli: --time: \"%s\" is not Unix seconds\n", time.c_str());
+    if (!absl::SimpleAtoi(text, &seconds)) {
+      std::fprintf(stderr, "imgw-cli: --time: \"%s\" is not Unix seconds\n", text.c_str());
       return 2;
     }
-    request.set_msg_read_time(seconds);
+    time = seconds;
   }
 
   auto channel =
@@ -81,19 +101,48 @@ int main(int argc, char** argv) {
   if (!absl::GetFlag(FLAGS_caller).empty()) {
     context.AddMetadata("imgw-caller", absl::GetFlag(FLAGS_caller));
   }
-  imgw::v1::SetMsgReadResponse response;
-  grpc::Status status = stub->SetMsgRead(&context, request, &response);
-  if (status.ok()) {
-    std::printf("OK action_status=%s error_code=%d\n", response.action_status().c_str(),
-                response.error_code());
-    return 0;
+
+  if (command == "set-msg-read") {
+    imgw::v1::SetMsgReadResponse response;
+    grpc::Status status =
+        stub->SetMsgRead(&context, Item(absl::GetFlag(FLAGS_peer), time), &response);
+    if (status.ok()) {
+      std::printf("OK action_status=%s error_code=%d\n", response.action_status().c_str(),
+                  response.error_code());
+      return 0;
+    }
+    std::printf("%s: %s%s%s\n", CodeName(status.error_code()), status.error_message().c_str(),
+                Trailer(context, "imgw-error-code").c_str(),
+                Trailer(context, "imgw-retry-after-ms").c_str());
+    return 1;
   }
-  std::string error_code;
-  const auto& trailers = context.GetServerTrailingMetadata();
-  if (auto it = trailers.find("imgw-error-code"); it != trailers.end()) {
-    error_code = " imgw-error-code=" + std::string(it->second.data(), it->second.size());
+
+  imgw::v1::BatchSetMsgReadRequest request;
+  for (absl::string_view peer : absl::StrSplit(absl::GetFlag(FLAGS_peer), ',')) {
+    *request.add_items() = Item(std::string(peer), time);
   }
-  std::printf("%s: %s%s\n", CodeName(status.error_code()), status.error_message().c_str(),
-              error_code.c_str());
-  return 1;
+  imgw::v1::BatchSetMsgReadResponse response;
+  grpc::Status status = stub->BatchSetMsgRead(&context, request, &response);
+  if (!status.ok()) {
+    std::printf("%s: %s\n", CodeName(status.error_code()), status.error_message().c_str());
+    return 1;
+  }
+  int failed = 0;
+  for (int i = 0; i < response.results_size(); ++i) {
+    const imgw::v1::SetMsgReadResult& r = response.results(i);
+    auto code = static_cast<grpc::StatusCode>(r.code());
+    failed += code != grpc::StatusCode::OK;
+    std::string line = absl::StrCat(request.items(i).peer_account(), " ", CodeName(code));
+    if (code == grpc::StatusCode::OK) {
+      absl::StrAppend(&line, " action_status=", r.action_status(), " error_code=", r.error_code());
+    } else {
+      absl::StrAppend(&line, ": ", r.message());
+      if (r.error_code() != 0) absl::StrAppend(&line, " imgw-error-code=", r.error_code());
+      if (r.retry_after_ms() > 0) {
+        absl::StrAppend(&line, " imgw-retry-after-ms=", r.retry_after_ms());
+      }
+    }
+    std::printf("%s\n", line.c_str());
+  }
+  return failed == 0 ? 0 : 1;
 }
