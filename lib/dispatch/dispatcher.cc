@@ -23,7 +23,9 @@ Dispatcher::Dispatcher(const Options& options, Clock& clock, ratelimit::RateLimi
       limiter_(limiter),
       transport_(transport),
       requests_(requests),
-      jitter_(std::random_device{}()) {}
+      jitter_(std::random_device{}()),
+      retry_budget_(options.retry_budget, clock.Monotonic()),
+      breaker_(options.breaker) {}
 
 Dispatcher::~Dispatcher() {
   // The owner cancels the transport first; whatever is left still gets its one answer.
@@ -41,6 +43,16 @@ void Dispatcher::Submit(Call call) {
     ++stats_.expired;
     call.done(Outcome::Failed(Outcome::Kind::kDeadlineExceeded,
                               "the deadline passed before the call was queued"));
+    return;
+  }
+  if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
+    ++stats_.rejected_circuit_open;
+    Outcome out = Outcome::Failed(
+        Outcome::Kind::kUnavailable,
+        absl::StrCat("the upstream keeps failing; the gateway fails fast for another ",
+                     Millis(breaker_.open_until() - now), " before probing it again"));
+    out.retry_after = breaker_.open_until() - now;
+    call.done(std::move(out));
     return;
   }
   if (waiters_.size() >= options_.max_queued) {
@@ -183,7 +195,7 @@ absl::Duration Dispatcher::Step() {
            entries_.at(lane.queue.front()).state != Entry::State::kQueued) {
       lane.queue.pop_front();
     }
-    if (!limiter_.TryAcquire(now)) break;
+    if (!breaker_.AllowRequest(now) || !limiter_.TryAcquire(now)) break;
     EntryId id = lane.queue.front();
     lane.queue.pop_front();
     --lane.live;
@@ -197,7 +209,12 @@ absl::Duration Dispatcher::Step() {
     Send(id, entries_.at(id), now);
   }
   absl::Duration next = absl::InfiniteDuration();
-  if (!ring_.empty()) next = now + limiter_.TimeUntilAvailable(now);
+  if (!ring_.empty()) {
+    next = now + limiter_.TimeUntilAvailable(now);
+    if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
+      next = std::max(next, breaker_.open_until());
+    }
+  }
   if (!retries_.empty()) next = std::min(next, retries_.begin()->first);
   if (!deadlines_.empty()) next = std::min(next, deadlines_.begin()->first);
   return next;
@@ -207,7 +224,12 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
   PairSlots& slots = pairs_.at(entry.pair);
   if (slots.next == id) slots.next = 0;
   slots.active = id;
-  if (entry.attempts > 0 || entry.resigned) ++stats_.retries;
+  if (entry.attempts > 0 || entry.resigned) {
+    ++stats_.retries;
+  } else {
+    retry_budget_.OnFirstAttempt(now);
+  }
+  if (breaker_.OnRequestSent(now)) probe_ = id;
   entry.state = Entry::State::kInFlight;
   entry.sent_time = entry.time;
   ++entry.attempts;
@@ -238,6 +260,16 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
     ++stats_.throttled;
     limiter_.OnThrottled(now);
   }
+  // The upstream is unwell when it did not answer properly or answered an internal error;
+  // any other answer proves it alive.
+  bool opened = false;
+  if (outcome.disposition == Disposition::kRetry) {
+    opened = breaker_.OnFailure(now, id == probe_);
+    if (opened) ++stats_.circuit_opened;
+  } else {
+    breaker_.OnSuccess();
+  }
+  if (id == probe_) probe_ = 0;
   if (entry.waiters.empty()) {  // Everyone left while it was in flight.
     PairKey pair = entry.pair;
     entries_.erase(id);
@@ -263,9 +295,15 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
       break;
     case Disposition::kRetry:
     case Disposition::kRateLimited:
-      if (entry.attempts < options_.max_attempts) {
-        absl::Duration at = now + Backoff(entry.attempts);
-        if (at < latest) {
+      if (!opened && entry.attempts < options_.max_attempts) {
+        absl::Duration wait = Backoff(entry.attempts);
+        if (auto hint = upstream::ParseRetryAfter(response.retry_after, clock_.Now())) {
+          wait = std::max(wait, *hint);
+        }
+        absl::Duration at = now + wait;
+        if (at < latest && !retry_budget_.TryRetry(now)) {
+          ++stats_.retries_denied;
+        } else if (at < latest) {
           entry.state = Entry::State::kBackoff;
           entry.retry_at = at;
           entry.last = std::move(outcome);
@@ -279,6 +317,23 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
       break;
   }
   FinishEntry(id, outcome);
+  if (opened) FailFast(now);
+}
+
+void Dispatcher::FailFast(absl::Duration now) {
+  std::vector<CallId> ids;
+  for (const auto& [id, waiter] : waiters_) {
+    if (entries_.at(waiter.entry).state != Entry::State::kInFlight) ids.push_back(id);
+  }
+  for (CallId id : ids) {
+    ++stats_.rejected_circuit_open;
+    Outcome out = Outcome::Failed(
+        Outcome::Kind::kUnavailable,
+        absl::StrCat("the upstream keeps failing; the gateway fails fast for ",
+                     Millis(breaker_.open_until() - now), " before probing it again"));
+    out.retry_after = breaker_.open_until() - now;
+    Answer(id, std::move(out));
+  }
 }
 
 void Dispatcher::MergeNextInto(EntryId id, Entry& entry) {

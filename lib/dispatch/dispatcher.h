@@ -13,6 +13,8 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
 #include "lib/common/clock.h"
+#include "lib/dispatch/circuit_breaker.h"
+#include "lib/dispatch/retry_budget.h"
 #include "lib/ratelimit/rate_limiter.h"
 #include "lib/upstream/http_transport.h"
 #include "lib/upstream/outcome.h"
@@ -43,8 +45,11 @@ struct DispatcherStats {
   uint64_t resigns = 0;           // Signatures renewed on the upstream's word.
   uint64_t throttled = 0;         // Frequency-limit answers from the upstream.
   uint64_t rejected_queue_full = 0;
-  uint64_t rejected_overloaded = 0;  // Deadline could not be met by the call's turn.
-  uint64_t expired = 0;              // Deadline passed while waiting.
+  uint64_t rejected_overloaded = 0;    // Deadline could not be met by the call's turn.
+  uint64_t rejected_circuit_open = 0;  // Answered at once while the upstream was failing.
+  uint64_t retries_denied = 0;         // Retries the retry budget refused.
+  uint64_t circuit_opened = 0;
+  uint64_t expired = 0;  // Deadline passed while waiting.
   uint64_t cancelled = 0;
 };
 
@@ -59,9 +64,12 @@ struct DispatcherStats {
 //    (kOverloaded, with a retry-after hint); a waiting call whose deadline passes, or whose
 //    caller cancels, is answered and spends no token; an upstream call nobody waits for any
 //    more is dropped.
-//  - retries: transient failures and frequency limits are retried with backoff (full jitter)
-//    while some waiter's deadline allows, each retry paid with a token; a frequency limit also
-//    slows the limiter down; an expired signature is renewed and the call retried once.
+//  - retries: transient failures and frequency limits are retried with backoff (full jitter,
+//    at least the upstream's Retry-After) while some waiter's deadline allows and the retry
+//    budget has room, each retry paid with a token; a frequency limit also slows the limiter
+//    down; an expired signature is renewed and the call retried once.
+//  - failing fast: when the upstream keeps failing, the circuit breaker opens: waiting calls
+//    and new ones are answered kUnavailable at once, then single probes test the upstream.
 //
 // Not thread-safe: one thread (DispatchLoop's) calls every method, and the transport completes
 // requests on that same thread. No method blocks. Borrows everything it is given; all of it
@@ -74,6 +82,8 @@ class Dispatcher final {
     absl::Duration backoff_base = absl::Milliseconds(50);
     absl::Duration backoff_max = absl::Seconds(1);
     absl::Duration request_timeout = absl::Seconds(5);  // Above the upstream's own 3 s.
+    RetryBudget::Options retry_budget;
+    CircuitBreaker::Options breaker;
   };
 
   Dispatcher(const Options& options, Clock& clock, ratelimit::RateLimiter& limiter,
@@ -88,6 +98,10 @@ class Dispatcher final {
   // Returns the monotonic time at which Step() should run again (InfiniteDuration: only when
   // something new arrives).
   absl::Duration Step();
+  // Whether the circuit breaker stops requests now (for readiness).
+  bool failing_fast() const {
+    return breaker_.state(clock_.Monotonic()) != CircuitBreaker::State::kClosed;
+  }
   // Answers kShuttingDown every call that is not waiting for a request in flight.
   void FailWaiting(const std::string& why);
 
@@ -145,6 +159,7 @@ class Dispatcher final {
   void Answer(CallId id, upstream::Outcome outcome);
   void DropIfAbandoned(EntryId id);
   void RecomputeTime(Entry& entry);
+  void FailFast(absl::Duration now);
   absl::Duration Backoff(int attempts);
 
   const Options options_;
@@ -165,6 +180,9 @@ class Dispatcher final {
   size_t in_flight_ = 0;
   size_t queued_ = 0;
   absl::Duration latency_ = absl::ZeroDuration();  // Moving average of upstream latency.
+  RetryBudget retry_budget_;
+  CircuitBreaker breaker_;
+  EntryId probe_ = 0;  // The half-open probe in flight, if any.
   DispatcherStats stats_;
 };
 

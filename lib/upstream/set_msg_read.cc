@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "boost/json/parse.hpp"
 #include "boost/json/serialize.hpp"
@@ -161,6 +163,25 @@ absl::StatusOr<Answer> ParseAnswer(absl::string_view body) {
                                                    "\" contradicts ErrorCode ", answer.error_code));
   }
   return answer;
+}
+
+std::optional<absl::Duration> ParseRetryAfter(absl::string_view value, absl::Time now) {
+  value = absl::StripAsciiWhitespace(value);
+  if (value.empty()) return std::nullopt;
+  absl::Duration wait;
+  int64_t seconds = 0;
+  if (absl::SimpleAtoi(value, &seconds)) {
+    if (seconds < 0) return std::nullopt;
+    wait = absl::Seconds(seconds);
+  } else {
+    absl::Time when;
+    std::string error;
+    if (!absl::ParseTime("%a, %d %b %Y %H:%M:%S GMT", value, absl::UTCTimeZone(), &when, &error)) {
+      return std::nullopt;
+    }
+    wait = std::max(absl::ZeroDuration(), when - now);
+  }
+  return std::min(wait, absl::Hours(1));
 }
 
 Outcome Interpret(const HttpResponse& response) {

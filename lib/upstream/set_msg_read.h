@@ -61,6 +61,11 @@ struct Answer {
 // 0). Safe on arbitrary bytes (fuzzed).
 absl::StatusOr<Answer> ParseAnswer(absl::string_view body);
 
+// The Retry-After header's wait: delta-seconds ("120") or an HTTP-date
+// ("Wed, 21 Oct 2015 07:28:00 GMT", taken relative to `now`). Nothing for an empty or
+// unparsable value; zero for a date in the past; at most one hour.
+std::optional<absl::Duration> ParseRetryAfter(absl::string_view value, absl::Time now);
+
 // What one HTTP exchange means for the call:
 //  - an answer (HTTP 200 and a valid body): kind kAnswered, classified by ErrorCode;
 //  - a transport failure, HTTP 5xx, or a malformed 200: kind kUnavailable, disposition kRetry;

@@ -62,7 +62,7 @@ MappedStatus MapOutcome(const Outcome& outcome) {
   MappedStatus mapped;
   if (outcome.kind != Outcome::Kind::kAnswered) {
     mapped.status = grpc::Status(CodeForFailure(outcome), outcome.detail);
-    if (outcome.kind == Outcome::Kind::kQueueFull || outcome.kind == Outcome::Kind::kOverloaded) {
+    if (outcome.retry_after > absl::ZeroDuration()) {
       mapped.retry_after_ms =
           absl::ToInt64Milliseconds(absl::Ceil(outcome.retry_after, absl::Milliseconds(1)));
     }

@@ -14,8 +14,8 @@ struct MappedStatus {
   // The upstream ErrorCode, when the upstream answered: sent as trailing metadata
   // `imgw-error-code` (and inside the google.rpc.ErrorInfo detail of `status`).
   std::optional<int32_t> error_code;
-  // When the gateway refused the call for lack of room or time: sent as trailing metadata
-  // `imgw-retry-after-ms`.
+  // When the gateway refused the call (no room, no time, failing fast) and knows when a retry
+  // may fare better: sent as trailing metadata `imgw-retry-after-ms`.
   std::optional<int64_t> retry_after_ms;
 };
 

@@ -175,6 +175,18 @@ TEST(InterpretTest, ClassifiesHttpOutcomes) {
   EXPECT_NE(c.detail.find("Connection refused"), std::string::npos);
 }
 
+TEST(ParseRetryAfterTest, SecondsAndHttpDates) {
+  absl::Time now = absl::FromUnixSeconds(1445412480);  // Wed, 21 Oct 2015 07:28:00 GMT
+  EXPECT_EQ(ParseRetryAfter("120", now), absl::Seconds(120));
+  EXPECT_EQ(ParseRetryAfter(" 0 ", now), absl::ZeroDuration());
+  EXPECT_EQ(ParseRetryAfter("Wed, 21 Oct 2015 07:28:30 GMT", now), absl::Seconds(30));
+  EXPECT_EQ(ParseRetryAfter("Wed, 21 Oct 2015 07:00:00 GMT", now), absl::ZeroDuration());
+  EXPECT_EQ(ParseRetryAfter("999999", now), absl::Hours(1)) << "capped";
+  EXPECT_FALSE(ParseRetryAfter("", now).has_value());
+  EXPECT_FALSE(ParseRetryAfter("-5", now).has_value());
+  EXPECT_FALSE(ParseRetryAfter("soon", now).has_value());
+}
+
 TEST(ClassifyTest, FollowsTheTableOfApiMd) {
   EXPECT_EQ(ClassifyErrorCode(0), Disposition::kOk);
   for (int code : {60008, 60013, 60014, 70169, 70500, 90994, 91000, 20004, 20005}) {
