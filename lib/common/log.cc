@@ -46,8 +46,12 @@ bool ParseLogLevel(absl::string_view text, LogLevel* level) {
 
 void SetMinLogLevel(LogLevel level) { min_level.store(static_cast<int>(level)); }
 
+bool LogEnabled(LogLevel level) {
+  return static_cast<int>(level) >= min_level.load(std::memory_order_relaxed);
+}
+
 void Log(LogLevel level, absl::string_view msg, std::initializer_list<LogField> fields) {
-  if (static_cast<int>(level) < min_level.load(std::memory_order_relaxed)) return;
+  if (!LogEnabled(level)) return;
   std::string line = "{\"time\":\"";
   line += absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone());
   line += "\",\"level\":\"";

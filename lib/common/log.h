@@ -14,6 +14,8 @@ bool ParseLogLevel(absl::string_view text, LogLevel* level);
 
 // Sets the lowest level that is written. Thread-safe.
 void SetMinLogLevel(LogLevel level);
+// Whether a line at `level` would be written: to skip building fields nobody reads.
+bool LogEnabled(LogLevel level);
 
 using LogField = std::pair<absl::string_view, std::string>;
 

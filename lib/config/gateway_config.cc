@@ -32,6 +32,17 @@ bool ValidPort(absl::string_view text) {
   return !text.empty() && text.size() <= 5 && absl::SimpleAtoi(text, &port) && port <= 65535;
 }
 
+absl::StatusOr<std::string> ReadFile(absl::string_view flag, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Bad(flag, absl::StrCat("cannot read ", path));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  if (buffer.str().find("-----BEGIN ") == std::string::npos) {
+    return Bad(flag, absl::StrCat(path, " holds no PEM block"));
+  }
+  return buffer.str();
+}
+
 absl::StatusOr<std::string> ReadSecretKey(const GatewayFlags& flags) {
   std::string key;
   if (!flags.secret_key_file.empty()) {
@@ -165,6 +176,26 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
     return Bad("max_attempts", "must be 1..10");
   }
   config.max_attempts = flags.max_attempts;
+  if (flags.grpc_tls_cert.empty() != flags.grpc_tls_key.empty()) {
+    return Bad(flags.grpc_tls_cert.empty() ? "grpc_tls_cert" : "grpc_tls_key",
+               "--grpc_tls_cert and --grpc_tls_key go together");
+  }
+  if (!flags.grpc_client_ca.empty() && flags.grpc_tls_cert.empty()) {
+    return Bad("grpc_client_ca", "needs --grpc_tls_cert and --grpc_tls_key");
+  }
+  if (!flags.grpc_tls_cert.empty()) {
+    absl::StatusOr<std::string> cert = ReadFile("grpc_tls_cert", flags.grpc_tls_cert);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadFile("grpc_tls_key", flags.grpc_tls_key);
+    if (!key.ok()) return key.status();
+    config.grpc_tls_cert_pem = *std::move(cert);
+    config.grpc_tls_key_pem = *std::move(key);
+  }
+  if (!flags.grpc_client_ca.empty()) {
+    absl::StatusOr<std::string> ca = ReadFile("grpc_client_ca", flags.grpc_client_ca);
+    if (!ca.ok()) return ca.status();
+    config.grpc_client_ca_pem = *std::move(ca);
+  }
   return config;
 }
 

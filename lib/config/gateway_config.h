@@ -33,6 +33,9 @@ struct GatewayFlags {
   absl::Duration usersig_lifetime = absl::Hours(24);
   absl::Duration shutdown_grace = absl::Seconds(25);
   int max_attempts = 3;
+  std::string grpc_tls_cert;  // Paths.
+  std::string grpc_tls_key;
+  std::string grpc_client_ca;
 };
 
 // The checked settings the gateway is built from.
@@ -56,6 +59,11 @@ struct GatewayConfig {
   absl::Duration usersig_lifetime;
   absl::Duration shutdown_grace;
   int max_attempts = 3;
+  // TLS on the gRPC listener: PEM contents, empty for plaintext. With a client CA, clients must
+  // present a certificate it signed (mutual TLS).
+  std::string grpc_tls_cert_pem;
+  std::string grpc_tls_key_pem;  // Never logged.
+  std::string grpc_client_ca_pem;
 };
 
 // The regions of ../shared/API.md: china, singapore, seoul, tokyo, frankfurt, silicon-valley,

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "lib/common/log.h"
 
 namespace imgw::dispatch {
 
@@ -236,9 +237,17 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
   ++in_flight_;
   ++stats_.requests;
   absl::Duration timeout = std::min(options_.request_timeout, LatestDeadline(entry) - now);
-  transport_.Start(
-      requests_.Build({entry.pair.first, entry.pair.second, entry.time}, timeout),
-      [this, id](upstream::HttpResponse response) { OnResponse(id, std::move(response)); });
+  upstream::HttpRequest request =
+      requests_.Build({entry.pair.first, entry.pair.second, entry.time}, timeout);
+  if (LogEnabled(LogLevel::kDebug)) {
+    Log(LogLevel::kDebug, "upstream request",
+        {{"url", upstream::RedactUrl(request.url)},
+         {"attempt", absl::StrCat(entry.attempts)},
+         {"waiters", absl::StrCat(entry.waiters.size())}});
+  }
+  transport_.Start(std::move(request), [this, id](upstream::HttpResponse response) {
+    OnResponse(id, std::move(response));
+  });
 }
 
 absl::Duration Dispatcher::LatestDeadline(const Entry& entry) const {
@@ -255,17 +264,35 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
   Outcome outcome = upstream::Interpret(response);
   outcome.attempts = entry.attempts;
   absl::Duration now = clock_.Monotonic();
+  if (LogEnabled(LogLevel::kDebug)) {
+    Log(LogLevel::kDebug, "upstream answer",
+        {{"http_status", absl::StrCat(response.http_status)},
+         {"transport", upstream::ErrorName(response.error)},
+         {"error_code", absl::StrCat(outcome.error_code)},
+         {"elapsed_ms", absl::StrCat(absl::ToDoubleMilliseconds(response.elapsed))}});
+  }
   if (outcome.disposition == Disposition::kRateLimited ||
       outcome.disposition == Disposition::kRateLimitedLong) {
     ++stats_.throttled;
     limiter_.OnThrottled(now);
+    if (now - last_throttle_log_ >= absl::Seconds(10)) {
+      last_throttle_log_ = now;
+      Log(LogLevel::kWarning, "the upstream refuses calls for frequency: slowing down",
+          {{"error_code", absl::StrCat(outcome.error_code)},
+           {"rate", absl::StrCat(limiter_.CurrentRate(now))},
+           {"throttled_total", absl::StrCat(stats_.throttled)}});
+    }
   }
   // The upstream is unwell when it did not answer properly or answered an internal error;
   // any other answer proves it alive.
   bool opened = false;
   if (outcome.disposition == Disposition::kRetry) {
     opened = breaker_.OnFailure(now, id == probe_);
-    if (opened) ++stats_.circuit_opened;
+    if (opened) {
+      ++stats_.circuit_opened;
+      Log(LogLevel::kWarning, "the upstream keeps failing: failing fast",
+          {{"last_error", outcome.detail}, {"probe_in", Millis(breaker_.open_until() - now)}});
+    }
   } else {
     breaker_.OnSuccess();
   }

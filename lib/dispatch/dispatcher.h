@@ -183,6 +183,7 @@ class Dispatcher final {
   RetryBudget retry_budget_;
   CircuitBreaker breaker_;
   EntryId probe_ = 0;  // The half-open probe in flight, if any.
+  absl::Duration last_throttle_log_ = -absl::InfiniteDuration();
   DispatcherStats stats_;
 };
 

@@ -2,11 +2,28 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "lib/common/log.h"
 
 namespace imgw::gateway {
+
+namespace {
+
+std::shared_ptr<grpc::ServerCredentials> ListenerCredentials(const config::GatewayConfig& config) {
+  if (config.grpc_tls_cert_pem.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options(
+      config.grpc_client_ca_pem.empty()
+          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_root_certs = config.grpc_client_ca_pem;
+  options.pem_key_cert_pairs.push_back({config.grpc_tls_key_pem, config.grpc_tls_cert_pem});
+  return grpc::SslServerCredentials(options);
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayConfig& config,
                                                          Clock& clock) {
@@ -54,9 +71,11 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   service_options.default_deadline = config.default_deadline;
   gw->service_ = std::make_unique<MsgReadService>(service_options, *gw->loop_, clock);
 
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(config.grpc_listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(config.grpc_listen, ListenerCredentials(config), &port);
   builder.RegisterService(gw->service_.get());
   gw->loop_->Start();
   gw->server_ = builder.BuildAndStart();
@@ -74,6 +93,9 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   }
   Log(LogLevel::kInfo, "gateway serving",
       {{"grpc_listen", gw->grpc_address_},
+       {"grpc_tls", config.grpc_tls_cert_pem.empty()    ? "off"
+                    : config.grpc_client_ca_pem.empty() ? "on"
+                                                        : "mutual"},
        {"upstream", config.base_url},
        {"sdkappid", absl::StrCat(config.sdkappid)},
        {"identifier", config.identifier},
@@ -86,6 +108,8 @@ void Gateway::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
   Log(LogLevel::kInfo, "shutting down", {{"grace", absl::FormatDuration(config_.shutdown_grace)}});
+  // Health checks say NOT_SERVING from now on, so that balancers stop sending first.
+  server_->GetHealthCheckService()->SetServingStatus(false);
   // The loop answers new calls UNAVAILABLE at once, lets queued and in-flight ones finish
   // within the grace period and answers the rest UNAVAILABLE. Then every RPC has its answer;
   // once gRPC has sent them all, the server closes its connections without waiting for idle

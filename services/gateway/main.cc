@@ -50,6 +50,11 @@ ABSL_FLAG(absl::Duration, usersig_lifetime, absl::Hours(24),
           "Lifetime of the admin UserSig; it is renewed at half of it.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(25),
           "On SIGTERM, time given to queued and in-flight calls (under Kubernetes' 30s).");
+ABSL_FLAG(std::string, grpc_tls_cert, "",
+          "PEM certificate chain for TLS on the gRPC listener (with --grpc_tls_key).");
+ABSL_FLAG(std::string, grpc_tls_key, "", "PEM private key for TLS on the gRPC listener.");
+ABSL_FLAG(std::string, grpc_client_ca, "",
+          "PEM CA certificates: clients must present a certificate they signed (mutual TLS).");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(std::string, ready_file, "",
           "Once serving, write {\"grpc_listen\":\"host:port\"} here (for scripts and tests).");
@@ -106,6 +111,9 @@ int main(int argc, char** argv) {
   flags.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   flags.usersig_lifetime = absl::GetFlag(FLAGS_usersig_lifetime);
   flags.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  flags.grpc_tls_cert = absl::GetFlag(FLAGS_grpc_tls_cert);
+  flags.grpc_tls_key = absl::GetFlag(FLAGS_grpc_tls_key);
+  flags.grpc_client_ca = absl::GetFlag(FLAGS_grpc_client_ca);
   absl::StatusOr<imgw::config::GatewayConfig> config = imgw::config::Resolve(flags);
   if (!config.ok()) Die(std::string(config.status().message()));
 
