@@ -4,7 +4,10 @@
 // Exit status: 0 when the call (every item of a batch) answered OK, 1 when it answered an
 // error, 2 on bad usage.
 #include <cstdio>
+#include <fstream>
+#include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -28,6 +31,10 @@ ABSL_FLAG(std::string, time, "",
           "msg_read_time in Unix seconds; empty: the gateway stamps the time it received it.");
 ABSL_FLAG(absl::Duration, deadline, absl::Seconds(10), "The call's deadline.");
 ABSL_FLAG(std::string, caller, "", "Sent as the imgw-caller metadata when set.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "Call the gateway over TLS, trusting these PEM CA certificates (empty: plaintext).");
+ABSL_FLAG(std::string, tls_cert, "", "Client certificate (PEM) for mutual TLS.");
+ABSL_FLAG(std::string, tls_key, "", "Client private key (PEM) for mutual TLS.");
 
 namespace {
 
@@ -55,6 +62,18 @@ const char* CodeName(grpc::StatusCode code) {
                                  "UNAUTHENTICATED"};
   int i = static_cast<int>(code);
   return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
+}
+
+bool ReadFile(const std::string& path, std::string* out, std::string* error) {
+  std::ifstream in(path);
+  if (!in) {
+    *error = "cannot read " + path;
+    return false;
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  *out = buffer.str();
+  return true;
 }
 
 // The item every command sends for one peer.
@@ -93,8 +112,21 @@ int main(int argc, char** argv) {
     time = seconds;
   }
 
-  auto channel =
-      grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials());
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!absl::GetFlag(FLAGS_tls_ca).empty()) {
+    grpc::SslCredentialsOptions tls;
+    std::string error;
+    if (!ReadFile(absl::GetFlag(FLAGS_tls_ca), &tls.pem_root_certs, &error) ||
+        (!absl::GetFlag(FLAGS_tls_cert).empty() &&
+         !ReadFile(absl::GetFlag(FLAGS_tls_cert), &tls.pem_cert_chain, &error)) ||
+        (!absl::GetFlag(FLAGS_tls_key).empty() &&
+         !ReadFile(absl::GetFlag(FLAGS_tls_key), &tls.pem_private_key, &error))) {
+      std::fprintf(stderr, "imgw-cli: %s\n", error.c_str());
+      return 2;
+    }
+    credentials = grpc::SslCredentials(tls);
+  }
+  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_target), credentials);
   auto stub = imgw::v1::MsgReadService::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_deadline)));

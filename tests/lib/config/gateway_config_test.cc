@@ -64,6 +64,30 @@ TEST(GatewayConfigTest, SecretKeyFileWinsAndIsTrimmed) {
   std::remove(path.c_str());
 }
 
+TEST(GatewayConfigTest, GrpcTlsFilesAreReadAndPaired) {
+  std::string pem = ::testing::TempDir() + "/pem";
+  std::ofstream(pem) << "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+  std::string junk = ::testing::TempDir() + "/junk";
+  std::ofstream(junk) << "not a pem";
+  GatewayFlags f = Valid();
+  f.grpc_tls_cert = pem;
+  f.grpc_tls_key = pem;
+  f.grpc_client_ca = pem;
+  absl::StatusOr<GatewayConfig> config = Resolve(f);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_NE(config->grpc_tls_cert_pem.find("BEGIN CERTIFICATE"), std::string::npos);
+  EXPECT_EQ(config->grpc_client_ca_pem, config->grpc_tls_cert_pem);
+  f.grpc_tls_key = "";
+  ExpectError(f, "--grpc_tls_key");
+  f = Valid();
+  f.grpc_client_ca = pem;
+  ExpectError(f, "--grpc_client_ca: needs --grpc_tls_cert");
+  f = Valid();
+  f.grpc_tls_cert = junk;
+  f.grpc_tls_key = pem;
+  ExpectError(f, "--grpc_tls_cert: " + junk + " holds no PEM block");
+}
+
 TEST(GatewayConfigTest, EachBadFlagIsNamed) {
   GatewayFlags f = Valid();
   f.region = "mars";
