@@ -23,8 +23,8 @@ struct GatewayFlags {
   std::string secret_key_file;
   std::string secret_key_env;  // The value of IMGW_SECRET_KEY, if set.
   double rate_limit = 200;
-  double rate_burst = 1;
-  double rate_headroom = 0.015;
+  double rate_burst = 2;
+  double rate_headroom = 0.01;
   int64_t max_queued = 10000;
   int max_connections = 8;
   bool reuse_connections = true;
@@ -49,8 +49,8 @@ struct GatewayConfig {
   std::string identifier;
   std::string secret_key;  // Never logged.
   double rate_limit = 200;
-  double rate_burst = 1;
-  double rate_headroom = 0.015;
+  double rate_burst = 2;
+  double rate_headroom = 0.01;
   size_t max_queued = 10000;
   int max_connections = 8;
   bool reuse_connections = true;

@@ -26,7 +26,9 @@ Dispatcher::Dispatcher(const Options& options, Clock& clock, ratelimit::RateLimi
       requests_(requests),
       jitter_(std::random_device{}()),
       retry_budget_(options.retry_budget, clock.Monotonic()),
-      breaker_(options.breaker) {}
+      breaker_(options.breaker) {
+  if (options.window_limit > 0) guard_.emplace(options.window_limit);
+}
 
 Dispatcher::~Dispatcher() {
   // The owner cancels the transport first; whatever is left still gets its one answer.
@@ -86,7 +88,8 @@ void Dispatcher::Submit(Call call) {
     turn = EstimateStart(call.caller, now);
     if (active != nullptr) turn = std::max(turn, now + latency_);
   }
-  if (turn > call.deadline) {
+  // Refused when even the answer's usual latency cannot fit between its turn and its deadline.
+  if (turn + latency_ > call.deadline) {
     ++stats_.rejected_overloaded;
     if (slots.active == 0 && slots.next == 0) pairs_.erase(key);
     Outcome out = Outcome::Failed(
@@ -196,7 +199,10 @@ absl::Duration Dispatcher::Step() {
            entries_.at(lane.queue.front()).state != Entry::State::kQueued) {
       lane.queue.pop_front();
     }
-    if (!breaker_.AllowRequest(now) || !limiter_.TryAcquire(now)) break;
+    if (!breaker_.AllowRequest(now) || (guard_ && !guard_->HasRoom(now)) ||
+        !limiter_.TryAcquire(now)) {
+      break;
+    }
     EntryId id = lane.queue.front();
     lane.queue.pop_front();
     --lane.live;
@@ -212,6 +218,7 @@ absl::Duration Dispatcher::Step() {
   absl::Duration next = absl::InfiniteDuration();
   if (!ring_.empty()) {
     next = now + limiter_.TimeUntilAvailable(now);
+    if (guard_) next = std::max(next, now + guard_->TimeUntilRoom(now));
     if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
       next = std::max(next, breaker_.open_until());
     }
@@ -236,6 +243,7 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
   ++entry.attempts;
   ++in_flight_;
   ++stats_.requests;
+  if (guard_) guard_->OnSent();
   absl::Duration timeout = std::min(options_.request_timeout, LatestDeadline(entry) - now);
   upstream::HttpRequest request =
       requests_.Build({entry.pair.first, entry.pair.second, entry.time}, timeout);
@@ -259,6 +267,7 @@ absl::Duration Dispatcher::LatestDeadline(const Entry& entry) const {
 void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
   Entry& entry = entries_.at(id);
   --in_flight_;
+  if (guard_) guard_->OnEnded(clock_.Monotonic());
   latency_ =
       latency_ == absl::ZeroDuration() ? response.elapsed : (latency_ * 7 + response.elapsed) / 8;
   Outcome outcome = upstream::Interpret(response);
@@ -321,14 +330,18 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
       }
       break;
     case Disposition::kRetry:
-    case Disposition::kRateLimited:
-      if (!opened && entry.attempts < options_.max_attempts) {
-        absl::Duration wait = Backoff(entry.attempts);
+    case Disposition::kRateLimited: {
+      // A frequency limit is a matter of pace, which the limiter now slows: such a call goes
+      // back into the queue for as long as its deadline allows. Other failures are bounded by
+      // max_attempts and the retry budget.
+      bool throttled = outcome.disposition == Disposition::kRateLimited;
+      if (!opened && (throttled || entry.attempts < options_.max_attempts)) {
+        absl::Duration wait = Backoff(throttled ? 1 : entry.attempts);
         if (auto hint = upstream::ParseRetryAfter(response.retry_after, clock_.Now())) {
           wait = std::max(wait, *hint);
         }
         absl::Duration at = now + wait;
-        if (at < latest && !retry_budget_.TryRetry(now)) {
+        if (at < latest && !throttled && !retry_budget_.TryRetry(now)) {
           ++stats_.retries_denied;
         } else if (at < latest) {
           entry.state = Entry::State::kBackoff;
@@ -340,6 +353,7 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
         }
       }
       break;
+    }
     default:
       break;
   }

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -16,6 +17,7 @@
 #include "lib/dispatch/circuit_breaker.h"
 #include "lib/dispatch/retry_budget.h"
 #include "lib/ratelimit/rate_limiter.h"
+#include "lib/ratelimit/window_guard.h"
 #include "lib/upstream/http_transport.h"
 #include "lib/upstream/outcome.h"
 #include "lib/upstream/request_factory.h"
@@ -78,10 +80,15 @@ class Dispatcher final {
  public:
   struct Options {
     size_t max_queued = 10000;  // Calls held (waiting or in flight) at once.
-    int max_attempts = 3;       // Requests per upstream call, first included (re-sign excluded).
+    // Requests per upstream call for transient failures, first included; re-signing and
+    // frequency-limit refusals (retried while the deadline allows) are not counted.
+    int max_attempts = 3;
     absl::Duration backoff_base = absl::Milliseconds(50);
     absl::Duration backoff_max = absl::Seconds(1);
     absl::Duration request_timeout = absl::Seconds(5);  // Above the upstream's own 3 s.
+    // The upstream's limit per sliding second, enforced on send-to-answer spans so that no
+    // network delay can push a window over it (ratelimit::WindowGuard). 0: off.
+    size_t window_limit = 0;
     RetryBudget::Options retry_budget;
     CircuitBreaker::Options breaker;
   };
@@ -181,6 +188,7 @@ class Dispatcher final {
   size_t queued_ = 0;
   absl::Duration latency_ = absl::ZeroDuration();  // Moving average of upstream latency.
   RetryBudget retry_budget_;
+  std::optional<ratelimit::WindowGuard> guard_;
   CircuitBreaker breaker_;
   EntryId probe_ = 0;  // The half-open probe in flight, if any.
   absl::Duration last_throttle_log_ = -absl::InfiniteDuration();

@@ -5,8 +5,8 @@
 namespace imgw::ratelimit {
 
 // Additive-increase, multiplicative-decrease of a rate between `min_rate` and `max_rate`.
-// OnThrottled() multiplies the rate by `decrease` (at most once per `cooldown`, since calls
-// already in flight when the upstream began refusing all come back refused); after `hold`
+// OnThrottled() multiplies the rate by `decrease` (at most once per `cooldown`, about the time
+// the calls already in flight when the upstream began refusing take to come back); after `hold`
 // without a throttle the rate grows back by `increase_per_second` (in calls/s per second)
 // until it reaches max_rate. Rate() is a pure function of time since the last decrease.
 // Not thread-safe.
@@ -16,7 +16,7 @@ class AdaptiveRate final {
     double max_rate = 200;
     double min_rate = 1;
     double decrease = 0.7;
-    absl::Duration cooldown = absl::Seconds(1);
+    absl::Duration cooldown = absl::Milliseconds(250);
     absl::Duration hold = absl::Seconds(1);
     double increase_per_second = 10;
   };

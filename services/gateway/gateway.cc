@@ -63,6 +63,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   dispatch_options.max_queued = config.max_queued;
   dispatch_options.max_attempts = config.max_attempts;
   dispatch_options.request_timeout = config.request_timeout;
+  dispatch_options.window_limit = static_cast<size_t>(config.rate_limit);
   gw->dispatcher_ = std::make_unique<dispatch::Dispatcher>(dispatch_options, clock, *gw->limiter_,
                                                            *gw->client_, *gw->requests_);
   gw->loop_ = std::make_unique<dispatch::DispatchLoop>(*gw->dispatcher_, *gw->client_, clock);

@@ -33,8 +33,9 @@ ABSL_FLAG(std::string, secret_key_file, "",
           "File holding the app's secret key (else the IMGW_SECRET_KEY environment variable).");
 ABSL_FLAG(double, rate_limit, 200,
           "The upstream's limit: calls per sliding second the gateway never exceeds.");
-ABSL_FLAG(double, rate_burst, 1, "Calls that may go at once after an idle spell (>= 1).");
-ABSL_FLAG(double, rate_headroom, 0.015,
+ABSL_FLAG(double, rate_burst, 2,
+          "Calls that may go at once after an idle spell (>= 1); burst + pace <= rate_limit.");
+ABSL_FLAG(double, rate_headroom, 0.01,
           "Fraction of --rate_limit left unused as a margin for network jitter.");
 ABSL_FLAG(int64_t, max_queued, 10000,
           "Calls the gateway holds at once (waiting or in flight); past it RESOURCE_EXHAUSTED.");

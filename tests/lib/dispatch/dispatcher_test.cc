@@ -519,20 +519,41 @@ TEST_F(DispatcherTest, FrequencyLimitSlowsTheLimiterAndIsRetried) {
   EXPECT_EQ(dispatcher_->stats().retries, 1u);
 }
 
-TEST_F(DispatcherTest, UnabsorbedFrequencyLimitIsTheAnswer) {
+TEST_F(DispatcherTest, FrequencyLimitIsRetriedBeyondMaxAttemptsWhileTheDeadlineAllows) {
   Dispatcher::Options options;
   options.max_attempts = 2;
   Build(options, /*rate=*/1000);
-  Submit(1);
-  for (int i = 0; i < 2; ++i) {
+  Submit(1, absl::Seconds(30));
+  for (int i = 0; i < 5; ++i) {
     dispatcher_->Step();
-    ASSERT_EQ(transport_.pending().size(), 1u);
+    ASSERT_EQ(transport_.pending().size(), 1u) << "round " << i;
     transport_.Answer(Fail(60007));
     clock_.Advance(absl::Seconds(1));
   }
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.pending().size(), 1u);
+  transport_.Answer(kOk);
+  EXPECT_EQ(answers_[1], 1);
+  EXPECT_EQ(outcomes_[1].disposition, Disposition::kOk);
+  EXPECT_EQ(outcomes_[1].attempts, 6);
+  EXPECT_EQ(limiter_->throttles, 5);
+}
+
+TEST_F(DispatcherTest, FrequencyLimitTheDeadlineCannotAbsorbIsTheAnswer) {
+  Build({}, /*rate=*/1000);
+  Submit(1, absl::Seconds(2));
+  dispatcher_->Step();
+  // The upstream asks for 5 s; the call has 2.
+  upstream::HttpResponse refused;
+  refused.http_status = 200;
+  refused.body = Fail(60007);
+  refused.retry_after = "5";
+  auto pending = std::move(transport_.pending().front());
+  transport_.pending().pop_front();
+  pending.done(refused);
   EXPECT_EQ(answers_[1], 1);
   EXPECT_EQ(outcomes_[1].disposition, Disposition::kRateLimited);
-  EXPECT_EQ(limiter_->throttles, 2);
+  EXPECT_EQ(outcomes_[1].error_code, 60007);
 }
 
 // Many callers, pairs and cancellations at random, checked for the two invariants: every call

@@ -1,0 +1,56 @@
+#pragma once
+
+#include <cstddef>
+#include <deque>
+
+#include "absl/time/time.h"
+
+namespace imgw::ratelimit {
+
+// Makes "never more than `limit` calls in any sliding second at the upstream" hold whatever
+// the network delay. A request reaches the upstream some time between the moment it is sent
+// and the moment its answer (or failure) comes back. So if, whenever a request is sent, the
+// requests still in flight plus those that ended less than a second ago number fewer than
+// `limit`, then no one-second window at the upstream can hold more than `limit` arrivals:
+// every request whose [sent, ended] span meets a window was counted when the last of them
+// was sent. The price is the round-trip time: each request holds its place for one second
+// plus its latency, so the steady rate is at most limit / (1 s + latency).
+//
+// Not thread-safe; times are the caller's Clock::Monotonic().
+class WindowGuard final {
+ public:
+  explicit WindowGuard(size_t limit) : limit_(limit) {}
+
+  // Whether a request may be sent now.
+  bool HasRoom(absl::Duration now) {
+    Expire(now);
+    return in_flight_ + ended_.size() < limit_;
+  }
+  // How long until HasRoom() can be true; InfiniteDuration when only an answer can make room.
+  absl::Duration TimeUntilRoom(absl::Duration now) {
+    Expire(now);
+    if (in_flight_ + ended_.size() < limit_) return absl::ZeroDuration();
+    if (ended_.empty()) return absl::InfiniteDuration();
+    return ended_.front() + absl::Seconds(1) - now;
+  }
+  void OnSent() { ++in_flight_; }
+  void OnEnded(absl::Duration now) {
+    --in_flight_;
+    ended_.push_back(now);
+  }
+  size_t in_window(absl::Duration now) {
+    Expire(now);
+    return in_flight_ + ended_.size();
+  }
+
+ private:
+  void Expire(absl::Duration now) {
+    while (!ended_.empty() && ended_.front() <= now - absl::Seconds(1)) ended_.pop_front();
+  }
+
+  const size_t limit_;
+  size_t in_flight_ = 0;
+  std::deque<absl::Duration> ended_;  // Completion times within the last second, in order.
+};
+
+}  // namespace imgw::ratelimit
