@@ -1,0 +1,579 @@
+// End to end admission: the real imgw-gateway (default --rate_limit=200) in front of the real
+// imgw-emulator over TLS, driven by bursts of asynchronous gRPC calls. The emulator counts
+// exactly what the upstream would see (calls in any sliding second, 60007 answers, the largest
+// read time per pair), so these tests check the gateway's promises from the outside: the budget
+// is never exceeded yet nearly all spent, calls for one pair merge, callers get fair shares,
+// hopeless calls are refused at once, the queue is bounded, batches answer item by item, and
+// 60007 slows the gateway down. Only 127.0.0.1, ports chosen by the kernel, every wait bounded.
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "gtest/gtest.h"
+#include "imgw/v1/msg_read.grpc.pb.h"
+#include "tests/testing/emulator_client.h"
+#include "tests/testing/imgw_stack.h"
+
+namespace imgw {
+namespace {
+
+using ::imgw::testing::EmulatorStatsView;
+using ::imgw::testing::ImgwStack;
+using ::imgw::testing::ImgwStackOptions;
+
+constexpr int64_t kBaseTime = 1700000000;
+constexpr int kLimit = 200;  // The emulator's and the gateway's default limit.
+constexpr char kRetryAfter[] = "imgw-retry-after-ms";
+
+std::string BinDir() {
+  const char* dir = std::getenv("IMGW_BIN_DIR");
+  return dir != nullptr ? dir : "";
+}
+
+v1::SetMsgReadRequest Request(const std::string& report, const std::string& peer,
+                              std::optional<int64_t> time) {
+  v1::SetMsgReadRequest request;
+  request.set_report_account(report);
+  request.set_peer_account(peer);
+  if (time.has_value()) request.set_msg_read_time(*time);
+  return request;
+}
+
+// A channel of its own (its own TCP connection), as a separate calling service would have.
+std::unique_ptr<v1::MsgReadService::Stub> NewStub(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return v1::MsgReadService::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+}
+
+// Asynchronous SetMsgRead calls (callback API), started together and collected. The state the
+// callbacks touch is shared with them, so a test that gives up early never frees what a late
+// callback still writes; the destructor cancels whatever is still running. Use from one
+// thread.
+class AsyncCalls final {
+ public:
+  struct Call {
+    grpc::ClientContext context;
+    v1::SetMsgReadRequest request;
+    v1::SetMsgReadResponse response;
+    absl::Duration deadline;
+    // Set by the callback, read once Wait() returned true.
+    grpc::Status status;
+    std::string retry_after;  // The imgw-retry-after-ms trailer, "" when absent.
+    absl::Time sent;
+    absl::Time answered;
+  };
+
+  AsyncCalls() : state_(std::make_shared<State>()) {}
+  AsyncCalls(const AsyncCalls&) = delete;
+  AsyncCalls& operator=(const AsyncCalls&) = delete;
+  ~AsyncCalls() {
+    if (Wait(absl::ZeroDuration())) return;
+    for (auto& call : state_->calls) call->context.TryCancel();
+    Wait(absl::Seconds(5));
+  }
+
+  // Adds a call (not started yet) with a deadline counted from its start and, when `caller`
+  // is not empty, the imgw-caller metadata.
+  void Add(v1::SetMsgReadRequest request, absl::Duration deadline, const std::string& caller = "") {
+    auto call = std::make_unique<Call>();
+    call->request = std::move(request);
+    call->deadline = deadline;
+    if (!caller.empty()) call->context.AddMetadata("imgw-caller", caller);
+    state_->calls.push_back(std::move(call));
+  }
+
+  // Starts every added call, back to back.
+  void StartAll(v1::MsgReadService::Stub& stub) {
+    std::shared_ptr<State> state = state_;
+    for (auto& owned : state->calls) {
+      Call* call = owned.get();
+      call->sent = absl::Now();
+      call->context.set_deadline(absl::ToChronoTime(call->sent + call->deadline));
+      stub.async()->SetMsgRead(&call->context, &call->request, &call->response,
+                               [call, state](grpc::Status status) {
+                                 const absl::Time now = absl::Now();
+                                 const auto& trailers = call->context.GetServerTrailingMetadata();
+                                 auto it = trailers.find(kRetryAfter);
+                                 absl::MutexLock lock(&state->mu);
+                                 call->status = std::move(status);
+                                 if (it != trailers.end()) {
+                                   call->retry_after.assign(it->second.data(), it->second.size());
+                                 }
+                                 call->answered = now;
+                                 ++state->done;
+                               });
+    }
+  }
+
+  // Waits up to `timeout` for every call to be answered; true when they all were.
+  bool Wait(absl::Duration timeout) {
+    State& state = *state_;
+    absl::MutexLock lock(&state.mu);
+    auto all_done = [&state]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state.mu) {
+      return state.done == static_cast<int>(state.calls.size());
+    };
+    state.mu.AwaitWithTimeout(absl::Condition(&all_done), timeout);
+    return all_done();
+  }
+
+  int Answered() {
+    absl::MutexLock lock(&state_->mu);
+    return state_->done;
+  }
+
+  // Only once Wait() returned true.
+  int size() const { return static_cast<int>(state_->calls.size()); }
+  const Call& call(int i) const { return *state_->calls[i]; }
+  int Count(grpc::StatusCode code) const {
+    int n = 0;
+    for (const auto& call : state_->calls) n += call->status.error_code() == code ? 1 : 0;
+    return n;
+  }
+  absl::Time FirstSent() const {
+    absl::Time first = absl::InfiniteFuture();
+    for (const auto& call : state_->calls) first = std::min(first, call->sent);
+    return first;
+  }
+  absl::Time LastAnswered() const {
+    absl::Time last = absl::InfinitePast();
+    for (const auto& call : state_->calls) last = std::max(last, call->answered);
+    return last;
+  }
+  absl::Duration MaxLatency() const {
+    absl::Duration max = absl::ZeroDuration();
+    for (const auto& call : state_->calls) max = std::max(max, call->answered - call->sent);
+    return max;
+  }
+
+ private:
+  struct State {
+    std::vector<std::unique_ptr<Call>> calls;
+    absl::Mutex mu;
+    int done ABSL_GUARDED_BY(mu) = 0;
+  };
+  std::shared_ptr<State> state_;
+};
+
+std::string Describe(const grpc::Status& status) {
+  return absl::StrCat(status.error_code(), ": ", status.error_message());
+}
+
+class AdmissionE2eTest : public ::testing::Test {
+ protected:
+  // Starts the emulator and a gateway; the stub talks to that gateway.
+  void Start(ImgwStackOptions options) {
+    ASSERT_FALSE(BinDir().empty()) << "IMGW_BIN_DIR is not set (CTest sets it)";
+    options.bin_dir = BinDir();
+    options.dir_prefix = "imgw-admission";
+    absl::StatusOr<std::unique_ptr<ImgwStack>> stack = ImgwStack::Start(options);
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    stack_ = *std::move(stack);
+    stub_ = NewStub(stack_->gateway_address());
+  }
+
+  void TearDown() override {
+    if (HasFailure() && stack_ != nullptr) {
+      std::cout << "gateway " << ImgwStack::Describe(stack_->gateway()) << "\n";
+    }
+  }
+
+  EmulatorStatsView Stats() {
+    absl::StatusOr<EmulatorStatsView> stats = stack_->Stats();
+    EXPECT_TRUE(stats.ok()) << stats.status();
+    return stats.ok() ? *std::move(stats) : EmulatorStatsView{};
+  }
+
+  // Waits for `calls` within `timeout`; on timeout the test fails (the destructor cancels).
+  static void AwaitAll(AsyncCalls& calls, absl::Duration timeout, const std::string& what) {
+    ASSERT_TRUE(calls.Wait(timeout)) << what << ": " << calls.Answered() << " of " << calls.size()
+                                     << " calls answered within " << timeout;
+  }
+
+  // Prints a figure and records it in the test's XML output.
+  void Figure(const std::string& key, const std::string& value) {
+    std::cout << "[figure] " << key << " = " << value << std::endl;
+    RecordProperty(key, value);
+  }
+
+  std::unique_ptr<ImgwStack> stack_;
+  std::unique_ptr<v1::MsgReadService::Stub> stub_;
+};
+
+// 2,000 distinct pairs at once: the budget is never exceeded (no window over 200, no 60007),
+// every call is answered OK, and the whole burst takes no longer than the limit implies.
+TEST_F(AdmissionE2eTest, TwoThousandDistinctPairsStayUnderTheLimitAndUseIt) {
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  constexpr int kCalls = 2000;
+  AsyncCalls calls;
+  for (int i = 0; i < kCalls; ++i) {
+    calls.Add(Request(absl::StrCat("a_r", i), absl::StrCat("a_p", i), kBaseTime + i),
+              absl::Seconds(20));
+  }
+  calls.StartAll(*stub_);
+  ASSERT_NO_FATAL_FAILURE(AwaitAll(calls, absl::Seconds(40), "burst"));
+  const absl::Duration elapsed = calls.LastAnswered() - calls.FirstSent();
+
+  int ok = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    const AsyncCalls::Call& call = calls.call(i);
+    EXPECT_TRUE(call.status.ok()) << call.request.report_account() << ": " << Describe(call.status);
+    if (call.status.ok() && call.response.action_status() == "OK") ++ok;
+  }
+  EXPECT_EQ(ok, kCalls);
+
+  EmulatorStatsView stats = Stats();
+  EXPECT_LE(stats.max_calls_in_window, static_cast<uint64_t>(kLimit));
+  EXPECT_EQ(stats.ErrorCount(60007), 0u);
+  EXPECT_EQ(stats.calls, static_cast<uint64_t>(kCalls));
+  EXPECT_EQ(stats.ok, static_cast<uint64_t>(kCalls));
+  EXPECT_EQ(stats.pairs.size(), static_cast<size_t>(kCalls));
+  // The gateway must get at least 98% of the limit through: 2,000 calls in 10.2 s, plus slack
+  // for starting, the last round trip and a loaded machine.
+  const absl::Duration bound = absl::Seconds(kCalls / (kLimit * 0.98) + 1.5);
+  EXPECT_LE(elapsed, bound) << "the burst took " << elapsed;
+  Figure("elapsed_s", absl::StrCat(absl::ToDoubleSeconds(elapsed)));
+  Figure("upstream_calls_per_s", absl::StrCat(stats.calls / absl::ToDoubleSeconds(elapsed)));
+  Figure("max_calls_in_window", absl::StrCat(stats.max_calls_in_window));
+  Figure("bound_s", absl::StrCat(absl::ToDoubleSeconds(bound)));
+}
+
+// 5,000 calls over 20 hot pairs with rising times, sent in ten waves: they merge into few
+// upstream calls, and every pair ends at the largest time it was sent with.
+TEST_F(AdmissionE2eTest, HotPairsMergeAndEndAtTheirLargestTime) {
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  constexpr int kPairs = 20;
+  constexpr int kPerPair = 250;
+  constexpr int kWaves = 10;
+  constexpr int kPerWave = kPerPair / kWaves;
+  std::vector<std::unique_ptr<AsyncCalls>> waves;
+  for (int wave = 0; wave < kWaves; ++wave) {
+    auto calls = std::make_unique<AsyncCalls>();
+    for (int k = wave * kPerWave + 1; k <= (wave + 1) * kPerWave; ++k) {
+      for (int p = 0; p < kPairs; ++p) {
+        calls->Add(Request(absl::StrCat("hot_r", p), absl::StrCat("hot_p", p), kBaseTime + k),
+                   absl::Seconds(30));
+      }
+    }
+    calls->StartAll(*stub_);
+    waves.push_back(std::move(calls));
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  int ok = 0;
+  int total = 0;
+  for (auto& calls : waves) {
+    ASSERT_NO_FATAL_FAILURE(AwaitAll(*calls, absl::Seconds(40), "wave"));
+    for (int i = 0; i < calls->size(); ++i) {
+      const AsyncCalls::Call& call = calls->call(i);
+      ++total;
+      EXPECT_TRUE(call.status.ok())
+          << call.request.report_account() << " at " << call.request.msg_read_time() << ": "
+          << Describe(call.status);
+      if (call.status.ok() && call.response.action_status() == "OK") ++ok;
+    }
+  }
+  EXPECT_EQ(total, kPairs * kPerPair);
+  EXPECT_EQ(ok, kPairs * kPerPair);
+
+  EmulatorStatsView stats = Stats();
+  EXPECT_EQ(stats.pairs.size(), static_cast<size_t>(kPairs));
+  for (int p = 0; p < kPairs; ++p) {
+    EXPECT_EQ(stats.PairTime(absl::StrCat("hot_r", p), absl::StrCat("hot_p", p)),
+              std::optional<int64_t>(kBaseTime + kPerPair))
+        << "pair " << p;
+  }
+  EXPECT_GE(stats.calls, static_cast<uint64_t>(kPairs));
+  EXPECT_LT(stats.calls, static_cast<uint64_t>(kPairs * kPerPair / 2));
+  EXPECT_LE(stats.max_calls_in_window, static_cast<uint64_t>(kLimit));
+  EXPECT_EQ(stats.ErrorCount(60007), 0u);
+  Figure("rpcs", absl::StrCat(total));
+  Figure("upstream_calls", absl::StrCat(stats.calls));
+  Figure("max_calls_in_window", absl::StrCat(stats.max_calls_in_window));
+}
+
+// A heavy caller's backlog of ~7.5 s does not starve a light caller: its 10 calls, sent 100 ms
+// later with a 3 s deadline, are all served in time.
+TEST_F(AdmissionE2eTest, LightCallerIsServedDespiteAHeavyBacklog) {
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  constexpr int kHeavy = 1500;
+  constexpr int kLight = 10;
+  AsyncCalls heavy;
+  for (int i = 0; i < kHeavy; ++i) {
+    heavy.Add(Request(absl::StrCat("h_r", i), absl::StrCat("h_p", i), kBaseTime + i),
+              absl::Seconds(30), "heavy");
+  }
+  heavy.StartAll(*stub_);
+  absl::SleepFor(absl::Milliseconds(100));
+
+  auto light_stub = NewStub(stack_->gateway_address());
+  AsyncCalls light;
+  for (int i = 0; i < kLight; ++i) {
+    light.Add(Request(absl::StrCat("l_r", i), absl::StrCat("l_p", i), kBaseTime + i),
+              absl::Seconds(3), "light");
+  }
+  light.StartAll(*light_stub);
+  ASSERT_NO_FATAL_FAILURE(AwaitAll(light, absl::Seconds(8), "light"));
+  // Only now: the light calls must be done while the heavy backlog still drains.
+  const int heavy_done_when_light_done = heavy.Answered();
+  for (int i = 0; i < kLight; ++i) {
+    const AsyncCalls::Call& call = light.call(i);
+    EXPECT_TRUE(call.status.ok()) << call.request.report_account() << ": " << Describe(call.status);
+  }
+  EXPECT_EQ(light.Count(grpc::StatusCode::OK), kLight);
+  EXPECT_LT(heavy_done_when_light_done, kHeavy) << "the heavy backlog drained first";
+
+  ASSERT_NO_FATAL_FAILURE(AwaitAll(heavy, absl::Seconds(40), "heavy"));
+  EXPECT_EQ(heavy.Count(grpc::StatusCode::OK), kHeavy);
+  EmulatorStatsView stats = Stats();
+  EXPECT_LE(stats.max_calls_in_window, static_cast<uint64_t>(kLimit));
+  EXPECT_EQ(stats.ErrorCount(60007), 0u);
+  EXPECT_EQ(stats.calls, static_cast<uint64_t>(kHeavy + kLight));
+  Figure("light_max_latency_ms", absl::StrCat(absl::ToDoubleMilliseconds(light.MaxLatency())));
+  Figure("heavy_answered_when_light_done", absl::StrCat(heavy_done_when_light_done));
+  Figure("heavy_elapsed_s",
+         absl::StrCat(absl::ToDoubleSeconds(heavy.LastAnswered() - heavy.FirstSent())));
+}
+
+// With the budget saturated by a backlog of 1,000 calls, a call (same caller) whose 500 ms
+// deadline cannot be met is refused at once with a retry-after hint and never spends a call.
+TEST_F(AdmissionE2eTest, HopelessDeadlineIsRefusedAtOnceWithRetryAfter) {
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  constexpr int kBacklog = 1000;
+  AsyncCalls backlog;
+  for (int i = 0; i < kBacklog; ++i) {
+    backlog.Add(Request(absl::StrCat("d_r", i), absl::StrCat("d_p", i), kBaseTime + i),
+                absl::Seconds(20), "bulk");
+  }
+  backlog.StartAll(*stub_);
+  // Until the gateway holds the backlog and spends the budget on it.
+  absl::SleepFor(absl::Milliseconds(300));
+
+  AsyncCalls probe;
+  probe.Add(Request("probe_r", "probe_p", kBaseTime), absl::Milliseconds(500), "bulk");
+  probe.StartAll(*stub_);
+  ASSERT_NO_FATAL_FAILURE(AwaitAll(probe, absl::Seconds(5), "probe"));
+  const AsyncCalls::Call& call = probe.call(0);
+  const absl::Duration latency = call.answered - call.sent;
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << Describe(call.status);
+  EXPECT_LT(latency, absl::Milliseconds(250)) << "refused late";
+  int64_t retry_after_ms = 0;
+  EXPECT_TRUE(absl::SimpleAtoi(call.retry_after, &retry_after_ms))
+      << kRetryAfter << " = \"" << call.retry_after << "\"";
+  EXPECT_GT(retry_after_ms, 0);
+  // The refusal says the wait exceeds the 500 ms deadline; a shorter hint would contradict it.
+  EXPECT_GE(retry_after_ms, 400);
+
+  ASSERT_NO_FATAL_FAILURE(AwaitAll(backlog, absl::Seconds(30), "backlog"));
+  EXPECT_EQ(backlog.Count(grpc::StatusCode::OK), kBacklog);
+  EmulatorStatsView stats = Stats();
+  EXPECT_FALSE(stats.PairTime("probe_r", "probe_p").has_value()) << "the refused call went out";
+  EXPECT_EQ(stats.calls, static_cast<uint64_t>(kBacklog));
+  EXPECT_LE(stats.max_calls_in_window, static_cast<uint64_t>(kLimit));
+  Figure("probe_latency_ms", absl::StrCat(absl::ToDoubleMilliseconds(latency)));
+  Figure("probe_retry_after_ms", call.retry_after);
+}
+
+// --max_queued=100 and 300 calls at once: every call is answered, the refused ones at once with
+// RESOURCE_EXHAUSTED and a retry-after hint, and at least the 100 the queue holds succeed.
+TEST_F(AdmissionE2eTest, MaxQueuedRefusesTheExcessWithRetryAfter) {
+  ImgwStackOptions options;
+  options.gateway_flags = {"--max_queued=100"};
+  ASSERT_NO_FATAL_FAILURE(Start(options));
+  constexpr int kCalls = 300;
+  AsyncCalls calls;
+  for (int i = 0; i < kCalls; ++i) {
+    calls.Add(Request(absl::StrCat("q_r", i), absl::StrCat("q_p", i), kBaseTime + i),
+              absl::Seconds(20));
+  }
+  calls.StartAll(*stub_);
+  ASSERT_NO_FATAL_FAILURE(AwaitAll(calls, absl::Seconds(40), "burst"));
+
+  int ok = 0;
+  int exhausted = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    const AsyncCalls::Call& call = calls.call(i);
+    if (call.status.ok()) {
+      ++ok;
+      continue;
+    }
+    EXPECT_EQ(call.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+        << call.request.report_account() << ": " << Describe(call.status);
+    if (call.status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) continue;
+    ++exhausted;
+    int64_t retry_after_ms = 0;
+    EXPECT_TRUE(absl::SimpleAtoi(call.retry_after, &retry_after_ms) && retry_after_ms > 0)
+        << call.request.report_account() << ": " << kRetryAfter << " = \"" << call.retry_after
+        << "\"";
+  }
+  EXPECT_GE(ok, 100);
+  EXPECT_EQ(ok + exhausted, kCalls);
+  EXPECT_GT(exhausted, 0) << "nothing was refused: --max_queued had no effect";
+  EmulatorStatsView stats = Stats();
+  EXPECT_EQ(stats.calls, static_cast<uint64_t>(ok)) << "a refused call reached the upstream";
+  EXPECT_LE(stats.max_calls_in_window, static_cast<uint64_t>(kLimit));
+  Figure("ok", absl::StrCat(ok));
+  Figure("resource_exhausted", absl::StrCat(exhausted));
+}
+
+// One batch of 300 items: results in order, invalid items INVALID_ARGUMENT, the missing account
+// NOT_FOUND 90008, duplicates merged to the largest time. Empty and oversized batches are
+// INVALID_ARGUMENT and spend nothing.
+TEST_F(AdmissionE2eTest, BatchAnswersEveryItemInOrder) {
+  ImgwStackOptions options;
+  options.missing_accounts = {"ghost"};
+  ASSERT_NO_FATAL_FAILURE(Start(options));
+  constexpr int kDistinct = 292;
+  constexpr int kDupPair = 150;  // In the middle: its first item is not the batch's first.
+  const std::vector<int64_t> dup_times = {kBaseTime + kDupPair - 7, kBaseTime + 5000, kBaseTime + 1,
+                                          kBaseTime + 9000, kBaseTime + 4000};
+  v1::BatchSetMsgReadRequest batch;
+  // Index -> expected code and, for the special ones, why.
+  std::vector<int> expected_code;
+  auto add = [&](v1::SetMsgReadRequest item, int code) {
+    *batch.add_items() = std::move(item);
+    expected_code.push_back(code);
+  };
+  int next_dup = 0;
+  for (int i = 0; i < kDistinct; ++i) {
+    add(Request(absl::StrCat("b_r", i), absl::StrCat("b_p", i), kBaseTime + i), 0);
+    // The duplicates of pair kDupPair are spread over the rest of the batch.
+    if (i >= kDupPair && (i - kDupPair) % 20 == 10 && next_dup < 5) {
+      add(Request(absl::StrCat("b_r", kDupPair), absl::StrCat("b_p", kDupPair),
+                  dup_times[next_dup++]),
+          0);
+    }
+    if (i == 40) add(Request("same", "same", kBaseTime), 3);
+    if (i == 80) add(Request("", "b_empty", kBaseTime), 3);
+    if (i == 120) add(Request("b_ghost_r", "ghost", kBaseTime), 5);
+  }
+  ASSERT_EQ(next_dup, 5);
+  ASSERT_EQ(batch.items_size(), 300);
+
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+  v1::BatchSetMsgReadResponse response;
+  grpc::Status status = stub_->BatchSetMsgRead(&context, batch, &response);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  ASSERT_EQ(response.results_size(), 300);
+  for (int i = 0; i < 300; ++i) {
+    const v1::SetMsgReadResult& result = response.results(i);
+    const v1::SetMsgReadRequest& item = batch.items(i);
+    EXPECT_EQ(result.code(), expected_code[i])
+        << "item " << i << " (" << item.report_account() << ", " << item.peer_account()
+        << "): " << result.message();
+    if (expected_code[i] == 0) {
+      EXPECT_EQ(result.action_status(), "OK") << "item " << i;
+      EXPECT_EQ(result.error_code(), 0) << "item " << i;
+    } else if (expected_code[i] == 3) {
+      EXPECT_EQ(result.error_code(), 0) << "item " << i << ": no upstream call for it";
+      EXPECT_FALSE(result.message().empty()) << "item " << i;
+    } else {
+      EXPECT_EQ(result.error_code(), 90008) << "item " << i;
+      EXPECT_EQ(result.action_status(), "FAIL") << "item " << i;
+    }
+  }
+
+  EmulatorStatsView stats = Stats();
+  EXPECT_EQ(stats.pairs.size(), static_cast<size_t>(kDistinct));
+  for (int i = 0; i < kDistinct; ++i) {
+    const int64_t want = i == kDupPair ? kBaseTime + 9000 : kBaseTime + i;
+    EXPECT_EQ(stats.PairTime(absl::StrCat("b_r", i), absl::StrCat("b_p", i)),
+              std::optional<int64_t>(want))
+        << "pair " << i;
+  }
+  EXPECT_EQ(stats.ErrorCount(90008), 1u);
+  // One call per distinct pair and the ghost; the duplicated pair at most one more (when its
+  // first call had left before its duplicates arrived).
+  EXPECT_GE(stats.calls, static_cast<uint64_t>(kDistinct + 1));
+  EXPECT_LE(stats.calls, static_cast<uint64_t>(kDistinct + 2));
+  Figure("batch_upstream_calls", absl::StrCat(stats.calls));
+  const uint64_t calls_before = stats.calls;
+
+  v1::BatchSetMsgReadRequest oversized;
+  for (int i = 0; i < 501; ++i) {
+    *oversized.add_items() = Request(absl::StrCat("o_r", i), absl::StrCat("o_p", i), kBaseTime);
+  }
+  grpc::ClientContext oversized_context;
+  oversized_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  v1::BatchSetMsgReadResponse oversized_response;
+  status = stub_->BatchSetMsgRead(&oversized_context, oversized, &oversized_response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
+  EXPECT_EQ(oversized_response.results_size(), 0);
+
+  grpc::ClientContext empty_context;
+  empty_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  v1::BatchSetMsgReadResponse empty_response;
+  status = stub_->BatchSetMsgRead(&empty_context, v1::BatchSetMsgReadRequest(), &empty_response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
+
+  EXPECT_EQ(Stats().calls, calls_before) << "a refused batch reached the upstream";
+}
+
+// The upstream allows only 50 calls/s while the gateway believes 200: the 60007 answers must make
+// the gateway slow down, so that they stay far below the number of calls and most calls succeed.
+TEST_F(AdmissionE2eTest, FrequencyLimitAnswersSlowTheGatewayDown) {
+  ImgwStackOptions options;
+  options.emulator_rate_limit = 50;
+  ASSERT_NO_FATAL_FAILURE(Start(options));
+  constexpr int kCalls = 600;
+  AsyncCalls calls;
+  for (int i = 0; i < kCalls; ++i) {
+    calls.Add(Request(absl::StrCat("g_r", i), absl::StrCat("g_p", i), kBaseTime + i),
+              absl::Seconds(20));
+  }
+  calls.StartAll(*stub_);
+  // The emulator's counters once a second while the burst runs, to show how the gateway's
+  // pace follows the 60007 answers (printed, not checked).
+  std::string timeline;
+  const absl::Time start = absl::Now();
+  while (!calls.Wait(absl::Seconds(1)) && absl::Now() - start < absl::Seconds(40)) {
+    absl::StatusOr<EmulatorStatsView> sample = stack_->Stats();
+    if (!sample.ok()) continue;
+    absl::StrAppend(&timeline,
+                    absl::StrFormat(" t=%.0fs:calls=%d,ok=%d,60007=%d",
+                                    absl::ToDoubleSeconds(absl::Now() - start), sample->calls,
+                                    sample->ok, sample->ErrorCount(60007)));
+  }
+  ASSERT_NO_FATAL_FAILURE(AwaitAll(calls, absl::Seconds(40), "burst"));
+  const absl::Duration elapsed = calls.LastAnswered() - calls.FirstSent();
+  Figure("timeline", timeline);
+
+  const int ok = calls.Count(grpc::StatusCode::OK);
+  const int exhausted = calls.Count(grpc::StatusCode::RESOURCE_EXHAUSTED);
+  const int unavailable = calls.Count(grpc::StatusCode::UNAVAILABLE);
+  const int deadline = calls.Count(grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_EQ(ok + exhausted + unavailable + deadline, kCalls);
+  EmulatorStatsView stats = Stats();
+  const uint64_t frequency = stats.ErrorCount(60007);
+  Figure("ok", absl::StrCat(ok));
+  Figure("resource_exhausted", absl::StrCat(exhausted));
+  Figure("unavailable", absl::StrCat(unavailable));
+  Figure("deadline_exceeded", absl::StrCat(deadline));
+  Figure("upstream_calls", absl::StrCat(stats.calls));
+  Figure("upstream_ok", absl::StrCat(stats.ok));
+  Figure("upstream_60007", absl::StrCat(frequency));
+  Figure("max_calls_in_window", absl::StrCat(stats.max_calls_in_window));
+  Figure("elapsed_s", absl::StrCat(absl::ToDoubleSeconds(elapsed)));
+  EXPECT_LT(frequency, 150u);
+  EXPECT_GT(ok, kCalls / 2);
+}
+
+}  // namespace
+}  // namespace imgw

@@ -1,0 +1,84 @@
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "tests/testing/emulator_client.h"
+#include "tests/testing/process.h"
+#include "tests/testing/tls_files.h"
+
+// The real imgw-emulator (HTTPS, throwaway self-signed certificate) and imgw-gateway in front
+// of it, as child processes on 127.0.0.1 with kernel-chosen ports, for integration tests and
+// benchmarks. Knows nothing of gRPC: clients connect to gateway_address() themselves.
+namespace imgw::testing {
+
+struct ImgwStackOptions {
+  // Where imgw-emulator and imgw-gateway are.
+  std::string bin_dir;
+  // Prefix of the temporary directory that holds the certificate, the key file, the ready
+  // files and the children's stdout/stderr (removed with the stack).
+  std::string dir_prefix = "imgw-stack";
+  // The emulator's --rate_limit (calls per sliding second; 0 = unlimited).
+  int emulator_rate_limit = 200;
+  // The emulator's --missing_accounts.
+  std::vector<std::string> missing_accounts;
+  // Flags appended to the gateway's command line (the stack sets only what it must: listen
+  // addresses, endpoint, CA, app, identifier, key and ready file).
+  std::vector<std::string> gateway_flags;
+  absl::Duration start_timeout = absl::Seconds(10);
+};
+
+// Owns a temporary directory, the emulator and one gateway. The destructor kills both children
+// (SIGKILL) and removes the directory. Not thread-safe, except Stats() and ResetEmulator(),
+// which may be called from any thread.
+class ImgwStack final {
+ public:
+  static constexpr int64_t kSdkAppId = 1400000000;
+  static constexpr char kAdmin[] = "administrator";
+
+  // Makes the certificate and the key file, starts the emulator and waits for its ready file,
+  // then the gateway and waits for its. Fails with the child's stderr when one does not start.
+  static absl::StatusOr<std::unique_ptr<ImgwStack>> Start(const ImgwStackOptions& options);
+
+  ImgwStack(const ImgwStack&) = delete;
+  ImgwStack& operator=(const ImgwStack&) = delete;
+  ~ImgwStack();
+
+  // "127.0.0.1:PORT" of the gateway's gRPC listener.
+  const std::string& gateway_address() const { return gateway_address_; }
+  int emulator_port() const { return emulator_port_; }
+  // The PEM file that the emulator serves and its clients trust.
+  const std::string& ca_file() const { return tls_.cert_file; }
+  const TempDir& dir() const { return dir_; }
+  Subprocess& emulator() { return *emulator_; }
+  Subprocess& gateway() { return *gateway_; }
+
+  // GET /emulator/stats.
+  absl::StatusOr<EmulatorStatsView> Stats() const;
+  // POST /emulator/reset: the emulator forgets its counters, window and pairs.
+  absl::Status ResetEmulator() const;
+
+  // "pid N, exit status or running, the last `max_bytes` of stderr" of a child, for failure
+  // messages.
+  static std::string Describe(Subprocess& process, size_t max_bytes = 4000);
+
+ private:
+  ImgwStack(TempDir dir, TlsFiles tls) : dir_(std::move(dir)), tls_(std::move(tls)) {}
+
+  absl::Status StartEmulator(const ImgwStackOptions& options);
+  absl::Status StartGateway(const ImgwStackOptions& options);
+
+  // Declared first: destroyed last, after the children are gone.
+  TempDir dir_;
+  TlsFiles tls_;
+  std::string key_file_;
+  std::unique_ptr<Subprocess> emulator_;
+  int emulator_port_ = 0;
+  std::unique_ptr<Subprocess> gateway_;
+  std::string gateway_address_;
+};
+
+}  // namespace imgw::testing
