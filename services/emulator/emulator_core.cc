@@ -1,6 +1,9 @@
 #include "services/emulator/emulator_core.h"
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <string_view>
@@ -213,10 +216,148 @@ Verdict CheckBody(std::string_view body, const EmulatorOptions& options, ParsedB
   return {};
 }
 
+// The probability fields of FaultConfig with their JSON names, in precedence order for the
+// answer faults (http_5xx first), latency_probability last.
+struct ProbabilityField {
+  const char* name;
+  double FaultConfig::*field;
+};
+constexpr ProbabilityField kProbabilities[] = {
+    {"http_5xx", &FaultConfig::http_5xx},
+    {"drop_connection", &FaultConfig::drop_connection},
+    {"malformed_json", &FaultConfig::malformed_json},
+    {"truncated_json", &FaultConfig::truncated_json},
+    {"error_60007", &FaultConfig::error_60007},
+    {"error_70001", &FaultConfig::error_70001},
+    {"error_70500", &FaultConfig::error_70500},
+    {"error_70169", &FaultConfig::error_70169},
+    {"latency_probability", &FaultConfig::latency_probability},
+};
+constexpr size_t kAnswerFaults = std::size(kProbabilities) - 1;
+
+// Shortest decimal form that reads back as the same double ("0.2", "1").
+std::string ShortestNumber(double value) {
+  char buffer[64];
+  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  return std::string(buffer, result.ptr);
+}
+
+// The answer of an HTTP proxy that could not reach the upstream.
+Response BadGateway() {
+  Response response;
+  response.http_status = 502;
+  response.content_type = "text/html";
+  response.body =
+      "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+      "<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n";
+  return response;
+}
+
+// A 200 whose body is not JSON: a captive portal or a misconfigured proxy.
+Response HtmlOk() {
+  Response response;
+  response.http_status = 200;
+  response.content_type = "text/html";
+  response.body =
+      "<html><body><h1>It works!</h1><p>imgw-emulator fault: malformed_json</p>"
+      "</body></html>\n";
+  return response;
+}
+
 }  // namespace
 
+bool FaultConfig::operator==(const FaultConfig& other) const {
+  for (const ProbabilityField& p : kProbabilities) {
+    if (this->*p.field != other.*p.field) return false;
+  }
+  return latency == other.latency;
+}
+
+absl::Status ValidateFaults(const FaultConfig& faults) {
+  for (const ProbabilityField& p : kProbabilities) {
+    const double value = faults.*p.field;
+    if (!(value >= 0 && value <= 1)) {  // Also rejects NaN.
+      return absl::InvalidArgumentError(
+          absl::StrCat(p.name, " must be a probability in [0,1], not ", ShortestNumber(value)));
+    }
+  }
+  if (faults.latency < absl::ZeroDuration() || faults.latency > kMaxFaultLatency ||
+      faults.latency != absl::Milliseconds(absl::ToInt64Milliseconds(faults.latency))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("latency must be a whole number of milliseconds in 0..",
+                     absl::ToInt64Milliseconds(kMaxFaultLatency), " ms"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<FaultUpdate> ParseFaultsJson(absl::string_view json) {
+  boost::system::error_code ec;
+  boost::json::value doc = boost::json::parse(std::string_view(json.data(), json.size()), ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("not JSON: ", ec.message()));
+  const boost::json::object* object = doc.if_object();
+  if (object == nullptr) return absl::InvalidArgumentError("the body must be a JSON object");
+  FaultUpdate update;
+  for (const auto& [key, value] : *object) {
+    const absl::string_view name(key.data(), key.size());
+    if (name == "latency_ms") {
+      const int64_t max_ms = absl::ToInt64Milliseconds(kMaxFaultLatency);
+      if (!value.is_int64() || value.get_int64() < 0 || value.get_int64() > max_ms) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("latency_ms must be an integer in 0..", max_ms));
+      }
+      update.faults.latency = absl::Milliseconds(value.get_int64());
+      continue;
+    }
+    if (name == "seed") {
+      if (value.is_uint64()) {
+        update.seed = value.get_uint64();
+      } else if (value.is_int64() && value.get_int64() >= 0) {
+        update.seed = static_cast<uint64_t>(value.get_int64());
+      } else {
+        return absl::InvalidArgumentError("seed must be an integer in 0..18446744073709551615");
+      }
+      continue;
+    }
+    const ProbabilityField* field = nullptr;
+    for (const ProbabilityField& p : kProbabilities) {
+      if (name == p.name) field = &p;
+    }
+    if (field == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown field \"", name, "\""));
+    }
+    if (!value.is_number()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field->name, " must be a probability in [0,1] (a JSON number)"));
+    }
+    update.faults.*field->field = value.to_number<double>();
+  }
+  if (absl::Status valid = ValidateFaults(update.faults); !valid.ok()) return valid;
+  return update;
+}
+
+std::string FaultsJson(const FaultConfig& faults, uint64_t seed) {
+  auto number = [](const char* name, double value) {
+    return absl::StrCat("\"", name, "\":", ShortestNumber(value), ",");
+  };
+  std::string out = absl::StrCat("{", number("http_5xx", faults.http_5xx),
+                                 "\"latency_ms\":", absl::ToInt64Milliseconds(faults.latency), ",",
+                                 number("latency_probability", faults.latency_probability));
+  for (size_t i = 1; i < kAnswerFaults; ++i) {
+    absl::StrAppend(&out, number(kProbabilities[i].name, faults.*kProbabilities[i].field));
+  }
+  absl::StrAppend(&out, "\"seed\":", seed, "}");
+  return out;
+}
+
 EmulatorCore::EmulatorCore(EmulatorOptions options, Clock& clock)
-    : options_(std::move(options)), clock_(clock) {}
+    : options_(std::move(options)), clock_(clock) {
+  // An invalid start-up setting (main validates its flags) means no faults rather than
+  // nonsense draws.
+  if (ValidateFaults(options_.faults).ok()) faults_ = options_.faults;
+  fault_seed_ = options_.fault_seed;
+  rng_.seed(fault_seed_);
+  for (const char* kind : kFaultKinds) faults_injected_[kind] = 0;
+}
 
 Response EmulatorCore::Handle(const Request& request) {
   const std::string_view target = request.target;
@@ -231,6 +372,7 @@ Response EmulatorCore::Handle(const Request& request) {
     Reset();
     return JsonResponse(200, "{\"reset\":true}");
   }
+  if (path == kFaultsPath) return HandleFaults(request);
   return TransportError(404, absl::StrCat("no such path: ", std::string(path)));
 }
 
@@ -255,22 +397,98 @@ Response EmulatorCore::HandleApi(const Request& request) {
   ++requests_;
   if (auth.code != kOk) return Answer(auth.code, auth.info);
 
-  // Every authenticated call counts, whether it is then rejected or not: the upstream saw it.
+  // Every authenticated call counts, whether it is then rejected or faulted: the upstream saw
+  // it.
   ++calls_;
   const absl::Duration arrival = clock_.Monotonic();
   while (!window_.empty() && window_.front() <= arrival - absl::Seconds(1)) window_.pop_front();
   window_.push_back(arrival);
   max_calls_in_window_ = std::max<uint64_t>(max_calls_in_window_, window_.size());
-  if (options_.rate_limit > 0 && window_.size() > static_cast<size_t>(options_.rate_limit)) {
-    return Answer(kFrequencyExceeded, absl::StrCat("REST API call frequency exceeded: more than ",
-                                                   options_.rate_limit, " calls per second"));
-  }
 
-  if (content.code != kOk) return Answer(content.code, content.info);
-  const int64_t read_time = body.msg_read_time.value_or(absl::ToUnixSeconds(now));
-  auto [it, inserted] = pairs_.emplace(std::make_pair(body.report, body.peer), read_time);
-  if (!inserted) it->second = std::max(it->second, read_time);
-  return Answer(kOk, "");
+  // Draw every fault, always in the same order and number, so that a seed replays the same
+  // faults for the same sequence of calls. The first answer fault that hits wins.
+  const char* fault = nullptr;
+  for (size_t i = 0; i < kAnswerFaults; ++i) {
+    if (Draw(faults_.*kProbabilities[i].field) && fault == nullptr) fault = kProbabilities[i].name;
+  }
+  const bool delayed = Draw(faults_.latency_probability) && faults_.latency > absl::ZeroDuration();
+  if (fault != nullptr) ++faults_injected_[fault];
+  if (delayed) ++faults_injected_["latency"];
+  const std::string_view kind = fault == nullptr ? std::string_view() : fault;
+
+  Response response;
+  if (kind == "http_5xx") {
+    response = BadGateway();
+  } else if (kind == "malformed_json") {
+    response = HtmlOk();
+  } else if (kind == "error_60007") {
+    response = Answer(kFrequencyExceeded, "REST API call frequency exceeded (injected fault)");
+  } else if (kind == "error_70001") {
+    response = Answer(kUserSigExpired, "UserSig expired (injected fault)");
+  } else if (kind == "error_70500") {
+    response = Answer(kInternalError, "internal server error (injected fault)");
+  } else if (kind == "error_70169") {
+    response = Answer(kInternalTimeout, "server internal timeout (injected fault)");
+  } else if (options_.rate_limit > 0 && window_.size() > static_cast<size_t>(options_.rate_limit)) {
+    response =
+        Answer(kFrequencyExceeded, absl::StrCat("REST API call frequency exceeded: more than ",
+                                                options_.rate_limit, " calls per second"));
+  } else if (content.code != kOk) {
+    response = Answer(content.code, content.info);
+  } else {
+    const int64_t read_time = body.msg_read_time.value_or(absl::ToUnixSeconds(now));
+    auto [it, inserted] = pairs_.emplace(std::make_pair(body.report, body.peer), read_time);
+    if (!inserted) it->second = std::max(it->second, read_time);
+    response = Answer(kOk, "");
+  }
+  // The faults that mangle the answer of a call processed as usual (applied if it was valid).
+  if (kind == "truncated_json") response.body.resize(response.body.size() / 2);
+  if (kind == "drop_connection") response.drop_connection = true;
+  if (delayed) response.delay = faults_.latency;
+  return response;
+}
+
+bool EmulatorCore::Draw(double probability) {
+  // 53 random bits as a double in [0,1): probability 0 never hits, 1 always does.
+  const double draw = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+  return draw < probability;
+}
+
+Response EmulatorCore::HandleFaults(const Request& request) {
+  if (request.method == "GET") {
+    absl::MutexLock lock(&mu_);
+    return JsonResponse(200, FaultsJson(faults_, fault_seed_));
+  }
+  if (request.method != "POST") return MethodNotAllowed(request, kFaultsPath, "GET, POST");
+  absl::StatusOr<FaultUpdate> update = ParseFaultsJson(request.body);
+  if (!update.ok()) {
+    return TransportError(400, absl::StrCat("bad faults: ", update.status().message()));
+  }
+  absl::MutexLock lock(&mu_);
+  faults_ = update->faults;
+  if (update->seed.has_value()) {
+    fault_seed_ = *update->seed;
+    rng_.seed(fault_seed_);
+  }
+  return JsonResponse(200, FaultsJson(faults_, fault_seed_));
+}
+
+absl::Status EmulatorCore::SetFaults(const FaultConfig& faults) {
+  if (absl::Status valid = ValidateFaults(faults); !valid.ok()) return valid;
+  absl::MutexLock lock(&mu_);
+  faults_ = faults;
+  return absl::OkStatus();
+}
+
+FaultConfig EmulatorCore::Faults() const {
+  absl::MutexLock lock(&mu_);
+  return faults_;
+}
+
+void EmulatorCore::SeedFaults(uint64_t seed) {
+  absl::MutexLock lock(&mu_);
+  fault_seed_ = seed;
+  rng_.seed(seed);
 }
 
 Response EmulatorCore::Answer(int code, std::string_view error_info) {
@@ -293,6 +511,7 @@ EmulatorStats EmulatorCore::Stats() const {
   stats.errors = errors_;
   stats.max_calls_in_window = max_calls_in_window_;
   stats.rate_limit = options_.rate_limit;
+  stats.faults_injected = faults_injected_;
   stats.pairs.reserve(pairs_.size());
   for (const auto& [key, time] : pairs_) {
     stats.pairs.push_back(PairState{key.first, key.second, time});
@@ -317,6 +536,12 @@ std::string EmulatorCore::StatsJson() const {
   doc["max_calls_in_window"] = stats.max_calls_in_window;
   doc["rate_limit"] = stats.rate_limit;
   doc["pairs"] = std::move(pairs);
+  boost::json::object faults;
+  for (const char* kind : kFaultKinds) {  // In precedence order, not alphabetical.
+    auto it = stats.faults_injected.find(kind);
+    faults[kind] = it == stats.faults_injected.end() ? 0 : it->second;
+  }
+  doc["faults_injected"] = std::move(faults);
   return boost::json::serialize(doc);
 }
 
@@ -329,6 +554,7 @@ void EmulatorCore::Reset() {
   max_calls_in_window_ = 0;
   window_.clear();
   pairs_.clear();
+  for (auto& [kind, count] : faults_injected_) count = 0;
 }
 
 }  // namespace imgw::emulator

@@ -3,12 +3,17 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "lib/common/clock.h"
@@ -22,6 +27,7 @@ namespace imgw::emulator {
 inline constexpr char kApiPath[] = "/v4/openim/admin_set_msg_read";
 inline constexpr char kStatsPath[] = "/emulator/stats";
 inline constexpr char kResetPath[] = "/emulator/reset";
+inline constexpr char kFaultsPath[] = "/emulator/faults";
 
 // One HTTP request as the emulator sees it.
 struct Request {
@@ -31,11 +37,17 @@ struct Request {
 };
 
 // The answer to send back. `headers` holds extra header fields (for example "Allow").
+// `delay` and `drop_connection` are transport faults for the server to carry out.
 struct Response {
   int http_status = 200;
   std::string content_type = "application/json";
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;
+  // Wait this long before writing the answer (without blocking other connections).
+  absl::Duration delay = absl::ZeroDuration();
+  // Write only the status line and part of the header, then close the TCP connection without
+  // a TLS close_notify: the client never gets a complete response.
+  bool drop_connection = false;
 };
 
 // Upstream error codes the emulator answers with (API.md, "Error codes worth knowing").
@@ -53,10 +65,80 @@ enum ErrorCode : int {
   kUserSigIdentifierMismatch = 70013,
   kUserSigSdkAppIdMismatch = 70014,
   kSdkAppIdNotFound = 70020,
+  kInternalTimeout = 70169,
+  kInternalError = 70500,
   kJsonParseFailed = 90001,
   kReportAccountMissing = 90003,
   kPeerAccountMissing = 90008,
 };
+
+// Fault injection: the probability of each fault per API request, drawn independently from a
+// seeded PRNG for every call that passed the query/UserSig checks (a request failing those is
+// answered with its error and never faulted). At most one of the answer faults below is
+// injected per call: when several draws hit, the first in this order wins: http_5xx,
+// drop_connection, malformed_json, truncated_json, error_60007, error_70001, error_70500,
+// error_70169. Latency is drawn on its own and may come on top of any answer.
+//
+// What each does, and whether the call is APPLIED (its pair's read time updated):
+//   http_5xx         HTTP 502 with an HTML body (a proxy's "Bad Gateway"). Not applied.
+//   drop_connection  the call is processed as usual (APPLIED if valid and within the rate
+//                    limit), then the server writes only part of the response header and
+//                    closes the TCP connection: the work was done, the client never heard.
+//   malformed_json   HTTP 200 with an HTML body, Content-Type text/html. Not applied.
+//   truncated_json   the call is processed as usual (APPLIED if valid and within the rate
+//                    limit), then the JSON answer is cut to its first half; Content-Length
+//                    matches the cut body.
+//   error_NNNNN      HTTP 200, {"ActionStatus":"FAIL","ErrorInfo":"... (injected fault)",
+//                    "ErrorCode":NNNNN}. Not applied. Counted in `errors` like a real one and,
+//                    like every faulted call, in the rate-limit window.
+//   latency          the answer (faulted or not) is written `latency` after the call was
+//                    processed; the call is applied as usual.
+// Every faulted call still counts in `calls` and in the sliding window. The faults are drawn
+// before the body is applied; a replacing fault (5xx, malformed, error_NNNNN) skips the rate
+// limit and body checks altogether.
+struct FaultConfig {
+  double http_5xx = 0;
+  absl::Duration latency = absl::ZeroDuration();  // 0 .. kMaxFaultLatency, whole milliseconds.
+  double latency_probability = 0;
+  double drop_connection = 0;
+  double malformed_json = 0;
+  double truncated_json = 0;
+  double error_60007 = 0;
+  double error_70001 = 0;
+  double error_70500 = 0;
+  double error_70169 = 0;
+
+  bool operator==(const FaultConfig& other) const;
+  bool operator!=(const FaultConfig& other) const { return !(*this == other); }
+};
+
+inline constexpr absl::Duration kMaxFaultLatency = absl::Minutes(10);
+
+// The names of the injected faults, as keys of EmulatorStats::faults_injected and of the
+// stats JSON, in precedence order ("latency" last: it is drawn on its own).
+inline constexpr const char* kFaultKinds[] = {"http_5xx",       "drop_connection", "malformed_json",
+                                              "truncated_json", "error_60007",     "error_70001",
+                                              "error_70500",    "error_70169",     "latency"};
+
+// InvalidArgument naming the field when a probability is outside [0,1] (or NaN) or the
+// latency is negative, above kMaxFaultLatency or not a whole number of milliseconds.
+absl::Status ValidateFaults(const FaultConfig& faults);
+
+// The JSON of the control endpoint, all fields optional (omitted = 0):
+//   {"http_5xx":P,"latency_ms":N,"latency_probability":P,"drop_connection":P,
+//    "malformed_json":P,"truncated_json":P,"error_60007":P,"error_70001":P,"error_70500":P,
+//    "error_70169":P,"seed":N}
+// P is a JSON number in [0,1], latency_ms an integer in 0..600000, seed (optional: reseeds the
+// PRNG) an integer in 0..2^64-1. Unknown fields and anything else are InvalidArgument.
+struct FaultUpdate {
+  FaultConfig faults;
+  std::optional<uint64_t> seed;
+};
+absl::StatusOr<FaultUpdate> ParseFaultsJson(absl::string_view json);
+
+// Every field of `faults`, latency as latency_ms, plus "seed":seed; numbers in their shortest
+// form (0.2, not 2E-1).
+std::string FaultsJson(const FaultConfig& faults, uint64_t seed);
 
 struct EmulatorOptions {
   uint64_t sdkappid = 0;
@@ -68,6 +150,9 @@ struct EmulatorOptions {
   // Calls per sliding second for the SDKAppID; a call beyond it is answered 60007.
   // 0 = unlimited (the window is still measured).
   int rate_limit = 200;
+  // The faults in force at start-up (none by default) and the seed of their PRNG.
+  FaultConfig faults;
+  uint64_t fault_seed = 1;
 };
 
 // The read state of one one-to-one conversation.
@@ -84,16 +169,23 @@ struct PairState {
 // Every counter the emulator keeps, in one place. Reset() zeroes all of them.
 struct EmulatorStats {
   uint64_t requests = 0;  // All requests to kApiPath, whatever their method or outcome.
-  uint64_t calls = 0;     // Requests that passed the query/UserSig checks (rate-limited ones too).
-  uint64_t ok = 0;        // Calls answered ErrorCode 0.
-  std::map<int, uint64_t> errors;    // ErrorCode -> count of FAIL answers.
+  // Requests that passed the query/UserSig checks (rate-limited and faulted ones too).
+  uint64_t calls = 0;
+  // Calls applied and answered ErrorCode 0, including answers then cut by truncated_json or
+  // drop_connection: it counts what was applied, not what the client heard.
+  uint64_t ok = 0;
+  // ErrorCode -> count of FAIL answers, the injected error_NNNNN ones included.
+  std::map<int, uint64_t> errors;
   uint64_t max_calls_in_window = 0;  // Most calls seen in any sliding one-second window.
   int rate_limit = 0;
+  // Only APPLIED calls change this, so a test can compare it with the answers a client got.
   std::vector<PairState> pairs;  // Sorted by (report, peer).
+  // Fault kind (kFaultKinds, every one present) -> calls it was injected into.
+  std::map<std::string, uint64_t> faults_injected;
 };
 
-// The emulated upstream. Thread-safe: Handle(), Stats(), StatsJson() and Reset() may be
-// called concurrently from any thread. Never throws on request input; every malformed
+// The emulated upstream. Thread-safe: every method may be called concurrently from any
+// thread. Never throws on request input; every malformed
 // request gets an answer. `clock` must outlive the object.
 class EmulatorCore final {
  public:
@@ -106,26 +198,43 @@ class EmulatorCore final {
   //   POST kApiPath           the emulated API; HTTP 200 with the upstream's JSON answer.
   //   GET  kStatsPath         StatsJson().
   //   POST kResetPath         Reset(); {"reset":true}.
+  //   GET  kFaultsPath        the faults in force, FaultsJson().
+  //   POST kFaultsPath        replaces them with ParseFaultsJson(body) (`{}` clears them) and
+  //                           answers the new setting; HTTP 400 {"error":...} if invalid.
   //   wrong method            HTTP 405 with a JSON error body and an Allow header.
   //   anything else           HTTP 404 with a JSON error body.
   // API checks, first failure wins: query percent-encoding (60002), a repeated known
   // parameter (60025), sdkappid (60012 absent/empty, 70020 not ours), identifier/usersig/
   // random/contenttype (60025), admin (60010), UserSig (70003/70014/70013/70001/70009); then
-  // the call counts against the rate limit (60007); then the body (90001, 60015, 90003, 90008).
+  // the call counts against the rate limit window; then the faults are drawn (FaultConfig);
+  // then, unless an answer fault replaces it, the rate limit (60007) and the body (90001,
+  // 60015, 90003, 90008), and a valid call is applied.
   Response Handle(const Request& request);
+
+  // Replaces the faults in force (InvalidArgument, and nothing changes, if invalid).
+  absl::Status SetFaults(const FaultConfig& faults);
+  FaultConfig Faults() const;
+  // Restarts the fault PRNG from `seed`: the same seed and the same sequence of calls give
+  // the same faults.
+  void SeedFaults(uint64_t seed);
 
   EmulatorStats Stats() const;
 
   // The stats as JSON:
   //   {"calls":N,"requests":N,"ok":N,"errors":{"90003":n,...},"max_calls_in_window":N,
-  //    "rate_limit":N,"pairs":[{"report":"a","peer":"b","msg_read_time":T},...]}
+  //    "rate_limit":N,"pairs":[{"report":"a","peer":"b","msg_read_time":T},...],
+  //    "faults_injected":{"http_5xx":n,"drop_connection":n,...,"latency":n}}
   std::string StatsJson() const;
 
-  // Forgets all counters, the rate-limit window and the read state.
+  // Forgets all counters (faults_injected too), the rate-limit window and the read state.
+  // Keeps the faults in force and the PRNG's state.
   void Reset();
 
  private:
   Response HandleApi(const Request& request);
+  Response HandleFaults(const Request& request);
+  // One draw of the fault PRNG: true with `probability`.
+  bool Draw(double probability) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records an API answer with `code` in the counters and builds it.
   Response Answer(int code, std::string_view error_info) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -142,6 +251,10 @@ class EmulatorCore final {
   std::deque<absl::Duration> window_ ABSL_GUARDED_BY(mu_);
   // (Report_Account, Peer_Account) -> largest MsgReadTime applied.
   std::map<std::pair<std::string, std::string>, int64_t> pairs_ ABSL_GUARDED_BY(mu_);
+  FaultConfig faults_ ABSL_GUARDED_BY(mu_);
+  uint64_t fault_seed_ ABSL_GUARDED_BY(mu_) = 0;
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> faults_injected_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace imgw::emulator

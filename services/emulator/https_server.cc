@@ -4,6 +4,8 @@
 
 #include <exception>
 #include <optional>
+#include <sstream>
+#include <string>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -15,6 +17,7 @@
 #include "boost/asio/ssl.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "boost/asio/strand.hpp"
+#include "boost/asio/write.hpp"
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
 #include "boost/beast/ssl.hpp"
@@ -57,7 +60,10 @@ class Session final : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, ssl::context& ssl_ctx, const HttpsServerOptions& options,
           const HttpsServer::Handler& handler)
-      : stream_(std::move(socket), ssl_ctx), options_(options), handler_(handler) {}
+      : stream_(std::move(socket), ssl_ctx),
+        options_(options),
+        handler_(handler),
+        delay_(stream_.get_executor()) {}
 
   void Run() {
     asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->Handshake(); });
@@ -120,7 +126,39 @@ class Session final : public std::enable_shared_from_this<Session> {
     response.keep_alive(message.keep_alive());
     response.body() = std::move(answer.body);
     response.prepare_payload();
+    drop_ = answer.drop_connection;
+    if (answer.delay <= absl::ZeroDuration()) return Respond();
+    // Injected latency: wait on a timer (on this session's strand) rather than on the I/O
+    // thread, so every other connection is served meanwhile. No read or write is pending, so
+    // the stream's own timeout is not running.
+    beast::get_lowest_layer(stream_).expires_never();
+    delay_.expires_after(absl::ToChronoNanoseconds(answer.delay));
+    delay_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (!ec) self->Respond();
+    });
+  }
+
+  void Respond() {
+    if (drop_) return Drop();
     Write();
+  }
+
+  // Injected fault: writes the status line and about half of the header, then closes the TCP
+  // connection without a TLS close_notify, as a crashing upstream or a broken middlebox would.
+  void Drop() {
+    std::ostringstream serialized;
+    serialized << response_->base();  // The status line and the header, with the final CRLF.
+    partial_ = serialized.str();
+    partial_.resize(partial_.size() / 2);
+    beast::get_lowest_layer(stream_).expires_after(
+        absl::ToChronoNanoseconds(options_.idle_timeout));
+    asio::async_write(stream_, asio::buffer(partial_),
+                      [self = shared_from_this()](beast::error_code /*ec*/, size_t /*bytes*/) {
+                        beast::error_code ignored;
+                        auto& socket = beast::get_lowest_layer(self->stream_).socket();
+                        socket.shutdown(tcp::socket::shutdown_both, ignored);
+                        socket.close(ignored);
+                      });
   }
 
   // Answers a request that could not be read, then closes the connection.
@@ -166,6 +204,9 @@ class Session final : public std::enable_shared_from_this<Session> {
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<http::response<http::string_body>> response_;
+  asio::steady_timer delay_;  // Injected latency (Response::delay).
+  bool drop_ = false;         // Injected drop_connection for the current response.
+  std::string partial_;       // What Drop() writes; kept alive until the write completes.
 };
 
 }  // namespace

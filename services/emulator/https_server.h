@@ -30,6 +30,11 @@ struct HttpsServerOptions {
 // I/O thread, possibly on several threads at once, so it must be thread-safe and should not
 // block for long. Errors on one connection never affect others and never throw.
 //
+// Transport faults in the handler's Response: `delay` is waited on an asio timer on the
+// connection's strand (other connections are served meanwhile) before the answer is written;
+// `drop_connection` writes the first half of the serialized status line and header, then closes
+// the TCP connection without a TLS close_notify (no body, no complete response).
+//
 // Lifecycle: Create() (binds and listens) -> Start() -> Stop(). Stop() is idempotent, closes
 // every connection, joins the I/O threads; the destructor calls it. Not thread-safe itself:
 // call Start()/Stop() from one owner thread.

@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <optional>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -43,6 +45,25 @@ ABSL_FLAG(std::string, rate_limit, "200", "calls per sliding second; 0 = unlimit
 ABSL_FLAG(std::string, threads, "2", "I/O threads");
 ABSL_FLAG(std::string, ready_file, "",
           "if set, written atomically with {\"port\":N} once the server listens");
+
+// Fault injection (emulator_core.h, FaultConfig); also settable at run time through
+// POST /emulator/faults.
+ABSL_FLAG(std::string, fault_http_5xx, "0", "probability of an HTTP 502 (call not applied)");
+ABSL_FLAG(std::string, fault_latency_ms, "0", "injected latency in ms (0..600000)");
+ABSL_FLAG(std::string, fault_latency_probability, "0",
+          "probability of delaying an answer by --fault_latency_ms (call applied)");
+ABSL_FLAG(std::string, fault_drop_connection, "0",
+          "probability of closing the connection mid-response (call applied)");
+ABSL_FLAG(std::string, fault_malformed_json, "0",
+          "probability of an HTTP 200 with a non-JSON body (call not applied)");
+ABSL_FLAG(std::string, fault_truncated_json, "0",
+          "probability of an HTTP 200 with the JSON answer cut in half (call applied)");
+ABSL_FLAG(std::string, fault_60007, "0", "probability of an injected 60007 (not applied)");
+ABSL_FLAG(std::string, fault_70001, "0", "probability of an injected 70001 (not applied)");
+ABSL_FLAG(std::string, fault_70500, "0", "probability of an injected 70500 (not applied)");
+ABSL_FLAG(std::string, fault_70169, "0", "probability of an injected 70169 (not applied)");
+ABSL_FLAG(std::string, fault_seed, "",
+          "seed of the fault PRNG (0..2^64-1); empty = a random seed, logged at start-up");
 
 namespace {
 
@@ -103,6 +124,61 @@ bool ParseListen(const std::string& text, std::string* host, uint16_t* port) {
 bool ParseNonNegativeInt(const std::string& text, int* value) {
   return !text.empty() && text.find_first_not_of("0123456789") == std::string::npos &&
          absl::SimpleAtoi(text, value);
+}
+
+// A decimal number in [0,1] ("0", "0.25", "1", "1e-3"); no "nan", "inf" or hex.
+bool ParseProbability(const std::string& text, double* value) {
+  return !text.empty() && text.find_first_not_of("0123456789.eE+-") == std::string::npos &&
+         absl::SimpleAtod(text, value) && *value >= 0 && *value <= 1;
+}
+
+// Reads the --fault_* flags into `faults` and `seed`; on a bad value returns the usage
+// message.
+std::optional<std::string> ParseFaultFlags(imgw::emulator::FaultConfig* faults, uint64_t* seed) {
+  const struct {
+    const char* flag;
+    std::string text;
+    double* field;
+  } probabilities[] = {
+      {"--fault_http_5xx", absl::GetFlag(FLAGS_fault_http_5xx), &faults->http_5xx},
+      {"--fault_latency_probability", absl::GetFlag(FLAGS_fault_latency_probability),
+       &faults->latency_probability},
+      {"--fault_drop_connection", absl::GetFlag(FLAGS_fault_drop_connection),
+       &faults->drop_connection},
+      {"--fault_malformed_json", absl::GetFlag(FLAGS_fault_malformed_json),
+       &faults->malformed_json},
+      {"--fault_truncated_json", absl::GetFlag(FLAGS_fault_truncated_json),
+       &faults->truncated_json},
+      {"--fault_60007", absl::GetFlag(FLAGS_fault_60007), &faults->error_60007},
+      {"--fault_70001", absl::GetFlag(FLAGS_fault_70001), &faults->error_70001},
+      {"--fault_70500", absl::GetFlag(FLAGS_fault_70500), &faults->error_70500},
+      {"--fault_70169", absl::GetFlag(FLAGS_fault_70169), &faults->error_70169},
+  };
+  for (const auto& p : probabilities) {
+    if (!ParseProbability(p.text, p.field)) {
+      return absl::StrCat(p.flag, " must be a probability in [0,1], not \"", p.text, "\"");
+    }
+  }
+  const std::string latency_text = absl::GetFlag(FLAGS_fault_latency_ms);
+  const int64_t max_ms = absl::ToInt64Milliseconds(imgw::emulator::kMaxFaultLatency);
+  int64_t latency_ms = 0;
+  if (latency_text.empty() || latency_text.find_first_not_of("0123456789") != std::string::npos ||
+      !absl::SimpleAtoi(latency_text, &latency_ms) || latency_ms > max_ms) {
+    return absl::StrCat("--fault_latency_ms must be an integer in 0..", max_ms);
+  }
+  faults->latency = absl::Milliseconds(latency_ms);
+  const std::string seed_text = absl::GetFlag(FLAGS_fault_seed);
+  if (seed_text.empty()) {
+    std::random_device random;
+    *seed = (static_cast<uint64_t>(random()) << 32) ^ random();
+  } else if (seed_text.find_first_not_of("0123456789") != std::string::npos ||
+             !absl::SimpleAtoi(seed_text, seed)) {
+    return "--fault_seed must be an integer in 0..18446744073709551615";
+  }
+  if (absl::Status valid = imgw::emulator::ValidateFaults(*faults); !valid.ok()) {
+    return std::string(valid.message());  // Unreachable after the checks above; kept honest.
+  }
+  return std::nullopt;
 }
 
 // Writes `content` to a temporary file beside `path` and renames it over `path`, so a reader
@@ -178,6 +254,9 @@ int main(int argc, char** argv) {
   if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_rate_limit), &options.rate_limit)) {
     return UsageError("--rate_limit must be a non-negative integer (0 = unlimited)");
   }
+  if (std::optional<std::string> error = ParseFaultFlags(&options.faults, &options.fault_seed)) {
+    return UsageError(*error);
+  }
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
 
   // Block the stop signals before any thread starts, so that every thread inherits the mask
@@ -202,7 +281,8 @@ int main(int argc, char** argv) {
             {{"address", absl::StrCat(server_options.host, ":", port)},
              {"sdkappid", std::to_string(options.sdkappid)},
              {"rate_limit", std::to_string(options.rate_limit)},
-             {"threads", std::to_string(server_options.threads)}});
+             {"threads", std::to_string(server_options.threads)},
+             {"faults", imgw::emulator::FaultsJson(options.faults, options.fault_seed)}});
   if (!ready_file.empty() &&
       !WriteFileAtomically(ready_file, absl::StrCat("{\"port\":", port, "}\n"))) {
     imgw::Log(imgw::LogLevel::kError, "cannot write ready file", {{"path", ready_file}});
@@ -215,10 +295,13 @@ int main(int argc, char** argv) {
   imgw::Log(imgw::LogLevel::kInfo, "stopping", {{"signal", std::to_string(signal_number)}});
   (*server)->Stop();
   const imgw::emulator::EmulatorStats stats = core.Stats();
+  uint64_t faults_injected = 0;
+  for (const auto& [kind, count] : stats.faults_injected) faults_injected += count;
   imgw::Log(imgw::LogLevel::kInfo, "stopped",
             {{"requests", std::to_string(stats.requests)},
              {"calls", std::to_string(stats.calls)},
              {"ok", std::to_string(stats.ok)},
-             {"max_calls_in_window", std::to_string(stats.max_calls_in_window)}});
+             {"max_calls_in_window", std::to_string(stats.max_calls_in_window)},
+             {"faults_injected", std::to_string(faults_injected)}});
   return 0;
 }

@@ -1,6 +1,11 @@
 #include "services/emulator/emulator_core.h"
 
+#include <algorithm>
+#include <cmath>
+#include <iterator>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -110,6 +115,9 @@ class EmulatorCoreTest : public ::testing::Test {
   }
 
   static inline const std::string kBody = R"({"Report_Account":"alice","Peer_Account":"bob"})";
+  static inline const std::string kNoFaultsInjected =
+      R"({"http_5xx":0,"drop_connection":0,"malformed_json":0,"truncated_json":0,)"
+      R"("error_60007":0,"error_70001":0,"error_70500":0,"error_70169":0,"latency":0})";
 
   testing::FakeClock clock_;
   EmulatorOptions options_;
@@ -375,13 +383,17 @@ TEST_F(EmulatorCoreTest, StatsJsonAndReset) {
   EXPECT_EQ(boost::json::parse(stats.body), boost::json::parse(R"({"calls":2,"requests":3,"ok":1,
                                    "errors":{"60025":1,"90003":1},"max_calls_in_window":2,
                                    "rate_limit":200,
-                                   "pairs":[{"report":"a","peer":"b","msg_read_time":5}]})"));
+                                   "pairs":[{"report":"a","peer":"b","msg_read_time":5}],
+                                   "faults_injected":)" + kNoFaultsInjected +
+                                                               "}"));
 
   Response reset = core_->Handle(Request{"POST", kResetPath, ""});
   EXPECT_EQ(reset.http_status, 200);
   EXPECT_EQ(boost::json::parse(core_->Handle(Request{"GET", kStatsPath, ""}).body),
             boost::json::parse(R"({"calls":0,"requests":0,"ok":0,"errors":{},
-                                   "max_calls_in_window":0,"rate_limit":200,"pairs":[]})"));
+                                   "max_calls_in_window":0,"rate_limit":200,"pairs":[],
+                                   "faults_injected":)" +
+                               kNoFaultsInjected + "}"));
 }
 
 TEST_F(EmulatorCoreTest, ResetClearsTheRateLimitWindow) {
@@ -415,6 +427,434 @@ TEST_F(EmulatorCoreTest, ConcurrentCallsAreAllCounted) {
   EXPECT_EQ(stats.max_calls_in_window, 400u);
   ASSERT_EQ(stats.pairs.size(), 4u);
   for (const PairState& pair : stats.pairs) EXPECT_EQ(pair.msg_read_time, 99);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fault injection.
+
+class EmulatorFaultTest : public EmulatorCoreTest {
+ protected:
+  // POST kFaultsPath; returns the HTTP status.
+  int PostFaults(const std::string& json) {
+    return core_->Handle(Request{"POST", kFaultsPath, json}).http_status;
+  }
+  boost::json::value GetFaults() {
+    Response response = core_->Handle(Request{"GET", kFaultsPath, ""});
+    EXPECT_EQ(response.http_status, 200);
+    return boost::json::parse(response.body);
+  }
+  // A body for a pair of its own, so that each call's application is visible.
+  static std::string PairBody(int i) {
+    return absl::StrCat(R"({"Report_Account":"r)", i, R"(","Peer_Account":"p","MsgReadTime":)",
+                        1000 + i, "}");
+  }
+  static bool ParsesAsJson(const std::string& body) {
+    boost::system::error_code ec;
+    boost::json::parse(body, ec);
+    return !ec;
+  }
+  // faults_injected without the zero entries.
+  std::map<std::string, uint64_t> Injected() {
+    std::map<std::string, uint64_t> out;
+    for (const auto& [kind, count] : core_->Stats().faults_injected) {
+      if (count > 0) out[kind] = count;
+    }
+    return out;
+  }
+};
+
+TEST_F(EmulatorFaultTest, NoFaultsByDefaultAndAtProbabilityZero) {
+  options_.rate_limit = 0;
+  Restart();
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(Code(Post(PairBody(i))), 0);
+  ASSERT_EQ(PostFaults(R"({"http_5xx":0,"latency_ms":500,"latency_probability":0,
+                           "drop_connection":0,"malformed_json":0,"truncated_json":0,
+                           "error_60007":0,"error_70001":0,"error_70500":0,"error_70169":0})"),
+            200);
+  for (int i = 200; i < 400; ++i) {
+    Response response = Post(PairBody(i));
+    ASSERT_EQ(Code(response), 0);
+    ASSERT_EQ(response.delay, absl::ZeroDuration());
+    ASSERT_FALSE(response.drop_connection);
+  }
+  EmulatorStats stats = core_->Stats();
+  EXPECT_EQ(stats.ok, 400u);
+  EXPECT_EQ(stats.pairs.size(), 400u);
+  EXPECT_EQ(stats.faults_injected.size(), std::size(kFaultKinds));
+  EXPECT_TRUE(Injected().empty());
+}
+
+// Each fault at probability 1: the answer, whether the call was applied, and the counters.
+TEST_F(EmulatorFaultTest, EachFaultAtProbabilityOne) {
+  struct Case {
+    const char* kind;
+    int http_status;
+    int code;  // Code() of the answer: -1 when it is not a well-formed API answer.
+    bool applied;
+  };
+  const Case cases[] = {
+      {"http_5xx", 502, -1, false},       {"malformed_json", 200, -1, false},
+      {"truncated_json", 200, -1, true},  {"drop_connection", 200, 0, true},
+      {"error_60007", 200, 60007, false}, {"error_70001", 200, 70001, false},
+      {"error_70500", 200, 70500, false}, {"error_70169", 200, 70169, false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.kind);
+    Restart();
+    ASSERT_EQ(PostFaults(absl::StrCat("{\"", c.kind, "\":1}")), 200);
+    Response response = Post(R"({"Report_Account":"a","Peer_Account":"b","MsgReadTime":9})");
+    EXPECT_EQ(response.http_status, c.http_status);
+    EXPECT_EQ(Code(response), c.code);
+    EXPECT_EQ(response.drop_connection, std::string(c.kind) == "drop_connection");
+    EXPECT_EQ(response.delay, absl::ZeroDuration());
+
+    EmulatorStats stats = core_->Stats();
+    EXPECT_EQ(stats.requests, 1u);
+    EXPECT_EQ(stats.calls, 1u);
+    EXPECT_EQ(stats.max_calls_in_window, 1u);
+    EXPECT_EQ(stats.ok, c.applied ? 1u : 0u);
+    if (c.applied) {
+      EXPECT_THAT(stats.pairs, ElementsAre(PairState{"a", "b", 9}));
+    } else {
+      EXPECT_TRUE(stats.pairs.empty());
+    }
+    if (c.code > 0) {
+      EXPECT_THAT(stats.errors, ElementsAre(Pair(c.code, 1u)));
+    } else {
+      EXPECT_TRUE(stats.errors.empty());
+    }
+    EXPECT_THAT(Injected(), ElementsAre(Pair(c.kind, 1u)));
+  }
+}
+
+TEST_F(EmulatorFaultTest, AnswerBodiesOfEachFault) {
+  ASSERT_EQ(PostFaults(R"({"http_5xx":1})"), 200);
+  Response bad_gateway = Post(kBody);
+  EXPECT_EQ(bad_gateway.http_status, 502);
+  EXPECT_EQ(bad_gateway.content_type, "text/html");
+  EXPECT_FALSE(ParsesAsJson(bad_gateway.body));
+
+  ASSERT_EQ(PostFaults(R"({"malformed_json":1})"), 200);
+  Response html = Post(kBody);
+  EXPECT_EQ(html.http_status, 200);
+  EXPECT_EQ(html.body.rfind("<html>", 0), 0u);
+  EXPECT_FALSE(ParsesAsJson(html.body));
+
+  ASSERT_EQ(PostFaults(R"({"truncated_json":1})"), 200);
+  Response truncated = Post(kBody);
+  EXPECT_EQ(truncated.http_status, 200);
+  EXPECT_EQ(truncated.content_type, "application/json");
+  const std::string ok_body = kOkBody;
+  EXPECT_EQ(truncated.body, ok_body.substr(0, ok_body.size() / 2));
+  EXPECT_FALSE(ParsesAsJson(truncated.body));
+
+  // A truncated or dropped answer is whatever the call earned: here a 90003, not applied.
+  Response truncated_error = Post(R"({"Report_Account":"ghost","Peer_Account":"b"})");
+  EXPECT_FALSE(ParsesAsJson(truncated_error.body));
+  ASSERT_EQ(PostFaults(R"({"drop_connection":1})"), 200);
+  Response dropped = Post(R"({"Report_Account":"ghost","Peer_Account":"b"})");
+  EXPECT_TRUE(dropped.drop_connection);
+  EXPECT_EQ(Code(dropped), kReportAccountMissing);
+  EmulatorStats stats = core_->Stats();
+  EXPECT_THAT(stats.errors, ElementsAre(Pair(kReportAccountMissing, 2u)));
+  EXPECT_THAT(stats.pairs, ElementsAre(PairState{"alice", "bob", 1700000000}));
+}
+
+TEST_F(EmulatorFaultTest, LatencyDelaysAnAppliedAnswer) {
+  ASSERT_EQ(PostFaults(R"({"latency_ms":300,"latency_probability":1})"), 200);
+  Response response = Post(R"({"Report_Account":"a","Peer_Account":"b","MsgReadTime":3})");
+  EXPECT_EQ(response.body, kOkBody);
+  EXPECT_EQ(response.delay, absl::Milliseconds(300));
+  EXPECT_THAT(core_->Stats().pairs, ElementsAre(PairState{"a", "b", 3}));
+  EXPECT_THAT(Injected(), ElementsAre(Pair("latency", 1u)));
+
+  // Latency comes on top of an answer fault.
+  ASSERT_EQ(PostFaults(R"({"latency_ms":300,"latency_probability":1,"error_70500":1})"), 200);
+  response = Post(kBody);
+  EXPECT_EQ(Code(response), 70500);
+  EXPECT_EQ(response.delay, absl::Milliseconds(300));
+  EXPECT_THAT(Injected(), ElementsAre(Pair("error_70500", 1u), Pair("latency", 2u)));
+
+  // A probability without a latency delays nothing and counts nothing.
+  ASSERT_EQ(PostFaults(R"({"latency_probability":1})"), 200);
+  EXPECT_EQ(Post(kBody).delay, absl::ZeroDuration());
+  EXPECT_EQ(core_->Stats().faults_injected.at("latency"), 2u);
+}
+
+TEST_F(EmulatorFaultTest, InjectedFrequencyLimitCountsInTheWindow) {
+  options_.rate_limit = 2;
+  Restart();
+  ASSERT_EQ(PostFaults(R"({"error_60007":1})"), 200);
+  EXPECT_EQ(Code(Post(kBody)), kFrequencyExceeded);
+  EXPECT_EQ(Code(Post(kBody)), kFrequencyExceeded);
+  ASSERT_EQ(PostFaults("{}"), 200);
+  // Two calls already in the window: the third is over the limit for real.
+  EXPECT_EQ(Code(Post(kBody)), kFrequencyExceeded);
+  EmulatorStats stats = core_->Stats();
+  EXPECT_EQ(stats.calls, 3u);
+  EXPECT_EQ(stats.max_calls_in_window, 3u);
+  EXPECT_THAT(stats.errors, ElementsAre(Pair(kFrequencyExceeded, 3u)));
+  EXPECT_THAT(Injected(), ElementsAre(Pair("error_60007", 2u)));
+  EXPECT_TRUE(stats.pairs.empty());
+}
+
+TEST_F(EmulatorFaultTest, RequestsFailingTheUrlOrUserSigChecksAreNeverFaulted) {
+  ASSERT_EQ(PostFaults(R"({"http_5xx":1,"drop_connection":1,"latency_ms":100,
+                           "latency_probability":1})"),
+            200);
+  Response response = Post(With(Good(), "usersig", "not-a-usersig"));
+  EXPECT_EQ(Code(response), kUserSigIllegal);
+  EXPECT_FALSE(response.drop_connection);
+  EXPECT_EQ(response.delay, absl::ZeroDuration());
+  EXPECT_EQ(Code(Post(Without(Good(), "random"))), kUrlParamError);
+  EXPECT_EQ(core_->Handle(Request{"GET", Target(Good()), ""}).http_status, 405);
+  // Nor are the control paths.
+  EXPECT_EQ(core_->Handle(Request{"GET", kStatsPath, ""}).http_status, 200);
+  EXPECT_EQ(core_->Stats().calls, 0u);
+  EXPECT_TRUE(Injected().empty());
+}
+
+TEST_F(EmulatorFaultTest, WhenSeveralHitTheFirstInPrecedenceOrderWins) {
+  ASSERT_EQ(PostFaults(R"({"http_5xx":1,"latency_ms":10,"latency_probability":1,
+                           "drop_connection":1,"malformed_json":1,"truncated_json":1,
+                           "error_60007":1,"error_70001":1,"error_70500":1,"error_70169":1})"),
+            200);
+  EXPECT_EQ(Post(kBody).http_status, 502);
+  ASSERT_EQ(PostFaults(R"({"drop_connection":1,"malformed_json":1,"truncated_json":1})"), 200);
+  Response dropped = Post(kBody);
+  EXPECT_TRUE(dropped.drop_connection);
+  EXPECT_EQ(dropped.body, kOkBody);  // Not truncated as well.
+  ASSERT_EQ(PostFaults(R"({"error_70001":1,"error_70500":1,"error_70169":1})"), 200);
+  EXPECT_EQ(Code(Post(kBody)), kUserSigExpired);
+  EXPECT_THAT(Injected(), ElementsAre(Pair("drop_connection", 1u), Pair("error_70001", 1u),
+                                      Pair("http_5xx", 1u), Pair("latency", 1u)));
+}
+
+TEST_F(EmulatorFaultTest, ProbabilitiesAreHonouredAndTheSeedReplaysThem) {
+  options_.rate_limit = 0;
+  options_.fault_seed = 42;
+  options_.faults.http_5xx = 0.25;
+  options_.faults.truncated_json = 0.5;
+  Restart();
+  const std::string target = Target(Good());
+  auto run = [this, &target] {
+    std::string kinds;
+    for (int i = 0; i < 4000; ++i) {
+      Response response = core_->Handle(Request{"POST", target, kBody});
+      kinds.push_back(response.http_status == 502 ? '5' : Code(response) == 0 ? 'o' : 't');
+    }
+    return kinds;
+  };
+  const std::string first = run();
+  // Independent draws: P(5xx) = 0.25, P(truncated) = 0.75 * 0.5 (5xx wins), P(ok) = 0.375.
+  // With 4000 calls, 5 standard deviations are about 140 calls.
+  EXPECT_NEAR(std::count(first.begin(), first.end(), '5'), 1000, 140);
+  EXPECT_NEAR(std::count(first.begin(), first.end(), 't'), 1500, 160);
+  EXPECT_NEAR(std::count(first.begin(), first.end(), 'o'), 1500, 160);
+  EmulatorStats stats = core_->Stats();
+  EXPECT_EQ(stats.faults_injected.at("http_5xx"),
+            static_cast<uint64_t>(std::count(first.begin(), first.end(), '5')));
+  EXPECT_EQ(stats.faults_injected.at("truncated_json"),
+            static_cast<uint64_t>(std::count(first.begin(), first.end(), 't')));
+
+  Restart();  // The same seed from the options.
+  EXPECT_EQ(run(), first);
+  core_->SeedFaults(42);
+  EXPECT_EQ(run(), first);
+  ASSERT_EQ(PostFaults(R"({"http_5xx":0.25,"truncated_json":0.5,"seed":42})"), 200);
+  EXPECT_EQ(run(), first);
+  core_->SeedFaults(43);
+  EXPECT_NE(run(), first);
+}
+
+// What a gateway test relies on: every clean OK a client could see belongs to an applied call,
+// and every applied call answered OK (possibly truncated or dropped).
+TEST_F(EmulatorFaultTest, EveryCleanOkWasAppliedUnderMixedFaults) {
+  options_.rate_limit = 0;
+  Restart();
+  ASSERT_EQ(PostFaults(R"({"http_5xx":0.1,"drop_connection":0.1,"malformed_json":0.1,
+                           "truncated_json":0.1,"error_60007":0.1,"error_70001":0.1,
+                           "error_70500":0.1,"error_70169":0.1,"seed":7})"),
+            200);
+  std::set<std::string> clean_ok;
+  std::set<std::string> mangled_ok;  // Applied, but the client heard no clean OK.
+  for (int i = 0; i < 1000; ++i) {
+    Response response = Post(PairBody(i));
+    const std::string report = absl::StrCat("r", i);
+    if (Code(response) == 0 && !response.drop_connection) {
+      clean_ok.insert(report);
+    } else if (response.drop_connection ||
+               (response.http_status == 200 && response.content_type == "application/json" &&
+                !ParsesAsJson(response.body))) {
+      mangled_ok.insert(report);
+    }
+  }
+  std::set<std::string> applied;
+  for (const PairState& pair : core_->Stats().pairs) applied.insert(pair.report);
+  std::set<std::string> expected = clean_ok;
+  expected.insert(mangled_ok.begin(), mangled_ok.end());
+  EXPECT_EQ(applied, expected);
+  EmulatorStats stats = core_->Stats();
+  EXPECT_EQ(stats.ok, applied.size());
+  EXPECT_EQ(mangled_ok.size(), stats.faults_injected.at("drop_connection") +
+                                   stats.faults_injected.at("truncated_json"));
+  // 0.9^8 of the calls are left alone.
+  EXPECT_NEAR(static_cast<double>(clean_ok.size()), 1000 * 0.430, 80);
+}
+
+TEST_F(EmulatorFaultTest, ControlEndpointSetsAndReportsTheFaults) {
+  EXPECT_EQ(GetFaults(), boost::json::parse(R"({"http_5xx":0,"latency_ms":0,
+      "latency_probability":0,"drop_connection":0,"malformed_json":0,"truncated_json":0,
+      "error_60007":0,"error_70001":0,"error_70500":0,"error_70169":0,"seed":1})"));
+
+  Response set = core_->Handle(Request{"POST", kFaultsPath, R"({"http_5xx":0.2,"latency_ms":300,
+      "latency_probability":1.0,"drop_connection":0.1,"malformed_json":0.1,"truncated_json":0.1,
+      "error_60007":0.1,"error_70001":0.1,"error_70500":0.1,"error_70169":0.1})"});
+  EXPECT_EQ(set.http_status, 200);
+  EXPECT_EQ(set.content_type, "application/json");
+  const boost::json::value expected = boost::json::parse(R"({"http_5xx":0.2,"latency_ms":300,
+      "latency_probability":1,"drop_connection":0.1,"malformed_json":0.1,"truncated_json":0.1,
+      "error_60007":0.1,"error_70001":0.1,"error_70500":0.1,"error_70169":0.1,"seed":1})");
+  EXPECT_EQ(boost::json::parse(set.body), expected);
+  EXPECT_EQ(GetFaults(), expected);
+  // Shortest decimal forms, for people reading it.
+  EXPECT_NE(set.body.find(R"("http_5xx":0.2,)"), std::string::npos) << set.body;
+
+  FaultConfig faults = core_->Faults();
+  EXPECT_EQ(faults.http_5xx, 0.2);
+  EXPECT_EQ(faults.latency, absl::Milliseconds(300));
+  EXPECT_EQ(faults.latency_probability, 1.0);
+  EXPECT_EQ(faults.error_70169, 0.1);
+
+  // Omitted fields are 0: a new setting replaces the old one whole.
+  ASSERT_EQ(PostFaults(R"({"error_70001":0.5,"seed":99})"), 200);
+  FaultConfig only_70001;
+  only_70001.error_70001 = 0.5;
+  EXPECT_EQ(core_->Faults(), only_70001);
+  EXPECT_EQ(GetFaults().at("seed"), 99);
+  // `{}` clears them.
+  ASSERT_EQ(PostFaults("{}"), 200);
+  EXPECT_EQ(core_->Faults(), FaultConfig{});
+}
+
+TEST_F(EmulatorFaultTest, ControlEndpointRejectsBadSettingsAndKeepsTheOldOne) {
+  ASSERT_EQ(PostFaults(R"({"error_70500":0.5})"), 200);
+  for (const char* body :
+       {"", "not json", "[]", "null", R"({"http_5xx":1.5})", R"({"http_5xx":-0.1})",
+        R"({"http_5xx":"0.5"})", R"({"http_5xx":null})", R"({"http_5xx":true})",
+        R"({"latency_ms":-1})", R"({"latency_ms":1.5})", R"({"latency_ms":600001})",
+        R"({"latency_ms":"300"})", R"({"latency_probability":2})", R"({"error_90001":0.1})",
+        R"({"HTTP_5XX":0.1})", R"({"seed":-1})", R"({"seed":1.5})",
+        R"({"error_70500":0.5,"bogus":1})"}) {
+    SCOPED_TRACE(body);
+    Response response = core_->Handle(Request{"POST", kFaultsPath, body});
+    EXPECT_EQ(response.http_status, 400);
+    ASSERT_TRUE(ParsesAsJson(response.body));
+    EXPECT_TRUE(boost::json::parse(response.body).at("error").is_string());
+  }
+  FaultConfig kept;
+  kept.error_70500 = 0.5;
+  EXPECT_EQ(core_->Faults(), kept);
+  EXPECT_EQ(GetFaults().at("seed"), 1);
+
+  Response wrong_method = core_->Handle(Request{"PUT", kFaultsPath, "{}"});
+  EXPECT_EQ(wrong_method.http_status, 405);
+  EXPECT_THAT(wrong_method.headers, ElementsAre(Pair("Allow", "GET, POST")));
+  // Bounds are inclusive.
+  EXPECT_EQ(
+      PostFaults(
+          R"({"http_5xx":1,"error_70169":0,"latency_ms":600000,"seed":18446744073709551615})"),
+      200);
+  EXPECT_EQ(GetFaults().at("seed"), 18446744073709551615u);
+}
+
+TEST_F(EmulatorFaultTest, ResetKeepsTheFaultsAndZeroesTheirCounters) {
+  ASSERT_EQ(PostFaults(R"({"error_70169":1,"latency_ms":50,"latency_probability":1})"), 200);
+  EXPECT_EQ(Code(Post(kBody)), 70169);
+  EXPECT_THAT(Injected(), ElementsAre(Pair("error_70169", 1u), Pair("latency", 1u)));
+  const boost::json::value before = GetFaults();
+
+  ASSERT_EQ(core_->Handle(Request{"POST", kResetPath, ""}).http_status, 200);
+  EXPECT_EQ(GetFaults(), before);
+  EmulatorStats stats = core_->Stats();
+  EXPECT_EQ(stats.calls, 0u);
+  EXPECT_EQ(stats.faults_injected.size(), std::size(kFaultKinds));
+  EXPECT_TRUE(Injected().empty());
+  // Still in force.
+  Response response = Post(kBody);
+  EXPECT_EQ(Code(response), 70169);
+  EXPECT_EQ(response.delay, absl::Milliseconds(50));
+  EXPECT_THAT(Injected(), ElementsAre(Pair("error_70169", 1u), Pair("latency", 1u)));
+}
+
+TEST_F(EmulatorFaultTest, StatsJsonReportsFaultsInjected) {
+  ASSERT_EQ(PostFaults(R"({"malformed_json":1})"), 200);
+  Post(kBody);
+  Post(kBody);
+  ASSERT_EQ(PostFaults(R"({"drop_connection":1})"), 200);
+  Post(R"({"Report_Account":"a","Peer_Account":"b","MsgReadTime":5})");
+  const boost::json::value stats =
+      boost::json::parse(core_->Handle(Request{"GET", kStatsPath, ""}).body);
+  EXPECT_EQ(stats.at("faults_injected"),
+            boost::json::parse(R"({"http_5xx":0,"drop_connection":1,"malformed_json":2,
+                                   "truncated_json":0,"error_60007":0,"error_70001":0,
+                                   "error_70500":0,"error_70169":0,"latency":0})"));
+  EXPECT_EQ(stats.at("ok"), 1);
+  EXPECT_EQ(stats.at("calls"), 3);
+  EXPECT_EQ(stats.at("pairs"),
+            boost::json::parse(R"([{"report":"a","peer":"b","msg_read_time":5}])"));
+}
+
+TEST_F(EmulatorFaultTest, ValidateAndSetFaults) {
+  FaultConfig faults;
+  EXPECT_TRUE(ValidateFaults(faults).ok());
+  faults.http_5xx = 1;
+  faults.latency = kMaxFaultLatency;
+  EXPECT_TRUE(ValidateFaults(faults).ok());
+  EXPECT_TRUE(core_->SetFaults(faults).ok());
+  EXPECT_EQ(core_->Faults(), faults);
+
+  FaultConfig bad = faults;
+  bad.drop_connection = std::nan("");
+  EXPECT_EQ(core_->SetFaults(bad).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(ValidateFaults(bad).message().find("drop_connection"), absl::string_view::npos);
+  bad = faults;
+  bad.error_60007 = 1.0000001;
+  EXPECT_FALSE(ValidateFaults(bad).ok());
+  bad = faults;
+  bad.latency = absl::Microseconds(1500);
+  EXPECT_FALSE(ValidateFaults(bad).ok());
+  bad.latency = -absl::Milliseconds(1);
+  EXPECT_FALSE(ValidateFaults(bad).ok());
+  bad.latency = kMaxFaultLatency + absl::Milliseconds(1);
+  EXPECT_FALSE(ValidateFaults(bad).ok());
+  EXPECT_EQ(core_->Faults(), faults);  // Unchanged by the failed SetFaults.
+
+  // An invalid start-up setting means no faults.
+  options_.faults.malformed_json = 2;
+  Restart();
+  EXPECT_EQ(core_->Faults(), FaultConfig{});
+  EXPECT_EQ(Code(Post(kBody)), 0);
+}
+
+TEST_F(EmulatorFaultTest, ConcurrentCallsAndFaultChangesAreConsistent) {
+  options_.rate_limit = 0;
+  Restart();
+  const std::string target = Target(Good());
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([this, t, &target] {
+      for (int i = 0; i < 200; ++i) {
+        core_->Handle(Request{"POST", target, PairBody(t * 1000 + i)});
+        if (i % 50 == 0) PostFaults(t % 2 == 0 ? R"({"truncated_json":0.5})" : "{}");
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EmulatorStats stats = core_->Stats();
+  EXPECT_EQ(stats.calls, 800u);
+  EXPECT_EQ(stats.ok, 800u);  // Truncated answers are applied too.
+  EXPECT_EQ(stats.pairs.size(), 800u);
 }
 
 }  // namespace

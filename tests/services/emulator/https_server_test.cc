@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "boost/asio/connect.hpp"
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/ip/tcp.hpp"
@@ -18,7 +19,11 @@
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
 #include "boost/beast/ssl.hpp"
+#include "boost/json/parse.hpp"
+#include "boost/json/value.hpp"
 #include "gtest/gtest.h"
+#include "lib/common/clock.h"
+#include "lib/usersig/usersig.h"
 #include "tests/testing/process.h"
 #include "tests/testing/tls_files.h"
 
@@ -94,6 +99,11 @@ class Client {
 
   beast::error_code RoundTrip(http::verb method, const std::string& target, const std::string& body,
                               http::response<http::string_body>* out) {
+    if (beast::error_code ec = Send(method, target, body)) return ec;
+    return Read(out);
+  }
+
+  beast::error_code Send(http::verb method, const std::string& target, const std::string& body) {
     http::request<http::string_body> request(method, target, 11);
     request.set(http::field::host, "localhost");
     request.set(http::field::content_type, "application/json");
@@ -102,8 +112,20 @@ class Client {
     request.prepare_payload();
     beast::error_code ec;
     http::write(stream_, request, ec);
-    if (ec) return ec;
-    return Read(out);
+    return ec;
+  }
+
+  // Reads raw bytes until the connection ends (or the 10 s receive timeout); returns the error
+  // that ended it.
+  beast::error_code ReadUntilClosed(std::string* out) {
+    out->clear();
+    char chunk[4096];
+    for (;;) {
+      beast::error_code ec;
+      const size_t n = stream_.read_some(asio::buffer(chunk), ec);
+      out->append(chunk, n);
+      if (ec) return ec;
+    }
   }
 
   beast::error_code Read(http::response<http::string_body>* out) {
@@ -254,6 +276,207 @@ TEST_F(HttpsServerTest, CreateFailsWhenThePortIsTaken) {
   options_.port = server_->port();
   auto second = HttpsServer::Create(options_, [](const Request&) { return Response{}; });
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transport faults (Response::delay, Response::drop_connection).
+
+// A server whose handler answers "/slow" after `kDelay`, drops the connection on "/drop" and
+// answers everything else at once.
+class FaultyHttpsServerTest : public HttpsServerTest {
+ protected:
+  static constexpr absl::Duration kDelay = absl::Milliseconds(800);
+
+  void StartFaultyServer() {
+    auto server = HttpsServer::Create(options_, [](const Request& request) {
+      Response response{200, "application/json", R"({"ActionStatus":"OK","ErrorCode":0})", {}};
+      if (request.target == "/slow") response.delay = kDelay;
+      if (request.target == "/drop") response.drop_connection = true;
+      return response;
+    });
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    server_->Start();
+  }
+};
+
+TEST_F(FaultyHttpsServerTest, LatencyDelaysTheAnswerWithoutBlockingOtherConnections) {
+  options_.threads = 1;  // Sleeping on the I/O thread would stall the second connection.
+  StartFaultyServer();
+  Client slow(Certificate::Get().cert_file());
+  ASSERT_FALSE(slow.Connect(server_->port()));
+  Client fast(Certificate::Get().cert_file());
+  ASSERT_FALSE(fast.Connect(server_->port()));
+
+  const absl::Time sent = absl::Now();
+  ASSERT_FALSE(slow.Send(http::verb::post, "/slow", "{}"));
+  http::response<http::string_body> response;
+  ASSERT_FALSE(fast.RoundTrip(http::verb::post, "/fast", "{}", &response));
+  EXPECT_EQ(response.result_int(), 200);
+  EXPECT_LT(absl::Now() - sent, kDelay) << "the delayed answer blocked another connection";
+
+  ASSERT_FALSE(slow.Read(&response));
+  EXPECT_GE(absl::Now() - sent, kDelay);
+  EXPECT_EQ(response.result_int(), 200);
+  EXPECT_EQ(response.body(), R"({"ActionStatus":"OK","ErrorCode":0})");
+  EXPECT_TRUE(response.keep_alive());
+  // The connection is still good for the next request.
+  ASSERT_FALSE(slow.RoundTrip(http::verb::post, "/fast", "{}", &response));
+  EXPECT_EQ(response.result_int(), 200);
+}
+
+TEST_F(FaultyHttpsServerTest, DelayLongerThanTheIdleTimeoutStillAnswers) {
+  options_.idle_timeout = absl::Milliseconds(300);  // Shorter than kDelay.
+  StartFaultyServer();
+  Client client(Certificate::Get().cert_file());
+  ASSERT_FALSE(client.Connect(server_->port()));
+  http::response<http::string_body> response;
+  ASSERT_FALSE(client.RoundTrip(http::verb::post, "/slow", "{}", &response));
+  EXPECT_EQ(response.result_int(), 200);
+}
+
+TEST_F(FaultyHttpsServerTest, DropConnectionClosesMidResponse) {
+  StartFaultyServer();
+  Client client(Certificate::Get().cert_file());
+  ASSERT_FALSE(client.Connect(server_->port()));
+  ASSERT_FALSE(client.Send(http::verb::post, "/drop", "{}"));
+  const absl::Time start = absl::Now();
+  std::string received;
+  const beast::error_code ec = client.ReadUntilClosed(&received);
+  EXPECT_TRUE(ec);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5)) << "closed by the receive timeout: " << ec;
+  // Part of the status line and header, never the end of the header nor the body.
+  EXPECT_EQ(received.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << received;
+  EXPECT_EQ(received.find("\r\n\r\n"), std::string::npos) << received;
+  EXPECT_EQ(received.find("ActionStatus"), std::string::npos) << received;
+
+  // Through an HTTP parser: no complete response.
+  Client parsed(Certificate::Get().cert_file());
+  ASSERT_FALSE(parsed.Connect(server_->port()));
+  http::response<http::string_body> response;
+  EXPECT_TRUE(parsed.RoundTrip(http::verb::post, "/drop", "{}", &response));
+
+  // The server carries on.
+  Client next(Certificate::Get().cert_file());
+  ASSERT_FALSE(next.Connect(server_->port()));
+  ASSERT_FALSE(next.RoundTrip(http::verb::post, "/fast", "{}", &response));
+  EXPECT_EQ(response.result_int(), 200);
+}
+
+// The emulator end to end over HTTPS: faults set through the control endpoint.
+class EmulatorOverHttpsTest : public HttpsServerTest {
+ protected:
+  static constexpr uint64_t kAppId = 1400000000;
+  static constexpr char kKey[] = "emulator-over-https-test-key";
+
+  void SetUp() override {
+    HttpsServerTest::SetUp();
+    EmulatorOptions emulator;
+    emulator.sdkappid = kAppId;
+    emulator.secret_key = kKey;
+    emulator.rate_limit = 0;
+    core_ = std::make_unique<EmulatorCore>(emulator, RealClock::Get());
+    auto server = HttpsServer::Create(
+        options_, [core = core_.get()](const Request& request) { return core->Handle(request); });
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    server_->Start();
+
+    usersig::SignParams params;
+    params.sdkappid = kAppId;
+    params.identifier = "administrator";
+    params.time = absl::Now();
+    params.lifetime = absl::Hours(1);
+    absl::StatusOr<std::string> sig = usersig::Sign(kKey, params);
+    ASSERT_TRUE(sig.ok()) << sig.status();
+    api_target_ =
+        absl::StrCat(kApiPath, "?sdkappid=", kAppId, "&identifier=administrator&usersig=", *sig,
+                     "&random=12345&contenttype=json");
+  }
+
+  void TearDown() override {
+    if (server_ != nullptr) server_->Stop();  // Before the core its handler uses.
+  }
+
+  void SetFaults(Client& client, const std::string& json) {
+    http::response<http::string_body> response;
+    ASSERT_FALSE(client.RoundTrip(http::verb::post, kFaultsPath, json, &response));
+    ASSERT_EQ(response.result_int(), 200) << response.body();
+  }
+
+  static bool ParsesAsJson(const std::string& body) {
+    boost::system::error_code ec;
+    boost::json::parse(body, ec);
+    return !ec;
+  }
+
+  std::unique_ptr<EmulatorCore> core_;
+  std::string api_target_;
+};
+
+TEST_F(EmulatorOverHttpsTest, TruncatedJsonIsA200WhoseBodyDoesNotParse) {
+  Client client(Certificate::Get().cert_file());
+  ASSERT_FALSE(client.Connect(server_->port()));
+  SetFaults(client, R"({"truncated_json":1})");
+  http::response<http::string_body> response;
+  ASSERT_FALSE(client.RoundTrip(http::verb::post, api_target_,
+                                R"({"Report_Account":"a","Peer_Account":"b","MsgReadTime":7})",
+                                &response));
+  EXPECT_EQ(response.result_int(), 200);
+  EXPECT_EQ(response[http::field::content_length], std::to_string(response.body().size()));
+  EXPECT_FALSE(response.body().empty());
+  EXPECT_FALSE(ParsesAsJson(response.body())) << response.body();
+  EXPECT_EQ(std::string(R"({"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0})")
+                .rfind(response.body(), 0),
+            0u)
+      << response.body();
+  // The connection is still in step: the next answer on it is whole. The call was applied.
+  SetFaults(client, "{}");
+  ASSERT_FALSE(client.RoundTrip(http::verb::get, kStatsPath, "", &response));
+  const boost::json::value stats = boost::json::parse(response.body());
+  EXPECT_EQ(stats.at("pairs"),
+            boost::json::parse(R"([{"report":"a","peer":"b","msg_read_time":7}])"));
+  EXPECT_EQ(stats.at("faults_injected").at("truncated_json"), 1);
+}
+
+TEST_F(EmulatorOverHttpsTest, DroppedConnectionAfterTheCallWasApplied) {
+  Client control(Certificate::Get().cert_file());
+  ASSERT_FALSE(control.Connect(server_->port()));
+  SetFaults(control, R"({"drop_connection":1})");
+
+  Client client(Certificate::Get().cert_file());
+  ASSERT_FALSE(client.Connect(server_->port()));
+  ASSERT_FALSE(client.Send(http::verb::post, api_target_,
+                           R"({"Report_Account":"a","Peer_Account":"b","MsgReadTime":8})"));
+  const absl::Time start = absl::Now();
+  std::string received;
+  EXPECT_TRUE(client.ReadUntilClosed(&received));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(received.find("\r\n\r\n"), std::string::npos) << received;
+
+  http::response<http::string_body> response;
+  ASSERT_FALSE(control.RoundTrip(http::verb::get, kStatsPath, "", &response));
+  const boost::json::value stats = boost::json::parse(response.body());
+  EXPECT_EQ(stats.at("pairs"),
+            boost::json::parse(R"([{"report":"a","peer":"b","msg_read_time":8}])"));
+  EXPECT_EQ(stats.at("faults_injected").at("drop_connection"), 1);
+}
+
+TEST_F(EmulatorOverHttpsTest, LatencyFromTheControlEndpoint) {
+  Client client(Certificate::Get().cert_file());
+  ASSERT_FALSE(client.Connect(server_->port()));
+  SetFaults(client, R"({"latency_ms":300,"latency_probability":1})");
+  const absl::Time start = absl::Now();
+  http::response<http::string_body> response;
+  ASSERT_FALSE(client.RoundTrip(http::verb::post, api_target_,
+                                R"({"Report_Account":"a","Peer_Account":"b"})", &response));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(300));
+  EXPECT_EQ(response.body(), R"({"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0})");
+  // The control paths are never delayed.
+  const absl::Time control_start = absl::Now();
+  ASSERT_FALSE(client.RoundTrip(http::verb::get, kFaultsPath, "", &response));
+  EXPECT_LT(absl::Now() - control_start, absl::Milliseconds(300));
+  EXPECT_EQ(boost::json::parse(response.body()).at("latency_ms"), 300);
 }
 
 }  // namespace
