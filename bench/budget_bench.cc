@@ -6,6 +6,7 @@
 // --deadline, through the asynchronous gRPC API with at most --max_outstanding calls in flight.
 // Once every call is answered it reads the emulator's counters and prints a Markdown table.
 // A program that prints figures, not a test: it exits 0 whenever it ran to completion.
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -169,7 +170,7 @@ int Run() {
   options.bin_dir = bin_dir;
   options.dir_prefix = "imgw-bench";
   options.emulator_rate_limit = limit;
-  options.gateway_flags = {absl::StrCat("--rate_limit=", limit), "--log_level=warning"};
+  options.gateway_flags = {absl::StrCat("--rate_limit=", limit)};
   for (const std::string& flag : absl::GetFlag(FLAGS_gateway_flags)) {
     options.gateway_flags.push_back(flag);
   }
@@ -293,6 +294,17 @@ int Run() {
   if (!quiet) {
     std::cout << absl::StrFormat("| unanswered when the table was printed | %d |\n",
                                  tally->Outstanding());
+  }
+  // The gateway's own account of the run, from its last log line.
+  (*stack)->gateway().Signal(SIGTERM);
+  if ((*stack)->gateway().Wait(absl::Seconds(30)).has_value()) {
+    std::string log = (*stack)->gateway().ReadStderr();
+    size_t line = log.rfind("\"msg\":\"stopped\"");
+    if (line != std::string::npos) {
+      size_t begin = log.rfind('\n', line);
+      begin = begin == std::string::npos ? 0 : begin + 1;
+      std::cout << "\ngateway totals: " << log.substr(begin, log.find('\n', line) - begin) << "\n";
+    }
   }
   std::cout.flush();
   if (!quiet) {

@@ -44,6 +44,7 @@ void Dispatcher::Submit(Call call) {
   ++stats_.submitted;
   if (call.deadline <= now) {
     ++stats_.expired;
+    ++stats_.expired_on_arrival;
     call.done(Outcome::Failed(Outcome::Kind::kDeadlineExceeded,
                               "the deadline passed before the call was queued"));
     return;
@@ -88,8 +89,12 @@ void Dispatcher::Submit(Call call) {
     turn = EstimateStart(call.caller, now);
     if (active != nullptr) turn = std::max(turn, now + latency_);
   }
-  // Refused when even the answer's usual latency cannot fit between its turn and its deadline.
-  if (turn + latency_ > call.deadline) {
+  // Refused when the answer cannot be expected back before the deadline: its turn, the
+  // upstream's usual latency, and a margin for the way back to the caller (2% of the call's
+  // time, at least 10 ms), since an answer that arrives a hair late is as lost as a refusal
+  // but spent a token.
+  absl::Duration margin = std::max(absl::Milliseconds(10), (call.deadline - now) / 50);
+  if (turn + latency_ + margin > call.deadline) {
     ++stats_.rejected_overloaded;
     if (slots.active == 0 && slots.next == 0) pairs_.erase(key);
     Outcome out = Outcome::Failed(
@@ -179,6 +184,7 @@ absl::Duration Dispatcher::Step() {
                       ")");
     }
     ++stats_.expired;
+    if (entry.state == Entry::State::kInFlight) ++stats_.expired_in_flight;
     Answer(id, Outcome::Failed(Outcome::Kind::kDeadlineExceeded, std::move(detail)));
   }
   while (!retries_.empty() && retries_.begin()->first <= now) {
@@ -400,6 +406,7 @@ void Dispatcher::FinishEntry(EntryId id, const Outcome& outcome) {
   for (CallId w : waiters) {
     if (!answered && waiters_.at(w).call.deadline <= now) {
       ++stats_.expired;
+      ++stats_.expired_in_flight;
       Answer(w, Outcome::Failed(Outcome::Kind::kDeadlineExceeded,
                                 absl::StrCat("the deadline passed during attempt ",
                                              outcome.attempts, ": ", outcome.detail)));

@@ -51,7 +51,9 @@ struct DispatcherStats {
   uint64_t rejected_circuit_open = 0;  // Answered at once while the upstream was failing.
   uint64_t retries_denied = 0;         // Retries the retry budget refused.
   uint64_t circuit_opened = 0;
-  uint64_t expired = 0;  // Deadline passed while waiting.
+  uint64_t expired = 0;             // Deadline passed (all cases below included).
+  uint64_t expired_on_arrival = 0;  // ...before the call reached the dispatcher.
+  uint64_t expired_in_flight = 0;   // ...while its upstream request was out.
   uint64_t cancelled = 0;
 };
 

@@ -119,7 +119,20 @@ void Gateway::Shutdown() {
   absl::Time flush_by = absl::Now() + absl::Seconds(2);
   while (service_->active() > 0 && absl::Now() < flush_by) absl::SleepFor(absl::Milliseconds(5));
   server_->Shutdown(std::chrono::system_clock::now());
-  Log(LogLevel::kInfo, "stopped");
+  const dispatch::DispatcherStats& s = dispatcher_->stats();  // The loop thread has ended.
+  Log(LogLevel::kInfo, "stopped",
+      {{"calls", absl::StrCat(s.submitted)},
+       {"upstream_requests", absl::StrCat(s.requests)},
+       {"retries", absl::StrCat(s.retries)},
+       {"merged", absl::StrCat(s.merged_queued + s.merged_in_flight)},
+       {"rejected_overloaded", absl::StrCat(s.rejected_overloaded)},
+       {"rejected_queue_full", absl::StrCat(s.rejected_queue_full)},
+       {"rejected_circuit_open", absl::StrCat(s.rejected_circuit_open)},
+       {"expired", absl::StrCat(s.expired)},
+       {"expired_on_arrival", absl::StrCat(s.expired_on_arrival)},
+       {"expired_in_flight", absl::StrCat(s.expired_in_flight)},
+       {"cancelled", absl::StrCat(s.cancelled)},
+       {"throttled", absl::StrCat(s.throttled)}});
 }
 
 Gateway::~Gateway() {
