@@ -1,5 +1,9 @@
 #include "lib/config/gateway_config.h"
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -41,6 +45,45 @@ absl::StatusOr<std::string> ReadFile(absl::string_view flag, const std::string& 
     return Bad(flag, absl::StrCat(path, " holds no PEM block"));
   }
   return buffer.str();
+}
+
+// The certificates in `pem` (none when it holds no parsable certificate).
+int CountCertificates(const std::string& pem) {
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  int count = 0;
+  while (X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+    X509_free(cert);
+    ++count;
+  }
+  BIO_free(bio);
+  ERR_clear_error();
+  return count;
+}
+
+// Checks what gRPC would otherwise refuse with a vague "cannot listen": a certificate, a
+// private key, and that the key is the certificate's.
+absl::Status CheckKeyPair(const GatewayFlags& flags, const std::string& cert_pem,
+                          const std::string& key_pem) {
+  BIO* cert_bio = BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
+  X509* cert = PEM_read_bio_X509(cert_bio, nullptr, nullptr, nullptr);
+  BIO_free(cert_bio);
+  BIO* key_bio = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio, nullptr, nullptr, nullptr);
+  BIO_free(key_bio);
+  absl::Status status = absl::OkStatus();
+  if (cert == nullptr) {
+    status = Bad("grpc_tls_cert", absl::StrCat(flags.grpc_tls_cert, " holds no certificate"));
+  } else if (key == nullptr) {
+    status = Bad("grpc_tls_key",
+                 absl::StrCat(flags.grpc_tls_key, " holds no private key (or an encrypted one)"));
+  } else if (X509_check_private_key(cert, key) != 1) {
+    status = Bad("grpc_tls_key",
+                 absl::StrCat(flags.grpc_tls_key, " is not the key of ", flags.grpc_tls_cert));
+  }
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  ERR_clear_error();
+  return status;
 }
 
 absl::StatusOr<std::string> ReadSecretKey(const GatewayFlags& flags) {
@@ -188,12 +231,16 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
     if (!cert.ok()) return cert.status();
     absl::StatusOr<std::string> key = ReadFile("grpc_tls_key", flags.grpc_tls_key);
     if (!key.ok()) return key.status();
+    if (absl::Status s = CheckKeyPair(flags, *cert, *key); !s.ok()) return s;
     config.grpc_tls_cert_pem = *std::move(cert);
     config.grpc_tls_key_pem = *std::move(key);
   }
   if (!flags.grpc_client_ca.empty()) {
     absl::StatusOr<std::string> ca = ReadFile("grpc_client_ca", flags.grpc_client_ca);
     if (!ca.ok()) return ca.status();
+    if (CountCertificates(*ca) == 0) {
+      return Bad("grpc_client_ca", absl::StrCat(flags.grpc_client_ca, " holds no certificate"));
+    }
     config.grpc_client_ca_pem = *std::move(ca);
   }
   return config;

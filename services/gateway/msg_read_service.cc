@@ -6,12 +6,16 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "grpcpp/support/proto_buffer_reader.h"
+#include "grpcpp/support/proto_buffer_writer.h"
+#include "imgw/gateway/wire.pb.h"
 #include "services/gateway/status_mapping.h"
 
 namespace imgw::gateway {
 namespace {
 
 using upstream::Outcome;
+namespace wire = imgw::gateway::wire;
 
 // Counts itself in `active` from construction to OnDone, so that shutdown can tell when gRPC
 // has sent every answer.
@@ -27,20 +31,35 @@ class CountedReactor : public grpc::ServerUnaryReactor {
   std::atomic<int64_t>& active_;
 };
 
+// Serializes `message` into the raw response buffer.
+void Encode(const google::protobuf::MessageLite& message, grpc::ByteBuffer* buffer) {
+  bool own = false;
+  grpc::SerializationTraits<google::protobuf::MessageLite>::Serialize(message, buffer, &own);
+}
+
+// Parses the raw request; false when the bytes are not a message of that type.
+template <typename Message>
+bool Decode(const grpc::ByteBuffer* request, Message* message) {
+  grpc::ByteBuffer copy(*request);  // Shares the slices; Deserialize consumes its argument.
+  return grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok();
+}
+
 // Finishes one SetMsgRead exactly once: the dispatcher runs Complete() once per call, and
 // OnCancel() only tells the loop. Deletes itself when gRPC is done with it.
 class SetMsgReadReactor final : public CountedReactor {
  public:
-  SetMsgReadReactor(grpc::CallbackServerContext* context, imgw::v1::SetMsgReadResponse* response,
+  SetMsgReadReactor(grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
                     dispatch::DispatchLoop& loop, dispatch::CallId id, std::atomic<int64_t>& active)
       : CountedReactor(active), context_(context), response_(response), loop_(loop), id_(id) {}
 
   void Complete(const Outcome& outcome) {
     MappedStatus mapped = MapOutcome(outcome);
     if (mapped.status.ok()) {
-      response_->set_action_status(outcome.action_status);
-      response_->set_error_code(outcome.error_code);
-      response_->set_error_info(outcome.error_info);
+      imgw::v1::SetMsgReadResponse response;
+      response.set_action_status(outcome.action_status);
+      response.set_error_code(outcome.error_code);
+      response.set_error_info(outcome.error_info);
+      Encode(response, response_);
     }
     if (mapped.error_code.has_value()) {
       context_->AddTrailingMetadata(kErrorCodeTrailer, absl::StrCat(*mapped.error_code));
@@ -55,30 +74,30 @@ class SetMsgReadReactor final : public CountedReactor {
 
  private:
   grpc::CallbackServerContext* const context_;
-  imgw::v1::SetMsgReadResponse* const response_;
+  grpc::ByteBuffer* const response_;
   dispatch::DispatchLoop& loop_;
   const dispatch::CallId id_;
 };
 
 // Finishes a BatchSetMsgRead once every item has its result. Item results are written on the
 // dispatcher's thread (or the handler's, for items refused before queuing), each slot by one
-// writer; the last one to finish finishes the RPC.
+// writer; the last one to finish encodes the response and finishes the RPC.
 class BatchReactor final : public CountedReactor {
  public:
-  BatchReactor(imgw::v1::BatchSetMsgReadResponse* response, dispatch::DispatchLoop& loop,
-               dispatch::CallId first_id, int items, std::atomic<int64_t>& active)
+  BatchReactor(grpc::ByteBuffer* response, dispatch::DispatchLoop& loop, dispatch::CallId first_id,
+               int items, std::atomic<int64_t>& active)
       : CountedReactor(active),
-        response_(response),
+        buffer_(response),
         loop_(loop),
         first_id_(first_id),
         items_(items),
         remaining_(items) {
-    for (int i = 0; i < items; ++i) response_->add_results();
+    for (int i = 0; i < items; ++i) response_.add_results();
   }
 
   void Complete(int index, const Outcome& outcome) {
     MappedStatus mapped = MapOutcome(outcome);
-    imgw::v1::SetMsgReadResult* result = response_->mutable_results(index);
+    imgw::v1::SetMsgReadResult* result = response_.mutable_results(index);
     result->set_code(static_cast<int32_t>(mapped.status.error_code()));
     result->set_message(mapped.status.error_message());
     if (outcome.kind == Outcome::Kind::kAnswered) {
@@ -87,7 +106,10 @@ class BatchReactor final : public CountedReactor {
       result->set_error_info(outcome.error_info);
     }
     result->set_retry_after_ms(mapped.retry_after_ms.value_or(0));
-    if (remaining_.fetch_sub(1) == 1) Finish(grpc::Status::OK);
+    if (remaining_.fetch_sub(1) == 1) {
+      Encode(response_, buffer_);
+      Finish(grpc::Status::OK);
+    }
   }
 
   void OnCancel() override {
@@ -95,7 +117,8 @@ class BatchReactor final : public CountedReactor {
   }
 
  private:
-  imgw::v1::BatchSetMsgReadResponse* const response_;
+  grpc::ByteBuffer* const buffer_;
+  imgw::v1::BatchSetMsgReadResponse response_;
   dispatch::DispatchLoop& loop_;
   const dispatch::CallId first_id_;
   const int items_;
@@ -103,7 +126,7 @@ class BatchReactor final : public CountedReactor {
 };
 
 // The request as lib types, validated and stamped; or why it is refused.
-absl::Status ToParams(const imgw::v1::SetMsgReadRequest& request, absl::Time now,
+absl::Status ToParams(const wire::SetMsgReadRequest& request, absl::Time now,
                       absl::Duration max_future, upstream::SetMsgReadParams* params) {
   params->report_account = request.report_account();
   params->peer_account = request.peer_account();
@@ -142,12 +165,18 @@ absl::Duration MsgReadService::DeadlineOf(const grpc::CallbackServerContext& con
 }
 
 grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext* context,
-                                                     const imgw::v1::SetMsgReadRequest* request,
-                                                     imgw::v1::SetMsgReadResponse* response) {
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
   dispatch::CallId id = next_id_.fetch_add(1, std::memory_order_relaxed);
   auto* reactor = new SetMsgReadReactor(context, response, loop_, id, active_);
+  wire::SetMsgReadRequest decoded;
+  if (!Decode(request, &decoded)) {
+    reactor->Complete(Outcome::Failed(Outcome::Kind::kInvalidArgument,
+                                      "the request is not a valid imgw.v1.SetMsgReadRequest"));
+    return reactor;
+  }
   dispatch::Call call;
-  absl::Status valid = ToParams(*request, clock_.Now(), options_.max_future, &call.params);
+  absl::Status valid = ToParams(decoded, clock_.Now(), options_.max_future, &call.params);
   if (!valid.ok()) {
     reactor->Complete(
         Outcome::Failed(Outcome::Kind::kInvalidArgument, std::string(valid.message())));
@@ -161,9 +190,17 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
   return reactor;
 }
 
-grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(
-    grpc::CallbackServerContext* context, const imgw::v1::BatchSetMsgReadRequest* request,
-    imgw::v1::BatchSetMsgReadResponse* response) {
+grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerContext* context,
+                                                          const grpc::ByteBuffer* raw_request,
+                                                          grpc::ByteBuffer* response) {
+  wire::BatchSetMsgReadRequest decoded;
+  if (!Decode(raw_request, &decoded)) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "the request is not a valid imgw.v1.BatchSetMsgReadRequest"));
+    return reactor;
+  }
+  const wire::BatchSetMsgReadRequest* request = &decoded;
   int items = request->items_size();
   if (items == 0 || items > kMaxBatchItems) {
     auto* reactor = context->DefaultReactor();

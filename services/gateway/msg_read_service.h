@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
 #include "lib/common/clock.h"
 #include "lib/dispatch/dispatch_loop.h"
@@ -15,12 +16,19 @@ inline constexpr int kMaxBatchItems = 500;
 inline constexpr char kCallerHeader[] = "imgw-caller";
 inline constexpr size_t kMaxCallerBytes = 64;
 
-// imgw.v1.MsgReadService on gRPC's callback API. A handler converts the request, validates
+// The raw-callback form of imgw.v1.MsgReadService: requests arrive as bytes and are read
+// through imgw.gateway.wire (proto/imgw/gateway/wire.proto), so that an account that is not
+// valid UTF-8 reaches the gateway's validation instead of failing protobuf's parse.
+using MsgReadServiceBase = imgw::v1::MsgReadService::WithRawCallbackMethod_SetMsgRead<
+    imgw::v1::MsgReadService::WithRawCallbackMethod_BatchSetMsgRead<
+        imgw::v1::MsgReadService::Service>>;
+
+// imgw.v1.MsgReadService on gRPC's callback API. A handler decodes the request, validates
 // it, stamps a missing read time with the arrival time, posts the call (or the batch's calls)
 // to the dispatch loop and returns its reactor at once; the loop finishes the reactor later
 // with the mapped outcome. No handler ever blocks a gRPC thread. Thread-safe. Borrows the loop
 // and the clock.
-class MsgReadService final : public imgw::v1::MsgReadService::CallbackService {
+class MsgReadService final : public MsgReadServiceBase {
  public:
   struct Options {
     absl::Duration default_deadline = absl::Seconds(10);  // For callers that set none.
@@ -31,11 +39,11 @@ class MsgReadService final : public imgw::v1::MsgReadService::CallbackService {
       : options_(options), loop_(loop), clock_(clock) {}
 
   grpc::ServerUnaryReactor* SetMsgRead(grpc::CallbackServerContext* context,
-                                       const imgw::v1::SetMsgReadRequest* request,
-                                       imgw::v1::SetMsgReadResponse* response) override;
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* BatchSetMsgRead(grpc::CallbackServerContext* context,
-                                            const imgw::v1::BatchSetMsgReadRequest* request,
-                                            imgw::v1::BatchSetMsgReadResponse* response) override;
+                                            const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) override;
 
   // RPCs whose reactor gRPC has not released yet (answer not yet sent). Thread-safe.
   int64_t active() const { return active_.load(); }

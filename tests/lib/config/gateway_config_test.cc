@@ -5,6 +5,8 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/testing/process.h"
+#include "tests/testing/tls_files.h"
 
 namespace imgw::config {
 namespace {
@@ -64,28 +66,48 @@ TEST(GatewayConfigTest, SecretKeyFileWinsAndIsTrimmed) {
   std::remove(path.c_str());
 }
 
-TEST(GatewayConfigTest, GrpcTlsFilesAreReadAndPaired) {
-  std::string pem = ::testing::TempDir() + "/pem";
-  std::ofstream(pem) << "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-  std::string junk = ::testing::TempDir() + "/junk";
+TEST(GatewayConfigTest, GrpcTlsMaterialIsCheckedAndRead) {
+  absl::StatusOr<testing::TempDir> dir_a = testing::TempDir::Create("config-tls-a");
+  absl::StatusOr<testing::TempDir> dir_b = testing::TempDir::Create("config-tls-b");
+  ASSERT_TRUE(dir_a.ok() && dir_b.ok());
+  absl::StatusOr<testing::TlsFiles> a = testing::GenerateSelfSignedCert(dir_a->path());
+  absl::StatusOr<testing::TlsFiles> b = testing::GenerateSelfSignedCert(dir_b->path());
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  std::string junk = dir_a->File("junk");
   std::ofstream(junk) << "not a pem";
+
   GatewayFlags f = Valid();
-  f.grpc_tls_cert = pem;
-  f.grpc_tls_key = pem;
-  f.grpc_client_ca = pem;
+  f.grpc_tls_cert = a->cert_file;
+  f.grpc_tls_key = a->key_file;
+  f.grpc_client_ca = b->cert_file;
   absl::StatusOr<GatewayConfig> config = Resolve(f);
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_NE(config->grpc_tls_cert_pem.find("BEGIN CERTIFICATE"), std::string::npos);
-  EXPECT_EQ(config->grpc_client_ca_pem, config->grpc_tls_cert_pem);
-  f.grpc_tls_key = "";
-  ExpectError(f, "--grpc_tls_key");
-  f = Valid();
-  f.grpc_client_ca = pem;
-  ExpectError(f, "--grpc_client_ca: needs --grpc_tls_cert");
-  f = Valid();
-  f.grpc_tls_cert = junk;
-  f.grpc_tls_key = pem;
-  ExpectError(f, "--grpc_tls_cert: " + junk + " holds no PEM block");
+  EXPECT_NE(config->grpc_tls_key_pem.find("PRIVATE KEY"), std::string::npos);
+  EXPECT_NE(config->grpc_client_ca_pem.find("BEGIN CERTIFICATE"), std::string::npos);
+
+  GatewayFlags g = f;
+  g.grpc_tls_key = "";
+  ExpectError(g, "--grpc_tls_key");
+  g = Valid();
+  g.grpc_client_ca = b->cert_file;
+  ExpectError(g, "--grpc_client_ca: needs --grpc_tls_cert");
+  g = f;
+  g.grpc_tls_cert = junk;
+  ExpectError(g, "--grpc_tls_cert: " + junk + " holds no PEM block");
+  g = f;
+  g.grpc_tls_cert = a->key_file;  // A key where the certificate belongs.
+  ExpectError(g, "--grpc_tls_cert: " + a->key_file + " holds no certificate");
+  g = f;
+  g.grpc_tls_key = a->cert_file;
+  ExpectError(g, "--grpc_tls_key: " + a->cert_file + " holds no private key");
+  g = f;
+  g.grpc_tls_key = b->key_file;  // Another certificate's key.
+  ExpectError(g, "--grpc_tls_key: " + b->key_file + " is not the key of " + a->cert_file);
+  g = f;
+  g.grpc_client_ca = b->key_file;
+  ExpectError(g, "--grpc_client_ca: " + b->key_file + " holds no certificate");
 }
 
 TEST(GatewayConfigTest, EachBadFlagIsNamed) {
