@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
 #include "tests/testing/emulator_client.h"
+#include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
 
 namespace imgw {
@@ -55,11 +56,7 @@ v1::SetMsgReadRequest Request(const std::string& report, const std::string& peer
 
 // A channel of its own (its own TCP connection), as a separate calling service would have.
 std::unique_ptr<v1::MsgReadService::Stub> NewStub(const std::string& address) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return v1::MsgReadService::NewStub(
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  return testing::NewStub(address);
 }
 
 // Asynchronous SetMsgRead calls (callback API), started together and collected. The state the
@@ -180,6 +177,7 @@ class AdmissionE2eTest : public ::testing::Test {
   // Starts the emulator and a gateway; the stub talks to that gateway.
   void Start(ImgwStackOptions options) {
     ASSERT_FALSE(BinDir().empty()) << "IMGW_BIN_DIR is not set (CTest sets it)";
+    testing::PinCallbackThreads();
     options.bin_dir = BinDir();
     options.dir_prefix = "imgw-admission";
     absl::StatusOr<std::unique_ptr<ImgwStack>> stack = ImgwStack::Start(options);

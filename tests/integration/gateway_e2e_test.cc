@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
 #include "tests/testing/emulator_client.h"
+#include "tests/testing/grpc_client.h"
 #include "tests/testing/process.h"
 #include "tests/testing/tls_files.h"
 
@@ -98,6 +99,7 @@ class GatewayE2eTest : public ::testing::Test {
 
   void SetUp() override {
     ASSERT_FALSE(BinDir().empty()) << "IMGW_BIN_DIR is not set (CTest sets it)";
+    testing::PinCallbackThreads();
     absl::StatusOr<TempDir> dir = TempDir::Create("imgw-e2e");
     ASSERT_TRUE(dir.ok()) << dir.status();
     dir_ = std::make_unique<TempDir>(*std::move(dir));
@@ -176,10 +178,7 @@ class GatewayE2eTest : public ::testing::Test {
   }
 
   static std::unique_ptr<v1::MsgReadService::Stub> NewStub(const std::string& address) {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
-    auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
-    return v1::MsgReadService::NewStub(channel);
+    return testing::NewStub(address);
   }
 
   static Call Invoke(v1::MsgReadService::Stub& stub, const v1::SetMsgReadRequest& request) {

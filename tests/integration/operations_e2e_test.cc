@@ -36,6 +36,7 @@
 #include "gtest/gtest.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
 #include "tests/testing/emulator_client.h"
+#include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
 #include "tests/testing/process.h"
 #include "tests/testing/tls_files.h"
@@ -46,6 +47,9 @@ namespace {
 using ::imgw::testing::EmulatorStatsView;
 using ::imgw::testing::ImgwStack;
 using ::imgw::testing::ImgwStackOptions;
+using ::imgw::testing::NewChannel;
+using ::imgw::testing::NewStub;
+using ::imgw::testing::PinCallbackThreads;
 using ::imgw::testing::Subprocess;
 using ::imgw::testing::SubprocessOptions;
 using ::imgw::testing::TempDir;
@@ -84,20 +88,6 @@ v1::SetMsgReadRequest Request(const std::string& report, const std::string& peer
 
 // A channel of its own (its own TCP connection), as a separate calling service would have. TLS
 // clients reach "127.0.0.1:PORT" and check it against the certificate's IP:127.0.0.1.
-std::shared_ptr<grpc::Channel> NewChannel(
-    const std::string& address,
-    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials()) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel(address, std::move(credentials), args);
-}
-
-std::unique_ptr<v1::MsgReadService::Stub> NewStub(
-    const std::string& address,
-    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials()) {
-  return v1::MsgReadService::NewStub(NewChannel(address, std::move(credentials)));
-}
 
 struct Answer {
   grpc::Status status;
@@ -237,33 +227,6 @@ RawAnswer ReflectionListServices(const std::shared_ptr<grpc::Channel>& channel,
   if (ok) answer.body = ToString(response);
   if (answer.status.ok() && !ok) answer.status = grpc::Status(grpc::StatusCode::UNKNOWN, "no read");
   return answer;
-}
-
-// gRPC 1.51 runs client callbacks on a pool of "nexting" threads (CallbackAlternativeCQ) that
-// exists while some channel has made a callback call, and joins the pool when the last such
-// channel dies. A callback call holds its channel until just after its callback returns, on a
-// pool thread; when the test has dropped its stub by then, the channel dies there and the pool
-// joins itself: grpc aborts ("assertion failed: prior > 0", grpc/grpc#32584). One channel made
-// here and never destroyed holds the pool for the whole process, so it is never torn down.
-void PinCallbackThreads() {
-  static const bool pinned = [] {
-    auto* channel = new std::shared_ptr<grpc::Channel>(NewChannel("127.0.0.1:1"));  // Leaked.
-    auto* stub =
-        new std::unique_ptr<v1::MsgReadService::Stub>(v1::MsgReadService::NewStub(*channel));
-    struct Pin {
-      grpc::ClientContext context;
-      v1::SetMsgReadRequest request;
-      v1::SetMsgReadResponse response;
-      absl::Notification done;
-    };
-    auto* pin = new Pin;  // Leaked too: nothing of it may die on a pool thread.
-    pin->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(1)));
-    (*stub)->async()->SetMsgRead(&pin->context, &pin->request, &pin->response,
-                                 [pin](grpc::Status) { pin->done.Notify(); });
-    pin->done.WaitForNotificationWithTimeout(absl::Seconds(5));
-    return true;
-  }();
-  (void)pinned;
 }
 
 // SetMsgRead calls (callback API) started together and collected. The callbacks' state is
