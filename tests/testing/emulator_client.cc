@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -51,8 +52,13 @@ uint64_t EmulatorStatsView::ErrorCount(int code) const {
   return it == errors.end() ? 0 : it->second;
 }
 
-absl::StatusOr<std::string> HttpsRequest(const std::string& method, const std::string& url,
-                                         const std::string& ca_file, absl::Duration timeout) {
+namespace {
+
+// One HTTPS request; `body` is sent when the method is POST.
+absl::StatusOr<std::string> Perform(const std::string& method, const std::string& url,
+                                    const std::string& body_to_send, const std::string& ca_file,
+                                    absl::Duration timeout,
+                                    const std::vector<std::string>& headers = {}) {
   InitCurlOnce();
   std::unique_ptr<CURL, CurlDeleter> curl(curl_easy_init());
   if (curl == nullptr) return absl::InternalError("curl_easy_init failed");
@@ -68,8 +74,14 @@ absl::StatusOr<std::string> HttpsRequest(const std::string& method, const std::s
   curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, &AppendBody);
   curl_easy_setopt(handle, CURLOPT_WRITEDATA, &body);
   curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, error);
+  std::unique_ptr<curl_slist, void (*)(curl_slist*)> header_list(nullptr, &curl_slist_free_all);
+  for (const std::string& header : headers) {
+    header_list.reset(curl_slist_append(header_list.release(), header.c_str()));
+  }
+  if (header_list != nullptr) curl_easy_setopt(handle, CURLOPT_HTTPHEADER, header_list.get());
   if (method == "POST") {
-    curl_easy_setopt(handle, CURLOPT_POSTFIELDS, "{}");
+    curl_easy_setopt(handle, CURLOPT_POSTFIELDSIZE, static_cast<long>(body_to_send.size()));
+    curl_easy_setopt(handle, CURLOPT_POSTFIELDS, body_to_send.c_str());
   } else if (method != "GET") {
     return absl::InvalidArgumentError(absl::StrCat("unsupported method ", method));
   }
@@ -84,6 +96,18 @@ absl::StatusOr<std::string> HttpsRequest(const std::string& method, const std::s
     return absl::InternalError(absl::StrCat(method, " ", url, ": HTTP ", http_status, ": ", body));
   }
   return body;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> HttpsRequest(const std::string& method, const std::string& url,
+                                         const std::string& ca_file, absl::Duration timeout) {
+  return Perform(method, url, "{}", ca_file, timeout);
+}
+
+absl::StatusOr<std::string> HttpsPost(const std::string& url, const std::string& body,
+                                      const std::string& ca_file, absl::Duration timeout) {
+  return Perform("POST", url, body, ca_file, timeout, {"Content-Type: application/json"});
 }
 
 absl::StatusOr<EmulatorStatsView> ParseEmulatorStats(const std::string& json) {
@@ -123,6 +147,16 @@ absl::StatusOr<EmulatorStatsView> ParseEmulatorStats(const std::string& json) {
       } else if (entry.value().is_uint64()) {
         stats.errors[code] = entry.value().get_uint64();
       }
+    }
+  }
+  if (const boost::json::value* faults = object.if_contains("faults_injected")) {
+    if (!faults->is_object()) {
+      return absl::InvalidArgumentError("\"faults_injected\" is not an object");
+    }
+    for (const auto& entry : faults->get_object()) {
+      absl::StatusOr<int64_t> count = Integer(faults->get_object(), entry.key_c_str());
+      if (!count.ok()) return count.status();
+      stats.faults_injected[std::string(entry.key())] = static_cast<uint64_t>(*count);
     }
   }
   const boost::json::value* pairs = object.if_contains("pairs");

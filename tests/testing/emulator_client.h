@@ -28,6 +28,9 @@ struct EmulatorStatsView {
   uint64_t max_calls_in_window = 0;
   int64_t rate_limit = 0;
   std::vector<EmulatorPairView> pairs;
+  // Fault kind ("http_5xx", ..., "latency") -> calls it was injected into; empty when the
+  // emulator does not report faults_injected.
+  std::map<std::string, uint64_t> faults_injected;
 
   // The pair's msg_read_time, or nullopt when the emulator holds no such pair.
   std::optional<int64_t> PairTime(const std::string& report, const std::string& peer) const;
@@ -40,6 +43,12 @@ struct EmulatorStatsView {
 absl::StatusOr<std::string> HttpsRequest(const std::string& method, const std::string& url,
                                          const std::string& ca_file,
                                          absl::Duration timeout = absl::Seconds(5));
+
+// POSTs `body` (Content-Type application/json) to `url`, trusting only `ca_file`, and returns
+// the answer's body when it is HTTP 200.
+absl::StatusOr<std::string> HttpsPost(const std::string& url, const std::string& body,
+                                      const std::string& ca_file,
+                                      absl::Duration timeout = absl::Seconds(5));
 
 // Parses the stats JSON.
 absl::StatusOr<EmulatorStatsView> ParseEmulatorStats(const std::string& json);

@@ -147,6 +147,12 @@ absl::Status ImgwStack::ResetEmulator() const {
   return body.ok() ? absl::OkStatus() : body.status();
 }
 
+absl::Status ImgwStack::SetEmulatorFaults(const std::string& json) const {
+  absl::StatusOr<std::string> body = HttpsPost(
+      absl::StrCat("https://127.0.0.1:", emulator_port_, "/emulator/faults"), json, tls_.cert_file);
+  return body.ok() ? absl::OkStatus() : body.status();
+}
+
 std::string ImgwStack::Describe(Subprocess& process, size_t max_bytes) {
   std::optional<int> status = process.Wait(absl::ZeroDuration());
   std::string stderr_text = process.ReadStderr();

@@ -32,8 +32,8 @@ struct ImgwStackOptions {
 };
 
 // Owns a temporary directory, the emulator and one gateway. The destructor kills both children
-// (SIGKILL) and removes the directory. Not thread-safe, except Stats() and ResetEmulator(),
-// which may be called from any thread.
+// (SIGKILL) and removes the directory. Not thread-safe, except Stats(), ResetEmulator() and
+// SetEmulatorFaults(), which may be called from any thread.
 class ImgwStack final {
  public:
   static constexpr int64_t kSdkAppId = 1400000000;
@@ -60,6 +60,9 @@ class ImgwStack final {
   absl::StatusOr<EmulatorStatsView> Stats() const;
   // POST /emulator/reset: the emulator forgets its counters, window and pairs.
   absl::Status ResetEmulator() const;
+  // POST /emulator/faults with `json` (services/emulator/emulator_core.h, ParseFaultsJson):
+  // replaces the faults the emulator injects; "{}" clears them.
+  absl::Status SetEmulatorFaults(const std::string& json) const;
 
   // "pid N, exit status or running, the last `max_bytes` of stderr" of a child, for failure
   // messages.
