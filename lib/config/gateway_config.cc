@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "lib/common/text.h"
 
 namespace imgw::config {
 namespace {
@@ -176,6 +177,9 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
   config.sdkappid = static_cast<uint64_t>(flags.sdkappid);
   if (flags.identifier.empty()) return Bad("identifier", "missing: the App admin account");
   if (flags.identifier.size() > 32) return Bad("identifier", "longer than 32 bytes");
+  if (CheckText(flags.identifier) != TextCheck::kOk) {
+    return Bad("identifier", "not printable UTF-8");
+  }
   config.identifier = flags.identifier;
   absl::StatusOr<std::string> key = ReadSecretKey(flags);
   if (!key.ok()) return key.status();

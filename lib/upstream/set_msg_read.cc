@@ -8,6 +8,7 @@
 #include "boost/json/parse.hpp"
 #include "boost/json/serialize.hpp"
 #include "boost/json/value.hpp"
+#include "lib/common/text.h"
 
 namespace imgw::upstream {
 namespace {
@@ -26,51 +27,19 @@ void AppendEscaped(std::string* out, absl::string_view text) {
   }
 }
 
-// Well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF) without C0/C1 controls or
-// DEL.
 absl::Status CheckAccount(absl::string_view name, absl::string_view account) {
   if (account.empty()) return absl::InvalidArgumentError(absl::StrCat(name, " is empty"));
   if (account.size() > kMaxAccountBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, " is ", account.size(), " bytes long; the limit is ", kMaxAccountBytes));
   }
-  size_t i = 0;
-  while (i < account.size()) {
-    auto c = static_cast<unsigned char>(account[i]);
-    uint32_t cp = 0;
-    int extra = 0;
-    if (c < 0x80) {
-      cp = c;
-    } else if (c >= 0xC2 && c <= 0xDF) {
-      cp = c & 0x1F;
-      extra = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      cp = c & 0x0F;
-      extra = 2;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      cp = c & 0x07;
-      extra = 3;
-    } else {
+  switch (CheckText(account)) {
+    case TextCheck::kOk:
+      break;
+    case TextCheck::kNotUtf8:
       return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
-    }
-    if (extra > 0 && i + extra >= account.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
-    }
-    for (int k = 1; k <= extra; ++k) {
-      auto cc = static_cast<unsigned char>(account[i + k]);
-      if ((cc & 0xC0) != 0x80) {
-        return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
-      }
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    if ((extra == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (extra == 3 && (cp < 0x10000 || cp > 0x10FFFF))) {
-      return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
-    }
-    if (cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp < 0xA0)) {
+    case TextCheck::kControlCharacter:
       return absl::InvalidArgumentError(absl::StrCat(name, " contains a control character"));
-    }
-    i += 1 + extra;
   }
   return absl::OkStatus();
 }

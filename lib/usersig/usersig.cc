@@ -12,6 +12,7 @@
 #include "boost/json/parse.hpp"
 #include "boost/json/serialize.hpp"
 #include "boost/json/value.hpp"
+#include "lib/common/text.h"
 
 namespace imgw::usersig {
 namespace {
@@ -111,6 +112,10 @@ std::string ComputeHmac(absl::string_view secret_key, uint64_t sdkappid,
 absl::StatusOr<std::string> Sign(absl::string_view secret_key, const SignParams& params) {
   if (secret_key.empty()) return absl::InvalidArgumentError("empty secret key");
   if (params.identifier.empty()) return absl::InvalidArgumentError("empty identifier");
+  // Decode() could not read back a document with anything else in it.
+  if (CheckText(params.identifier) != TextCheck::kOk) {
+    return absl::InvalidArgumentError("the identifier is not printable UTF-8");
+  }
   int64_t expire = absl::ToInt64Seconds(params.lifetime);
   if (expire <= 0) return absl::InvalidArgumentError("UserSig lifetime must be positive");
   int64_t time = absl::ToUnixSeconds(params.time);
@@ -154,9 +159,13 @@ VerifyResult Verify(absl::string_view usersig, absl::string_view secret_key, uin
   if (!decoded.ok()) return VerifyResult::kMalformed;
   if (decoded->sdkappid != sdkappid) return VerifyResult::kSdkAppIdMismatch;
   if (decoded->identifier != identifier) return VerifyResult::kIdentifierMismatch;
-  // Written so that hostile values cannot overflow: time + expire might.
+  // Hostile values must not overflow: time + expire might, and so might now - time for a
+  // time far in the past. With time < now the unsigned difference is exact.
   int64_t now_s = absl::ToUnixSeconds(now);
-  if (decoded->expire < 0 || (decoded->time < now_s && now_s - decoded->time > decoded->expire)) {
+  if (decoded->expire < 0 ||
+      (decoded
+           ->time<now_s&& static_cast<uint64_t>(now_s) -
+                  static_cast<uint64_t>(decoded->time)> static_cast<uint64_t>(decoded->expire))) {
     return VerifyResult::kExpired;
   }
   std::string expected =

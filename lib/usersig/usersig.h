@@ -24,7 +24,8 @@ std::string ComputeHmac(absl::string_view secret_key, uint64_t sdkappid,
                         absl::string_view identifier, int64_t time, int64_t expire);
 
 // A complete UserSig: the JSON document, zlib-compressed, in Tencent's base64 variant.
-// Fails only on invalid parameters (empty key or identifier, non-positive lifetime).
+// Fails only on invalid parameters (empty key, an identifier that is empty or not printable
+// UTF-8, a non-positive lifetime).
 absl::StatusOr<std::string> Sign(absl::string_view secret_key, const SignParams& params);
 
 // The fields of a decoded UserSig.

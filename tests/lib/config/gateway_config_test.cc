@@ -133,6 +133,9 @@ TEST(GatewayConfigTest, EachBadFlagIsNamed) {
   f.identifier = "";
   ExpectError(f, "--identifier");
   f = Valid();
+  f.identifier = "\xff";
+  ExpectError(f, "--identifier: not printable UTF-8");
+  f = Valid();
   f.secret_key_env = "";
   ExpectError(f, "IMGW_SECRET_KEY");
   f = Valid();

@@ -73,6 +73,28 @@ TEST(UserSigTest, RaisedExpireWithTheOldHmacIsRejected) {
             VerifyResult::kMalformed);
 }
 
+// Found by the fuzzer: a TLS.time far in the past made now - time overflow.
+TEST(UserSigTest, ExtremeTimesAreExpiredNotUndefined) {
+  absl::Time now = absl::FromUnixSeconds(1700000000);
+  for (const char* time : {"-9223372036854775808", "-1", "0"}) {
+    std::string doc = std::string("{\"TLS.ver\":\"2.0\",\"TLS.identifier\":\"admin\",") +
+                      "\"TLS.sdkappid\":1,\"TLS.time\":" + time +
+                      ",\"TLS.expire\":86400,\"TLS.sig\":\"x\"}";
+    EXPECT_EQ(Verify(EncodeDocument(doc), kKey, 1, "admin", now), VerifyResult::kExpired) << time;
+  }
+  // time + expire = -1: expired, computed without overflow.
+  std::string edge =
+      "{\"TLS.ver\":\"2.0\",\"TLS.identifier\":\"admin\",\"TLS.sdkappid\":1,"
+      "\"TLS.time\":-9223372036854775808,\"TLS.expire\":9223372036854775807,"
+      "\"TLS.sig\":\"x\"}";
+  EXPECT_EQ(Verify(EncodeDocument(edge), kKey, 1, "admin", now), VerifyResult::kExpired);
+  // From 1970 for ever: not expired, so the HMAC decides.
+  std::string forever =
+      "{\"TLS.ver\":\"2.0\",\"TLS.identifier\":\"admin\",\"TLS.sdkappid\":1,"
+      "\"TLS.time\":0,\"TLS.expire\":9223372036854775807,\"TLS.sig\":\"x\"}";
+  EXPECT_EQ(Verify(EncodeDocument(forever), kKey, 1, "admin", now), VerifyResult::kBadSignature);
+}
+
 TEST(UserSigTest, Base64VariantRoundTripsAllBytes) {
   std::string bytes;
   for (int i = 0; i < 256; ++i) bytes.push_back(static_cast<char>(i));
@@ -88,6 +110,8 @@ TEST(UserSigTest, SignRejectsBadParameters) {
   absl::Time t0 = absl::FromUnixSeconds(1700000000);
   EXPECT_FALSE(Sign("", {1, "admin", t0, absl::Hours(1)}).ok());
   EXPECT_FALSE(Sign(kKey, {1, "", t0, absl::Hours(1)}).ok());
+  EXPECT_FALSE(Sign(kKey, {1, "ad\xffmin", t0, absl::Hours(1)}).ok()) << "not UTF-8";
+  EXPECT_FALSE(Sign(kKey, {1, "ad\nmin", t0, absl::Hours(1)}).ok()) << "control character";
   EXPECT_FALSE(Sign(kKey, {1, "admin", t0, absl::ZeroDuration()}).ok());
 }
 

@@ -1,0 +1,45 @@
+#include "lib/common/text.h"
+
+#include <cstdint>
+
+namespace imgw {
+
+TextCheck CheckText(absl::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    auto c = static_cast<unsigned char>(text[i]);
+    uint32_t cp = 0;
+    size_t extra = 0;
+    if (c < 0x80) {
+      cp = c;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      cp = c & 0x1F;
+      extra = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      cp = c & 0x0F;
+      extra = 2;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      cp = c & 0x07;
+      extra = 3;
+    } else {
+      return TextCheck::kNotUtf8;
+    }
+    if (i + extra >= text.size() && extra > 0) return TextCheck::kNotUtf8;
+    for (size_t k = 1; k <= extra; ++k) {
+      auto cc = static_cast<unsigned char>(text[i + k]);
+      if ((cc & 0xC0) != 0x80) return TextCheck::kNotUtf8;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    if ((extra == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+        (extra == 3 && (cp < 0x10000 || cp > 0x10FFFF))) {
+      return TextCheck::kNotUtf8;  // Overlong, surrogate or beyond U+10FFFF.
+    }
+    if (cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp < 0xA0)) {
+      return TextCheck::kControlCharacter;
+    }
+    i += 1 + extra;
+  }
+  return TextCheck::kOk;
+}
+
+}  // namespace imgw
