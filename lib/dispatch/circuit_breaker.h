@@ -1,21 +1,25 @@
 #pragma once
 
 #include <algorithm>
+#include <deque>
 
 #include "absl/time/time.h"
 
 namespace imgw::dispatch {
 
-// Fails fast while the upstream keeps failing. Closed: requests flow; `failure_threshold`
-// failures in a row open it. Open: no request goes until `open_for` has passed, then it is
-// half-open. Half-open: one request (the probe) goes; success closes the breaker, failure
-// opens it again for twice as long (up to `max_open_for`). Only outcomes that say the upstream
-// is unwell count (transport errors, HTTP 5xx, malformed answers, internal-error codes); any
-// other answer proves it alive. Not thread-safe; times are the caller's Clock::Monotonic().
+// Fails fast while the upstream keeps failing. Closed: requests flow; when at least
+// `failure_ratio` of the last `window` outcomes were failures, it opens (so scattered failures
+// that retries absorb never open it, and a dead upstream opens it after a dozen or so
+// attempts). Open: no request goes until `open_for` has passed, then it is half-open.
+// Half-open: one request (the probe) goes; success closes the breaker, failure opens it again
+// for twice as long (up to `max_open_for`). Only outcomes that say the upstream is unwell count
+// as failures (transport errors, HTTP 5xx, malformed answers, internal-error codes); any other
+// answer proves it alive. Not thread-safe; times are the caller's Clock::Monotonic().
 class CircuitBreaker final {
  public:
   struct Options {
-    int failure_threshold = 5;
+    size_t window = 20;
+    double failure_ratio = 0.8;
     absl::Duration open_for = absl::Seconds(1);
     absl::Duration max_open_for = absl::Seconds(30);
   };
@@ -50,10 +54,14 @@ class CircuitBreaker final {
     return true;
   }
   void OnSuccess() {
-    open_ = false;
-    probe_in_flight_ = false;
-    failures_ = 0;
-    open_for_ = options_.open_for;
+    if (open_) {
+      open_ = false;
+      probe_in_flight_ = false;
+      open_for_ = options_.open_for;
+      recent_.clear();
+      failures_ = 0;
+    }
+    Record(false);
   }
   // Returns true when this failure opened the breaker. `probe`: the request was the one
   // AllowRequest() let through in half-open (failures of requests sent before the breaker
@@ -66,17 +74,31 @@ class CircuitBreaker final {
       open_until_ = now + open_for_;
       return true;
     }
-    if (++failures_ < options_.failure_threshold) return false;
+    Record(true);
+    if (recent_.size() < options_.window ||
+        failures_ < options_.failure_ratio * static_cast<double>(options_.window)) {
+      return false;
+    }
     open_ = true;
     open_until_ = now + open_for_;
     return true;
   }
 
  private:
+  void Record(bool failed) {
+    recent_.push_back(failed);
+    failures_ += failed;
+    if (recent_.size() > options_.window) {
+      failures_ -= recent_.front();
+      recent_.pop_front();
+    }
+  }
+
   const Options options_;
   bool open_ = false;
   bool probe_in_flight_ = false;
-  int failures_ = 0;
+  std::deque<bool> recent_;  // The last `window` outcomes, oldest first.
+  size_t failures_ = 0;      // Failures in `recent_`.
   absl::Duration open_for_;
   absl::Duration open_until_;
 };

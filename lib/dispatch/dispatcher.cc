@@ -251,6 +251,7 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
   ++stats_.requests;
   if (guard_) guard_->OnSent();
   absl::Duration timeout = std::min(options_.request_timeout, LatestDeadline(entry) - now);
+  entry.cut_short = timeout < options_.request_timeout;
   upstream::HttpRequest request =
       requests_.Build({entry.pair.first, entry.pair.second, entry.time}, timeout);
   if (LogEnabled(LogLevel::kDebug)) {
@@ -286,10 +287,11 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
          {"error_code", absl::StrCat(outcome.error_code)},
          {"elapsed_ms", absl::StrCat(absl::ToDoubleMilliseconds(response.elapsed))}});
   }
-  if (outcome.disposition == Disposition::kRateLimited ||
-      outcome.disposition == Disposition::kRateLimitedLong) {
+  bool throttled = outcome.disposition == Disposition::kRateLimited ||
+                   outcome.disposition == Disposition::kRateLimitedLong;
+  if (outcome.kind == Outcome::Kind::kAnswered || throttled) limiter_.OnAnswer(now, throttled);
+  if (throttled) {
     ++stats_.throttled;
-    limiter_.OnThrottled(now);
     if (now - last_throttle_log_ >= absl::Seconds(10)) {
       last_throttle_log_ = now;
       Log(LogLevel::kWarning, "the upstream refuses calls for frequency: slowing down",
@@ -300,8 +302,13 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
   }
   // The upstream is unwell when it did not answer properly or answered an internal error;
   // any other answer proves it alive.
+  // A timeout the caller's deadline imposed (shorter than --upstream_timeout) says nothing
+  // about the upstream's health.
+  bool cut_short = response.error == upstream::HttpResponse::Error::kTimeout && entry.cut_short;
   bool opened = false;
-  if (outcome.disposition == Disposition::kRetry) {
+  if (cut_short) {
+    // Neither a failure nor a success.
+  } else if (outcome.disposition == Disposition::kRetry) {
     opened = breaker_.OnFailure(now, id == probe_);
     if (opened) {
       ++stats_.circuit_opened;
@@ -340,8 +347,11 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
       // A frequency limit is a matter of pace, which the limiter now slows: such a call goes
       // back into the queue for as long as its deadline allows. Other failures are bounded by
       // max_attempts and the retry budget.
+      // While the breaker is not closed a failed request is not retried: its retry would wait
+      // for the breaker, and the point of failing fast is not to.
       bool throttled = outcome.disposition == Disposition::kRateLimited;
-      if (!opened && (throttled || entry.attempts < options_.max_attempts)) {
+      bool failing_fast = breaker_.state(now) != CircuitBreaker::State::kClosed;
+      if (!failing_fast && (throttled || entry.attempts < options_.max_attempts)) {
         absl::Duration wait = Backoff(throttled ? 1 : entry.attempts);
         if (auto hint = upstream::ParseRetryAfter(response.retry_after, clock_.Now())) {
           wait = std::max(wait, *hint);
@@ -362,6 +372,10 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
     }
     default:
       break;
+  }
+  if (breaker_.state(now) != CircuitBreaker::State::kClosed &&
+      outcome.disposition == Disposition::kRetry) {
+    outcome.retry_after = breaker_.open_until() - now;
   }
   FinishEntry(id, outcome);
   if (opened) FailFast(now);

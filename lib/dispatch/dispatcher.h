@@ -93,6 +93,7 @@ class Dispatcher final {
     size_t window_limit = 0;
     RetryBudget::Options retry_budget;
     CircuitBreaker::Options breaker;
+    // (The limiter decides how a frequency-limit answer changes the pace.)
   };
 
   Dispatcher(const Options& options, Clock& clock, ratelimit::RateLimiter& limiter,
@@ -135,6 +136,7 @@ class Dispatcher final {
     std::vector<CallId> waiters;
     int attempts = 0;
     bool resigned = false;
+    bool cut_short = false;  // The request in flight has a timeout shorter than the option's.
     absl::Duration retry_at;
     absl::Duration estimated_start;  // When it was expected to get its token.
     upstream::Outcome last;          // The last failed attempt.

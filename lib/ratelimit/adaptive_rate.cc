@@ -15,12 +15,14 @@ double AdaptiveRate::Rate(absl::Duration now) const {
                   decreased_to_ + options_.increase_per_second * absl::ToDoubleSeconds(since));
 }
 
-bool AdaptiveRate::OnThrottled(absl::Duration now) {
+bool AdaptiveRate::OnThrottled(absl::Duration now) { return OnThrottled(now, options_.decrease); }
+
+bool AdaptiveRate::OnThrottled(absl::Duration now, double decrease) {
   ++throttles_;
   if (decreased_at_ != -absl::InfiniteDuration() && now - decreased_at_ < options_.cooldown) {
     return false;
   }
-  decreased_to_ = std::max(options_.min_rate, Rate(now) * options_.decrease);
+  decreased_to_ = std::max(options_.min_rate, Rate(now) * decrease);
   decreased_at_ = now;
   return true;
 }

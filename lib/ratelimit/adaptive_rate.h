@@ -24,8 +24,10 @@ class AdaptiveRate final {
   explicit AdaptiveRate(const Options& options);
 
   double Rate(absl::Duration now) const;
-  // Returns true when it lowered the rate (false within the cooldown).
+  // Returns true when it lowered the rate (false within the cooldown). `decrease` overrides
+  // the option for this cut (in (0, 1]).
   bool OnThrottled(absl::Duration now);
+  bool OnThrottled(absl::Duration now, double decrease);
   // Throttles seen, including those inside a cooldown.
   int64_t throttles() const { return throttles_; }
 

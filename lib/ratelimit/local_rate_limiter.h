@@ -1,5 +1,8 @@
 #pragma once
 
+#include <deque>
+#include <utility>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "lib/ratelimit/adaptive_rate.h"
@@ -27,6 +30,12 @@ class LocalRateLimiter final : public RateLimiter {
     double burst = 2;                // Bucket capacity, >= 1.
     double headroom = 0.01;          // Fraction of the limit kept free.
     AdaptiveRate::Options adaptive;  // max_rate is derived; the rest tunes the back-off.
+    // The pace is cut only when at least this share of the last second's answers, and at
+    // least `min_throttles` of them, were frequency-limit refusals: refusals below it are
+    // absorbed by retrying the calls, not taken as a sign that someone else spends the budget
+    // (a pace cut for refusals that do not depend on it would fall without end).
+    double throttle_share = 0.1;
+    int min_throttles = 2;
   };
 
   // The steady rate these options give: min(limit * (1 - headroom), limit - burst).
@@ -36,14 +45,19 @@ class LocalRateLimiter final : public RateLimiter {
 
   bool TryAcquire(absl::Duration now) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Duration TimeUntilAvailable(absl::Duration now) override ABSL_LOCKS_EXCLUDED(mu_);
-  void OnThrottled(absl::Duration now) override ABSL_LOCKS_EXCLUDED(mu_);
+  void OnAnswer(absl::Duration now, bool throttled) override ABSL_LOCKS_EXCLUDED(mu_);
   double CurrentRate(absl::Duration now) override ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   void FollowRateLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  const double throttle_share_;
+  const double decrease_;
+  const int min_throttles_;
   absl::Mutex mu_;
   AdaptiveRate adaptive_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<absl::Duration, bool>> answers_ ABSL_GUARDED_BY(mu_);  // Last second.
+  int throttled_in_window_ ABSL_GUARDED_BY(mu_) = 0;
   TokenBucket bucket_;  // Thread-safe itself; updated under mu_ to keep rate and bucket in step.
 };
 

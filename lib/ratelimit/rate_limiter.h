@@ -16,8 +16,9 @@ class RateLimiter {
   virtual bool TryAcquire(absl::Duration now) = 0;
   // How long from `now` until TryAcquire() can succeed (zero if it can now).
   virtual absl::Duration TimeUntilAvailable(absl::Duration now) = 0;
-  // The upstream answered a frequency-limit error: someone else spends the same budget.
-  virtual void OnThrottled(absl::Duration now) = 0;
+  // The upstream answered (`throttled`: with a frequency-limit error, so someone else spends
+  // the same budget). Transport failures are not answers.
+  virtual void OnAnswer(absl::Duration now, bool throttled) = 0;
   // The calls per second currently allowed (for queue-time estimates and metrics).
   virtual double CurrentRate(absl::Duration now) = 0;
 };

@@ -36,7 +36,7 @@ class TestLimiter final : public ratelimit::RateLimiter {
   absl::Duration TimeUntilAvailable(absl::Duration now) override {
     return bucket_.TimeUntilAvailable(now);
   }
-  void OnThrottled(absl::Duration) override { ++throttles; }
+  void OnAnswer(absl::Duration, bool throttled) override { throttles += throttled; }
   double CurrentRate(absl::Duration) override { return rate_; }
   int throttles = 0;
 

@@ -1,6 +1,7 @@
 // The retry budget and the circuit breaker, alone and inside the dispatcher.
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -33,13 +34,14 @@ TEST(RetryBudgetTest, AllowsARatioOfFirstAttemptsPlusAFloor) {
   EXPECT_FALSE(budget.TryRetry(now));
 }
 
-TEST(CircuitBreakerTest, OpensProbesAndCloses) {
-  CircuitBreaker breaker({/*failure_threshold=*/3, absl::Seconds(1), absl::Seconds(4)});
+TEST(CircuitBreakerTest, OpensOnAHighShareOfRecentFailuresProbesAndCloses) {
+  CircuitBreaker breaker(
+      {/*window=*/4, /*failure_ratio=*/0.75, absl::Seconds(1), absl::Seconds(4)});
   absl::Duration t = absl::Seconds(10);
   EXPECT_FALSE(breaker.OnFailure(t, false));
-  breaker.OnSuccess();  // Resets the run of failures.
   EXPECT_FALSE(breaker.OnFailure(t, false));
-  EXPECT_FALSE(breaker.OnFailure(t, false));
+  EXPECT_FALSE(breaker.OnFailure(t, false)) << "fewer outcomes than the window";
+  breaker.OnSuccess();  // 3 failures of the last 4: the ratio is reached only with the next.
   EXPECT_TRUE(breaker.OnFailure(t, false));
   EXPECT_EQ(breaker.state(t), CircuitBreaker::State::kOpen);
   EXPECT_FALSE(breaker.AllowRequest(t + absl::Milliseconds(999)));
@@ -64,13 +66,32 @@ TEST(CircuitBreakerTest, OpensProbesAndCloses) {
   breaker.OnSuccess();
   EXPECT_EQ(breaker.state(t), CircuitBreaker::State::kClosed);
   EXPECT_TRUE(breaker.AllowRequest(t));
+  EXPECT_FALSE(breaker.OnFailure(t, false)) << "the history starts anew after closing";
+}
+
+// Failures that retries absorb (a quarter of the attempts here) never open it with the
+// defaults; a dead upstream opens it within the window.
+TEST(CircuitBreakerTest, ScatteredFailuresDoNotOpenItADeadUpstreamDoes) {
+  CircuitBreaker breaker({});
+  std::mt19937 rng(3);
+  absl::Duration t = absl::Seconds(1);
+  for (int i = 0; i < 100000; ++i) {
+    if (rng() % 4 == 0) {
+      ASSERT_FALSE(breaker.OnFailure(t, false)) << "opened at attempt " << i;
+    } else {
+      breaker.OnSuccess();
+    }
+  }
+  int attempts = 0;
+  while (!breaker.OnFailure(t, false)) ++attempts;
+  EXPECT_LE(attempts, 20);
 }
 
 class Unlimited final : public ratelimit::RateLimiter {
  public:
   bool TryAcquire(absl::Duration) override { return true; }
   absl::Duration TimeUntilAvailable(absl::Duration) override { return absl::ZeroDuration(); }
-  void OnThrottled(absl::Duration) override {}
+  void OnAnswer(absl::Duration, bool) override {}
   double CurrentRate(absl::Duration) override { return 1e6; }
 };
 
@@ -112,7 +133,8 @@ constexpr char kOk[] = R"({"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0})";
 
 TEST_F(ResilienceTest, FailingUpstreamOpensTheBreakerAndEveryoneIsAnsweredAtOnce) {
   Dispatcher::Options options;
-  options.breaker.failure_threshold = 3;
+  options.breaker.window = 3;
+  options.breaker.failure_ratio = 1.0;
   options.breaker.open_for = absl::Seconds(2);
   Build(options);
   for (CallId id = 1; id <= 3; ++id) Submit(id);
@@ -150,7 +172,8 @@ TEST_F(ResilienceTest, FailingUpstreamOpensTheBreakerAndEveryoneIsAnsweredAtOnce
 
 TEST_F(ResilienceTest, FailedProbeReopensForLongerAndAnswersTheWaiting) {
   Dispatcher::Options options;
-  options.breaker.failure_threshold = 1;
+  options.breaker.window = 1;
+  options.breaker.failure_ratio = 1.0;
   options.breaker.open_for = absl::Seconds(1);
   options.max_attempts = 1;
   Build(options);
@@ -168,10 +191,37 @@ TEST_F(ResilienceTest, FailedProbeReopensForLongerAndAnswersTheWaiting) {
   EXPECT_EQ(outcomes_[3].retry_after, absl::Seconds(2));
 }
 
+// Found by the faults e2e tests: requests whose timeout a caller's short deadline cut below
+// --upstream_timeout timed out and opened the breaker for every other caller.
+TEST_F(ResilienceTest, TimeoutsCutShortByCallersDoNotOpenTheBreaker) {
+  Dispatcher::Options options;
+  options.breaker.window = 3;
+  options.breaker.failure_ratio = 1.0;
+  Build(options);
+  for (CallId id = 1; id <= 3; ++id) Submit(id, absl::Milliseconds(300));
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.pending().size(), 3u);
+  for (const auto& p : transport_.pending()) EXPECT_EQ(p.request.timeout, absl::Milliseconds(300));
+  clock_.Advance(absl::Milliseconds(300));
+  while (!transport_.pending().empty()) transport_.Fail(HttpResponse::Error::kTimeout);
+  EXPECT_FALSE(dispatcher_->failing_fast());
+  Submit(4);
+  dispatcher_->Step();
+  EXPECT_EQ(answers_[4], 0) << "refused by a breaker the callers' deadlines opened";
+  EXPECT_EQ(transport_.pending().size(), 1u);
+  // The same timeouts at the full --upstream_timeout do count.
+  clock_.Advance(absl::Seconds(5));
+  transport_.Fail(HttpResponse::Error::kTimeout);
+  for (CallId id = 5; id <= 6; ++id) Submit(id);
+  dispatcher_->Step();
+  while (!transport_.pending().empty()) transport_.Fail(HttpResponse::Error::kTimeout);
+  EXPECT_TRUE(dispatcher_->failing_fast());
+}
+
 TEST_F(ResilienceTest, RetryBudgetStopsARetryStorm) {
   Dispatcher::Options options;
   options.max_attempts = 5;
-  options.breaker.failure_threshold = 1000;
+  options.breaker.window = 1000;
   options.retry_budget = {/*ratio=*/0, /*min_per_second=*/0, /*max_balance=*/2};
   Build(options);
   for (CallId id = 1; id <= 4; ++id) Submit(id);

@@ -100,7 +100,10 @@ TEST(LocalRateLimiterTest, ThrottleSlowsThePaceThenItRecovers) {
   const absl::Duration t0 = absl::Seconds(5);
   absl::Duration now = t0;
   LocalRateLimiter limiter(options, now);
-  limiter.OnThrottled(now);
+  for (int i = 0; i < 18; ++i) limiter.OnAnswer(now, false);
+  limiter.OnAnswer(now, true);
+  EXPECT_DOUBLE_EQ(limiter.CurrentRate(now), 198) << "one refusal is not a pattern";
+  limiter.OnAnswer(now, true);  // 2 of 20: 10%.
   EXPECT_DOUBLE_EQ(limiter.CurrentRate(now), 99);
   // Count grants over the next second: about half the pace.
   int granted = 0;
@@ -117,6 +120,41 @@ TEST(LocalRateLimiterTest, ThrottleSlowsThePaceThenItRecovers) {
   // After the 1 s hold, +10/s per second.
   EXPECT_NEAR(limiter.CurrentRate(t0 + absl::Seconds(6)), 99 + 50, 1e-9);
   EXPECT_DOUBLE_EQ(limiter.CurrentRate(t0 + absl::Minutes(1)), 198);
+}
+
+// A 60007 now and then among many answers is retried, not read as someone else spending the
+// budget; a share of at least 5% of the last second's answers is.
+TEST(LocalRateLimiterTest, OnlyASteadyShareOfRefusalsCutsThePace) {
+  LocalRateLimiter::Options options;
+  absl::Duration now = absl::Seconds(5);
+  LocalRateLimiter limiter(options, now);
+  for (int i = 0; i < 200; ++i) {
+    now += absl::Milliseconds(5);
+    limiter.OnAnswer(now, i % 50 == 0);  // 2% refused.
+  }
+  EXPECT_DOUBLE_EQ(limiter.CurrentRate(now), 198);
+  for (int i = 0; i < 200; ++i) {
+    now += absl::Milliseconds(5);
+    limiter.OnAnswer(now, i % 10 == 0);  // 10% refused.
+  }
+  EXPECT_LT(limiter.CurrentRate(now), 198);
+}
+
+// The cut follows the share of refusals seen: with half the answers refused, the pace halves
+// at once (instead of 70% a step); with nearly all refused, it falls to 30%.
+TEST(LocalRateLimiterTest, TheCutFollowsTheShareRefused) {
+  LocalRateLimiter::Options options;
+  absl::Duration now = absl::Seconds(5);
+  LocalRateLimiter half(options, now);
+  half.OnAnswer(now, false);
+  half.OnAnswer(now, false);
+  half.OnAnswer(now, true);
+  half.OnAnswer(now, true);
+  EXPECT_NEAR(half.CurrentRate(now), 99, 1e-9);
+  LocalRateLimiter all(options, now);
+  all.OnAnswer(now, true);
+  all.OnAnswer(now, true);
+  EXPECT_NEAR(all.CurrentRate(now), 198 * 0.3, 1e-9);
 }
 
 TEST(AdaptiveRateTest, DecreasesOncePerCooldownAndNeverBelowTheFloor) {
