@@ -45,12 +45,14 @@ void Dispatcher::Submit(Call call) {
   if (call.deadline <= now) {
     ++stats_.expired;
     ++stats_.expired_on_arrival;
+    if (metrics_) metrics_->Expired();
     call.done(Outcome::Failed(Outcome::Kind::kDeadlineExceeded,
                               "the deadline passed before the call was queued"));
     return;
   }
   if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
     ++stats_.rejected_circuit_open;
+    if (metrics_) metrics_->Rejected("circuit_open");
     Outcome out = Outcome::Failed(
         Outcome::Kind::kUnavailable,
         absl::StrCat("the upstream keeps failing; the gateway fails fast for another ",
@@ -61,6 +63,7 @@ void Dispatcher::Submit(Call call) {
   }
   if (waiters_.size() >= options_.max_queued) {
     ++stats_.rejected_queue_full;
+    if (metrics_) metrics_->Rejected("queue_full");
     Outcome out = Outcome::Failed(
         Outcome::Kind::kQueueFull,
         absl::StrCat("the gateway holds its maximum of ", options_.max_queued, " calls"));
@@ -79,9 +82,11 @@ void Dispatcher::Submit(Call call) {
   if (active != nullptr && active->state == Entry::State::kInFlight && time <= active->sent_time) {
     target = slots.active;  // The answer on its way covers this call.
     ++stats_.merged_in_flight;
+    if (metrics_) metrics_->Merged(/*in_flight=*/true);
   } else if (active != nullptr && active->state != Entry::State::kInFlight) {
     target = slots.active;  // Waiting for a retry: it will carry this call's time too.
     ++stats_.merged_queued;
+    if (metrics_) metrics_->Merged(/*in_flight=*/false);
   } else if (slots.next != 0) {
     target = slots.next;
     turn = entries_.at(target).estimated_start;
@@ -96,6 +101,7 @@ void Dispatcher::Submit(Call call) {
   absl::Duration margin = std::max(absl::Milliseconds(10), (call.deadline - now) / 50);
   if (turn + latency_ + margin > call.deadline) {
     ++stats_.rejected_overloaded;
+    if (metrics_) metrics_->Rejected("overloaded");
     if (slots.active == 0 && slots.next == 0) pairs_.erase(key);
     Outcome out = Outcome::Failed(
         Outcome::Kind::kOverloaded,
@@ -121,13 +127,14 @@ void Dispatcher::Submit(Call call) {
     }
   } else if (target == slots.next) {
     ++stats_.merged_queued;
+    if (metrics_) metrics_->Merged(/*in_flight=*/false);
   }
   Entry& entry = entries_.at(target);
   if (entry.state != Entry::State::kInFlight) entry.time = std::max(entry.time, time);
   entry.waiters.push_back(call.id);
   deadlines_.emplace(call.deadline, call.id);
   CallId id = call.id;
-  waiters_[id] = Waiter{std::move(call), target};
+  waiters_[id] = Waiter{std::move(call), target, now};
 }
 
 absl::Duration Dispatcher::EstimateStart(const std::string& lane, absl::Duration now) {
@@ -168,6 +175,7 @@ void Dispatcher::Unqueue(Entry& entry) {
 void Dispatcher::Cancel(CallId id) {
   if (waiters_.find(id) == waiters_.end()) return;
   ++stats_.cancelled;
+  if (metrics_) metrics_->Cancelled();
   Answer(id, Outcome::Failed(Outcome::Kind::kCancelled, "the caller cancelled"));
 }
 
@@ -185,6 +193,7 @@ absl::Duration Dispatcher::Step() {
     }
     ++stats_.expired;
     if (entry.state == Entry::State::kInFlight) ++stats_.expired_in_flight;
+    if (metrics_) metrics_->Expired();
     Answer(id, Outcome::Failed(Outcome::Kind::kDeadlineExceeded, std::move(detail)));
   }
   while (!retries_.empty() && retries_.begin()->first <= now) {
@@ -231,6 +240,13 @@ absl::Duration Dispatcher::Step() {
   }
   if (!retries_.empty()) next = std::min(next, retries_.begin()->first);
   if (!deadlines_.empty()) next = std::min(next, deadlines_.begin()->first);
+  if (metrics_) {
+    metrics_->queued_upstream_calls().Set(static_cast<double>(queued_));
+    metrics_->calls_in_progress().Set(static_cast<double>(waiters_.size()));
+    metrics_->circuit_breaker_open().Set(breaker_.state(now) == CircuitBreaker::State::kClosed ? 0
+                                                                                               : 1);
+    metrics_->rate_limit().Set(limiter_.CurrentRate(now));
+  }
   return next;
 }
 
@@ -240,9 +256,18 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
   slots.active = id;
   if (entry.attempts > 0 || entry.resigned) {
     ++stats_.retries;
+    if (metrics_) {
+      metrics_->Retry(entry.resigned && entry.attempts == 0                 ? "resign"
+                      : entry.last.disposition == Disposition::kRateLimited ? "rate_limited"
+                                                                            : "transient");
+    }
   } else {
     retry_budget_.OnFirstAttempt(now);
+    if (metrics_) {
+      for (CallId w : entry.waiters) metrics_->ObserveQueueWait(now - waiters_.at(w).arrived);
+    }
   }
+  if (metrics_) metrics_->UpstreamRequestSent();
   if (breaker_.OnRequestSent(now)) probe_ = id;
   entry.state = Entry::State::kInFlight;
   entry.sent_time = entry.time;
@@ -279,6 +304,7 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
       latency_ == absl::ZeroDuration() ? response.elapsed : (latency_ * 7 + response.elapsed) / 8;
   Outcome outcome = upstream::Interpret(response);
   outcome.attempts = entry.attempts;
+  if (metrics_) CountAnswer(response, outcome);
   absl::Duration now = clock_.Monotonic();
   if (LogEnabled(LogLevel::kDebug)) {
     Log(LogLevel::kDebug, "upstream answer",
@@ -381,6 +407,21 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
   if (opened) FailFast(now);
 }
 
+void Dispatcher::CountAnswer(const upstream::HttpResponse& response, const Outcome& outcome) {
+  metrics_->ObserveUpstreamLatency(response.elapsed);
+  if (response.error != upstream::HttpResponse::Error::kNone) {
+    metrics_->UpstreamFailure(upstream::ErrorName(response.error));
+  } else if (response.http_status != 200) {
+    metrics_->UpstreamFailure(response.http_status == 429   ? "http_429"
+                              : response.http_status >= 500 ? "http_5xx"
+                                                            : "http_other");
+  } else if (outcome.kind != Outcome::Kind::kAnswered) {
+    metrics_->UpstreamFailure("malformed");
+  } else {
+    metrics_->UpstreamAnswer(outcome.error_code);
+  }
+}
+
 void Dispatcher::FailFast(absl::Duration now) {
   std::vector<CallId> ids;
   for (const auto& [id, waiter] : waiters_) {
@@ -388,6 +429,7 @@ void Dispatcher::FailFast(absl::Duration now) {
   }
   for (CallId id : ids) {
     ++stats_.rejected_circuit_open;
+    if (metrics_) metrics_->Rejected("circuit_open");
     Outcome out = Outcome::Failed(
         Outcome::Kind::kUnavailable,
         absl::StrCat("the upstream keeps failing; the gateway fails fast for ",
@@ -421,6 +463,7 @@ void Dispatcher::FinishEntry(EntryId id, const Outcome& outcome) {
     if (!answered && waiters_.at(w).call.deadline <= now) {
       ++stats_.expired;
       ++stats_.expired_in_flight;
+      if (metrics_) metrics_->Expired();
       Answer(w, Outcome::Failed(Outcome::Kind::kDeadlineExceeded,
                                 absl::StrCat("the deadline passed during attempt ",
                                              outcome.attempts, ": ", outcome.detail)));
@@ -499,7 +542,10 @@ void Dispatcher::FailWaiting(const std::string& why) {
   for (const auto& [id, waiter] : waiters_) {
     if (entries_.at(waiter.entry).state != Entry::State::kInFlight) ids.push_back(id);
   }
-  for (CallId id : ids) Answer(id, Outcome::Failed(Outcome::Kind::kShuttingDown, why));
+  for (CallId id : ids) {
+    if (metrics_) metrics_->Rejected("shutting_down");
+    Answer(id, Outcome::Failed(Outcome::Kind::kShuttingDown, why));
+  }
 }
 
 }  // namespace imgw::dispatch

@@ -16,6 +16,7 @@
 #include "lib/common/clock.h"
 #include "lib/dispatch/circuit_breaker.h"
 #include "lib/dispatch/retry_budget.h"
+#include "lib/metrics/metrics.h"
 #include "lib/ratelimit/rate_limiter.h"
 #include "lib/ratelimit/window_guard.h"
 #include "lib/upstream/http_transport.h"
@@ -120,6 +121,8 @@ class Dispatcher final {
   size_t queued() const { return queued_; }         // Upstream calls waiting for a token.
   bool idle() const { return waiters_.empty() && in_flight_ == 0; }
   const DispatcherStats& stats() const { return stats_; }
+  // Where to count what happens (nullptr: nowhere). Borrowed; set before the first call.
+  void set_metrics(metrics::Metrics* metrics) { metrics_ = metrics; }
 
  private:
   using EntryId = uint64_t;
@@ -144,6 +147,7 @@ class Dispatcher final {
   struct Waiter {
     Call call;
     EntryId entry = 0;
+    absl::Duration arrived;
   };
   // The entries of a pair: the one sent at least once and not answered yet ("active": in
   // flight, in backoff or queued for a retry), and the one gathering later calls ("next":
@@ -171,6 +175,7 @@ class Dispatcher final {
   void DropIfAbandoned(EntryId id);
   void RecomputeTime(Entry& entry);
   void FailFast(absl::Duration now);
+  void CountAnswer(const upstream::HttpResponse& response, const upstream::Outcome& outcome);
   absl::Duration Backoff(int attempts);
 
   const Options options_;
@@ -197,6 +202,7 @@ class Dispatcher final {
   EntryId probe_ = 0;  // The half-open probe in flight, if any.
   absl::Duration last_throttle_log_ = -absl::InfiniteDuration();
   DispatcherStats stats_;
+  metrics::Metrics* metrics_ = nullptr;
 };
 
 }  // namespace imgw::dispatch

@@ -22,6 +22,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
+#include "services/gateway/grpc_code_name.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "The gateway's gRPC address.");
 ABSL_FLAG(std::string, report, "", "report_account: whose messages become read.");
@@ -38,31 +39,11 @@ ABSL_FLAG(std::string, tls_key, "", "Client private key (PEM) for mutual TLS.");
 
 namespace {
 
+using imgw::gateway::CodeName;
+
 constexpr char kUsage[] =
     "imgw-cli set-msg-read|batch-set-msg-read --report ACCOUNT --peer ACCOUNT[,ACCOUNT...] "
     "[--time UNIX_SECONDS] [--target host:port] [--deadline 10s] [--caller NAME]";
-
-const char* CodeName(grpc::StatusCode code) {
-  static const char* kNames[] = {"OK",
-                                 "CANCELLED",
-                                 "UNKNOWN",
-                                 "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED",
-                                 "NOT_FOUND",
-                                 "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED",
-                                 "RESOURCE_EXHAUSTED",
-                                 "FAILED_PRECONDITION",
-                                 "ABORTED",
-                                 "OUT_OF_RANGE",
-                                 "UNIMPLEMENTED",
-                                 "INTERNAL",
-                                 "UNAVAILABLE",
-                                 "DATA_LOSS",
-                                 "UNAUTHENTICATED"};
-  int i = static_cast<int>(code);
-  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
-}
 
 bool ReadFile(const std::string& path, std::string* out, std::string* error) {
   std::ifstream in(path);

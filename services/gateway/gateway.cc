@@ -28,6 +28,8 @@ std::shared_ptr<grpc::ServerCredentials> ListenerCredentials(const config::Gatew
 absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayConfig& config,
                                                          Clock& clock) {
   auto gw = std::unique_ptr<Gateway>(new Gateway(config));
+  gw->clock_ = &clock;
+  gw->metrics_ = std::make_shared<metrics::Metrics>(IMGW_VERSION);
 
   usersig::UserSigCache::Options sig_options;
   sig_options.secret_key = config.secret_key;
@@ -66,11 +68,31 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   dispatch_options.window_limit = static_cast<size_t>(config.rate_limit);
   gw->dispatcher_ = std::make_unique<dispatch::Dispatcher>(dispatch_options, clock, *gw->limiter_,
                                                            *gw->client_, *gw->requests_);
+  gw->dispatcher_->set_metrics(gw->metrics_.get());
   gw->loop_ = std::make_unique<dispatch::DispatchLoop>(*gw->dispatcher_, *gw->client_, clock);
 
   MsgReadService::Options service_options;
   service_options.default_deadline = config.default_deadline;
-  gw->service_ = std::make_unique<MsgReadService>(service_options, *gw->loop_, clock);
+  gw->service_ =
+      std::make_unique<MsgReadService>(service_options, *gw->loop_, clock, gw->metrics_.get());
+
+  // The probes and /metrics listen before gRPC does: /readyz says "starting" until it serves.
+  gw->metrics_->rate_limit_max().Set(config.rate_limit);
+  metrics::HttpServer::Options http_options;
+  http_options.listen = config.metrics_listen;
+  Gateway* raw = gw.get();
+  http_options.refresh = [raw] {
+    raw->metrics_->upstream_connections_open().Set(
+        static_cast<double>(raw->client_->open_connections()));
+    raw->metrics_->SetConnectionsCreated(static_cast<double>(raw->client_->connections_made()));
+    raw->metrics_->usersig_expiry_seconds().Set(
+        absl::ToDoubleSeconds(raw->usersigs_->ExpiresAt() - raw->clock_->Now()));
+  };
+  http_options.ready = [raw] { return raw->NotReadyBecause(); };
+  absl::StatusOr<std::unique_ptr<metrics::HttpServer>> http =
+      metrics::HttpServer::Create(http_options, gw->metrics_);
+  if (!http.ok()) return http.status();
+  gw->http_ = *std::move(http);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -87,6 +109,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   }
   gw->grpc_address_ =
       absl::StrCat(config.grpc_listen.substr(0, config.grpc_listen.rfind(':')), ":", port);
+  gw->serving_.store(true);
   if (config.insecure_skip_verify) {
     Log(LogLevel::kWarning,
         "TLS VERIFICATION OF THE UPSTREAM IS OFF (--insecure_skip_verify): anyone on the path "
@@ -94,6 +117,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   }
   Log(LogLevel::kInfo, "gateway serving",
       {{"grpc_listen", gw->grpc_address_},
+       {"metrics_listen", gw->http_->address()},
        {"grpc_tls", config.grpc_tls_cert_pem.empty()    ? "off"
                     : config.grpc_client_ca_pem.empty() ? "on"
                                                         : "mutual"},
@@ -109,7 +133,9 @@ void Gateway::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
   Log(LogLevel::kInfo, "shutting down", {{"grace", absl::FormatDuration(config_.shutdown_grace)}});
-  // Health checks say NOT_SERVING from now on, so that balancers stop sending first.
+  // Health checks say NOT_SERVING (and /readyz 503) from now on, so that balancers stop
+  // sending first.
+  serving_.store(false);
   server_->GetHealthCheckService()->SetServingStatus(false);
   // The loop answers new calls UNAVAILABLE at once, lets queued and in-flight ones finish
   // within the grace period and answers the rest UNAVAILABLE. Then every RPC has its answer;
@@ -133,6 +159,13 @@ void Gateway::Shutdown() {
        {"expired_in_flight", absl::StrCat(s.expired_in_flight)},
        {"cancelled", absl::StrCat(s.cancelled)},
        {"throttled", absl::StrCat(s.throttled)}});
+}
+
+std::string Gateway::NotReadyBecause() const {
+  if (!serving_.load()) return "starting or draining";
+  if (usersigs_->ExpiresAt() <= clock_->Now()) return "no valid UserSig";
+  if (metrics_->circuit_breaker_open().Value() != 0) return "the upstream keeps failing";
+  return "";
 }
 
 Gateway::~Gateway() {

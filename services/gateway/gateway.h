@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -9,6 +10,8 @@
 #include "lib/config/gateway_config.h"
 #include "lib/dispatch/dispatch_loop.h"
 #include "lib/dispatch/dispatcher.h"
+#include "lib/metrics/http_server.h"
+#include "lib/metrics/metrics.h"
 #include "lib/ratelimit/local_rate_limiter.h"
 #include "lib/upstream/curl_client.h"
 #include "lib/upstream/request_factory.h"
@@ -28,6 +31,8 @@ class Gateway final {
 
   // The gRPC address actually bound (the port resolved when 0 was asked for).
   const std::string& grpc_address() const { return grpc_address_; }
+  // The address of /metrics, /healthz and /readyz.
+  const std::string& metrics_address() const { return http_->address(); }
 
   // Stops taking RPCs, lets calls finish within the grace period, answers the rest
   // UNAVAILABLE. Idempotent.
@@ -36,7 +41,14 @@ class Gateway final {
  private:
   explicit Gateway(const config::GatewayConfig& config) : config_(config) {}
 
+  // Why the gateway is not ready, or "".
+  std::string NotReadyBecause() const;
+
   const config::GatewayConfig config_;
+  Clock* clock_ = nullptr;
+  std::shared_ptr<metrics::Metrics> metrics_;
+  std::unique_ptr<metrics::HttpServer> http_;
+  std::atomic<bool> serving_{false};
   std::unique_ptr<usersig::UserSigCache> usersigs_;
   std::unique_ptr<upstream::CurlClient> client_;
   std::unique_ptr<ratelimit::LocalRateLimiter> limiter_;

@@ -58,7 +58,8 @@ ABSL_FLAG(std::string, grpc_client_ca, "",
           "PEM CA certificates: clients must present a certificate they signed (mutual TLS).");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(std::string, ready_file, "",
-          "Once serving, write {\"grpc_listen\":\"host:port\"} here (for scripts and tests).");
+          "Once serving, write {\"grpc_listen\":\"host:port\",\"metrics_listen\":\"host:port\"} "
+          "here (for scripts and tests).");
 
 namespace {
 
@@ -67,11 +68,13 @@ namespace {
   std::exit(2);
 }
 
-void WriteReadyFile(const std::string& path, const std::string& grpc_address) {
+void WriteReadyFile(const std::string& path, const std::string& grpc_address,
+                    const std::string& metrics_address) {
   std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp);
-    out << "{\"grpc_listen\":\"" << grpc_address << "\"}\n";
+    out << "{\"grpc_listen\":\"" << grpc_address << "\",\"metrics_listen\":\"" << metrics_address
+        << "\"}\n";
   }
   std::rename(tmp.c_str(), path.c_str());
 }
@@ -128,7 +131,8 @@ int main(int argc, char** argv) {
   auto gateway = imgw::gateway::Gateway::Create(*config, imgw::RealClock::Get());
   if (!gateway.ok()) Die(std::string(gateway.status().message()));
   if (!absl::GetFlag(FLAGS_ready_file).empty()) {
-    WriteReadyFile(absl::GetFlag(FLAGS_ready_file), (*gateway)->grpc_address());
+    WriteReadyFile(absl::GetFlag(FLAGS_ready_file), (*gateway)->grpc_address(),
+                   (*gateway)->metrics_address());
   }
   int signal = 0;
   sigwait(&signals, &signal);

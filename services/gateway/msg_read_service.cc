@@ -6,9 +6,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/proto_buffer_writer.h"
 #include "imgw/gateway/wire.pb.h"
+#include "services/gateway/grpc_code_name.h"
 #include "services/gateway/status_mapping.h"
 
 namespace imgw::gateway {
@@ -18,17 +20,31 @@ using upstream::Outcome;
 namespace wire = imgw::gateway::wire;
 
 // Counts itself in `active` from construction to OnDone, so that shutdown can tell when gRPC
-// has sent every answer.
+// has sent every answer, and observes each call's latency and status.
 class CountedReactor : public grpc::ServerUnaryReactor {
  public:
-  explicit CountedReactor(std::atomic<int64_t>& active) : active_(active) { active_.fetch_add(1); }
+  CountedReactor(std::atomic<int64_t>& active, metrics::Metrics* metrics, const char* method)
+      : active_(active), metrics_(metrics), method_(method), start_(absl::Now()) {
+    active_.fetch_add(1);
+  }
   void OnDone() override {
     active_.fetch_sub(1);
     delete this;
   }
 
+ protected:
+  void FinishAndCount(const grpc::Status& status) {
+    if (metrics_ != nullptr) {
+      metrics_->ObserveRpc(method_, CodeName(status.error_code()), absl::Now() - start_);
+    }
+    Finish(status);
+  }
+
  private:
   std::atomic<int64_t>& active_;
+  metrics::Metrics* const metrics_;
+  const char* const method_;
+  const absl::Time start_;
 };
 
 // Serializes `message` into the raw response buffer.
@@ -49,8 +65,13 @@ bool Decode(const grpc::ByteBuffer* request, Message* message) {
 class SetMsgReadReactor final : public CountedReactor {
  public:
   SetMsgReadReactor(grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
-                    dispatch::DispatchLoop& loop, dispatch::CallId id, std::atomic<int64_t>& active)
-      : CountedReactor(active), context_(context), response_(response), loop_(loop), id_(id) {}
+                    dispatch::DispatchLoop& loop, dispatch::CallId id, std::atomic<int64_t>& active,
+                    metrics::Metrics* metrics)
+      : CountedReactor(active, metrics, "SetMsgRead"),
+        context_(context),
+        response_(response),
+        loop_(loop),
+        id_(id) {}
 
   void Complete(const Outcome& outcome) {
     MappedStatus mapped = MapOutcome(outcome);
@@ -67,7 +88,7 @@ class SetMsgReadReactor final : public CountedReactor {
     if (mapped.retry_after_ms.has_value()) {
       context_->AddTrailingMetadata(kRetryAfterTrailer, absl::StrCat(*mapped.retry_after_ms));
     }
-    Finish(mapped.status);
+    FinishAndCount(mapped.status);
   }
 
   void OnCancel() override { loop_.Cancel(id_); }
@@ -85,8 +106,8 @@ class SetMsgReadReactor final : public CountedReactor {
 class BatchReactor final : public CountedReactor {
  public:
   BatchReactor(grpc::ByteBuffer* response, dispatch::DispatchLoop& loop, dispatch::CallId first_id,
-               int items, std::atomic<int64_t>& active)
-      : CountedReactor(active),
+               int items, std::atomic<int64_t>& active, metrics::Metrics* metrics)
+      : CountedReactor(active, metrics, "BatchSetMsgRead"),
         buffer_(response),
         loop_(loop),
         first_id_(first_id),
@@ -108,7 +129,7 @@ class BatchReactor final : public CountedReactor {
     result->set_retry_after_ms(mapped.retry_after_ms.value_or(0));
     if (remaining_.fetch_sub(1) == 1) {
       Encode(response_, buffer_);
-      Finish(grpc::Status::OK);
+      FinishAndCount(grpc::Status::OK);
     }
   }
 
@@ -168,9 +189,10 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
                                                      const grpc::ByteBuffer* request,
                                                      grpc::ByteBuffer* response) {
   dispatch::CallId id = next_id_.fetch_add(1, std::memory_order_relaxed);
-  auto* reactor = new SetMsgReadReactor(context, response, loop_, id, active_);
+  auto* reactor = new SetMsgReadReactor(context, response, loop_, id, active_, metrics_);
   wire::SetMsgReadRequest decoded;
   if (!Decode(request, &decoded)) {
+    if (metrics_ != nullptr) metrics_->Rejected("invalid_argument");
     reactor->Complete(Outcome::Failed(Outcome::Kind::kInvalidArgument,
                                       "the request is not a valid imgw.v1.SetMsgReadRequest"));
     return reactor;
@@ -178,6 +200,7 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
   dispatch::Call call;
   absl::Status valid = ToParams(decoded, clock_.Now(), options_.max_future, &call.params);
   if (!valid.ok()) {
+    if (metrics_ != nullptr) metrics_->Rejected("invalid_argument");
     reactor->Complete(
         Outcome::Failed(Outcome::Kind::kInvalidArgument, std::string(valid.message())));
     return reactor;
@@ -193,25 +216,28 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerContext* context,
                                                           const grpc::ByteBuffer* raw_request,
                                                           grpc::ByteBuffer* response) {
+  auto refuse = [this, context](std::string why) {
+    if (metrics_ != nullptr) {
+      metrics_->Rejected("invalid_argument");
+      metrics_->ObserveRpc("BatchSetMsgRead", "INVALID_ARGUMENT", absl::ZeroDuration());
+    }
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(why)));
+    return reactor;
+  };
   wire::BatchSetMsgReadRequest decoded;
   if (!Decode(raw_request, &decoded)) {
-    auto* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                 "the request is not a valid imgw.v1.BatchSetMsgReadRequest"));
-    return reactor;
+    return refuse("the request is not a valid imgw.v1.BatchSetMsgReadRequest");
   }
   const wire::BatchSetMsgReadRequest* request = &decoded;
   int items = request->items_size();
   if (items == 0 || items > kMaxBatchItems) {
-    auto* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status(
-        grpc::StatusCode::INVALID_ARGUMENT,
-        absl::StrCat("a batch holds 1 to ", kMaxBatchItems, " items; this one has ", items)));
-    return reactor;
+    return refuse(
+        absl::StrCat("a batch holds 1 to ", kMaxBatchItems, " items; this one has ", items));
   }
   dispatch::CallId first_id =
       next_id_.fetch_add(static_cast<dispatch::CallId>(items), std::memory_order_relaxed);
-  auto* reactor = new BatchReactor(response, loop_, first_id, items, active_);
+  auto* reactor = new BatchReactor(response, loop_, first_id, items, active_, metrics_);
   absl::Time now = clock_.Now();
   std::string caller = CallerOf(*context);
   absl::Duration deadline = DeadlineOf(*context);
@@ -233,6 +259,7 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
   // Refused items first: the reactor cannot finish before every valid item was submitted,
   // since those hold their own count.
   for (auto& [index, why] : invalid) {
+    if (metrics_ != nullptr) metrics_->Rejected("invalid_argument");
     reactor->Complete(index, Outcome::Failed(Outcome::Kind::kInvalidArgument,
                                              absl::StrCat("item ", index, ": ", why)));
   }

@@ -9,6 +9,7 @@
 #include "imgw/v1/msg_read.grpc.pb.h"
 #include "lib/common/clock.h"
 #include "lib/dispatch/dispatch_loop.h"
+#include "lib/metrics/metrics.h"
 
 namespace imgw::gateway {
 
@@ -35,8 +36,10 @@ class MsgReadService final : public MsgReadServiceBase {
     absl::Duration max_future = absl::Minutes(10);        // Allowed msg_read_time skew.
   };
 
-  MsgReadService(const Options& options, dispatch::DispatchLoop& loop, Clock& clock)
-      : options_(options), loop_(loop), clock_(clock) {}
+  // `metrics` may be null (tests); borrowed.
+  MsgReadService(const Options& options, dispatch::DispatchLoop& loop, Clock& clock,
+                 metrics::Metrics* metrics = nullptr)
+      : options_(options), loop_(loop), clock_(clock), metrics_(metrics) {}
 
   grpc::ServerUnaryReactor* SetMsgRead(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
@@ -59,6 +62,7 @@ class MsgReadService final : public MsgReadServiceBase {
   const Options options_;
   dispatch::DispatchLoop& loop_;
   Clock& clock_;
+  metrics::Metrics* const metrics_;
   std::atomic<dispatch::CallId> next_id_{1};
   std::atomic<int64_t> active_{0};
 };

@@ -130,6 +130,10 @@ absl::Status ImgwStack::StartGateway(const ImgwStackOptions& options) {
         absl::StrCat("gateway ready file has no grpc_listen: ", boost::json::serialize(*doc)));
   }
   gateway_address_ = std::string(listen->get_string());
+  if (const boost::json::value* metrics = doc->if_contains("metrics_listen");
+      metrics != nullptr && metrics->is_string()) {
+    metrics_address_ = std::string(metrics->get_string());
+  }
   if (!absl::StartsWith(gateway_address_, "127.0.0.1:") || gateway_address_ == "127.0.0.1:0") {
     return absl::InternalError(absl::StrCat("gateway listens on ", gateway_address_));
   }

@@ -49,6 +49,8 @@ class ImgwStack final {
 
   // "127.0.0.1:PORT" of the gateway's gRPC listener.
   const std::string& gateway_address() const { return gateway_address_; }
+  // "127.0.0.1:PORT" of the gateway's /metrics, /healthz and /readyz.
+  const std::string& metrics_address() const { return metrics_address_; }
   int emulator_port() const { return emulator_port_; }
   // The PEM file that the emulator serves and its clients trust.
   const std::string& ca_file() const { return tls_.cert_file; }
@@ -82,6 +84,7 @@ class ImgwStack final {
   int emulator_port_ = 0;
   std::unique_ptr<Subprocess> gateway_;
   std::string gateway_address_;
+  std::string metrics_address_;
 };
 
 }  // namespace imgw::testing

@@ -1,0 +1,209 @@
+#include "lib/metrics/metrics.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace imgw::metrics {
+namespace {
+
+// Latencies from a sub-millisecond local refusal to the upstream's 3 s timeout and beyond.
+const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
+  static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 3, 5, 10};
+  return *buckets;
+}
+
+// The ErrorCodes of API.md's table: each has a label value of its own, any other is "other",
+// so that the label set stays bounded whatever the upstream answers.
+bool Known(int32_t code) {
+  switch (code) {
+    case 0:
+    case 20004:
+    case 20005:
+    case 60002:
+    case 60003:
+    case 60004:
+    case 60005:
+    case 60006:
+    case 60007:
+    case 60008:
+    case 60009:
+    case 60010:
+    case 60011:
+    case 60012:
+    case 60013:
+    case 60014:
+    case 60015:
+    case 60016:
+    case 60017:
+    case 60018:
+    case 60019:
+    case 60020:
+    case 60021:
+    case 60025:
+    case 60026:
+    case 70001:
+    case 70003:
+    case 70009:
+    case 70013:
+    case 70014:
+    case 70016:
+    case 70020:
+    case 70050:
+    case 70169:
+    case 70500:
+    case 90001:
+    case 90003:
+    case 90008:
+    case 90994:
+    case 91000:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+Metrics::Metrics(absl::string_view version)
+    : registry_(std::make_shared<prometheus::Registry>()),
+      rpc_latency_(prometheus::BuildHistogram()
+                       .Name("imgw_grpc_server_handling_seconds")
+                       .Help("Time from a gRPC call's arrival to its answer, by method and code.")
+                       .Register(*registry_)),
+      upstream_latency_(prometheus::BuildHistogram()
+                            .Name("imgw_upstream_request_duration_seconds")
+                            .Help("Time of one upstream HTTP request, failures included.")
+                            .Register(*registry_)
+                            .Add({{"api", kApi}}, LatencyBuckets())),
+      upstream_requests_(prometheus::BuildCounter()
+                             .Name("imgw_upstream_requests_total")
+                             .Help("Upstream requests sent: the tokens spent.")
+                             .Register(*registry_)
+                             .Add({{"api", kApi}})),
+      upstream_answers_(prometheus::BuildCounter()
+                            .Name("imgw_upstream_answers_total")
+                            .Help("Upstream answers by ErrorCode (codes outside the API's "
+                                  "table as \"other\").")
+                            .Register(*registry_)),
+      upstream_failures_(prometheus::BuildCounter()
+                             .Name("imgw_upstream_failures_total")
+                             .Help("Upstream requests without an answer, by kind.")
+                             .Register(*registry_)),
+      queue_wait_(prometheus::BuildHistogram()
+                      .Name("imgw_queue_wait_seconds")
+                      .Help("Time from a call's arrival to its upstream request.")
+                      .Register(*registry_)
+                      .Add({}, LatencyBuckets())),
+      merged_queued_(prometheus::BuildCounter()
+                         .Name("imgw_merged_calls_total")
+                         .Help("Calls that shared another call's upstream request.")
+                         .Register(*registry_)
+                         .Add({{"where", "queued"}})),
+      merged_in_flight_(prometheus::BuildCounter()
+                            .Name("imgw_merged_calls_total")
+                            .Help("Calls that shared another call's upstream request.")
+                            .Register(*registry_)
+                            .Add({{"where", "in_flight"}})),
+      retries_(prometheus::BuildCounter()
+                   .Name("imgw_retries_total")
+                   .Help("Upstream requests that were retries, by reason.")
+                   .Register(*registry_)),
+      rejected_(prometheus::BuildCounter()
+                    .Name("imgw_rejected_calls_total")
+                    .Help("Calls answered without an upstream request, by reason.")
+                    .Register(*registry_)),
+      expired_(prometheus::BuildCounter()
+                   .Name("imgw_calls_expired_total")
+                   .Help("Calls whose deadline passed before their answer.")
+                   .Register(*registry_)
+                   .Add({})),
+      cancelled_(prometheus::BuildCounter()
+                     .Name("imgw_calls_cancelled_total")
+                     .Help("Calls their caller cancelled.")
+                     .Register(*registry_)
+                     .Add({})),
+      connections_created_(prometheus::BuildCounter()
+                               .Name("imgw_upstream_connections_created_total")
+                               .Help("Upstream connections opened.")
+                               .Register(*registry_)
+                               .Add({})) {
+  auto gauge = [this](const char* name, const char* help) {
+    return &prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add({});
+  };
+  queued_upstream_calls_ =
+      gauge("imgw_queued_upstream_calls", "Upstream calls waiting for a token.");
+  calls_in_progress_ = gauge("imgw_calls_in_progress", "Calls held by the gateway.");
+  rate_limit_ = gauge("imgw_rate_limit_calls_per_second",
+                      "The pace the gateway allows itself now (lowered on frequency limits).");
+  rate_limit_max_ = gauge("imgw_rate_limit_max_calls_per_second",
+                          "The upstream's limit the gateway never exceeds (--rate_limit).");
+  circuit_breaker_open_ = gauge("imgw_circuit_breaker_open",
+                                "1 while the gateway fails fast because the upstream fails.");
+  connections_open_ = gauge("imgw_upstream_connections_open", "Upstream connections open.");
+  usersig_expiry_ = gauge("imgw_usersig_expiry_seconds", "Seconds until the UserSig expires.");
+  prometheus::BuildGauge()
+      .Name("imgw_build_info")
+      .Help("The gateway's version, as a label; always 1.")
+      .Register(*registry_)
+      .Add({{"version", std::string(version)}})
+      .Set(1);
+  // Series that exist from the start, so that rates over them are defined before the first
+  // event.
+  upstream_answers_.Add({{"api", kApi}, {"error_code", "0"}});
+  upstream_answers_.Add({{"api", kApi}, {"error_code", "60007"}});
+  for (const char* reason : {"transient", "rate_limited", "resign"}) {
+    retries_.Add({{"reason", reason}});
+  }
+  for (const char* reason :
+       {"invalid_argument", "queue_full", "overloaded", "circuit_open", "shutting_down"}) {
+    rejected_.Add({{"reason", reason}});
+  }
+}
+
+void Metrics::ObserveRpc(absl::string_view method, absl::string_view code, absl::Duration latency) {
+  rpc_latency_.Add({{"method", std::string(method)}, {"code", std::string(code)}}, LatencyBuckets())
+      .Observe(absl::ToDoubleSeconds(latency));
+}
+
+void Metrics::UpstreamRequestSent() { upstream_requests_.Increment(); }
+
+void Metrics::ObserveUpstreamLatency(absl::Duration latency) {
+  upstream_latency_.Observe(absl::ToDoubleSeconds(latency));
+}
+
+void Metrics::UpstreamAnswer(int32_t error_code) {
+  upstream_answers_
+      .Add({{"api", kApi},
+            {"error_code", Known(error_code) ? absl::StrCat(error_code) : std::string("other")}})
+      .Increment();
+}
+
+void Metrics::UpstreamFailure(absl::string_view kind) {
+  upstream_failures_.Add({{"api", kApi}, {"kind", std::string(kind)}}).Increment();
+}
+
+void Metrics::ObserveQueueWait(absl::Duration wait) {
+  queue_wait_.Observe(absl::ToDoubleSeconds(wait));
+}
+
+void Metrics::Merged(bool in_flight) {
+  (in_flight ? merged_in_flight_ : merged_queued_).Increment();
+}
+
+void Metrics::Retry(absl::string_view reason) {
+  retries_.Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void Metrics::Rejected(absl::string_view reason) {
+  rejected_.Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void Metrics::Expired() { expired_.Increment(); }
+void Metrics::Cancelled() { cancelled_.Increment(); }
+
+void Metrics::SetConnectionsCreated(double total) {
+  double now = connections_created_.Value();
+  if (total > now) connections_created_.Increment(total - now);
+}
+
+}  // namespace imgw::metrics

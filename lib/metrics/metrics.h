@@ -1,0 +1,84 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace imgw::metrics {
+
+// Every metric the gateway exports, declared in this one place (README "Metrics" lists them).
+// Names follow Prometheus conventions: prefix imgw_, base units, _total for counters. Label
+// values come from small fixed sets; no account or other user data ever becomes a label.
+// Thread-safe: prometheus-cpp's metrics are.
+class Metrics final {
+ public:
+  static constexpr char kApi[] = "admin_set_msg_read";
+
+  explicit Metrics(absl::string_view version);
+
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  // gRPC calls, by method and status code name ("OK", "NOT_FOUND", ...).
+  void ObserveRpc(absl::string_view method, absl::string_view code, absl::Duration latency);
+
+  // The upstream.
+  void UpstreamRequestSent();
+  void ObserveUpstreamLatency(absl::Duration latency);
+  // An answer with this ErrorCode (codes outside API.md's table count as "other").
+  void UpstreamAnswer(int32_t error_code);
+  // kind: connect, tls, timeout, protocol, http_5xx, http_429, http_other, malformed.
+  void UpstreamFailure(absl::string_view kind);
+
+  // Admission and the queue.
+  void ObserveQueueWait(absl::Duration wait);
+  void Merged(bool in_flight);
+  // reason: transient, rate_limited, resign.
+  void Retry(absl::string_view reason);
+  // reason: invalid_argument, queue_full, overloaded, circuit_open, shutting_down.
+  void Rejected(absl::string_view reason);
+  void Expired();
+  void Cancelled();
+
+  // Gauges, set by their owners as they change.
+  prometheus::Gauge& queued_upstream_calls() { return *queued_upstream_calls_; }
+  prometheus::Gauge& calls_in_progress() { return *calls_in_progress_; }
+  prometheus::Gauge& rate_limit() { return *rate_limit_; }
+  prometheus::Gauge& rate_limit_max() { return *rate_limit_max_; }
+  prometheus::Gauge& circuit_breaker_open() { return *circuit_breaker_open_; }
+  prometheus::Gauge& upstream_connections_open() { return *connections_open_; }
+  prometheus::Gauge& usersig_expiry_seconds() { return *usersig_expiry_; }
+  // A counter mirrored from the curl client's own count.
+  void SetConnectionsCreated(double total);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Histogram>& rpc_latency_;
+  prometheus::Histogram& upstream_latency_;
+  prometheus::Counter& upstream_requests_;
+  prometheus::Family<prometheus::Counter>& upstream_answers_;
+  prometheus::Family<prometheus::Counter>& upstream_failures_;
+  prometheus::Histogram& queue_wait_;
+  prometheus::Counter& merged_queued_;
+  prometheus::Counter& merged_in_flight_;
+  prometheus::Family<prometheus::Counter>& retries_;
+  prometheus::Family<prometheus::Counter>& rejected_;
+  prometheus::Counter& expired_;
+  prometheus::Counter& cancelled_;
+  prometheus::Counter& connections_created_;
+  prometheus::Gauge* queued_upstream_calls_;
+  prometheus::Gauge* calls_in_progress_;
+  prometheus::Gauge* rate_limit_;
+  prometheus::Gauge* rate_limit_max_;
+  prometheus::Gauge* circuit_breaker_open_;
+  prometheus::Gauge* connections_open_;
+  prometheus::Gauge* usersig_expiry_;
+};
+
+}  // namespace imgw::metrics

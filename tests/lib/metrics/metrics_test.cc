@@ -1,0 +1,52 @@
+#include "lib/metrics/metrics.h"
+
+#include <string>
+
+#include "gtest/gtest.h"
+#include "prometheus/text_serializer.h"
+
+namespace imgw::metrics {
+namespace {
+
+std::string Scrape(const Metrics& metrics) {
+  return prometheus::TextSerializer().Serialize(metrics.registry()->Collect());
+}
+
+TEST(MetricsTest, ErrorCodesOutsideTheTableFoldIntoOther) {
+  Metrics metrics("test");
+  metrics.UpstreamAnswer(0);
+  metrics.UpstreamAnswer(90008);
+  metrics.UpstreamAnswer(12345);
+  metrics.UpstreamAnswer(-7);
+  std::string text = Scrape(metrics);
+  EXPECT_NE(text.find("imgw_upstream_answers_total{api=\"admin_set_msg_read\",error_code=\"0\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("error_code=\"90008\"} 1"), std::string::npos);
+  EXPECT_NE(text.find("error_code=\"other\"} 2"), std::string::npos);
+  EXPECT_EQ(text.find("12345"), std::string::npos) << "an unbounded label value";
+}
+
+TEST(MetricsTest, SeriesThatAlertsWatchExistBeforeTheirFirstEvent) {
+  Metrics metrics("1.2.3");
+  std::string text = Scrape(metrics);
+  for (const char* series : {
+           "imgw_upstream_answers_total{api=\"admin_set_msg_read\",error_code=\"60007\"} 0",
+           "imgw_rejected_calls_total{reason=\"overloaded\"} 0",
+           "imgw_retries_total{reason=\"transient\"} 0",
+           "imgw_build_info{version=\"1.2.3\"} 1",
+       }) {
+    EXPECT_NE(text.find(series), std::string::npos) << series << "\n" << text;
+  }
+}
+
+TEST(MetricsTest, ConnectionsCreatedMirrorsAGrowingTotal) {
+  Metrics metrics("test");
+  metrics.SetConnectionsCreated(3);
+  metrics.SetConnectionsCreated(2);  // Never goes back.
+  metrics.SetConnectionsCreated(5);
+  EXPECT_NE(Scrape(metrics).find("imgw_upstream_connections_created_total 5"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace imgw::metrics
