@@ -63,9 +63,10 @@ step "The gateway: gRPC on loopback, upstream over verified TLS"
   --sdkappid=1400000000 --identifier=administrator --secret_key_file="$work/secret_key" \
   --ready_file="$work/gateway.ready" 2>"$work/gateway.log" &
 pids+=($!)
-target=$(wait_ready "$work/gateway.ready" gateway "$work/gateway.log" |
-  sed 's/.*"grpc_listen":"\([^"]*\)".*/\1/')
-echo "gateway: $target"
+ready=$(wait_ready "$work/gateway.ready" gateway "$work/gateway.log")
+target=$(sed 's/.*"grpc_listen":"\([^"]*\)".*/\1/' <<<"$ready")
+metrics=$(sed 's/.*"metrics_listen":"\([^"]*\)".*/\1/' <<<"$ready")
+echo "gateway: $target (metrics and probes on http://$metrics)"
 
 failures=0
 # expect EXIT_CODE FIRST_WORD -- imgw-cli arguments...
@@ -114,6 +115,11 @@ echo "answered OK: $ok of 50"
 step "What the emulator saw (GET $upstream/emulator/stats)"
 curl -sS --cacert "$work/cert.pem" "$upstream/emulator/stats" | head -c 600
 echo " ..."
+
+step "What the gateway counted (GET http://$metrics/metrics, non-zero series)"
+curl -sS "http://$metrics/metrics" | grep -E '^imgw_(upstream_requests|upstream_answers|rejected_calls|merged_calls|grpc_server_handling_seconds_count|upstream_connections)' |
+  grep -v ' 0$' || true
+echo "readiness: $(curl -sS "http://$metrics/readyz")"
 
 step "The gateway's log"
 cat "$work/gateway.log"
