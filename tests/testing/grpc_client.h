@@ -42,24 +42,26 @@ inline std::unique_ptr<v1::MsgReadService::Stub> NewStub(
 // here and never destroyed holds the pool for the whole process, so it is never torn down.
 // Call it before the first callback call of a process; calling it again does nothing.
 inline void PinCallbackThreads() {
-  static const bool pinned = [] {
-    auto* channel = new std::shared_ptr<grpc::Channel>(NewChannel("127.0.0.1:1"));  // Leaked.
-    auto* stub =
-        new std::unique_ptr<v1::MsgReadService::Stub>(v1::MsgReadService::NewStub(*channel));
-    struct Pin {
-      grpc::ClientContext context;
-      v1::SetMsgReadRequest request;
-      v1::SetMsgReadResponse response;
-      absl::Notification done;
-    };
-    auto* pin = new Pin;  // Leaked too: nothing of it may die on a pool thread.
-    pin->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(1)));
-    (*stub)->async()->SetMsgRead(&pin->context, &pin->request, &pin->response,
-                                 [pin](grpc::Status) { pin->done.Notify(); });
-    pin->done.WaitForNotificationWithTimeout(absl::Seconds(5));
-    return true;
+  struct Pin {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::MsgReadService::Stub> stub;
+    grpc::ClientContext context;
+    v1::SetMsgReadRequest request;
+    v1::SetMsgReadResponse response;
+    absl::Notification done;
+  };
+  // Never destroyed; held by a static so that LeakSanitizer sees it as reachable.
+  static Pin* const pin = [] {
+    auto* p = new Pin;
+    p->channel = NewChannel("127.0.0.1:1");
+    p->stub = v1::MsgReadService::NewStub(p->channel);
+    p->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(1)));
+    p->stub->async()->SetMsgRead(&p->context, &p->request, &p->response,
+                                 [p](grpc::Status) { p->done.Notify(); });
+    p->done.WaitForNotificationWithTimeout(absl::Seconds(5));
+    return p;
   }();
-  (void)pinned;
+  (void)pin;
 }
 
 }  // namespace imgw::testing
