@@ -1,6 +1,7 @@
 #include "lib/metrics/metrics.h"
 
 #include "absl/strings/str_cat.h"
+#include "lib/upstream/outcome.h"
 
 namespace imgw::metrics {
 namespace {
@@ -12,54 +13,11 @@ const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
   return *buckets;
 }
 
-// The ErrorCodes of API.md's table: each has a label value of its own, any other is "other",
-// so that the label set stays bounded whatever the upstream answers.
+// The ErrorCodes of API.md's table (those lib/upstream classifies) have a label value of
+// their own; any other is "other", so that the label set stays bounded whatever the upstream
+// answers.
 bool Known(int32_t code) {
-  switch (code) {
-    case 0:
-    case 20004:
-    case 20005:
-    case 60002:
-    case 60003:
-    case 60004:
-    case 60005:
-    case 60006:
-    case 60007:
-    case 60008:
-    case 60009:
-    case 60010:
-    case 60011:
-    case 60012:
-    case 60013:
-    case 60014:
-    case 60015:
-    case 60016:
-    case 60017:
-    case 60018:
-    case 60019:
-    case 60020:
-    case 60021:
-    case 60025:
-    case 60026:
-    case 70001:
-    case 70003:
-    case 70009:
-    case 70013:
-    case 70014:
-    case 70016:
-    case 70020:
-    case 70050:
-    case 70169:
-    case 70500:
-    case 90001:
-    case 90003:
-    case 90008:
-    case 90994:
-    case 91000:
-      return true;
-    default:
-      return false;
-  }
+  return upstream::ClassifyErrorCode(code) != upstream::Disposition::kUnknown;
 }
 
 }  // namespace
