@@ -116,6 +116,13 @@ Metrics::Metrics(absl::string_view version)
        {"invalid_argument", "queue_full", "overloaded", "circuit_open", "shutting_down"}) {
     rejected_.Add({{"reason", reason}});
   }
+  for (const char* kind : {"connect", "tls", "timeout", "protocol", "cancelled", "http_5xx",
+                           "http_429", "http_other", "malformed"}) {
+    upstream_failures_.Add({{"api", kApi}, {"kind", kind}});
+  }
+  for (const char* method : {"SetMsgRead", "BatchSetMsgRead"}) {
+    rpc_latency_.Add({{"method", method}, {"code", "OK"}}, LatencyBuckets());
+  }
 }
 
 void Metrics::ObserveRpc(absl::string_view method, absl::string_view code, absl::Duration latency) {

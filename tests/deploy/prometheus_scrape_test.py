@@ -1,0 +1,512 @@
+#!/usr/bin/env python3
+"""A real Prometheus scrapes a real gateway: issue 5, item 2 and the "returns data" part of item 6.
+
+  prometheus_scrape_test.py SOURCE_DIR BIN_DIR --prometheus=PATH
+
+Starts imgw-emulator and imgw-gateway from BIN_DIR on 127.0.0.1 (throwaway certificate and app
+secret), and Debian's prometheus (check_deploy.Prometheus, then its config swapped by SIGHUP)
+scraping the gateway every second as job "imgw", with the target labels a PodMonitor or
+deploy/prometheus/prometheus-scrape-example.yaml would add (imgw_sdkappid, container, namespace,
+pod) and deploy/prometheus/imgw-rules.yaml loaded. Drives known traffic with imgw-cli, spread over
+about 3 s, and checks through Prometheus' HTTP API:
+
+- the target is up and the counters and histograms hold what the traffic implies;
+- every PromQL expression of the dashboard and the rules (Grafana variables replaced as
+  check_deploy.py does) is accepted, and returns data unless listed in MAY_BE_EMPTY with the
+  reason; an alert's expression without its final threshold returns data too;
+- the rules loaded and evaluate without error, and no alert is pending or firing.
+
+Prints a table of expression -> series returned. Exits 0 when all is well, else 1. Every wait is
+bounded; every child is ended on the way out (and gets SIGTERM should this script die).
+"""
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree from the import below
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import check_deploy  # noqa: E402  (the expressions, the Prometheus runner, http, problem)
+from check_deploy import problem  # noqa: E402
+
+SDKAPPID = "1400000000"
+# Target labels, as the PodMonitor / the scrape example set them. The dashboard and the rules sum
+# the budget by imgw_sdkappid, ImgwSidecarDown and the "Sidecars up" panels select container="imgw".
+TARGET_LABELS = {"imgw_sdkappid": SDKAPPID, "container": "imgw",
+                 "namespace": "imgw-test", "pod": "imgw-test-0"}
+
+# The traffic, every pair distinct so that nothing merges: one upstream request per call/item.
+N_OK = 30            # SetMsgRead u<i> -> p<i>: OK, ErrorCode 0
+N_NOT_FOUND = 3      # SetMsgRead g<i> -> ghost: NOT_FOUND, ErrorCode 90008 (emulator --missing_accounts)
+N_INVALID = 2        # SetMsgRead x<i> -> x<i>: INVALID_ARGUMENT, no upstream request
+BATCH_PEERS = ["b1", "b2", "b3", "b4", "b5"]  # one BatchSetMsgRead, report a: 5 OK items
+N_UPSTREAM = N_OK + N_NOT_FOUND + len(BATCH_PEERS)
+SPREAD_SECONDS = 3.0
+
+# Expressions that may return nothing after this healthy traffic, keyed by check_deploy's names.
+# Every other expression must return at least one series with a finite value.
+MAY_BE_EMPTY = {
+    "dashboard panel 'Upstream failures by kind' (refId A)":
+        "no transport or HTTP failure happened; imgw_upstream_failures_total{kind} series appear "
+        "at the first failure of a kind",
+    "rule ImgwBudgetNearSaturation":
+        "%d requests in a few seconds are far below 90%% of 200/s" % N_UPSTREAM,
+    "rule ImgwUpstreamRateLimited": "the emulator answered no 60007",
+    "rule ImgwUpstreamErrorRate":
+        "no failure and no error code besides 0 and 90008 (excluded: callers' data)",
+    "rule ImgwUserSigExpiringSoon": "the UserSig was just made, valid for 24 h",
+    "rule ImgwSidecarDown": "the gateway is up",
+    "rule ImgwCircuitBreakerOpen": "nothing failed, the breaker stays closed",
+    "rule ImgwCallsRejected":
+        "the only rejections are invalid_argument, which the alert leaves out",
+}
+
+# Panels the traffic must fill (a substring of the panel title): a guard against the dashboard
+# losing them or MAY_BE_EMPTY growing to cover them.
+MUST_HAVE_DATA = [
+    "Budget use", "Upstream calls/s", "gRPC latency", "gRPC status codes", "Upstream error codes",
+    "Queue wait", "Upstream connections", "UserSig expiry", "Pace",
+]
+
+CHILDREN = []       # subprocess.Popen of the emulator and the gateway
+CHILDREN_PROM = []  # check_deploy.Prometheus
+
+
+def die_with_parent():
+    """preexec_fn: the child gets SIGTERM when this script dies (ctest's timeout kills us hard)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn(argv, log_path, env):
+    log = open(log_path, "w")
+    p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         env=env, preexec_fn=die_with_parent)
+    log.close()
+    CHILDREN.append(p)
+    return p
+
+
+def stop_children():
+    for p in CHILDREN:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in CHILDREN:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+
+
+def tail(path, n=3000):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-n:]
+    except OSError:
+        return "(no log)"
+
+
+def wait_ready_file(path, proc, what, log, within=15.0):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            try:
+                with open(path) as f:
+                    return json.load(f)
+            except ValueError:
+                pass  # being written
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError("%s did not start within %.0fs (exit %s); its log:\n%s"
+                       % (what, within, proc.poll(), tail(log)))
+
+
+def query(server, expr):
+    """(status, data) of an instant query now; data is Prometheus' "data" or an error string."""
+    status, body = server.query(expr)
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return "error", "HTTP %s: %s" % (status, body[:300])
+    if status != 200 or answer.get("status") != "success":
+        return "error", "HTTP %s %s: %s" % (status, answer.get("errorType"), answer.get("error"))
+    return "success", answer["data"]
+
+
+def samples(data):
+    """[(labels, float value)] of a query result (vector, scalar or matrix's last point)."""
+    kind, result = data["resultType"], data["result"]
+    if kind == "vector":
+        return [(r["metric"], float(r["value"][1])) for r in result]
+    if kind == "scalar":
+        return [({}, float(result[1]))]
+    if kind == "matrix":
+        return [(r["metric"], float(r["values"][-1][1])) for r in result if r["values"]]
+    return [({}, float("nan"))]
+
+
+def value_of(server, expr):
+    """The single value of expr, or None when it returns no series."""
+    st, data = query(server, expr)
+    if st != "success":
+        raise RuntimeError("%s: %s" % (expr, data))
+    s = samples(data)
+    if len(s) > 1:
+        raise RuntimeError("%s returns %d series, expected one" % (expr, len(s)))
+    return s[0][1] if s else None
+
+
+def http_get_json(url):
+    status, body = check_deploy.http(url, timeout=5)
+    if status != 200:
+        raise RuntimeError("GET %s: HTTP %s: %s" % (url, status, body[:300]))
+    return json.loads(body)["data"]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def start_upstream_and_gateway(bin_dir, tmp, env):
+    cert, key, secret = (os.path.join(tmp, n) for n in ("cert.pem", "key.pem", "secret_key"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=30)
+    with open(secret, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+
+    em_ready, em_log = os.path.join(tmp, "emulator.ready"), os.path.join(tmp, "emulator.log")
+    em = spawn([os.path.join(bin_dir, "imgw-emulator"), "--listen=127.0.0.1:0",
+                "--cert_file=" + cert, "--key_file=" + key, "--sdkappid=" + SDKAPPID,
+                "--secret_key_file=" + secret, "--missing_accounts=ghost",
+                "--ready_file=" + em_ready], em_log, env)
+    port = wait_ready_file(em_ready, em, "imgw-emulator", em_log)["port"]
+
+    gw_ready, gw_log = os.path.join(tmp, "gateway.ready"), os.path.join(tmp, "gateway.log")
+    gw = spawn([os.path.join(bin_dir, "imgw-gateway"), "--grpc_listen=127.0.0.1:0",
+                "--metrics_listen=127.0.0.1:0", "--endpoint=https://127.0.0.1:%d" % port,
+                "--ca_file=" + cert, "--sdkappid=" + SDKAPPID, "--identifier=administrator",
+                "--secret_key_file=" + secret, "--ready_file=" + gw_ready], gw_log, env)
+    ready = wait_ready_file(gw_ready, gw, "imgw-gateway", gw_log)
+    return ready["grpc_listen"], ready["metrics_listen"], gw_log
+
+
+def start_prometheus(binary, tmp, metrics_addr, rules):
+    """check_deploy's runner (empty config), then the scrape config swapped in with SIGHUP."""
+    server = check_deploy.Prometheus(binary, tmp)
+    CHILDREN_PROM.append(server)
+    # The runner starts prometheus with subprocess.Popen: have it die with us too.
+    popen = subprocess.Popen
+
+    def popen_dying_with_parent(*args, **kwargs):
+        kwargs.setdefault("preexec_fn", die_with_parent)
+        return popen(*args, **kwargs)
+
+    subprocess.Popen = popen_dying_with_parent
+    try:
+        started = server.start()
+    finally:
+        subprocess.Popen = popen
+    if not started:
+        raise RuntimeError("prometheus did not start")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [rules],
+        "scrape_configs": [{
+            "job_name": "imgw",
+            "scrape_interval": "1s",
+            "scrape_timeout": "1s",
+            "static_configs": [{"targets": [metrics_addr], "labels": TARGET_LABELS}],
+        }],
+    }
+    with open(os.path.join(tmp, "prometheus.yml"), "w") as f:  # the file start() wrote
+        check_deploy.yaml.safe_dump(config, f, sort_keys=False)
+    server.proc.send_signal(signal.SIGHUP)
+    # The reload took when the target is listed; then wait for its first successful scrape.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            break
+        try:
+            targets = http_get_json(server.url + "/api/v1/targets?state=active")["activeTargets"]
+        except (RuntimeError, urllib.error.URLError, OSError, ValueError):
+            targets = []
+        imgw = [t for t in targets if t.get("labels", {}).get("job") == "imgw"]
+        if imgw and imgw[0].get("health") == "up":
+            return server, imgw[0]
+        time.sleep(0.1)
+    raise RuntimeError("prometheus did not scrape %s successfully within 15s; targets: %s; log:\n%s"
+                       % (metrics_addr, json.dumps(targets)[:1000], tail(server.log_path)))
+
+
+def drive_traffic(bin_dir, target, env):
+    cli = os.path.join(bin_dir, "imgw-cli")
+    calls = []  # (argv tail, expected exit code, expected first word)
+    for i in range(N_OK):
+        calls.append((["set-msg-read", "--report=u%d" % i, "--peer=p%d" % i], 0, "OK"))
+    for i in range(N_NOT_FOUND):
+        calls.append((["set-msg-read", "--report=g%d" % i, "--peer=ghost"], 1, "NOT_FOUND"))
+    for i in range(N_INVALID):
+        calls.append((["set-msg-read", "--report=x%d" % i, "--peer=x%d" % i], 1, "INVALID_ARGUMENT"))
+    batch = (["batch-set-msg-read", "--report=a", "--peer=" + ",".join(BATCH_PEERS)], 0, None)
+    # Interleave so each kind spreads over the whole period (and over several scrapes).
+    order = calls[:N_OK // 2] + calls[N_OK:N_OK + 1] + calls[N_OK + N_NOT_FOUND:N_OK + N_NOT_FOUND + 1] \
+        + [batch] + calls[N_OK // 2:N_OK] + calls[N_OK + 1:N_OK + N_NOT_FOUND] \
+        + calls[N_OK + N_NOT_FOUND + 1:]
+    assert len(order) == len(calls) + 1
+    start = time.monotonic()
+    for n, (args, want_rc, want_word) in enumerate(order):
+        due = start + SPREAD_SECONDS * n / (len(order) - 1)
+        time.sleep(max(0.0, due - time.monotonic()))
+        argv = [cli] + args + ["--target=" + target, "--deadline=10s"]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=20, env=env)
+        out = r.stdout.strip()
+        if args[0] == "batch-set-msg-read":
+            lines = out.splitlines()
+            ok = [ln for ln in lines if re.match(r"^\S+ OK ", ln)]
+            if r.returncode != 0 or len(ok) != len(BATCH_PEERS):
+                problem("imgw-cli %s: exit %d, expected %d OK items:\n%s\n%s"
+                        % (" ".join(args), r.returncode, len(BATCH_PEERS), out, r.stderr))
+        elif r.returncode != want_rc or re.split(r"[: ]", out, maxsplit=1)[0] != want_word:
+            problem("imgw-cli %s: exit %d %r, expected exit %d %s"
+                    % (" ".join(args), r.returncode, out + r.stderr, want_rc, want_word))
+    return time.monotonic() - start
+
+
+# The counters after the traffic: (PromQL, expected value).
+def expected_values():
+    job = 'job="imgw"'
+    return [
+        ('up{%s}' % job, 1),
+        ('sum(imgw_upstream_requests_total{%s})' % job, N_UPSTREAM),
+        ('sum(imgw_upstream_request_duration_seconds_count{%s})' % job, N_UPSTREAM),
+        ('imgw_queue_wait_seconds_count{%s}' % job, N_UPSTREAM),
+        ('sum(imgw_upstream_answers_total{%s,error_code="0"})' % job, N_OK + len(BATCH_PEERS)),
+        ('sum(imgw_upstream_answers_total{%s,error_code="90008"})' % job, N_NOT_FOUND),
+        ('sum(imgw_upstream_answers_total{%s,error_code!~"0|90008"})' % job, 0),
+        ('imgw_rejected_calls_total{%s,reason="invalid_argument"}' % job, N_INVALID),
+        ('sum(imgw_rejected_calls_total{%s,reason!="invalid_argument"})' % job, 0),
+        ('sum(imgw_merged_calls_total{%s})' % job, 0),
+        ('sum(imgw_retries_total{%s})' % job, 0),
+        ('imgw_grpc_server_handling_seconds_count{%s,method="SetMsgRead",code="OK"}' % job, N_OK),
+        ('imgw_grpc_server_handling_seconds_count{%s,method="SetMsgRead",code="NOT_FOUND"}' % job,
+         N_NOT_FOUND),
+        ('imgw_grpc_server_handling_seconds_count{%s,method="SetMsgRead",code="INVALID_ARGUMENT"}'
+         % job, N_INVALID),
+        ('imgw_grpc_server_handling_seconds_count{%s,method="BatchSetMsgRead",code="OK"}' % job, 1),
+        ('sum(imgw_grpc_server_handling_seconds_count{%s})' % job, N_OK + N_NOT_FOUND + N_INVALID + 1),
+        # The +Inf bucket holds every observation.
+        ('sum(imgw_grpc_server_handling_seconds_bucket{%s,le="+Inf"})' % job,
+         N_OK + N_NOT_FOUND + N_INVALID + 1),
+        ('imgw_queued_upstream_calls{%s}' % job, 0),
+        ('imgw_calls_in_progress{%s}' % job, 0),
+        ('imgw_circuit_breaker_open{%s}' % job, 0),
+        ('imgw_rate_limit_max_calls_per_second{%s}' % job, 200),
+        ('imgw_build_info{%s}' % job, 1),
+    ]
+
+
+def wait_for_final_counts(server, within=20.0):
+    """Until the last scrape shows every expected value (or the deadline); then the mismatches."""
+    deadline = time.monotonic() + within
+    while True:
+        wrong = []
+        for expr, want in expected_values():
+            try:
+                got = value_of(server, expr)
+            except (RuntimeError, urllib.error.URLError, OSError) as e:
+                got = "error: %s" % e
+            if got is None or isinstance(got, str) or abs(got - want) > 1e-9:
+                wrong.append((expr, want, got))
+        if not wrong or time.monotonic() >= deadline:
+            return wrong
+        time.sleep(0.25)
+
+
+def check_other_values(server):
+    job = 'job="imgw"'
+    # Counters that must have moved but whose exact value the traffic does not fix.
+    for expr, lo, hi in [
+        ('imgw_upstream_connections_created_total{%s}' % job, 1, N_UPSTREAM),
+        ('imgw_upstream_connections_open{%s}' % job, 1, N_UPSTREAM),
+        ('imgw_usersig_expiry_seconds{%s}' % job, 3600, 86400 * 366),
+        ('imgw_rate_limit_calls_per_second{%s}' % job, 1, 200),
+        ('histogram_quantile(0.99, sum(rate(imgw_grpc_server_handling_seconds_bucket{%s}[1m])) by (le))'
+         % job, 1e-6, 10),
+        ('histogram_quantile(0.99, sum(rate(imgw_upstream_request_duration_seconds_bucket{%s}[1m])) by (le))'
+         % job, 1e-6, 10),
+        ('sum(rate(imgw_upstream_requests_total{%s}[1m]))' % job, 1e-3, 200),
+    ]:
+        got = value_of(server, expr)
+        if got is None or math.isnan(got) or not lo <= got <= hi:
+            problem("%s = %s, expected a number in [%g, %g]" % (expr, got, lo, hi))
+        else:
+            print("ok: %s = %.6g" % (expr, got))
+    # The target labels reach the series the dashboard groups by.
+    st, data = query(server, 'imgw_build_info{%s}' % job)
+    labels = samples(data)[0][0] if st == "success" and samples(data) else {}
+    for k, v in TARGET_LABELS.items():
+        if labels.get(k) != v:
+            problem("imgw_build_info has %s=%r, expected %r (target label)" % (k, labels.get(k), v))
+    if not labels.get("version"):
+        problem("imgw_build_info has no version label: %s" % labels)
+
+
+THRESHOLD = re.compile(r"^(?P<lhs>.*\S)\s*(?:>=|<=|==|!=|>|<)\s*(?:bool\s+)?-?[0-9.eE+]+\s*$", re.S)
+
+
+def check_expressions(root, server):
+    _, exprs = check_deploy.dashboard_exprs(root)
+    exprs += check_deploy.rules_exprs(root)
+    rows, known = [], set()
+    for where, raw in exprs:
+        known.add(where)
+        expr = check_deploy.substitute(raw)
+        variants = [(where, expr)]
+        m = THRESHOLD.match(expr.strip())
+        if where.startswith("rule ") and m:
+            variants.append((where + " without its threshold", m.group("lhs")))
+        for name, e in variants:
+            st, data = query(server, e)
+            if st != "success":
+                problem("%s: Prometheus refused the expression (%s)\n  %s" % (name, data, e))
+                rows.append((name, "refused", "", e))
+                continue
+            s = samples(data)
+            finite = [v for _, v in s if not math.isnan(v) and not math.isinf(v)]
+            allowed = MAY_BE_EMPTY.get(name)
+            if not s and allowed:
+                verdict = "empty, allowed: " + allowed
+            elif not s:
+                verdict = "EMPTY"
+                problem("%s returns no series after the traffic, although it should:\n  %s" % (name, e))
+            elif not finite:
+                verdict = "NO FINITE VALUE"
+                problem("%s returns %d series but no finite value: %s\n  %s"
+                        % (name, len(s), [v for _, v in s], e))
+            else:
+                verdict = "ok"
+            rows.append((name, len(s), len(finite), verdict))
+    for must in MUST_HAVE_DATA:
+        hits = [r for r in rows if must in r[0] and r[0].startswith("dashboard panel")]
+        if not hits:
+            problem("no dashboard panel titled like %r: it must show data after traffic" % must)
+        for r in hits:
+            if r[0] in MAY_BE_EMPTY:
+                problem("%s is in MAY_BE_EMPTY but must show data" % r[0])
+    for stale in sorted(set(MAY_BE_EMPTY) - known):
+        print("note: MAY_BE_EMPTY names %r, which the dashboard and rules no longer have" % stale)
+
+    width = max(len(r[0]) for r in rows)
+    print("\n%-*s  %6s  %6s  %s" % (width, "expression", "series", "finite", "verdict"))
+    for name, n, finite, verdict in rows:
+        print("%-*s  %6s  %6s  %s" % (width, name, n, finite, verdict))
+    print()
+    return len(exprs)
+
+
+def check_rules_and_alerts(server, within=5.0):
+    """The rule group loaded and evaluated without error; no alert is pending or firing."""
+    deadline = time.monotonic() + within
+    while True:
+        groups = http_get_json(server.url + "/api/v1/rules")["groups"]
+        rules = [r for g in groups for r in g.get("rules", [])]
+        unevaluated = [r for r in rules if r.get("health") == "unknown"]
+        if rules and not unevaluated or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if not rules:
+        problem("prometheus loaded no rule from deploy/prometheus/imgw-rules.yaml")
+    for r in rules:
+        if r.get("health") != "ok":
+            problem("rule %s: health %s %s" % (r.get("name"), r.get("health"), r.get("lastError", "")))
+        for a in r.get("alerts", []) or []:
+            problem("alert %s is %s after healthy traffic: %s"
+                    % (r.get("name"), a.get("state"), a.get("labels")))
+    print("ok: %d rules loaded, evaluated: %s" % (len(rules), ", ".join(
+        "%s=%s" % (r.get("name"), r.get("health")) for r in rules)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source_dir")
+    ap.add_argument("bin_dir")
+    ap.add_argument("--prometheus", default="")
+    a = ap.parse_args()
+    root, bin_dir = os.path.abspath(a.source_dir), os.path.abspath(a.bin_dir)
+    # ctest's timeout sends SIGTERM on some platforms: end through finally.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("prometheus_scrape_test: terminated"))
+
+    for b in ("imgw-emulator", "imgw-gateway", "imgw-cli"):
+        if not os.access(os.path.join(bin_dir, b), os.X_OK):
+            problem("%s not found in %s: build it first (ninja imgw-gateway imgw-emulator imgw-cli)"
+                    % (b, bin_dir))
+    if check_deploy.PROBLEMS or not check_deploy.need_tool(a.prometheus, "prometheus"):
+        return 1
+
+    env = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+              "grpc_proxy"):
+        env.pop(k, None)
+    # Our own HTTP requests to Prometheus (urllib honours the proxy variables) go direct too.
+    os.environ.update(no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+
+    tmp = tempfile.mkdtemp(prefix="imgw-prom-scrape-")
+    gw_log = None
+    t0 = time.monotonic()
+    try:
+        target, metrics_addr, gw_log = start_upstream_and_gateway(bin_dir, tmp, env)
+        print("gateway: grpc %s, metrics http://%s (%.1fs)" % (target, metrics_addr, time.monotonic() - t0))
+        server, tgt = start_prometheus(a.prometheus, tmp, metrics_addr,
+                                       check_deploy.rules_path(root))
+        print("prometheus: %s scrapes %s, labels %s (%.1fs)"
+              % (server.url, tgt.get("scrapeUrl"), tgt.get("labels"), time.monotonic() - t0))
+
+        took = drive_traffic(bin_dir, target, env)
+        print("traffic: %d calls and one batch of %d in %.1fs (%.1fs)"
+              % (N_OK + N_NOT_FOUND + N_INVALID, len(BATCH_PEERS), took, time.monotonic() - t0))
+
+        t1 = time.monotonic()
+        wrong = wait_for_final_counts(server)
+        for expr, want, got in wrong:
+            problem("%s = %s, expected %s (after waiting 20s for the scrapes)" % (expr, got, want))
+        if not wrong:
+            print("ok: the last scrape holds the final counts (waited %.1fs):" % (time.monotonic() - t1))
+            for expr, want in expected_values():
+                print("  %s == %g" % (expr, want))
+        check_other_values(server)
+        n = check_expressions(root, server)
+        print("%d dashboard and rule expressions checked (%.1fs)" % (n, time.monotonic() - t0))
+        check_rules_and_alerts(server)
+    except (RuntimeError, subprocess.SubprocessError, OSError, urllib.error.URLError) as e:
+        problem(str(e))
+    finally:
+        for s in CHILDREN_PROM:
+            s.stop()
+        stop_children()
+        if check_deploy.PROBLEMS and gw_log:
+            print("--- gateway log (tail):\n" + tail(gw_log))
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("total %.1fs" % (time.monotonic() - t0))
+    if check_deploy.PROBLEMS:
+        print("%d problem%s" % (len(check_deploy.PROBLEMS), "" if len(check_deploy.PROBLEMS) == 1 else "s"))
+        return 1
+    print("all good")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
