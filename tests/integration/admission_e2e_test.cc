@@ -15,7 +15,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
@@ -25,6 +24,7 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
+#include "tests/testing/async_calls.h"
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
@@ -32,6 +32,7 @@
 namespace imgw {
 namespace {
 
+using ::imgw::testing::AsyncCalls;
 using ::imgw::testing::EmulatorStatsView;
 using ::imgw::testing::ImgwStack;
 using ::imgw::testing::ImgwStackOptions;
@@ -58,115 +59,6 @@ v1::SetMsgReadRequest Request(const std::string& report, const std::string& peer
 std::unique_ptr<v1::MsgReadService::Stub> NewStub(const std::string& address) {
   return testing::NewStub(address);
 }
-
-// Asynchronous SetMsgRead calls (callback API), started together and collected. The state the
-// callbacks touch is shared with them, so a test that gives up early never frees what a late
-// callback still writes; the destructor cancels whatever is still running. Use from one
-// thread.
-class AsyncCalls final {
- public:
-  struct Call {
-    grpc::ClientContext context;
-    v1::SetMsgReadRequest request;
-    v1::SetMsgReadResponse response;
-    absl::Duration deadline;
-    // Set by the callback, read once Wait() returned true.
-    grpc::Status status;
-    std::string retry_after;  // The imgw-retry-after-ms trailer, "" when absent.
-    absl::Time sent;
-    absl::Time answered;
-  };
-
-  AsyncCalls() : state_(std::make_shared<State>()) {}
-  AsyncCalls(const AsyncCalls&) = delete;
-  AsyncCalls& operator=(const AsyncCalls&) = delete;
-  ~AsyncCalls() {
-    if (Wait(absl::ZeroDuration())) return;
-    for (auto& call : state_->calls) call->context.TryCancel();
-    Wait(absl::Seconds(5));
-  }
-
-  // Adds a call (not started yet) with a deadline counted from its start and, when `caller`
-  // is not empty, the imgw-caller metadata.
-  void Add(v1::SetMsgReadRequest request, absl::Duration deadline, const std::string& caller = "") {
-    auto call = std::make_unique<Call>();
-    call->request = std::move(request);
-    call->deadline = deadline;
-    if (!caller.empty()) call->context.AddMetadata("imgw-caller", caller);
-    state_->calls.push_back(std::move(call));
-  }
-
-  // Starts every added call, back to back.
-  void StartAll(v1::MsgReadService::Stub& stub) {
-    std::shared_ptr<State> state = state_;
-    for (auto& owned : state->calls) {
-      Call* call = owned.get();
-      call->sent = absl::Now();
-      call->context.set_deadline(absl::ToChronoTime(call->sent + call->deadline));
-      stub.async()->SetMsgRead(&call->context, &call->request, &call->response,
-                               [call, state](grpc::Status status) {
-                                 const absl::Time now = absl::Now();
-                                 const auto& trailers = call->context.GetServerTrailingMetadata();
-                                 auto it = trailers.find(kRetryAfter);
-                                 absl::MutexLock lock(&state->mu);
-                                 call->status = std::move(status);
-                                 if (it != trailers.end()) {
-                                   call->retry_after.assign(it->second.data(), it->second.size());
-                                 }
-                                 call->answered = now;
-                                 ++state->done;
-                               });
-    }
-  }
-
-  // Waits up to `timeout` for every call to be answered; true when they all were.
-  bool Wait(absl::Duration timeout) {
-    State& state = *state_;
-    absl::MutexLock lock(&state.mu);
-    auto all_done = [&state]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state.mu) {
-      return state.done == static_cast<int>(state.calls.size());
-    };
-    state.mu.AwaitWithTimeout(absl::Condition(&all_done), timeout);
-    return all_done();
-  }
-
-  int Answered() {
-    absl::MutexLock lock(&state_->mu);
-    return state_->done;
-  }
-
-  // Only once Wait() returned true.
-  int size() const { return static_cast<int>(state_->calls.size()); }
-  const Call& call(int i) const { return *state_->calls[i]; }
-  int Count(grpc::StatusCode code) const {
-    int n = 0;
-    for (const auto& call : state_->calls) n += call->status.error_code() == code ? 1 : 0;
-    return n;
-  }
-  absl::Time FirstSent() const {
-    absl::Time first = absl::InfiniteFuture();
-    for (const auto& call : state_->calls) first = std::min(first, call->sent);
-    return first;
-  }
-  absl::Time LastAnswered() const {
-    absl::Time last = absl::InfinitePast();
-    for (const auto& call : state_->calls) last = std::max(last, call->answered);
-    return last;
-  }
-  absl::Duration MaxLatency() const {
-    absl::Duration max = absl::ZeroDuration();
-    for (const auto& call : state_->calls) max = std::max(max, call->answered - call->sent);
-    return max;
-  }
-
- private:
-  struct State {
-    std::vector<std::unique_ptr<Call>> calls;
-    absl::Mutex mu;
-    int done ABSL_GUARDED_BY(mu) = 0;
-  };
-  std::shared_ptr<State> state_;
-};
 
 std::string Describe(const grpc::Status& status) {
   return absl::StrCat(status.error_code(), ": ", status.error_message());

@@ -19,6 +19,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -26,7 +27,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
@@ -36,18 +36,19 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
+#include "tests/testing/async_calls.h"
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/imgw_stack.h"
 
 namespace imgw {
 namespace {
 
+using ::imgw::testing::AsyncCalls;
 using ::imgw::testing::EmulatorStatsView;
 using ::imgw::testing::ImgwStack;
 using ::imgw::testing::ImgwStackOptions;
 
 constexpr int64_t kBaseTime = 1700000000;
-constexpr char kRetryAfter[] = "imgw-retry-after-ms";
 constexpr char kCaller[] = "faults-e2e";
 // How much later than its deadline a client may see an RPC end: scheduling on a loaded
 // machine, not a budget for the gateway.
@@ -97,122 +98,7 @@ std::unique_ptr<v1::MsgReadService::Stub> NewStub(const std::string& address) {
 }
 
 // What one RPC got, as the client saw it.
-struct Result {
-  std::string report;
-  std::string peer;
-  int64_t time = 0;
-  absl::Duration deadline;
-  grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
-  std::string message;
-  std::string retry_after;  // The imgw-retry-after-ms trailer, "" when absent.
-  absl::Duration latency;   // From start to answer, measured by the client.
-  int answers = 0;          // Times the completion callback ran.
-};
-
-// Asynchronous SetMsgRead calls (callback API), started together and collected. The state the
-// callbacks touch is shared with them, so a test that gives up early never frees what a late
-// callback still writes; the destructor cancels whatever is still running. Use from one
-// thread.
-class AsyncCalls final {
- public:
-  AsyncCalls() : state_(std::make_shared<State>()) {}
-  AsyncCalls(const AsyncCalls&) = delete;
-  AsyncCalls& operator=(const AsyncCalls&) = delete;
-  ~AsyncCalls() {
-    if (Wait(absl::ZeroDuration())) return;
-    for (auto& call : state_->calls) call->context.TryCancel();
-    Wait(absl::Seconds(5));
-  }
-
-  // Adds a call for (report, peer) at `time` with a deadline counted from its start.
-  void Add(const std::string& report, const std::string& peer, int64_t time,
-           absl::Duration deadline) {
-    auto call = std::make_unique<Call>();
-    call->request.set_report_account(report);
-    call->request.set_peer_account(peer);
-    call->request.set_msg_read_time(time);
-    call->deadline = deadline;
-    call->context.AddMetadata("imgw-caller", kCaller);
-    state_->calls.push_back(std::move(call));
-  }
-
-  // Starts every added call, back to back.
-  void StartAll(v1::MsgReadService::Stub& stub) {
-    std::shared_ptr<State> state = state_;
-    for (auto& owned : state->calls) {
-      Call* call = owned.get();
-      call->sent = absl::Now();
-      call->context.set_deadline(absl::ToChronoTime(call->sent + call->deadline));
-      stub.async()->SetMsgRead(&call->context, &call->request, &call->response,
-                               [call, state](grpc::Status status) {
-                                 const absl::Time now = absl::Now();
-                                 const auto& trailers = call->context.GetServerTrailingMetadata();
-                                 auto it = trailers.find(kRetryAfter);
-                                 absl::MutexLock lock(&state->mu);
-                                 if (++call->answers > 1) return;  // Counted, not recorded.
-                                 call->status = std::move(status);
-                                 if (it != trailers.end()) {
-                                   call->retry_after.assign(it->second.data(), it->second.size());
-                                 }
-                                 call->answered = now;
-                                 ++state->done;
-                               });
-    }
-  }
-
-  // Waits up to `timeout` for every call to be answered; true when they all were.
-  bool Wait(absl::Duration timeout) {
-    State& state = *state_;
-    absl::MutexLock lock(&state.mu);
-    auto all_done = [&state]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state.mu) {
-      return state.done == static_cast<int>(state.calls.size());
-    };
-    state.mu.AwaitWithTimeout(absl::Condition(&all_done), timeout);
-    return all_done();
-  }
-
-  // The results so far; an unanswered call has answers == 0.
-  std::vector<Result> Results() const {
-    absl::MutexLock lock(&state_->mu);
-    std::vector<Result> out;
-    for (const auto& call : state_->calls) {
-      Result r;
-      r.report = call->request.report_account();
-      r.peer = call->request.peer_account();
-      r.time = call->request.msg_read_time();
-      r.deadline = call->deadline;
-      r.answers = call->answers;
-      if (call->answers > 0) {
-        r.code = call->status.error_code();
-        r.message = call->status.error_message();
-        r.retry_after = call->retry_after;
-        r.latency = call->answered - call->sent;
-      }
-      out.push_back(std::move(r));
-    }
-    return out;
-  }
-
- private:
-  struct Call {
-    grpc::ClientContext context;
-    v1::SetMsgReadRequest request;
-    v1::SetMsgReadResponse response;
-    absl::Duration deadline;
-    absl::Time sent;
-    // Written by the callback under State::mu.
-    int answers = 0;
-    grpc::Status status;
-    std::string retry_after;
-    absl::Time answered;
-  };
-  struct State {
-    std::vector<std::unique_ptr<Call>> calls;
-    absl::Mutex mu;
-    int done ABSL_GUARDED_BY(mu) = 0;
-  };
-  std::shared_ptr<State> state_;
-};
+using Result = AsyncCalls::Result;
 
 // One field ("VmRSS", "Threads") of /proc/<pid>/status as a number (kB for sizes).
 std::optional<int64_t> ProcStatus(pid_t pid, const std::string& field) {
@@ -309,7 +195,11 @@ class FaultsE2eTest : public ::testing::Test {
     auto calls = std::make_unique<AsyncCalls>();
     for (int i = 0; i < count; ++i) {
       const int n = next_pair_++;
-      calls->Add(absl::StrCat("fr", n), absl::StrCat("fp", n), kBaseTime + n, deadline);
+      v1::SetMsgReadRequest request;
+      request.set_report_account(absl::StrCat("fr", n));
+      request.set_peer_account(absl::StrCat("fp", n));
+      request.set_msg_read_time(kBaseTime + n);
+      calls->Add(std::move(request), deadline, kCaller);
     }
     calls->StartAll(*stub_);
     return calls;

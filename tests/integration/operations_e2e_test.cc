@@ -20,7 +20,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -35,6 +34,7 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
+#include "tests/testing/async_calls.h"
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
@@ -44,6 +44,7 @@
 namespace imgw {
 namespace {
 
+using ::imgw::testing::AsyncCalls;
 using ::imgw::testing::EmulatorStatsView;
 using ::imgw::testing::ImgwStack;
 using ::imgw::testing::ImgwStackOptions;
@@ -228,84 +229,6 @@ RawAnswer ReflectionListServices(const std::shared_ptr<grpc::Channel>& channel,
   if (answer.status.ok() && !ok) answer.status = grpc::Status(grpc::StatusCode::UNKNOWN, "no read");
   return answer;
 }
-
-// SetMsgRead calls (callback API) started together and collected. The callbacks' state is
-// shared with them, so a test that gives up early never frees what a late callback writes; the
-// destructor cancels whatever still runs. Use from one thread.
-class AsyncCalls final {
- public:
-  struct Call {
-    grpc::ClientContext context;
-    v1::SetMsgReadRequest request;
-    v1::SetMsgReadResponse response;
-    // Written by the callback; read once Wait() returned true.
-    grpc::Status status;
-    int callbacks = 0;
-    absl::Time answered;
-  };
-
-  AsyncCalls() : state_(std::make_shared<State>()) {}
-  AsyncCalls(const AsyncCalls&) = delete;
-  AsyncCalls& operator=(const AsyncCalls&) = delete;
-  ~AsyncCalls() {
-    if (Wait(absl::ZeroDuration())) return;
-    for (auto& call : state_->calls) call->context.TryCancel();
-    Wait(absl::Seconds(5));
-  }
-
-  void Add(v1::SetMsgReadRequest request, const std::string& caller = "") {
-    auto call = std::make_unique<Call>();
-    call->request = std::move(request);
-    if (!caller.empty()) call->context.AddMetadata("imgw-caller", caller);
-    state_->calls.push_back(std::move(call));
-  }
-
-  void StartAll(v1::MsgReadService::Stub& stub, absl::Duration deadline) {
-    std::shared_ptr<State> state = state_;
-    for (auto& owned : state->calls) {
-      Call* call = owned.get();
-      call->context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-      stub.async()->SetMsgRead(&call->context, &call->request, &call->response,
-                               [call, state](grpc::Status status) {
-                                 const absl::Time now = absl::Now();
-                                 absl::MutexLock lock(&state->mu);
-                                 if (++call->callbacks == 1) {
-                                   call->status = std::move(status);
-                                   call->answered = now;
-                                   ++state->done;
-                                 }
-                               });
-    }
-  }
-
-  // Waits up to `timeout` for every call to be answered; true when they all were.
-  bool Wait(absl::Duration timeout) {
-    State& state = *state_;
-    absl::MutexLock lock(&state.mu);
-    auto all_done = [&state]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state.mu) {
-      return state.done == static_cast<int>(state.calls.size());
-    };
-    state.mu.AwaitWithTimeout(absl::Condition(&all_done), timeout);
-    return all_done();
-  }
-
-  int Answered() {
-    absl::MutexLock lock(&state_->mu);
-    return state_->done;
-  }
-
-  // Only once Wait() returned true (the callbacks are done writing).
-  int size() const { return static_cast<int>(state_->calls.size()); }
-  const Call& call(int i) const { return *state_->calls[i]; }
-
- private:
-  struct State {
-    std::vector<std::unique_ptr<Call>> calls;
-    absl::Mutex mu;
-    int done ABSL_GUARDED_BY(mu) = 0;
-  };
-  std::shared_ptr<State> state_;
-};
 
 // The first run in `text` that could be an admin UserSig, or "" when there is none. A UserSig is
 // zlib data in base64 with the alphabet [A-Za-z0-9*_-]; zlib's first byte is 0x78, so its base64
@@ -644,9 +567,9 @@ TEST_F(OperationsE2eTest, SigtermWithHundredsQueuedAnswersEveryCallAndExitsInTim
   AsyncCalls calls;
   for (int i = 0; i < kCalls; ++i) {
     calls.Add(Request(absl::StrFormat("u%03d", i), absl::StrFormat("p%03d", i), kBaseTime + i),
-              "shutdown-test");
+              absl::Seconds(60), "shutdown-test");
   }
-  calls.StartAll(*stub_, absl::Seconds(60));
+  calls.StartAll(*stub_);
   absl::SleepFor(absl::Seconds(1));
   const int answered_before = calls.Answered();
 
@@ -693,7 +616,7 @@ TEST_F(OperationsE2eTest, SigtermWithHundredsQueuedAnswersEveryCallAndExitsInTim
   for (int i = 0; i < calls.size(); ++i) {
     const AsyncCalls::Call& call = calls.call(i);
     SCOPED_TRACE(call.request.report_account());
-    EXPECT_EQ(call.callbacks, 1);
+    EXPECT_EQ(call.answers, 1);
     if (call.status.ok()) {
       ++ok;
       if (call.answered > sigterm) ++ok_after_sigterm;
@@ -766,9 +689,9 @@ void DriveAWholeRun(v1::MsgReadService::Stub& stub, const std::string& secret_ke
 
   AsyncCalls calls;
   for (int i = 0; i < 40; ++i) {
-    calls.Add(Request(absl::StrCat(tag, "x", i), absl::StrCat(tag, "y", i)));
+    calls.Add(Request(absl::StrCat(tag, "x", i), absl::StrCat(tag, "y", i)), kCallDeadline);
   }
-  calls.StartAll(stub, kCallDeadline);
+  calls.StartAll(stub);
   ASSERT_TRUE(calls.Wait(kCallDeadline + absl::Seconds(5)));
   for (int i = 0; i < calls.size(); ++i) {
     EXPECT_TRUE(calls.call(i).status.ok()) << Describe(calls.call(i).status);
