@@ -34,6 +34,7 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
+#include "services/gateway/grpc_code_name.h"
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/imgw_stack.h"
 
@@ -125,30 +126,7 @@ void Send(v1::MsgReadService::Stub& stub, int64_t i, absl::Duration deadline,
                            });
 }
 
-std::string CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN:
-      return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    default:
-      return absl::StrCat("code ", static_cast<int>(code));
-  }
-}
+using ::imgw::gateway::CodeName;
 
 int Run() {
   const double overload = absl::GetFlag(FLAGS_overload);

@@ -36,6 +36,7 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
+#include "services/gateway/grpc_code_name.h"
 #include "tests/testing/async_calls.h"
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/imgw_stack.h"
@@ -61,32 +62,7 @@ std::string BinDir() {
   return dir != nullptr ? dir : "";
 }
 
-std::string CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN:
-      return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::INTERNAL:
-      return "INTERNAL";
-    default:
-      return absl::StrCat("code ", static_cast<int>(code));
-  }
-}
+using ::imgw::gateway::CodeName;
 
 // A channel of its own, never through a proxy.
 std::unique_ptr<v1::MsgReadService::Stub> NewStub(const std::string& address) {
