@@ -5,7 +5,9 @@
 FROM debian:12 AS build
 WORKDIR /src
 COPY . .
-RUN .ci/deps && BUILD_TYPE=Release CMAKE_ARGS=-DIMGW_BUILD_TESTS=OFF .ci/build
+# The build type CI builds and tests (and checks the runtime libraries of); stripped below.
+RUN .ci/deps && CMAKE_ARGS=-DIMGW_BUILD_TESTS=OFF .ci/build \
+ && strip build/bin/imgw-gateway build/bin/imgw-cli
 
 FROM debian:12-slim AS runtime
 RUN apt-get update -qq \
