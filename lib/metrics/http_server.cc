@@ -2,6 +2,14 @@
 
 #include <CivetServer.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -85,7 +93,27 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(const Options& op
 }
 
 HttpServer::~HttpServer() {
-  if (server_ != nullptr) server_->close();
+  if (server_ == nullptr) return;
+  // civetweb's stop waits for its accept thread, which sleeps in poll() for up to 2 s between
+  // looks at the stop flag: a connection to the listener wakes it at once. Poke until the
+  // stop is done (bounded), so that a pod's exit is not 2 s late.
+  std::atomic<bool> closed{false};
+  std::thread closer([this, &closed] {
+    server_->close();
+    closed.store(true);
+  });
+  int port = std::stoi(address_.substr(address_.rfind(':') + 1));
+  for (int i = 0; i < 100 && !closed.load(); ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    close(fd);
+  }
+  closer.join();
 }
 
 }  // namespace imgw::metrics
