@@ -41,10 +41,7 @@ constexpr int64_t kBaseTime = 1700000000;
 constexpr int kLimit = 200;  // The emulator's and the gateway's default limit.
 constexpr char kRetryAfter[] = "imgw-retry-after-ms";
 
-std::string BinDir() {
-  const char* dir = std::getenv("IMGW_BIN_DIR");
-  return dir != nullptr ? dir : "";
-}
+using ::imgw::testing::BinDir;
 
 v1::SetMsgReadRequest Request(const std::string& report, const std::string& peer,
                               std::optional<int64_t> time) {

@@ -39,6 +39,7 @@
 #include "services/gateway/grpc_code_name.h"
 #include "tests/testing/async_calls.h"
 #include "tests/testing/emulator_client.h"
+#include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
 
 namespace imgw {
@@ -57,21 +58,12 @@ constexpr absl::Duration kSlack = absl::Milliseconds(200);
 // The fault PRNG's seed, so that a run's faults can be replayed.
 constexpr uint64_t kFaultSeed = 20240604;
 
-std::string BinDir() {
-  const char* dir = std::getenv("IMGW_BIN_DIR");
-  return dir != nullptr ? dir : "";
-}
+using ::imgw::testing::BinDir;
 
 using ::imgw::gateway::CodeName;
 
 // A channel of its own, never through a proxy.
-std::unique_ptr<v1::MsgReadService::Stub> NewStub(const std::string& address) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return v1::MsgReadService::NewStub(
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
-}
+using ::imgw::testing::NewStub;
 
 // What one RPC got, as the client saw it.
 using Result = AsyncCalls::Result;

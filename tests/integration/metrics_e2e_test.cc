@@ -27,10 +27,7 @@ namespace {
 using ::imgw::testing::ImgwStack;
 using ::imgw::testing::ImgwStackOptions;
 
-std::string BinDir() {
-  const char* dir = std::getenv("IMGW_BIN_DIR");
-  return dir != nullptr ? dir : "";
-}
+using ::imgw::testing::BinDir;
 
 // GET http://<address><path>: the body on HTTP 200, else an error that holds the status.
 absl::StatusOr<std::string> Get(const std::string& address, const std::string& path) {

@@ -64,10 +64,7 @@ constexpr char kMissing[] = "ghost";
 constexpr absl::Duration kCallDeadline = absl::Seconds(10);
 constexpr absl::Duration kExitTimeout = absl::Seconds(10);
 
-std::string BinDir() {
-  const char* dir = std::getenv("IMGW_BIN_DIR");
-  return dir != nullptr ? dir : "";
-}
+using ::imgw::testing::BinDir;
 
 // Children must never reach 127.0.0.1 through a proxy from the environment.
 std::vector<std::pair<std::string, std::string>> ChildEnv() {

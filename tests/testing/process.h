@@ -2,6 +2,7 @@
 
 #include <sys/types.h>
 
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -14,6 +15,13 @@
 // Helpers for tests that run real binaries: temporary directories, child processes and the
 // ready files the binaries write once they serve. POSIX only.
 namespace imgw::testing {
+
+// Where the binaries under test are: the IMGW_BIN_DIR environment variable, which CTest sets
+// for the integration tests ("" when unset).
+inline std::string BinDir() {
+  const char* dir = std::getenv("IMGW_BIN_DIR");
+  return dir != nullptr ? dir : "";
+}
 
 // A fresh directory under $TMPDIR (else /tmp), removed with everything in it when the object
 // dies. Movable, not copyable. Not thread-safe (nothing to share).
