@@ -58,12 +58,13 @@ TEST(GatewayConfigTest, EndpointOverridesRegion) {
 }
 
 TEST(GatewayConfigTest, SecretKeyFileWinsAndIsTrimmed) {
-  std::string path = ::testing::TempDir() + "/key";
+  absl::StatusOr<testing::TempDir> dir = testing::TempDir::Create("config-key");
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  std::string path = dir->File("key");
   std::ofstream(path) << "from-file\n";
   GatewayFlags flags = Valid();
   flags.secret_key_file = path;
   EXPECT_EQ(Resolve(flags)->secret_key, "from-file");
-  std::remove(path.c_str());
 }
 
 TEST(GatewayConfigTest, GrpcTlsMaterialIsCheckedAndRead) {

@@ -20,6 +20,7 @@
 #include "lib/usersig/usersig.h"
 #include "services/emulator/emulator_core.h"
 #include "services/emulator/https_server.h"
+#include "tests/testing/process.h"
 #include "tests/testing/tls_files.h"
 
 namespace imgw::upstream {
@@ -30,12 +31,20 @@ constexpr char kKey[] = "curl-client-test-key";
 
 class CurlClientTest : public ::testing::Test {
  protected:
+  // A directory of its own: ctest runs the tests of this suite in parallel processes, and a
+  // shared one let one process read a key while another rewrote it.
   static void SetUpTestSuite() {
-    absl::StatusOr<testing::TlsFiles> tls = testing::GenerateSelfSignedCert(::testing::TempDir());
+    absl::StatusOr<testing::TempDir> dir = testing::TempDir::Create("curl-client-test");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = new testing::TempDir(*std::move(dir));
+    absl::StatusOr<testing::TlsFiles> tls = testing::GenerateSelfSignedCert(dir_->path());
     ASSERT_TRUE(tls.ok()) << tls.status();
     tls_ = new testing::TlsFiles(*tls);
   }
-  static void TearDownTestSuite() { delete tls_; }
+  static void TearDownTestSuite() {
+    delete tls_;
+    delete dir_;
+  }
 
   void SetUp() override {
     emulator::EmulatorOptions options;
@@ -86,11 +95,13 @@ class CurlClientTest : public ::testing::Test {
   }
 
   static testing::TlsFiles* tls_;
+  static testing::TempDir* dir_;
   std::unique_ptr<emulator::EmulatorCore> core_;
   std::unique_ptr<emulator::HttpsServer> server_;
   std::string base_url_;
 };
 
+testing::TempDir* CurlClientTest::dir_ = nullptr;
 testing::TlsFiles* CurlClientTest::tls_ = nullptr;
 
 // A port nothing listens on now (bound, read, closed).
@@ -201,7 +212,7 @@ TEST_F(CurlClientTest, HonoursTheProxyEnvironment) {
 // Debian's nghttpd serves a static answer over HTTP/2 (it answers POST with the file at the
 // path): the client must negotiate h2 over ALPN and multiplex on one connection.
 TEST_F(CurlClientTest, NegotiatesHttp2AndMultiplexesWhenTheServerOffersIt) {
-  std::string docroot = ::testing::TempDir() + "/h2root";
+  std::string docroot = dir_->File("h2root");
   std::string dir = docroot + "/v4/openim";
   ASSERT_EQ(std::system(("mkdir -p " + dir).c_str()), 0);
   std::ofstream(dir + "/admin_set_msg_read")
