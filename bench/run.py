@@ -1,0 +1,469 @@
+#!/usr/bin/env python3
+"""Runs every benchmark scenario of imgw on loopback and prints one Markdown table.
+
+Called by bench/run, which builds the Release binaries first. Each scenario starts its own
+processes (imgw-emulator over HTTPS with a throwaway certificate, imgw-gateway, or
+imgw-noop-server), drives them with imgw-loadgen, reads the emulator's counters and the
+gateway's /proc entries, then stops them. Figures are printed, never asserted: the exit status
+is 0 whenever every scenario ran, whatever the figures (a target missed says "no" in the table).
+
+Scenarios (see README "Performance"):
+  ceiling   the same closed-loop load against imgw-noop-server (the most any gRPC server can
+            answer on this machine) and against imgw with its limit and the emulator's lifted
+  pooling   the imgw ceiling again with --reuse_connections=false
+  budget    5x the limit for 20 s at the real 200/s: upstream calls per second at the emulator
+  merging   20,000 calls/s over 100 hot pairs for 10 s
+  latency   100 calls/s of distinct pairs for 20 s, end to end
+  memory    the gateway's peak RSS idle, and with 100,000 calls waiting (--max_queued=100000)
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+SDKAPPID = "1400000000"
+ADMIN = "administrator"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(*args):
+    print("bench:", *args, file=sys.stderr, flush=True)
+
+
+class Proc:
+    """A child process with its output in files of the work directory."""
+
+    def __init__(self, work, name, argv):
+        self.name = name
+        self.err_path = os.path.join(work, name + ".err")
+        self.out_path = os.path.join(work, name + ".out")
+        self.popen = subprocess.Popen(
+            argv,
+            stdout=open(self.out_path, "w"),
+            stderr=open(self.err_path, "w"),
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def cpu_seconds(self):
+        """utime + stime of the process (all its threads), from /proc/PID/stat."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def status_kib(self, key):
+        """A field of /proc/PID/status in KiB (VmRSS, VmHWM)."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def stderr_tail(self):
+        with open(self.err_path) as f:
+            return f.read()[-2000:]
+
+
+def wait_ready(path, proc, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            with open(path) as f:
+                return json.load(f)
+        if proc.popen.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} did not start:\n{proc.stderr_tail()}")
+
+
+class Bench:
+    def __init__(self, bin_dir, work):
+        self.bin = bin_dir
+        self.work = work
+        self.procs = []
+        self.cert = os.path.join(work, "cert.pem")
+        self.key = os.path.join(work, "key.pem")
+        self.secret = os.path.join(work, "secret_key")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+             "-keyout", self.key, "-out", self.cert],
+            check=True, capture_output=True)
+        with open(self.secret, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+        self.tls = ssl.create_default_context(cafile=self.cert)
+        self.counter = 0
+
+    def start(self, name, argv, ready_name):
+        self.counter += 1
+        ready = os.path.join(self.work, f"{name}-{self.counter}.ready")
+        proc = Proc(self.work, f"{name}-{self.counter}", argv + [f"--ready_file={ready}"])
+        self.procs.append(proc)
+        return proc, wait_ready(ready, proc)
+
+    def emulator(self, rate_limit):
+        proc, ready = self.start("emulator", [
+            f"{self.bin}/imgw-emulator", "--listen=127.0.0.1:0", f"--cert_file={self.cert}",
+            f"--key_file={self.key}", f"--sdkappid={SDKAPPID}",
+            f"--secret_key_file={self.secret}", f"--rate_limit={rate_limit}"], "emulator")
+        proc.url = f"https://127.0.0.1:{ready['port']}"
+        return proc
+
+    def gateway(self, emulator, *flags):
+        proc, ready = self.start("gateway", [
+            f"{self.bin}/imgw-gateway", "--grpc_listen=127.0.0.1:0",
+            "--metrics_listen=127.0.0.1:0", f"--endpoint={emulator.url}",
+            f"--ca_file={self.cert}", f"--sdkappid={SDKAPPID}", f"--identifier={ADMIN}",
+            f"--secret_key_file={self.secret}", "--log_level=warning", *flags], "gateway")
+        proc.target = ready["grpc_listen"]
+        proc.metrics = ready["metrics_listen"]
+        return proc
+
+    def noop(self):
+        proc, ready = self.start("noop", [f"{self.bin}/imgw-noop-server",
+                                          "--listen=127.0.0.1:0"], "noop")
+        proc.target = ready["grpc_listen"]
+        return proc
+
+    def stats(self, emulator):
+        with urllib.request.urlopen(emulator.url + "/emulator/stats", context=self.tls,
+                                    timeout=10) as r:
+            return json.load(r)
+
+    def reset(self, emulator):
+        req = urllib.request.Request(emulator.url + "/emulator/reset", data=b"", method="POST")
+        urllib.request.urlopen(req, context=self.tls, timeout=10).read()
+
+    def loadgen_start(self, target, *flags):
+        self.counter += 1
+        proc = Proc(self.work, f"loadgen-{self.counter}",
+                    [f"{self.bin}/imgw-loadgen", f"--target={target}", "--format=json",
+                     *flags])
+        self.procs.append(proc)
+        return proc
+
+    def loadgen_result(self, proc, timeout):
+        try:
+            proc.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()
+            raise RuntimeError(f"imgw-loadgen ran over {timeout} s")
+        if proc.popen.returncode != 0:
+            raise RuntimeError(f"imgw-loadgen exited {proc.popen.returncode}:\n"
+                               f"{proc.stderr_tail()}")
+        with open(proc.out_path) as f:
+            return json.load(f)
+
+    def loadgen(self, target, duration_s, *flags):
+        proc = self.loadgen_start(target, f"--duration={duration_s}s", *flags)
+        return self.loadgen_result(proc, duration_s + 120)
+
+    def stop_all(self):
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs = []
+
+
+def ok_share(result):
+    answered = result["answered"]
+    return result["codes"].get("OK", 0) / answered if answered else 0.0
+
+
+def closed_loop_ceiling(bench, server, duration, concurrency):
+    """Runs the closed loop against `server`; returns the loadgen result and CPU per call."""
+    cpu_before = server.cpu_seconds()
+    result = bench.loadgen(server.target, duration, "--mode=closed",
+                           f"--concurrency={concurrency}", "--pairs=distinct",
+                           "--deadline=10s")
+    cpu = server.cpu_seconds() - cpu_before
+    per_call_us = cpu / result["answered"] * 1e6 if result["answered"] else float("nan")
+    return result, per_call_us
+
+
+def scenario_ceiling(bench, rows, args):
+    lifted = ["--rate_limit=1000000", "--rate_burst=1000", "--max_queued=100000",
+              f"--max_connections={args.connections}"]
+    noop = bench.noop()
+    noop_result, noop_cpu = closed_loop_ceiling(bench, noop, args.ceiling_duration,
+                                                args.concurrency)
+    bench.stop_all()
+
+    results = {}
+    for name, extra in (("imgw", []), ("imgw, no pooling", ["--reuse_connections=false"])):
+        emulator = bench.emulator(0)
+        gateway = bench.gateway(emulator, *lifted, *extra)
+        result, cpu = closed_loop_ceiling(bench, gateway, args.ceiling_duration,
+                                          args.concurrency)
+        upstream = bench.stats(emulator)["calls"]
+        results[name] = (result, cpu, upstream)
+        bench.stop_all()
+
+    def add(scenario, server, result, cpu, ratio_of=None):
+        lat = result["latency_ms"]
+        rate = result["rate"]
+        cells = [f"{rate:,.0f} calls/s", f"{lat['p50']:.2f} / {lat['p99']:.2f} ms",
+                 f"{cpu:.0f} µs"]
+        note = f"OK {ok_share(result):.1%}"
+        if ratio_of is not None:
+            base_result, base_cpu = ratio_of
+            note += (f"; vs no-op: {rate / base_result['rate']:.2f}x rate, "
+                     f"{cpu / base_cpu:.1f}x CPU per call")
+        rows.append([scenario, server] + cells + [note])
+
+    add("ceiling", f"imgw-noop-server (c={args.concurrency})", noop_result, noop_cpu)
+    imgw_result, imgw_cpu, _ = results["imgw"]
+    add("ceiling", "imgw, limits lifted", imgw_result, imgw_cpu, (noop_result, noop_cpu))
+    np_result, np_cpu, _ = results["imgw, no pooling"]
+    add("pooling", "imgw, limits lifted, --reuse_connections=false", np_result, np_cpu,
+        (noop_result, noop_cpu))
+    ratio = imgw_cpu / noop_cpu
+    pool_gain = imgw_result["rate"] / np_result["rate"] if np_result["rate"] else float("nan")
+    return {
+        "ceiling_cpu_ratio": ratio,
+        "pooling_gain": pool_gain,
+    }
+
+
+def scenario_budget(bench, args):
+    """5x overload at the real limit: what reaches the emulator, per second."""
+    limit = 200
+    emulator = bench.emulator(limit)
+    gateway = bench.gateway(emulator)
+    duration = args.budget_duration
+    warmup = 2.0
+    bench.reset(emulator)
+    proc = bench.loadgen_start(gateway.target, f"--duration={duration}s", "--mode=open",
+                               f"--rate={5 * limit}", "--pairs=distinct", "--deadline=2s")
+    start = time.monotonic()
+    time.sleep(warmup)
+    first = bench.stats(emulator)["calls"]
+    first_t = time.monotonic()
+    time.sleep(max(0.0, start + duration - 0.2 - time.monotonic()))
+    last = bench.stats(emulator)["calls"]
+    last_t = time.monotonic()
+    result = bench.loadgen_result(proc, duration + 60)
+    stats = bench.stats(emulator)
+    bench.stop_all()
+    mean = (last - first) / (last_t - first_t)
+    return {
+        "mean": mean,
+        "share": mean / limit,
+        "max_window": stats["max_calls_in_window"],
+        "throttled": stats["errors"].get("60007", 0),
+        "ok": result["codes"].get("OK", 0),
+        "exhausted": result["codes"].get("RESOURCE_EXHAUSTED", 0),
+        "answered": result["answered"],
+        "limit": limit,
+    }
+
+
+def scenario_merging(bench, args):
+    emulator = bench.emulator(200)
+    gateway = bench.gateway(emulator)
+    bench.reset(emulator)
+    result = bench.loadgen(gateway.target, args.merging_duration, "--mode=open",
+                           f"--rate={args.merging_rate}", "--pairs=uniform",
+                           "--pair_count=100", "--deadline=10s")
+    stats = bench.stats(emulator)
+    bench.stop_all()
+    return result, stats
+
+
+def scenario_latency(bench, args):
+    emulator = bench.emulator(200)
+    gateway = bench.gateway(emulator)
+    # A short warm-up: the first calls open the upstream connections and sign the UserSig.
+    bench.loadgen(gateway.target, 1, "--mode=open", "--rate=100", "--pairs=distinct",
+                  "--seed=7")
+    result = bench.loadgen(gateway.target, args.latency_duration, "--mode=open", "--rate=100",
+                           "--pairs=distinct", "--deadline=5s")
+    bench.stop_all()
+    return result
+
+
+def wait_gauge(gateway, name, want, timeout):
+    """Polls the gateway's /metrics until gauge `name` reaches `want`; returns its last value."""
+    deadline = time.monotonic() + timeout
+    value = 0.0
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{gateway.metrics}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    value = float(line.rsplit(" ", 1)[1])
+        if value >= want:
+            return value
+        time.sleep(0.5)
+    return value
+
+
+def scenario_memory(bench, args):
+    emulator = bench.emulator(200)
+    gateway = bench.gateway(emulator, f"--max_queued={args.memory_calls}",
+                            "--default_deadline=120s")
+    # Idle: started, one call answered (connections, UserSig and gRPC's pools set up).
+    bench.loadgen(gateway.target, 1, "--mode=open", "--rate=10", "--pairs=distinct")
+    time.sleep(1)
+    idle_rss = gateway.status_kib("VmRSS")
+    idle_hwm = gateway.status_kib("VmHWM")
+    # Waiting: the loadgen keeps memory_calls calls in flight (distinct pairs, nothing merges)
+    # while the gateway answers 200/s; the queue fills up to --max_queued.
+    proc = bench.loadgen_start(gateway.target, "--duration=40s", "--mode=closed",
+                               f"--concurrency={args.memory_calls}", "--pairs=distinct",
+                               "--deadline=120s", "--channels=8")
+    queued = wait_gauge(gateway, "imgw_queued_upstream_calls", args.memory_calls * 0.95, 60)
+    time.sleep(1)
+    busy_hwm = gateway.status_kib("VmHWM")
+    busy_rss = gateway.status_kib("VmRSS")
+    proc.popen.kill()
+    proc.popen.wait()
+    bench.stop_all()
+    return {"idle_rss": idle_rss, "idle_hwm": idle_hwm, "busy_hwm": busy_hwm,
+            "busy_rss": busy_rss, "queued": queued}
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} cores ({model}), {mem_gib:.0f} GiB, "
+            f"Linux {platform.release()}, {time.strftime('%Y-%m-%d')}")
+
+
+def yes(ok):
+    return "yes" if ok else "**no**"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bin", default="build-release/bin")
+    parser.add_argument("--only", default="ceiling,budget,merging,latency,memory",
+                        help="comma-separated scenarios to run")
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs (a smoke test of this script; figures meaningless)")
+    parser.add_argument("--ceiling_duration", type=int, default=10)
+    parser.add_argument("--budget_duration", type=int, default=20)
+    parser.add_argument("--merging_duration", type=int, default=10)
+    parser.add_argument("--merging_rate", type=int, default=20000)
+    parser.add_argument("--latency_duration", type=int, default=20)
+    parser.add_argument("--memory_calls", type=int, default=100000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    if args.quick:
+        args.ceiling_duration = args.merging_duration = args.latency_duration = 2
+        args.budget_duration = 4
+        args.merging_rate = 2000
+        args.memory_calls = 2000
+    only = set(args.only.split(","))
+    for binary in ("imgw-emulator", "imgw-gateway", "imgw-loadgen", "imgw-noop-server"):
+        if not os.access(os.path.join(args.bin, binary), os.X_OK):
+            sys.exit(f"bench: {args.bin}/{binary} not found; build first (bench/run does)")
+    os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+
+    work = tempfile.mkdtemp(prefix="imgw-bench-")
+    bench = Bench(os.path.abspath(args.bin), work)
+    rows = []  # scenario, setup, rate, p50/p99, CPU per call, notes
+    targets = []  # target, figure, met
+    try:
+        if "ceiling" in only:
+            log("ceiling and pooling ...")
+            ceiling = scenario_ceiling(bench, rows, args)
+            targets.append(["gateway CPU per call within 4x the no-op server's (ceiling)",
+                            f"{ceiling['ceiling_cpu_ratio']:.1f}x",
+                            yes(ceiling["ceiling_cpu_ratio"] <= 4)])
+        if "budget" in only:
+            log("budget ...")
+            b = scenario_budget(bench, args)
+            rows.append(["budget", f"1,000 calls/s offered (5x) for {args.budget_duration} s",
+                         f"{b['mean']:.1f} upstream calls/s", "", "",
+                         f"max {b['max_window']} in a sliding second, "
+                         f"{b['throttled']} x 60007; {b['ok']:,} OK, "
+                         f"{b['exhausted']:,} RESOURCE_EXHAUSTED"])
+            targets.append(["budget used >= 98% of the limit", f"{b['share']:.1%}",
+                            yes(b["share"] >= 0.98)])
+            targets.append(["no sliding second over the limit (200)",
+                            f"max {b['max_window']}", yes(b["max_window"] <= b["limit"])])
+        if "merging" in only:
+            log("merging ...")
+            result, stats = scenario_merging(bench, args)
+            lat = result["latency_ms"]
+            rows.append(["merging", f"{args.merging_rate:,} calls/s over 100 hot pairs for "
+                         f"{args.merging_duration} s", f"{result['rate']:,.0f} calls/s",
+                         f"{lat['p50']:.1f} / {lat['p99']:.1f} ms", "",
+                         f"{result['codes'].get('OK', 0):,} OK of {result['sent']:,} sent; "
+                         f"{stats['calls']:,} upstream calls "
+                         f"(max {stats['max_calls_in_window']} in a second)"])
+        if "latency" in only:
+            log("latency ...")
+            result = scenario_latency(bench, args)
+            lat = result["latency_ms"]
+            rows.append(["latency", f"100 calls/s, distinct pairs, {args.latency_duration} s",
+                         f"{result['rate']:,.0f} calls/s",
+                         f"{lat['p50']:.2f} / {lat['p99']:.2f} ms", "",
+                         f"p99.9 {lat['p999']:.2f} ms, max {lat['max']:.2f} ms; "
+                         f"OK {ok_share(result):.1%}"])
+            targets.append(["p99 under 2 ms at 100 calls/s", f"{lat['p99']:.2f} ms",
+                            yes(lat["p99"] < 2)])
+        if "memory" in only:
+            log("memory ...")
+            m = scenario_memory(bench, args)
+            rows.append(["memory", "gateway idle", "", "", "",
+                         f"RSS {m['idle_rss'] / 1024:.1f} MiB "
+                         f"(peak {m['idle_hwm'] / 1024:.1f} MiB)"])
+            rows.append(["memory", f"{args.memory_calls:,} calls waiting", "", "", "",
+                         f"peak RSS {m['busy_hwm'] / 1024:.1f} MiB with "
+                         f"{m['queued']:,.0f} queued"])
+            targets.append(["RSS idle under 30 MB", f"{m['idle_hwm'] / 1024:.1f} MiB",
+                            yes(m["idle_hwm"] * 1024 < 30e6)])
+            targets.append([f"RSS under 150 MB with {args.memory_calls:,} calls waiting",
+                            f"{m['busy_hwm'] / 1024:.1f} MiB",
+                            yes(m["busy_hwm"] * 1024 < 150e6 and
+                                m["queued"] >= 0.95 * args.memory_calls)])
+    finally:
+        bench.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"Machine: {machine()}\n")
+    print("| Scenario | Setup | Rate | p50 / p99 | Server CPU per call | Notes |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if targets:
+        print("\n| Target | Measured | Met |")
+        print("|---|---|---|")
+        for row in targets:
+            print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
