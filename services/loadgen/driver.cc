@@ -118,9 +118,8 @@ class Driver final {
         static_cast<int64_t>(std::floor(rate * absl::ToDoubleSeconds(options_.duration)));
     int64_t i = 0;
     size_t next_worker = 0;
-    while (i < total) {
+    for (;;) {
       const absl::Time now = absl::Now();
-      if (now >= stop_) break;
       const int64_t due = std::min<int64_t>(
           total, static_cast<int64_t>(absl::ToDoubleSeconds(now - t0_) * rate) + 1);
       for (; i < due; ++i) {
@@ -131,6 +130,8 @@ class Driver final {
         Start(*workers_[next_worker], t0_ + absl::Seconds(static_cast<double>(i) / rate));
         next_worker = (next_worker + 1) % workers_.size();
       }
+      // Calls due before the end are sent, late if need be; none after.
+      if (i >= total || now >= stop_) break;
       const absl::Time next_due = t0_ + absl::Seconds(static_cast<double>(i) / rate);
       const absl::Duration wait = std::min(next_due - absl::Now(), absl::Milliseconds(1));
       if (wait > absl::ZeroDuration()) absl::SleepFor(wait);
