@@ -275,6 +275,8 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
   ++in_flight_;
   ++stats_.requests;
   if (guard_) guard_->OnSent();
+  const uint64_t send_id = ++sends_;  // Entries are retried: the limiter needs each send apart.
+  limiter_.OnSent(send_id, now);
   absl::Duration timeout = std::min(options_.request_timeout, LatestDeadline(entry) - now);
   entry.cut_short = timeout < options_.request_timeout;
   upstream::HttpRequest request =
@@ -285,7 +287,8 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
          {"attempt", absl::StrCat(entry.attempts)},
          {"waiters", absl::StrCat(entry.waiters.size())}});
   }
-  transport_.Start(std::move(request), [this, id](upstream::HttpResponse response) {
+  transport_.Start(std::move(request), [this, id, send_id](upstream::HttpResponse response) {
+    limiter_.OnEnded(send_id, clock_.Monotonic());
     OnResponse(id, std::move(response));
   });
 }

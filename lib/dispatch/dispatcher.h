@@ -193,6 +193,7 @@ class Dispatcher final {
   std::set<std::pair<absl::Duration, CallId>> deadlines_;  // Of every waiter.
   std::set<std::pair<absl::Duration, EntryId>> retries_;   // Of kBackoff entries.
   EntryId next_entry_ = 1;
+  uint64_t sends_ = 0;  // Requests sent: their ids for RateLimiter::OnSent/OnEnded.
   size_t in_flight_ = 0;
   size_t queued_ = 0;
   absl::Duration latency_ = absl::ZeroDuration();  // Moving average of upstream latency.

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <cstdint>
+
 #include "absl/time/time.h"
 
 namespace imgw::ratelimit {
@@ -21,6 +23,13 @@ class RateLimiter {
   virtual void OnAnswer(absl::Duration now, bool throttled) = 0;
   // The calls per second currently allowed (for queue-time estimates and metrics).
   virtual double CurrentRate(absl::Duration now) = 0;
+  // The right just taken by TryAcquire() is spent on the request `request_id` (unique per
+  // request sent, retries included), which goes out now. A limiter that tracks requests (the
+  // Redis one: the span of each request in the shared window) binds the two; the default
+  // does nothing.
+  virtual void OnSent(uint64_t request_id, absl::Duration now) {}
+  // The request `request_id` ended: answered, failed or timed out. Default: nothing.
+  virtual void OnEnded(uint64_t request_id, absl::Duration now) {}
 };
 
 }  // namespace imgw::ratelimit
