@@ -1,0 +1,760 @@
+#include "lib/ratelimit/redis_rate_limiter.h"
+
+#include <hiredis/hiredis.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <random>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "lib/common/log.h"
+#include "lib/ratelimit/redis_scripts.h"
+
+namespace imgw::ratelimit {
+namespace {
+
+constexpr int64_t kRemoved = 1000;        // A span age meaning "remove it" (it left the window).
+constexpr size_t kPairsPerCommand = 256;  // Span updates per EVALSHA.
+constexpr size_t kRttSamples = 1024;
+
+struct FreeReply {
+  void operator()(redisReply* r) const { freeReplyObject(r); }
+};
+using Reply = std::unique_ptr<redisReply, FreeReply>;
+
+timeval TimevalOf(absl::Duration d) { return absl::ToTimeval(std::max(d, absl::Milliseconds(1))); }
+
+int64_t IntAt(const redisReply* r, size_t i) {
+  if (r == nullptr || r->type != REDIS_REPLY_ARRAY || i >= r->elements) return 0;
+  const redisReply* e = r->element[i];
+  return e->type == REDIS_REPLY_INTEGER ? e->integer : 0;
+}
+
+std::string DefaultReplicaId() {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  std::random_device rd;
+  return absl::StrCat(host[0] != '\0' ? host : "imgw", ":", getpid(), ":",
+                      absl::Hex(rd(), absl::kZeroPad8));
+}
+
+}  // namespace
+
+// One blocking hiredis connection with short timeouts; used by the limiter's thread alone.
+class RedisRateLimiter::Connection {
+ public:
+  explicit Connection(const Options& options) : options_(options) {}
+  ~Connection() { Close(); }
+
+  bool open() const { return ctx_ != nullptr; }
+  void Close() {
+    if (ctx_ != nullptr) redisFree(ctx_);
+    ctx_ = nullptr;
+  }
+
+  // Connects, authenticates and loads the script.
+  absl::Status Open() {
+    Close();
+    ctx_ = redisConnectWithTimeout(options_.host.c_str(), options_.port,
+                                   TimevalOf(options_.connect_timeout));
+    if (ctx_ == nullptr) return absl::UnavailableError("connect: out of memory");
+    if (ctx_->err != 0) {
+      absl::Status s = absl::UnavailableError(
+          absl::StrCat("connect ", options_.host, ":", options_.port, ": ", ctx_->errstr));
+      Close();
+      return s;
+    }
+    if (redisSetTimeout(ctx_, TimevalOf(options_.command_timeout)) != REDIS_OK) {
+      Close();
+      return absl::UnavailableError("cannot set the command timeout");
+    }
+    if (!options_.password.empty()) {
+      absl::StatusOr<std::vector<Reply>> auth = Pipeline({{"AUTH", options_.password}});
+      if (!auth.ok()) return Prefixed("AUTH", auth.status());
+    }
+    absl::StatusOr<std::vector<Reply>> load =
+        Pipeline({{"SCRIPT", "LOAD", std::string(kRedisLimiterScript)}});
+    if (!load.ok()) return Prefixed("SCRIPT LOAD", load.status());
+    const redisReply* r = (*load)[0].get();
+    if (r->type != REDIS_REPLY_STRING) {
+      Close();
+      return absl::InternalError("SCRIPT LOAD: unexpected reply");
+    }
+    sha_.assign(r->str, r->len);
+    return absl::OkStatus();
+  }
+
+  // Sends the commands at once (pipelined) and reads every reply. Any failure (I/O, timeout,
+  // an error reply) closes the connection and is returned; the password is never in it.
+  absl::StatusOr<std::vector<Reply>> Pipeline(const std::vector<std::vector<std::string>>& cmds) {
+    if (ctx_ == nullptr) return absl::UnavailableError("not connected");
+    for (const std::vector<std::string>& cmd : cmds) {
+      std::vector<const char*> argv;
+      std::vector<size_t> lens;
+      for (const std::string& a : cmd) {
+        argv.push_back(a.data());
+        lens.push_back(a.size());
+      }
+      redisAppendCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data());
+    }
+    std::vector<Reply> replies;
+    absl::Status error = absl::OkStatus();
+    for (size_t i = 0; i < cmds.size(); ++i) {
+      void* raw = nullptr;
+      if (redisGetReply(ctx_, &raw) != REDIS_OK || raw == nullptr) {
+        std::string why =
+            ctx_->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)
+                ? absl::StrCat("no answer within ", absl::FormatDuration(options_.command_timeout))
+                : std::string(ctx_->errstr);
+        Close();
+        return absl::UnavailableError(Scrub(why));
+      }
+      Reply reply(static_cast<redisReply*>(raw));
+      if (reply->type == REDIS_REPLY_ERROR && error.ok()) {
+        error = absl::FailedPreconditionError(Scrub(std::string(reply->str, reply->len)));
+      }
+      replies.push_back(std::move(reply));
+    }
+    if (!error.ok() && !absl::StartsWith(error.message(), "NOSCRIPT")) {
+      Close();
+      return error;
+    }
+    return replies;
+  }
+
+  // EVALSHA of each command's arguments (after the SHA), reloading the script once when Redis
+  // lost it (SCRIPT FLUSH, a failover to a replica without it).
+  absl::StatusOr<std::vector<Reply>> Eval(const std::vector<std::vector<std::string>>& calls) {
+    std::vector<std::vector<std::string>> cmds;
+    for (const std::vector<std::string>& args : calls) {
+      std::vector<std::string> cmd = {"EVALSHA", sha_};
+      cmd.insert(cmd.end(), args.begin(), args.end());
+      cmds.push_back(std::move(cmd));
+    }
+    absl::StatusOr<std::vector<Reply>> replies = Pipeline(cmds);
+    if (!replies.ok()) return replies;
+    std::vector<size_t> lost;
+    for (size_t i = 0; i < replies->size(); ++i) {
+      if ((*replies)[i]->type == REDIS_REPLY_ERROR) lost.push_back(i);
+    }
+    if (lost.empty()) return replies;
+    absl::StatusOr<std::vector<Reply>> load =
+        Pipeline({{"SCRIPT", "LOAD", std::string(kRedisLimiterScript)}});
+    if (!load.ok()) return load.status();
+    std::vector<std::vector<std::string>> again;
+    for (size_t i : lost) again.push_back(cmds[i]);
+    absl::StatusOr<std::vector<Reply>> retried = Pipeline(again);
+    if (!retried.ok()) return retried.status();
+    for (size_t j = 0; j < lost.size(); ++j) {
+      if ((*retried)[j]->type == REDIS_REPLY_ERROR) {
+        Close();
+        return absl::FailedPreconditionError(
+            Scrub(std::string((*retried)[j]->str, (*retried)[j]->len)));
+      }
+      (*replies)[lost[j]] = std::move((*retried)[j]);
+    }
+    return replies;
+  }
+
+ private:
+  absl::Status Prefixed(absl::string_view what, const absl::Status& s) {
+    Close();
+    return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+  }
+  std::string Scrub(std::string text) const {
+    if (!options_.password.empty()) absl::StrReplaceAll({{options_.password, "***"}}, &text);
+    return text;
+  }
+
+  const Options& options_;
+  redisContext* ctx_ = nullptr;
+  std::string sha_;
+};
+
+absl::StatusOr<std::unique_ptr<RedisRateLimiter>> RedisRateLimiter::Create(const Options& options,
+                                                                           Clock& clock) {
+  if (options.host.empty()) return absl::InvalidArgumentError("redis host is empty");
+  if (options.port < 1 || options.port > 65535) {
+    return absl::InvalidArgumentError("redis port must be 1..65535");
+  }
+  if (!(options.limit >= 1)) return absl::InvalidArgumentError("limit must be at least 1");
+  if (!(options.burst >= 1) || options.burst >= options.limit) {
+    return absl::InvalidArgumentError("burst must be at least 1 and below the limit");
+  }
+  if (options.stock < 1 || options.stock > 8) {
+    return absl::InvalidArgumentError("stock must be 1..8");
+  }
+  if (options.fallback_replicas < 1) {
+    return absl::InvalidArgumentError("fallback_replicas must be at least 1");
+  }
+  if (options.command_timeout <= absl::ZeroDuration() ||
+      options.connect_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("redis timeouts must be positive");
+  }
+  Options opts = options;
+  if (opts.replica_id.empty()) opts.replica_id = DefaultReplicaId();
+  if (opts.increase_per_second <= 0) opts.increase_per_second = opts.limit / 20;
+  auto limiter = std::unique_ptr<RedisRateLimiter>(new RedisRateLimiter(opts, clock));
+  limiter->thread_ = std::thread([raw = limiter.get()] { raw->Run(); });
+  return limiter;
+}
+
+RedisRateLimiter::RedisRateLimiter(const Options& options, Clock& clock)
+    : options_(options),
+      clock_(clock),
+      pace_(std::max(1e-3, std::min(options.limit * (1 - options.headroom),
+                                    options.limit - std::max(options.burst, 1.0)))),
+      spans_key_(
+          absl::StrCat(options.key_prefix, "{", options.sdkappid, ":", options.api, "}:spans")),
+      pace_key_(
+          absl::StrCat(options.key_prefix, "{", options.sdkappid, ":", options.api, "}:pace")),
+      replicas_key_(
+          absl::StrCat(options.key_prefix, "{", options.sdkappid, ":", options.api, "}:replicas")),
+      conn_(std::make_unique<Connection>(options_)),
+      local_bucket_(1, 1, clock.Monotonic()),
+      shared_rate_(pace_) {}
+
+RedisRateLimiter::~RedisRateLimiter() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    wake_cv_.Signal();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+// ---- The dispatcher's side: memory only. ----
+
+bool RedisRateLimiter::TryAcquire(absl::Duration now) {
+  absl::MutexLock lock(&mu_);
+  bool fresh_demand = now - last_demand_ >= options_.demand_window;
+  last_demand_ = std::max(last_demand_, now);
+  bool granted = false;
+  if (shared_) {
+    bool recovering = now < recovering_until_;
+    if (!stock_.empty() && (!recovering || LocalAllowsLocked(now)) &&
+        (!recovering || local_bucket_.TryTake(now))) {
+      acquired_.push_back(std::move(stock_.front().id));
+      stock_.pop_front();
+      ++stats_.permits_used;
+      granted = true;
+    }
+    if (granted || fresh_demand) {
+      wake_ = true;
+      wake_cv_.Signal();
+    }
+  } else if (LocalAllowsLocked(now) && local_bucket_.TryTake(now)) {
+    acquired_.push_back(absl::StrCat(options_.replica_id, ":l", ++next_local_id_));
+    ++stats_.local_admissions;
+    granted = true;
+  }
+  return granted;
+}
+
+absl::Duration RedisRateLimiter::TimeUntilAvailable(absl::Duration now) {
+  absl::MutexLock lock(&mu_);
+  if (now - last_demand_ >= options_.demand_window && shared_) {
+    wake_ = true;
+    wake_cv_.Signal();
+  }
+  last_demand_ = std::max(last_demand_, now);
+  if (!shared_) return LocalWaitLocked(now);
+  absl::Duration wait = absl::ZeroDuration();
+  if (stock_.empty()) {
+    // The thread is fetching one: about a round trip, or Redis said when to ask again.
+    wait = std::max(acquire_retry_at_ - now, absl::ZeroDuration()) + absl::Milliseconds(1);
+  }
+  if (now < recovering_until_) wait = std::max(wait, LocalWaitLocked(now));
+  return wait;
+}
+
+void RedisRateLimiter::OnAnswer(absl::Duration now, bool throttled) {
+  absl::MutexLock lock(&mu_);
+  answers_.emplace_back(now, throttled);
+  throttled_in_window_ += throttled;
+  while (answers_.front().first <= now - absl::Seconds(1)) {
+    throttled_in_window_ -= answers_.front().second;
+    answers_.pop_front();
+  }
+  if (!throttled || throttled_in_window_ < options_.min_throttles ||
+      throttled_in_window_ < options_.throttle_share * static_cast<double>(answers_.size())) {
+    return;
+  }
+  if (local_factor_) local_factor_->OnThrottled(now);
+  if (shared_) {
+    throttle_pending_ = true;
+    wake_ = true;
+    wake_cv_.Signal();
+  }
+}
+
+double RedisRateLimiter::CurrentRate(absl::Duration now) {
+  absl::MutexLock lock(&mu_);
+  if (!shared_) return local_bucket_.rate();
+  return shared_rate_ / std::max(1, replicas_seen_);
+}
+
+void RedisRateLimiter::OnSent(uint64_t request_id, absl::Duration now) {
+  absl::MutexLock lock(&mu_);
+  Span span;
+  span.sent = now;
+  if (!acquired_.empty()) {
+    span.id = std::move(acquired_.front());
+    acquired_.pop_front();
+  } else {
+    span.id = absl::StrCat(options_.replica_id, ":l", ++next_local_id_);
+  }
+  // Local ids carry ":l"; Redis knows a permit's span from its ACQUIRE.
+  span.in_redis = !absl::StrContains(span.id.substr(options_.replica_id.size()), ":l");
+  ++own_in_flight_;
+  spans_[request_id] = std::move(span);
+}
+
+void RedisRateLimiter::OnEnded(uint64_t request_id, absl::Duration now) {
+  absl::MutexLock lock(&mu_);
+  auto it = spans_.find(request_id);
+  if (it == spans_.end() || it->second.ended != absl::InfiniteDuration()) return;
+  Span& span = it->second;
+  span.ended = now;
+  --own_in_flight_;
+  own_ended_.insert(std::upper_bound(own_ended_.begin(), own_ended_.end(), now), now);
+  if (span.in_redis) {
+    ++span.version;
+    if (shared_) {  // In fallback the reconnection writes every span back anyway.
+      dirty_.push_back(request_id);
+      wake_ = true;
+      wake_cv_.Signal();
+    }
+  }
+}
+
+RedisLimiterStats RedisRateLimiter::Stats() const {
+  absl::MutexLock lock(&mu_);
+  return StatsLocked();
+}
+
+RedisLimiterStats RedisRateLimiter::StatsLocked() const {
+  RedisLimiterStats s = stats_;
+  absl::Duration now = clock_.Monotonic();
+  s.shared = shared_;
+  s.recovering = shared_ && now < recovering_until_;
+  s.replicas = replicas_seen_;
+  s.fallback_replicas = ReplicasLocked();
+  s.shared_rate = shared_rate_;
+  s.local_rate = !shared_ || s.recovering ? local_bucket_.rate() : 0;
+  if (!rtts_.empty()) {
+    std::vector<absl::Duration> sorted(rtts_.begin(), rtts_.end());
+    std::sort(sorted.begin(), sorted.end());
+    s.acquire_p50 = sorted[sorted.size() / 2];
+    s.acquire_p99 = sorted[std::min(sorted.size() - 1, sorted.size() * 99 / 100)];
+  }
+  return s;
+}
+
+// ---- The local share. ----
+
+int RedisRateLimiter::ReplicasLocked() const {
+  return replicas_seen_ > 0 ? replicas_seen_ : options_.fallback_replicas;
+}
+
+double RedisRateLimiter::LocalPaceLocked() const {
+  // As LocalRateLimiter::PaceFor for the limit L/N with a burst of 1: a bucket of capacity 1
+  // refilled at L/N - 1 grants at most L/N in any second.
+  double share = options_.limit / ReplicasLocked();
+  double pace = std::min(share * (1 - options_.headroom), share - 1);
+  return std::max(pace, share / 10);
+}
+
+void RedisRateLimiter::ExpireOwnLocked(absl::Duration now) {
+  while (!own_ended_.empty() && own_ended_.front() <= now - absl::Seconds(1)) {
+    own_ended_.pop_front();
+  }
+}
+
+size_t RedisRateLimiter::LocalWindowLimitLocked(absl::Duration now) const {
+  const double n = ReplicasLocked();
+  size_t limit = std::max<size_t>(1, static_cast<size_t>(std::floor(options_.limit / n)));
+  if (!shared_ && now < last_reply_ + absl::Seconds(1)) {
+    // Spans other replicas admitted through Redis may still be in the window: this replica
+    // keeps to its spans then plus an N-th of the room Redis had left.
+    double room = std::max(0.0, options_.limit - static_cast<double>(redis_count_at_reply_));
+    limit = std::min(limit, own_at_reply_ + static_cast<size_t>(std::floor(room / n)));
+  }
+  return limit;
+}
+
+bool RedisRateLimiter::LocalAllowsLocked(absl::Duration now) {
+  ExpireOwnLocked(now);
+  double factor = local_factor_ ? local_factor_->Rate(now) : 1.0;
+  local_bucket_.SetRate(LocalPaceLocked() * factor, now);
+  return own_in_flight_ + own_ended_.size() < LocalWindowLimitLocked(now);
+}
+
+absl::Duration RedisRateLimiter::LocalWaitLocked(absl::Duration now) {
+  bool room = LocalAllowsLocked(now);
+  absl::Duration wait = local_bucket_.TimeUntilAvailable(now);
+  if (!room) {
+    size_t count = own_in_flight_ + own_ended_.size();
+    size_t need = count - LocalWindowLimitLocked(now) + 1;  // Ends that must leave the window.
+    absl::Duration window_wait = need <= own_ended_.size()
+                                     ? own_ended_[need - 1] + absl::Seconds(1) - now
+                                     : absl::Milliseconds(10);  // Only an answer makes room.
+    wait = std::max(wait, window_wait);
+  }
+  return std::max(wait, absl::ZeroDuration());
+}
+
+void RedisRateLimiter::EnterFallbackLocked(absl::Duration now) {
+  shared_ = false;
+  ++stats_.fallbacks;
+  for (Permit& p : stock_) to_release_.push_back(std::move(p.id));
+  stats_.permits_released += stock_.size();
+  stock_.clear();
+  dirty_.clear();  // The reconnection writes every span back.
+  // The local share starts at the shared back-off's level, and empty: with burst 1 a bucket
+  // that starts full could add a call to a window the shared budget already filled.
+  local_factor_.emplace(AdaptiveRate::Options{1.0, std::min(1.0, options_.min_rate / pace_),
+                                              options_.decrease, options_.cooldown, options_.hold,
+                                              options_.increase_per_second / pace_});
+  if (shared_rate_ < pace_) local_factor_->OnThrottled(now, shared_rate_ / pace_);
+  local_bucket_.SetRate(LocalPaceLocked() * local_factor_->Rate(now), now);
+  while (local_bucket_.TryTake(now)) {
+  }
+}
+
+void RedisRateLimiter::PruneSpansLocked(absl::Duration now) {
+  if (now - last_prune_ < absl::Milliseconds(100)) return;
+  last_prune_ = now;
+  for (auto it = spans_.begin(); it != spans_.end();) {
+    const Span& s = it->second;
+    bool done = s.ended <= now - absl::Seconds(1) && (!s.in_redis || s.synced == s.version);
+    if (done) {
+      spans_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+}
+
+// ---- The limiter's thread: the only one that talks to Redis. ----
+
+std::vector<std::string> RedisRateLimiter::ScriptArgs(const char* op) const {
+  return {"3",
+          spans_key_,
+          pace_key_,
+          replicas_key_,
+          op,
+          absl::StrCat(options_.limit),
+          absl::StrCat(pace_),
+          absl::StrCat(options_.burst),
+          absl::StrCat(absl::ToInt64Milliseconds(options_.upstream_timeout + absl::Seconds(1))),
+          absl::StrCat(options_.min_rate),
+          absl::StrCat(options_.increase_per_second),
+          absl::StrCat(absl::ToInt64Milliseconds(options_.hold)),
+          absl::StrCat(absl::ToInt64Milliseconds(options_.cooldown)),
+          absl::StrCat(options_.decrease)};
+}
+
+void RedisRateLimiter::NotifyStats() {
+  if (!options_.on_stats) return;
+  RedisLimiterStats s;
+  {
+    absl::MutexLock lock(&mu_);
+    s = StatsLocked();
+  }
+  options_.on_stats(s);
+}
+
+void RedisRateLimiter::OnRedisFailure(absl::Duration now, const std::string& what) {
+  conn_->Close();
+  bool entered = false;
+  int replicas;
+  double rate;
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.redis_errors;
+    stats_.last_error = what;
+    stats_.connected = false;
+    if (shared_) {
+      EnterFallbackLocked(now);
+      entered = true;
+    }
+    replicas = ReplicasLocked();
+    rate = local_bucket_.rate();
+  }
+  if (entered) {
+    Log(LogLevel::kWarning, "redis failing: the upstream budget falls back to a local share",
+        {{"redis", absl::StrCat(options_.host, ":", options_.port)},
+         {"error", what},
+         {"replicas", absl::StrCat(replicas)},
+         {"local_rate", absl::StrCat(rate)}});
+    NotifyStats();
+  }
+}
+
+bool RedisRateLimiter::ConnectAndSync(absl::Duration now) {
+  absl::Status s = conn_->Open();
+  if (!s.ok()) {
+    OnRedisFailure(now, std::string(s.message()));
+    return false;
+  }
+  bool was_shared;
+  {
+    absl::MutexLock lock(&mu_);
+    was_shared = shared_;
+    stats_.connected = true;
+    if (ever_connected_) ++stats_.reconnects;
+    ever_connected_ = true;
+    // Everything this replica sent in the last second, and every end Redis missed.
+    dirty_.clear();
+    for (auto& [id, span] : spans_) {
+      if (span.ended > now - absl::Seconds(1) || (span.in_redis && span.synced != span.version)) {
+        span.in_redis = true;
+        ++span.version;
+        dirty_.push_back(id);
+      }
+    }
+  }
+  if (!FlushSpans(now) || !Heartbeat(now)) return false;
+  if (!was_shared) {
+    int replicas;
+    {
+      absl::MutexLock lock(&mu_);
+      shared_ = true;
+      recovering_until_ = clock_.Monotonic() + absl::Seconds(1) + options_.probe_interval;
+      acquire_retry_at_ = -absl::InfiniteDuration();
+      replicas = replicas_seen_;
+    }
+    Log(LogLevel::kInfo, "redis answers again: back to the shared upstream budget",
+        {{"redis", absl::StrCat(options_.host, ":", options_.port)},
+         {"replicas", absl::StrCat(replicas)}});
+    NotifyStats();
+  }
+  return true;
+}
+
+bool RedisRateLimiter::FlushSpans(absl::Duration now) {
+  std::vector<SpanUpdate> updates;
+  {
+    absl::MutexLock lock(&mu_);
+    while (!stock_.empty() && now - stock_.front().acquired >= options_.permit_ttl) {
+      to_release_.push_back(std::move(stock_.front().id));
+      stock_.pop_front();
+      ++stats_.permits_released;
+    }
+    for (std::string& id : to_release_) updates.push_back({0, std::move(id), kRemoved, 0});
+    to_release_.clear();
+    for (uint64_t rid : dirty_) {
+      auto it = spans_.find(rid);
+      if (it == spans_.end()) continue;
+      const Span& s = it->second;
+      // The age is rounded down: the end Redis records is then never earlier than the real one.
+      int64_t age = s.ended == absl::InfiniteDuration()
+                        ? -1
+                        : std::min(kRemoved, absl::ToInt64Milliseconds(now - s.ended));
+      updates.push_back({rid, s.id, age, s.version});
+    }
+    dirty_.clear();
+  }
+  if (updates.empty()) return true;
+  std::vector<std::vector<std::string>> calls;
+  for (size_t i = 0; i < updates.size(); i += kPairsPerCommand) {
+    std::vector<std::string> args = ScriptArgs("spans");
+    for (size_t j = i; j < std::min(updates.size(), i + kPairsPerCommand); ++j) {
+      args.push_back(updates[j].id);
+      args.push_back(absl::StrCat(updates[j].age_ms));
+    }
+    calls.push_back(std::move(args));
+  }
+  absl::StatusOr<std::vector<Reply>> replies = conn_->Eval(calls);
+  if (!replies.ok()) {
+    {
+      absl::MutexLock lock(&mu_);
+      for (SpanUpdate& u : updates) {
+        if (u.request_id == 0) to_release_.push_back(std::move(u.id));
+      }
+    }
+    OnRedisFailure(now, std::string(replies.status().message()));
+    return false;
+  }
+  absl::MutexLock lock(&mu_);
+  for (const SpanUpdate& u : updates) {
+    if (u.request_id == 0) continue;
+    auto it = spans_.find(u.request_id);
+    if (it != spans_.end()) it->second.synced = std::max(it->second.synced, u.version);
+  }
+  const redisReply* last = replies->back().get();
+  if (last->type == REDIS_REPLY_INTEGER) {
+    redis_count_at_reply_ = static_cast<size_t>(last->integer);
+    own_at_reply_ = own_in_flight_ + own_ended_.size() + stock_.size();
+    last_reply_ = clock_.Monotonic();
+  }
+  PruneSpansLocked(now);
+  return true;
+}
+
+bool RedisRateLimiter::Heartbeat(absl::Duration now) {
+  std::vector<std::string> args = ScriptArgs("heartbeat");
+  args.push_back(options_.replica_id);
+  args.push_back(absl::StrCat(absl::ToInt64Milliseconds(options_.replica_ttl)));
+  absl::StatusOr<std::vector<Reply>> replies = conn_->Eval({args});
+  if (!replies.ok()) {
+    OnRedisFailure(now, std::string(replies.status().message()));
+    return false;
+  }
+  const redisReply* r = (*replies)[0].get();
+  {
+    absl::MutexLock lock(&mu_);
+    replicas_seen_ = std::max<int>(1, static_cast<int>(IntAt(r, 0)));
+    shared_rate_ = static_cast<double>(IntAt(r, 1)) / 1000;
+    redis_count_at_reply_ = static_cast<size_t>(IntAt(r, 2));
+    own_at_reply_ = own_in_flight_ + own_ended_.size() + stock_.size();
+    last_reply_ = clock_.Monotonic();
+    PruneSpansLocked(now);
+  }
+  NotifyStats();
+  return true;
+}
+
+bool RedisRateLimiter::ReportThrottle() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!throttle_pending_) return true;
+    throttle_pending_ = false;
+  }
+  absl::StatusOr<std::vector<Reply>> replies = conn_->Eval({ScriptArgs("throttled")});
+  if (!replies.ok()) {
+    OnRedisFailure(clock_.Monotonic(), std::string(replies.status().message()));
+    return false;
+  }
+  const redisReply* r = (*replies)[0].get();
+  absl::MutexLock lock(&mu_);
+  ++stats_.throttles_reported;
+  if (IntAt(r, 0) == 1) ++stats_.rate_cuts;
+  shared_rate_ = static_cast<double>(IntAt(r, 1)) / 1000;
+  return true;
+}
+
+bool RedisRateLimiter::RefillStock(absl::Duration now) {
+  while (true) {
+    std::string id;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stock_.size() >= static_cast<size_t>(options_.stock) ||
+          now - last_demand_ > options_.demand_window || now < acquire_retry_at_) {
+        return true;
+      }
+      id = absl::StrCat(options_.replica_id, ":", ++next_permit_);
+      ++stats_.permits_acquired;
+    }
+    std::vector<std::string> args = ScriptArgs("acquire");
+    args.push_back(id);
+    absl::Duration start = clock_.Monotonic();
+    absl::StatusOr<std::vector<Reply>> replies = conn_->Eval({args});
+    absl::Duration end = clock_.Monotonic();
+    if (!replies.ok()) {
+      {
+        absl::MutexLock lock(&mu_);
+        --stats_.permits_acquired;
+        to_release_.push_back(std::move(id));  // It may have been granted before the timeout.
+      }
+      OnRedisFailure(end, std::string(replies.status().message()));
+      return false;
+    }
+    const redisReply* r = (*replies)[0].get();
+    bool allowed = IntAt(r, 0) == 1;
+    bool notify = false;
+    {
+      absl::MutexLock lock(&mu_);
+      rtts_.push_back(end - start);
+      if (rtts_.size() > kRttSamples) rtts_.pop_front();
+      shared_rate_ = static_cast<double>(IntAt(r, 2)) / 1000;
+      redis_count_at_reply_ = static_cast<size_t>(IntAt(r, 3));
+      last_reply_ = end;
+      if (allowed) {
+        notify = stock_.empty();
+        stock_.push_back({std::move(id), start});
+      } else {
+        --stats_.permits_acquired;
+        ++stats_.acquire_refused;
+        acquire_retry_at_ = start + absl::Microseconds(IntAt(r, 1));
+      }
+      own_at_reply_ = own_in_flight_ + own_ended_.size() + stock_.size();
+    }
+    if (notify && options_.on_permit) options_.on_permit();
+    if (!allowed) return true;
+    now = clock_.Monotonic();
+  }
+}
+
+void RedisRateLimiter::Run() {
+  absl::Duration next_connect = -absl::InfiniteDuration();
+  absl::Duration next_heartbeat = -absl::InfiniteDuration();
+  while (true) {
+    absl::Duration now = clock_.Monotonic();
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) break;
+    }
+    bool ok = conn_->open();
+    if (!ok && now >= next_connect) {
+      ok = ConnectAndSync(now);
+      if (ok) next_heartbeat = clock_.Monotonic() + options_.heartbeat;
+    }
+    if (ok && now >= next_heartbeat) {
+      ok = Heartbeat(now);
+      next_heartbeat = now + options_.heartbeat;
+    }
+    if (ok) ok = ReportThrottle();
+    if (ok) ok = FlushSpans(clock_.Monotonic());
+    if (ok) ok = RefillStock(clock_.Monotonic());
+    now = clock_.Monotonic();
+    if (!ok && next_connect <= now) next_connect = now + options_.probe_interval;
+    if (!ok) {
+      absl::MutexLock lock(&mu_);
+      PruneSpansLocked(now);  // Spans sent locally are forgotten a second after they end.
+    }
+
+    absl::MutexLock lock(&mu_);
+    absl::Duration until;
+    if (!conn_->open()) {
+      until = next_connect;
+    } else {
+      until = next_heartbeat;
+      if (now - last_demand_ <= options_.demand_window &&
+          stock_.size() < static_cast<size_t>(options_.stock)) {
+        until = std::min(until, std::max(acquire_retry_at_, last_demand_));
+      }
+      if (!stock_.empty()) until = std::min(until, stock_.front().acquired + options_.permit_ttl);
+    }
+    while (!wake_ && !stopping_) {
+      absl::Duration left = until - clock_.Monotonic();
+      if (left <= absl::ZeroDuration()) break;
+      wake_cv_.WaitWithTimeout(&mu_, left);
+    }
+    wake_ = false;
+  }
+  // Leaving: hand the stock back and say so, best effort (the spans in flight end by TTL).
+  if (conn_->open()) {
+    {
+      absl::MutexLock lock(&mu_);
+      for (Permit& p : stock_) to_release_.push_back(std::move(p.id));
+      stock_.clear();
+    }
+    if (FlushSpans(clock_.Monotonic())) {
+      std::vector<std::string> args = ScriptArgs("leave");
+      args.push_back(options_.replica_id);
+      (void)conn_->Eval({args});
+    }
+  }
+  conn_->Close();
+}
+
+}  // namespace imgw::ratelimit

@@ -1,0 +1,343 @@
+#include "lib/ratelimit/redis_rate_limiter.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <queue>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "lib/common/clock.h"
+#include "tests/testing/redis_server.h"
+
+// Three RedisRateLimiter instances in one process stand for three gateway replicas, each
+// driven by its own thread, against a real redis-server on loopback. The upstream is
+// simulated: a request reaches it at a random moment between OnSent and OnEnded, and every
+// such arrival is recorded to check the sliding windows the upstream would count.
+namespace imgw::ratelimit {
+namespace {
+
+constexpr double kLimit = 200;
+constexpr int kReplicas = 3;
+
+RedisRateLimiter::Options OptionsFor(int port, int replica, const std::string& password = "") {
+  RedisRateLimiter::Options o;
+  o.port = port;
+  o.password = password;
+  o.sdkappid = 1400000000;
+  o.replica_id = absl::StrCat("replica-", replica);
+  o.limit = kLimit;
+  o.fallback_replicas = kReplicas;
+  return o;
+}
+
+// Arrivals at the simulated upstream, from every replica.
+class Arrivals {
+ public:
+  void Add(absl::Duration t) {
+    absl::MutexLock lock(&mu_);
+    times_.push_back(t);
+  }
+  std::vector<absl::Duration> Sorted() {
+    absl::MutexLock lock(&mu_);
+    std::vector<absl::Duration> t = times_;
+    std::sort(t.begin(), t.end());
+    return t;
+  }
+  // The most arrivals in any window (t - 1s, t].
+  size_t MaxWindow() {
+    std::vector<absl::Duration> t = Sorted();
+    size_t best = 0, first = 0;
+    for (size_t i = 0; i < t.size(); ++i) {
+      while (t[first] <= t[i] - absl::Seconds(1)) ++first;
+      best = std::max(best, i - first + 1);
+    }
+    return best;
+  }
+  size_t Between(absl::Duration from, absl::Duration to) {
+    std::vector<absl::Duration> t = Sorted();
+    return std::count_if(t.begin(), t.end(), [&](absl::Duration x) { return x >= from && x < to; });
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<absl::Duration> times_ ABSL_GUARDED_BY(mu_);
+};
+
+// Offers `offered` calls/s to one limiter until `until`, as a dispatcher would: acquire, send,
+// end after 1-10 ms. Records every arrival.
+void Drive(RedisRateLimiter& limiter, double offered, absl::Duration until, Arrivals& arrivals,
+           int seed) {
+  Clock& clock = RealClock::Get();
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> latency_us(1000, 10000);
+  std::uniform_real_distribution<double> unit(0, 1);
+  struct InFlight {
+    absl::Duration end;
+    uint64_t id;
+    absl::Duration sent;
+    bool operator>(const InFlight& o) const { return end > o.end; }
+  };
+  std::priority_queue<InFlight, std::vector<InFlight>, std::greater<InFlight>> in_flight;
+  uint64_t next_id = 0;
+  absl::Duration start = clock.Monotonic();
+  double sent = 0;
+  while (true) {
+    absl::Duration now = clock.Monotonic();
+    while (!in_flight.empty() && in_flight.top().end <= now) {
+      InFlight f = in_flight.top();
+      in_flight.pop();
+      limiter.OnEnded(f.id, now);
+      arrivals.Add(f.sent + (f.end - f.sent) * unit(rng));
+    }
+    if (now >= until) {
+      if (in_flight.empty()) return;
+      absl::SleepFor(absl::Microseconds(200));
+      continue;
+    }
+    double backlog = absl::ToDoubleSeconds(now - start) * offered - sent;
+    if (backlog >= 1 && limiter.TryAcquire(now)) {
+      limiter.OnSent(++next_id, now);
+      limiter.OnAnswer(now, false);
+      in_flight.push({now + absl::Microseconds(latency_us(rng)), next_id, now});
+      sent += 1;
+      continue;
+    }
+    absl::Duration wait = backlog >= 1 ? limiter.TimeUntilAvailable(now) : absl::Milliseconds(1);
+    if (!in_flight.empty()) wait = std::min(wait, in_flight.top().end - now);
+    absl::SleepFor(std::clamp(wait, absl::Microseconds(50), absl::Milliseconds(2)));
+  }
+}
+
+class RedisRateLimiterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<testing::RedisServer>> redis = testing::RedisServer::Start({});
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = *std::move(redis);
+  }
+
+  std::vector<std::unique_ptr<RedisRateLimiter>> Replicas(int n) {
+    std::vector<std::unique_ptr<RedisRateLimiter>> out;
+    for (int i = 0; i < n; ++i) {
+      auto limiter = RedisRateLimiter::Create(OptionsFor(redis_->port(), i), RealClock::Get());
+      EXPECT_TRUE(limiter.ok()) << limiter.status();
+      out.push_back(*std::move(limiter));
+    }
+    return out;
+  }
+
+  // Runs every replica at `overload` x its share of the limit until `duration` from now, and
+  // calls `midway(t)` from this thread every 10 ms with the time since the start.
+  void RunAll(std::vector<std::unique_ptr<RedisRateLimiter>>& replicas, absl::Duration duration,
+              Arrivals& arrivals, const std::function<void(absl::Duration)>& midway = nullptr) {
+    absl::Duration start = RealClock::Get().Monotonic();
+    absl::Duration until = start + duration;
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < replicas.size(); ++i) {
+      threads.emplace_back([&, i] {
+        Drive(*replicas[i], 5 * kLimit / replicas.size(), until, arrivals, static_cast<int>(i));
+      });
+    }
+    while (RealClock::Get().Monotonic() < until) {
+      if (midway) midway(RealClock::Get().Monotonic() - start);
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    for (std::thread& t : threads) t.join();
+  }
+
+  static bool WaitFor(const std::function<bool()>& done, absl::Duration timeout) {
+    absl::Time until = absl::Now() + timeout;
+    while (absl::Now() < until) {
+      if (done()) return true;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return done();
+  }
+
+  std::unique_ptr<testing::RedisServer> redis_;
+};
+
+TEST_F(RedisRateLimiterTest, ThreeReplicasShareOneBudgetAndUseIt) {
+  std::vector<std::unique_ptr<RedisRateLimiter>> replicas = Replicas(kReplicas);
+  for (auto& r : replicas) {
+    ASSERT_TRUE(WaitFor([&] { return r->Stats().connected; }, absl::Seconds(5)));
+  }
+  Arrivals arrivals;
+  absl::Duration start = RealClock::Get().Monotonic();
+  absl::Duration duration = absl::Seconds(3);
+  RunAll(replicas, duration, arrivals);
+  size_t max_window = arrivals.MaxWindow();
+  // Steady state: skip the first half second and the drain.
+  absl::Duration from = start + absl::Milliseconds(500);
+  absl::Duration to = start + duration;
+  double rate = static_cast<double>(arrivals.Between(from, to)) / absl::ToDoubleSeconds(to - from);
+  std::printf("3 replicas at 5x: %.1f calls/s in steady state (%.1f%% of %g), max window %zu\n",
+              rate, 100 * rate / kLimit, kLimit, max_window);
+  EXPECT_LE(max_window, static_cast<size_t>(kLimit));
+  EXPECT_GE(rate, 0.95 * kLimit);
+  for (auto& r : replicas) {
+    RedisLimiterStats s = r->Stats();
+    EXPECT_TRUE(s.shared);
+    EXPECT_EQ(s.fallbacks, 0u) << s.last_error;
+    EXPECT_EQ(s.replicas, kReplicas);
+    EXPECT_GT(s.permits_used, 0.2 * kLimit) << "each replica gets a share";
+    EXPECT_GT(s.acquire_p99, absl::ZeroDuration());
+  }
+}
+
+TEST_F(RedisRateLimiterTest, AThrottleSeenByOneReplicaSlowsTheOthers) {
+  std::vector<std::unique_ptr<RedisRateLimiter>> replicas = Replicas(kReplicas);
+  for (auto& r : replicas) {
+    ASSERT_TRUE(WaitFor([&] { return r->Stats().replicas == kReplicas; }, absl::Seconds(5)));
+  }
+  absl::Duration now = RealClock::Get().Monotonic();
+  double before = replicas[1]->CurrentRate(now);
+  EXPECT_NEAR(before, replicas[1]->pace() / kReplicas, 0.01);
+  // One refusal is absorbed by a retry; the share rule (two, and 10% of the answers) cuts.
+  replicas[0]->OnAnswer(now, true);
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(replicas[0]->Stats().throttles_reported, 0u);
+  replicas[0]->OnAnswer(RealClock::Get().Monotonic(), true);
+  ASSERT_TRUE(WaitFor([&] { return replicas[0]->Stats().rate_cuts == 1; }, absl::Seconds(2)));
+  // The others learn it from Redis (their next heartbeat or admission).
+  for (int i = 1; i < kReplicas; ++i) {
+    ASSERT_TRUE(WaitFor(
+        [&] { return replicas[i]->CurrentRate(RealClock::Get().Monotonic()) < 0.8 * before; },
+        absl::Seconds(3)))
+        << "replica " << i << " still at " << replicas[i]->CurrentRate(now);
+    EXPECT_NEAR(replicas[i]->Stats().shared_rate, 0.7 * replicas[i]->pace(), 1);
+  }
+}
+
+TEST(RedisRateLimiterPasswordTest, AuthenticatesAndAWrongPasswordIsACountedFallback) {
+  const std::string password = "pw-Zr8q-s3cret";
+  absl::StatusOr<std::unique_ptr<testing::RedisServer>> redis =
+      testing::RedisServer::Start({password});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  ::testing::internal::CaptureStderr();
+  auto good = RedisRateLimiter::Create(OptionsFor((*redis)->port(), 0, password), RealClock::Get());
+  auto bad = RedisRateLimiter::Create(OptionsFor((*redis)->port(), 1, "wrong-Qx7-password"),
+                                      RealClock::Get());
+  ASSERT_TRUE(good.ok() && bad.ok());
+  auto connected = [&] { return (*good)->Stats().replicas == 1; };
+  auto failed = [&] { return (*bad)->Stats().fallbacks == 1; };
+  absl::Time until = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < until && !(connected() && failed())) absl::SleepFor(absl::Milliseconds(5));
+  absl::SleepFor(absl::Milliseconds(600));  // A few probes more: still one episode.
+  RedisLimiterStats g = (*good)->Stats();
+  RedisLimiterStats b = (*bad)->Stats();
+  bad->reset();
+  good->reset();
+  std::string logs = ::testing::internal::GetCapturedStderr();
+  EXPECT_TRUE(g.connected && g.shared) << g.last_error;
+  EXPECT_EQ(g.fallbacks, 0u);
+  EXPECT_FALSE(b.shared);
+  EXPECT_FALSE(b.connected);
+  EXPECT_EQ(b.fallbacks, 1u);
+  EXPECT_GE(b.redis_errors, 2u) << "probed again";
+  EXPECT_NE(b.last_error.find("AUTH"), std::string::npos) << b.last_error;
+  EXPECT_NE(b.last_error.find("WRONGPASS"), std::string::npos) << b.last_error;
+  EXPECT_EQ(b.last_error.find("wrong-Qx7-password"), std::string::npos);
+  EXPECT_NE(logs.find("falls back to a local share"), std::string::npos) << logs;
+  EXPECT_EQ(logs.find("wrong-Qx7-password"), std::string::npos) << logs;
+  EXPECT_EQ(logs.find(password), std::string::npos) << logs;
+}
+
+TEST_F(RedisRateLimiterTest, FallsBackWhenRedisDiesAndComesBackWithinTheLimit) {
+  std::vector<std::unique_ptr<RedisRateLimiter>> replicas = Replicas(kReplicas);
+  for (auto& r : replicas) {
+    ASSERT_TRUE(WaitFor([&] { return r->Stats().replicas == kReplicas; }, absl::Seconds(5)));
+  }
+  Arrivals arrivals;
+  absl::Duration start = RealClock::Get().Monotonic();
+  bool stopped = false, restarted = false;
+  std::vector<RedisLimiterStats> during;
+  absl::Status restart = absl::OkStatus();
+  RunAll(replicas, absl::Seconds(7), arrivals, [&](absl::Duration t) {
+    if (!stopped && t >= absl::Milliseconds(1500)) {
+      redis_->Stop();
+      stopped = true;
+    }
+    if (during.empty() && t >= absl::Milliseconds(3000)) {
+      for (auto& r : replicas) during.push_back(r->Stats());
+    }
+    if (!restarted && t >= absl::Milliseconds(4000)) {
+      restart = redis_->Restart();
+      restarted = true;
+    }
+  });
+  ASSERT_TRUE(restart.ok()) << restart;
+  size_t max_window = arrivals.MaxWindow();
+  double fallback_rate = static_cast<double>(arrivals.Between(start + absl::Milliseconds(2500),
+                                                              start + absl::Milliseconds(4000))) /
+                         1.5;
+  double back_rate = static_cast<double>(arrivals.Between(start + absl::Milliseconds(5500),
+                                                          start + absl::Milliseconds(7000))) /
+                     1.5;
+  std::printf("outage: max window %zu, %.1f calls/s in fallback, %.1f calls/s after\n", max_window,
+              fallback_rate, back_rate);
+  EXPECT_LE(max_window, static_cast<size_t>(kLimit));
+  ASSERT_EQ(during.size(), static_cast<size_t>(kReplicas));
+  for (const RedisLimiterStats& s : during) {
+    EXPECT_FALSE(s.shared);
+    EXPECT_EQ(s.fallbacks, 1u);
+    EXPECT_EQ(s.fallback_replicas, kReplicas);
+    EXPECT_GT(s.local_admissions, 0u);
+    EXPECT_FALSE(s.last_error.empty());
+  }
+  for (auto& r : replicas) {
+    RedisLimiterStats s = r->Stats();
+    EXPECT_TRUE(s.shared) << s.last_error;
+    EXPECT_EQ(s.fallbacks, 1u) << "counted once";
+    EXPECT_GE(s.reconnects, 1u);
+  }
+  // The fallback keeps serving (each replica at its L/N share) and the shared budget returns.
+  EXPECT_GT(fallback_rate, 0.5 * kLimit);
+  EXPECT_GT(back_rate, 0.9 * kLimit);
+}
+
+TEST_F(RedisRateLimiterTest, NeverBlocksTheDispatcherWhileRedisIsSlowOrGone) {
+  std::vector<std::unique_ptr<RedisRateLimiter>> replicas = Replicas(1);
+  RedisRateLimiter& limiter = *replicas[0];
+  ASSERT_TRUE(WaitFor([&] { return limiter.Stats().connected; }, absl::Seconds(5)));
+  auto measure = [&](const char* what) {
+    absl::Duration worst = absl::ZeroDuration();
+    for (int i = 0; i < 1000; ++i) {
+      absl::Duration t0 = RealClock::Get().Monotonic();
+      if (limiter.TryAcquire(t0)) {
+        limiter.OnSent(i + 1, t0);
+        limiter.OnEnded(i + 1, t0);
+      }
+      (void)limiter.TimeUntilAvailable(t0);
+      worst = std::max(worst, RealClock::Get().Monotonic() - t0);
+      absl::SleepFor(absl::Microseconds(300));
+    }
+    std::printf("%s: slowest TryAcquire + TimeUntilAvailable %s\n", what,
+                absl::FormatDuration(worst).c_str());
+    EXPECT_LT(worst, absl::Milliseconds(20)) << what;
+  };
+  // Redis stalls for 600 ms: commands time out after 50 ms, the limiter falls back.
+  absl::StatusOr<std::string> slept;
+  std::thread sleeper([&] { slept = redis_->Command({"DEBUG", "SLEEP", "0.6"}); });
+  absl::SleepFor(absl::Milliseconds(20));
+  measure("redis sleeping");
+  sleeper.join();
+  ASSERT_TRUE(slept.ok()) << slept.status();
+  EXPECT_GE(limiter.Stats().fallbacks, 1u);
+  EXPECT_TRUE(WaitFor([&] { return limiter.Stats().shared; }, absl::Seconds(3)));
+  redis_->Stop();
+  measure("redis stopped");
+  EXPECT_FALSE(limiter.Stats().shared);
+}
+
+}  // namespace
+}  // namespace imgw::ratelimit
