@@ -105,6 +105,66 @@ absl::StatusOr<std::string> ReadSecretKey(const GatewayFlags& flags) {
   return key;
 }
 
+absl::Status ResolveRedis(const GatewayFlags& flags, GatewayConfig& config) {
+  if (flags.ratelimit_backend != "local" && flags.ratelimit_backend != "redis") {
+    return Bad("ratelimit_backend", "must be local or redis");
+  }
+  config.redis_budget = flags.ratelimit_backend == "redis";
+  if (!config.redis_budget) {
+    // A Redis address without the backend would silently leave every replica its own budget.
+    if (!flags.redis_address.empty()) {
+      return Bad("redis_address",
+                 "set, but --ratelimit_backend=local: add --ratelimit_backend=redis");
+    }
+    return absl::OkStatus();
+  }
+  if (flags.redis_address.empty()) {
+    return Bad("redis_address", "missing: the host:port of the Redis the replicas share");
+  }
+  size_t colon = flags.redis_address.rfind(':');
+  uint32_t port = 0;
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(absl::string_view(flags.redis_address).substr(colon + 1), &port) ||
+      port < 1 || port > 65535) {
+    return Bad("redis_address", absl::StrCat("\"", flags.redis_address, "\" is not host:port"));
+  }
+  std::string host = flags.redis_address.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  config.redis_host = host;
+  config.redis_port = static_cast<int>(port);
+  if (!flags.redis_password_file.empty()) {
+    std::ifstream in(flags.redis_password_file);
+    if (!in) {
+      return Bad("redis_password_file", absl::StrCat("cannot read ", flags.redis_password_file));
+    }
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    config.redis_password = std::string(absl::StripTrailingAsciiWhitespace(buffer.str()));
+    if (config.redis_password.empty()) {
+      return Bad("redis_password_file", absl::StrCat(flags.redis_password_file, " is empty"));
+    }
+  } else {
+    config.redis_password = flags.redis_password_env;  // Empty: no AUTH.
+  }
+  if (flags.redis_key_prefix.size() > 64 ||
+      flags.redis_key_prefix.find_first_of("{} \t\r\n") != std::string::npos ||
+      CheckText(flags.redis_key_prefix) != TextCheck::kOk) {
+    return Bad("redis_key_prefix", "must be up to 64 printable bytes without braces or spaces");
+  }
+  config.redis_key_prefix = flags.redis_key_prefix;
+  if (flags.redis_timeout <= absl::ZeroDuration() || flags.redis_timeout > absl::Seconds(1)) {
+    return Bad("redis_timeout", "must be in (0, 1s]: a slower Redis means the local fallback");
+  }
+  config.redis_timeout = flags.redis_timeout;
+  if (flags.redis_fallback_replicas < 1 || flags.redis_fallback_replicas > 1000) {
+    return Bad("redis_fallback_replicas", "must be 1..1000");
+  }
+  config.redis_fallback_replicas = flags.redis_fallback_replicas;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> RegionDomain(absl::string_view region) {
@@ -247,6 +307,7 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
     }
     config.grpc_client_ca_pem = *std::move(ca);
   }
+  if (absl::Status s = ResolveRedis(flags, config); !s.ok()) return s;
   return config;
 }
 

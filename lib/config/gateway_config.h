@@ -2,10 +2,10 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace imgw::config {
@@ -36,6 +36,14 @@ struct GatewayFlags {
   std::string grpc_tls_cert;  // Paths.
   std::string grpc_tls_key;
   std::string grpc_client_ca;
+  // The upstream budget: "local" (this gateway alone) or "redis" (shared by every replica).
+  std::string ratelimit_backend = "local";
+  std::string redis_address;        // host:port.
+  std::string redis_password_file;  // Wins over redis_password_env.
+  std::string redis_password_env;   // The value of IMGW_REDIS_PASSWORD, if set.
+  std::string redis_key_prefix = "imgw:";
+  absl::Duration redis_timeout = absl::Milliseconds(50);
+  int redis_fallback_replicas = 4;
 };
 
 // The checked settings the gateway is built from.
@@ -64,6 +72,14 @@ struct GatewayConfig {
   std::string grpc_tls_cert_pem;
   std::string grpc_tls_key_pem;  // Never logged.
   std::string grpc_client_ca_pem;
+  // The budget shared through Redis (lib/ratelimit/redis_rate_limiter.h); off when false.
+  bool redis_budget = false;
+  std::string redis_host;
+  int redis_port = 0;
+  std::string redis_password;  // Never logged.
+  std::string redis_key_prefix;
+  absl::Duration redis_timeout;     // Of one Redis command; slower means the local fallback.
+  int redis_fallback_replicas = 4;  // N for the fallback before Redis ever said it.
 };
 
 // The regions of ../shared/API.md: china, singapore, seoul, tokyo, frankfurt, silicon-valley,
@@ -76,8 +92,8 @@ absl::StatusOr<std::string> ParseEndpoint(absl::string_view endpoint);
 // "host:port" or "[v6]:port", port 0..65535.
 absl::Status CheckListenAddress(absl::string_view flag, absl::string_view address);
 
-// Checks every flag and reads the secret key. Errors are one line naming the flag, and never
-// contain the key.
+// Checks every flag and reads the secret key and the Redis password. Errors are one line
+// naming the flag, and never contain the key or the password.
 absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags);
 
 }  // namespace imgw::config

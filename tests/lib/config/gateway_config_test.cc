@@ -168,5 +168,92 @@ TEST(GatewayConfigTest, EachBadFlagIsNamed) {
   ExpectError(f, "--upstream_timeout");
 }
 
+TEST(GatewayConfigTest, TheBudgetIsLocalUnlessRedisIsAsked) {
+  absl::StatusOr<GatewayConfig> config = Resolve(Valid());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->redis_budget);
+}
+
+TEST(GatewayConfigTest, RedisBackendReadsAddressPrefixAndTimeout) {
+  GatewayFlags flags = Valid();
+  flags.ratelimit_backend = "redis";
+  flags.redis_address = "redis.infra:6380";
+  absl::StatusOr<GatewayConfig> config = Resolve(flags);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->redis_budget);
+  EXPECT_EQ(config->redis_host, "redis.infra");
+  EXPECT_EQ(config->redis_port, 6380);
+  EXPECT_EQ(config->redis_password, "");
+  EXPECT_EQ(config->redis_key_prefix, "imgw:");
+  EXPECT_EQ(config->redis_timeout, absl::Milliseconds(50));
+  EXPECT_EQ(config->redis_fallback_replicas, 4);
+  flags.redis_address = "[::1]:6379";
+  flags.redis_key_prefix = "prod:imgw:";
+  flags.redis_timeout = absl::Milliseconds(20);
+  flags.redis_fallback_replicas = 10;
+  config = Resolve(flags);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->redis_host, "::1");
+  EXPECT_EQ(config->redis_key_prefix, "prod:imgw:");
+  EXPECT_EQ(config->redis_timeout, absl::Milliseconds(20));
+  EXPECT_EQ(config->redis_fallback_replicas, 10);
+}
+
+TEST(GatewayConfigTest, RedisPasswordFileWinsOverTheEnvironment) {
+  absl::StatusOr<testing::TempDir> dir = testing::TempDir::Create("config-redis");
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  GatewayFlags flags = Valid();
+  flags.ratelimit_backend = "redis";
+  flags.redis_address = "127.0.0.1:6379";
+  flags.redis_password_env = "from-env";
+  EXPECT_EQ(Resolve(flags)->redis_password, "from-env");
+  std::string path = dir->File("redis-password");
+  std::ofstream(path) << "from-file\n";
+  flags.redis_password_file = path;
+  EXPECT_EQ(Resolve(flags)->redis_password, "from-file");
+  std::string empty = dir->File("empty");
+  std::ofstream(empty) << "\n";
+  flags.redis_password_file = empty;
+  ExpectError(flags, "--redis_password_file: " + empty + " is empty");
+  flags.redis_password_file = "/nonexistent/redis-password";
+  ExpectError(flags, "--redis_password_file: cannot read");
+}
+
+TEST(GatewayConfigTest, EachBadRedisFlagIsNamed) {
+  GatewayFlags base = Valid();
+  base.ratelimit_backend = "redis";
+  base.redis_address = "127.0.0.1:6379";
+  base.redis_password_env = "s3cret-key";  // ExpectError checks it never shows.
+  GatewayFlags f = base;
+  f.ratelimit_backend = "memcached";
+  ExpectError(f, "--ratelimit_backend: must be local or redis");
+  f = base;
+  f.redis_address = "";
+  ExpectError(f, "--redis_address: missing");
+  for (const char* bad : {"6379", "redis:", "redis:0", "redis:65536", ":6379", "redis:port"}) {
+    f = base;
+    f.redis_address = bad;
+    ExpectError(f, "--redis_address: \"" + std::string(bad) + "\" is not host:port");
+  }
+  f = Valid();
+  f.redis_address = "127.0.0.1:6379";
+  ExpectError(f, "--redis_address: set, but --ratelimit_backend=local");
+  f = base;
+  f.redis_key_prefix = "imgw:{x}:";
+  ExpectError(f, "--redis_key_prefix");
+  f = base;
+  f.redis_key_prefix = std::string(65, 'a');
+  ExpectError(f, "--redis_key_prefix");
+  f = base;
+  f.redis_timeout = absl::ZeroDuration();
+  ExpectError(f, "--redis_timeout");
+  f = base;
+  f.redis_timeout = absl::Seconds(2);
+  ExpectError(f, "--redis_timeout");
+  f = base;
+  f.redis_fallback_replicas = 0;
+  ExpectError(f, "--redis_fallback_replicas: must be 1..1000");
+}
+
 }  // namespace
 }  // namespace imgw::config
