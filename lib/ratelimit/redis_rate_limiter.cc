@@ -20,7 +20,8 @@
 namespace imgw::ratelimit {
 namespace {
 
-constexpr int64_t kRemoved = 1000;        // A span age meaning "remove it" (it left the window).
+constexpr int64_t kRemoved = 1000;  // A span age meaning "remove it" (it left the window).
+constexpr int64_t kUnused = -2;     // A permit handed back unused: removed, its pace refunded.
 constexpr size_t kPairsPerCommand = 256;  // Span updates per EVALSHA.
 constexpr size_t kRttSamples = 1024;
 
@@ -238,7 +239,7 @@ bool RedisRateLimiter::TryAcquire(absl::Duration now) {
   last_demand_ = std::max(last_demand_, now);
   bool granted = false;
   if (shared_) {
-    bool recovering = now < recovering_until_;
+    bool recovering = RecoveringLocked(now);
     if (!stock_.empty() && (!recovering || LocalAllowsLocked(now)) &&
         (!recovering || local_bucket_.TryTake(now))) {
       acquired_.push_back(std::move(stock_.front().id));
@@ -271,7 +272,7 @@ absl::Duration RedisRateLimiter::TimeUntilAvailable(absl::Duration now) {
     // The thread is fetching one: about a round trip, or Redis said when to ask again.
     wait = std::max(acquire_retry_at_ - now, absl::ZeroDuration()) + absl::Milliseconds(1);
   }
-  if (now < recovering_until_) wait = std::max(wait, LocalWaitLocked(now));
+  if (RecoveringLocked(now)) wait = std::max(wait, LocalWaitLocked(now));
   return wait;
 }
 
@@ -325,6 +326,7 @@ void RedisRateLimiter::OnEnded(uint64_t request_id, absl::Duration now) {
   span.ended = now;
   --own_in_flight_;
   own_ended_.insert(std::upper_bound(own_ended_.begin(), own_ended_.end(), now), now);
+  ExpireOwnLocked(now);
   if (span.in_redis) {
     ++span.version;
     if (shared_) {  // In fallback the reconnection writes every span back anyway.
@@ -344,7 +346,7 @@ RedisLimiterStats RedisRateLimiter::StatsLocked() const {
   RedisLimiterStats s = stats_;
   absl::Duration now = clock_.Monotonic();
   s.shared = shared_;
-  s.recovering = shared_ && now < recovering_until_;
+  s.recovering = shared_ && RecoveringLocked(now);
   s.replicas = replicas_seen_;
   s.fallback_replicas = ReplicasLocked();
   s.shared_rate = shared_rate_;
@@ -359,6 +361,14 @@ RedisLimiterStats RedisRateLimiter::StatsLocked() const {
 }
 
 // ---- The local share. ----
+
+bool RedisRateLimiter::RecoveringLocked(absl::Duration now) const {
+  // Until every replica of the fallback has been heard from again (they stop admitting
+  // locally before they heartbeat), for at most a replica TTL and a heartbeat (one that has
+  // not come back by then is taken as gone), and never less than 1 s + one probe period.
+  return now < recovering_until_ ||
+         (awaiting_replicas_ && now < reconnected_at_ + options_.replica_ttl + options_.heartbeat);
+}
 
 int RedisRateLimiter::ReplicasLocked() const {
   return replicas_seen_ > 0 ? replicas_seen_ : options_.fallback_replicas;
@@ -378,14 +388,18 @@ void RedisRateLimiter::ExpireOwnLocked(absl::Duration now) {
   }
 }
 
+size_t RedisRateLimiter::OwnInRedisLocked(absl::Duration now) {
+  ExpireOwnLocked(now);
+  return own_in_flight_ + own_ended_.size() + stock_.size();
+}
+
 size_t RedisRateLimiter::LocalWindowLimitLocked(absl::Duration now) const {
   const double n = ReplicasLocked();
   size_t limit = std::max<size_t>(1, static_cast<size_t>(std::floor(options_.limit / n)));
   if (!shared_ && now < last_reply_ + absl::Seconds(1)) {
     // Spans other replicas admitted through Redis may still be in the window: this replica
-    // keeps to its spans then plus an N-th of the room Redis had left.
-    double room = std::max(0.0, options_.limit - static_cast<double>(redis_count_at_reply_));
-    limit = std::min(limit, own_at_reply_ + static_cast<size_t>(std::floor(room / n)));
+    // keeps to its spans then plus an N-th of the room Redis had left (transition_room_).
+    limit = std::min(limit, own_at_reply_ + static_cast<size_t>(std::floor(transition_room_ / n)));
   }
   return limit;
 }
@@ -414,10 +428,16 @@ absl::Duration RedisRateLimiter::LocalWaitLocked(absl::Duration now) {
 void RedisRateLimiter::EnterFallbackLocked(absl::Duration now) {
   shared_ = false;
   ++stats_.fallbacks;
+  fallback_n_ = ReplicasLocked();
   for (Permit& p : stock_) to_release_.push_back(std::move(p.id));
   stats_.permits_released += stock_.size();
   stock_.clear();
   dirty_.clear();  // The reconnection writes every span back.
+  // The room Redis had left at its last reply, less what other replicas may have been granted
+  // since (a burst, and the pace for as long as it took to notice the failure).
+  transition_room_ =
+      std::max(0.0, options_.limit - static_cast<double>(redis_count_at_reply_) - options_.burst -
+                        pace_ * absl::ToDoubleSeconds(now - last_reply_));
   // The local share starts at the shared back-off's level, and empty: with burst 1 a bucket
   // that starts full could add a call to a window the shared budget already filled.
   local_factor_.emplace(AdaptiveRate::Options{1.0, std::min(1.0, options_.min_rate / pace_),
@@ -512,6 +532,7 @@ bool RedisRateLimiter::ConnectAndSync(absl::Duration now) {
     stats_.connected = true;
     if (ever_connected_) ++stats_.reconnects;
     ever_connected_ = true;
+    if (!shared_) reconnected_at_ = now;  // Replicas heard from since are back too.
     // Everything this replica sent in the last second, and every end Redis missed.
     dirty_.clear();
     for (auto& [id, span] : spans_) {
@@ -529,6 +550,8 @@ bool RedisRateLimiter::ConnectAndSync(absl::Duration now) {
       absl::MutexLock lock(&mu_);
       shared_ = true;
       recovering_until_ = clock_.Monotonic() + absl::Seconds(1) + options_.probe_interval;
+      reconnected_at_ = now;
+      awaiting_replicas_ = true;
       acquire_retry_at_ = -absl::InfiniteDuration();
       replicas = replicas_seen_;
     }
@@ -549,7 +572,7 @@ bool RedisRateLimiter::FlushSpans(absl::Duration now) {
       stock_.pop_front();
       ++stats_.permits_released;
     }
-    for (std::string& id : to_release_) updates.push_back({0, std::move(id), kRemoved, 0});
+    for (std::string& id : to_release_) updates.push_back({0, std::move(id), kUnused, 0});
     to_release_.clear();
     for (uint64_t rid : dirty_) {
       auto it = spans_.find(rid);
@@ -593,7 +616,7 @@ bool RedisRateLimiter::FlushSpans(absl::Duration now) {
   const redisReply* last = replies->back().get();
   if (last->type == REDIS_REPLY_INTEGER) {
     redis_count_at_reply_ = static_cast<size_t>(last->integer);
-    own_at_reply_ = own_in_flight_ + own_ended_.size() + stock_.size();
+    own_at_reply_ = OwnInRedisLocked(clock_.Monotonic());
     last_reply_ = clock_.Monotonic();
   }
   PruneSpansLocked(now);
@@ -604,6 +627,12 @@ bool RedisRateLimiter::Heartbeat(absl::Duration now) {
   std::vector<std::string> args = ScriptArgs("heartbeat");
   args.push_back(options_.replica_id);
   args.push_back(absl::StrCat(absl::ToInt64Milliseconds(options_.replica_ttl)));
+  int64_t since_ms = -1;
+  {
+    absl::MutexLock lock(&mu_);
+    if (awaiting_replicas_) since_ms = absl::ToInt64Milliseconds(now - reconnected_at_);
+  }
+  args.push_back(absl::StrCat(since_ms));
   absl::StatusOr<std::vector<Reply>> replies = conn_->Eval({args});
   if (!replies.ok()) {
     OnRedisFailure(now, std::string(replies.status().message()));
@@ -613,9 +642,10 @@ bool RedisRateLimiter::Heartbeat(absl::Duration now) {
   {
     absl::MutexLock lock(&mu_);
     replicas_seen_ = std::max<int>(1, static_cast<int>(IntAt(r, 0)));
+    if (awaiting_replicas_ && IntAt(r, 3) >= fallback_n_) awaiting_replicas_ = false;
     shared_rate_ = static_cast<double>(IntAt(r, 1)) / 1000;
     redis_count_at_reply_ = static_cast<size_t>(IntAt(r, 2));
-    own_at_reply_ = own_in_flight_ + own_ended_.size() + stock_.size();
+    own_at_reply_ = OwnInRedisLocked(clock_.Monotonic());
     last_reply_ = clock_.Monotonic();
     PruneSpansLocked(now);
   }
@@ -686,7 +716,7 @@ bool RedisRateLimiter::RefillStock(absl::Duration now) {
         ++stats_.acquire_refused;
         acquire_retry_at_ = start + absl::Microseconds(IntAt(r, 1));
       }
-      own_at_reply_ = own_in_flight_ + own_ended_.size() + stock_.size();
+      own_at_reply_ = OwnInRedisLocked(clock_.Monotonic());
     }
     if (notify && options_.on_permit) options_.on_permit();
     if (!allowed) return true;
@@ -710,7 +740,9 @@ void RedisRateLimiter::Run() {
     }
     if (ok && now >= next_heartbeat) {
       ok = Heartbeat(now);
-      next_heartbeat = now + options_.heartbeat;
+      absl::MutexLock lock(&mu_);
+      // While waiting for the other replicas to return, look more often.
+      next_heartbeat = now + (awaiting_replicas_ ? options_.probe_interval : options_.heartbeat);
     }
     if (ok) ok = ReportThrottle();
     if (ok) ok = FlushSpans(clock_.Monotonic());

@@ -86,13 +86,15 @@ struct RedisLimiterStats {
 // `fallback_replicas`), starting empty with burst 1, and a local window of floor(L/N) over
 // this replica's own spans, those sent under Redis in the last second included. In the first
 // second after the last reply from Redis the local window is also held to this replica's
-// spans then plus its share of the room then left (L - spans in Redis) / N, so that one busy
-// replica's spans plus every other replica's fallback share cannot exceed L. The episode is
-// counted and logged once; Redis is probed every `probe_interval`. When it answers, this
-// replica's spans of the last second (and the ends Redis missed) are written back so the
-// shared count is right, and for 1 s + `probe_interval` the local bucket and window still
-// apply as well, so replicas that have not yet seen Redis return and still admit locally
-// cannot push a window over L. The fallback never admits more than L/N per replica.
+// spans then plus its share of the room then left ((L - spans in Redis - what others may have
+// been granted since) / N), so that one busy replica's spans plus every other replica's
+// fallback share cannot exceed L. The episode is counted and logged once; Redis is probed
+// every `probe_interval`. When it answers, this replica's spans of the last second (and the
+// ends Redis missed) are written back so the shared count is right, and the local bucket and
+// window still apply as well for 1 s + `probe_interval` and until all N replicas have
+// heartbeated since (at most `replica_ttl` + `heartbeat`), so replicas that have not yet seen
+// Redis return (a slow probe, a starved thread) and still admit locally cannot push a window
+// over L. The fallback never admits more than L/N per replica.
 //
 // Known limits: N is what Redis said last: replicas started during an outage are not in it
 // (they use `fallback_replicas`), so a window can exceed L by their share. A partial
@@ -203,8 +205,11 @@ class RedisRateLimiter final : public RateLimiter {
   absl::Duration LocalWaitLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   size_t LocalWindowLimitLocked(absl::Duration now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireOwnLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // This replica's spans (and stock) that Redis counts in its window now.
+  size_t OwnInRedisLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PruneSpansLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int ReplicasLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool RecoveringLocked(absl::Duration now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   double LocalPaceLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   RedisLimiterStats StatsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::string> ScriptArgs(const char* op) const;
@@ -222,9 +227,13 @@ class RedisRateLimiter final : public RateLimiter {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool shared_ ABSL_GUARDED_BY(mu_) = true;  // Until the first failure.
   absl::Duration recovering_until_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
+  absl::Duration reconnected_at_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
+  bool awaiting_replicas_ ABSL_GUARDED_BY(mu_) = false;  // Recovery waits for the others.
+  int fallback_n_ ABSL_GUARDED_BY(mu_) = 1;              // The N of the last fallback.
   absl::Duration last_reply_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
   size_t redis_count_at_reply_ ABSL_GUARDED_BY(mu_) = 0;  // Spans Redis held then...
   size_t own_at_reply_ ABSL_GUARDED_BY(mu_) = 0;          // ...of which this replica's.
+  double transition_room_ ABSL_GUARDED_BY(mu_) = 0;       // See LocalWindowLimitLocked.
   std::deque<Permit> stock_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> acquired_ ABSL_GUARDED_BY(mu_);  // Taken, not yet bound by OnSent.
   std::vector<std::string> to_release_ ABSL_GUARDED_BY(mu_);

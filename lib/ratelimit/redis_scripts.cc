@@ -68,9 +68,17 @@ if op == 'acquire' then
   redis.call('PEXPIRE', KEYS[2], pace_ttl)
   return {1, 0, rate_milli, count + 1}
 elseif op == 'spans' then
+  local T = 1000 / rate_at()
   for i = 11, #ARGV - 1, 2 do
     local id, age = ARGV[i], tonumber(ARGV[i + 1])
-    if age < 0 then
+    if age == -2 then
+      -- A permit never used: its pace goes back too, as a token to a bucket (tat >= now keeps
+      -- the burst within b).
+      if redis.call('ZREM', KEYS[1], id) == 1 then
+        local tat = tonumber(redis.call('HGET', KEYS[2], 'tat'))
+        if tat then redis.call('HSET', KEYS[2], 'tat', fmt(math.max(now, tat - T))) end
+      end
+    elseif age < 0 then
       redis.call('ZADD', KEYS[1], fmt(now + pending), id)
     elseif age < 1000 then
       redis.call('ZADD', KEYS[1], fmt(now - age), id)
@@ -93,7 +101,10 @@ elseif op == 'heartbeat' then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. fmt(now - ttl))
   redis.call('PEXPIRE', KEYS[3], math.ceil(ttl * 3))
   local rate = rate_at()
-  return {redis.call('ZCARD', KEYS[3]), math.floor(rate * 1000), trim()}
+  local since = tonumber(ARGV[13])
+  local fresh = redis.call('ZCARD', KEYS[3])
+  if since >= 0 then fresh = redis.call('ZCOUNT', KEYS[3], fmt(now - since), '+inf') end
+  return {redis.call('ZCARD', KEYS[3]), math.floor(rate * 1000), trim(), fresh}
 elseif op == 'leave' then
   return redis.call('ZREM', KEYS[3], ARGV[11])
 end
