@@ -1,5 +1,7 @@
 #include "services/gateway/gateway.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -57,7 +59,38 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   limiter_options.burst = config.rate_burst;
   limiter_options.headroom = config.rate_headroom;
   limiter_options.adaptive.increase_per_second = config.rate_limit / 20;  // Back in ~20 s.
-  gw->limiter_ = std::make_unique<ratelimit::LocalRateLimiter>(limiter_options, clock.Monotonic());
+  std::string budget = "local";
+  if (config.redis_budget) {
+    ratelimit::RedisRateLimiter::Options redis;
+    redis.host = config.redis_host;
+    redis.port = config.redis_port;
+    redis.password = config.redis_password;
+    redis.key_prefix = config.redis_key_prefix;
+    redis.sdkappid = config.sdkappid;
+    redis.limit = config.rate_limit;
+    redis.burst = config.rate_burst;
+    redis.headroom = config.rate_headroom;
+    redis.increase_per_second = config.rate_limit / 20;
+    redis.upstream_timeout = config.request_timeout;
+    redis.command_timeout = config.redis_timeout;
+    redis.connect_timeout = std::max(absl::Milliseconds(200), 2 * config.redis_timeout);
+    redis.fallback_replicas = config.redis_fallback_replicas;
+    upstream::CurlClient* client_raw = gw->client_.get();
+    redis.on_permit = [client_raw] { client_raw->Wakeup(); };  // No polling for permits.
+    absl::StatusOr<std::unique_ptr<ratelimit::RedisRateLimiter>> limiter =
+        ratelimit::RedisRateLimiter::Create(redis, clock);
+    if (!limiter.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--ratelimit_backend=redis: ", limiter.status().message()));
+    }
+    gw->redis_limiter_ = limiter->get();
+    gw->limiter_ = *std::move(limiter);
+    budget = absl::StrCat("redis ", config.redis_host, ":", config.redis_port, " as ",
+                          gw->redis_limiter_->replica_id());
+  } else {
+    gw->limiter_ =
+        std::make_unique<ratelimit::LocalRateLimiter>(limiter_options, clock.Monotonic());
+  }
   gw->requests_ = std::make_unique<upstream::RequestFactory>(
       upstream::RequestFactory::Options{config.base_url, {config.sdkappid, config.identifier}},
       *gw->usersigs_);
@@ -125,6 +158,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
        {"sdkappid", absl::StrCat(config.sdkappid)},
        {"identifier", config.identifier},
        {"rate_limit", absl::StrCat(config.rate_limit)},
+       {"budget", budget},
        {"pace", absl::StrCat(ratelimit::LocalRateLimiter::PaceFor(limiter_options))}});
   return gw;
 }

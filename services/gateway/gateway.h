@@ -13,6 +13,7 @@
 #include "lib/metrics/http_server.h"
 #include "lib/metrics/metrics.h"
 #include "lib/ratelimit/local_rate_limiter.h"
+#include "lib/ratelimit/redis_rate_limiter.h"
 #include "lib/upstream/curl_client.h"
 #include "lib/upstream/request_factory.h"
 #include "lib/usersig/usersig_cache.h"
@@ -20,7 +21,8 @@
 
 namespace imgw::gateway {
 
-// The whole gateway, wired: UserSig cache, curl client, token bucket, dispatcher and its loop,
+// The whole gateway, wired: UserSig cache, curl client, the budget (a token bucket, or one
+// shared through Redis), dispatcher and its loop,
 // the gRPC service and server. Create() builds and starts it (nothing listens if it fails);
 // Shutdown() drains it. Thread-safe.
 class Gateway final {
@@ -33,6 +35,10 @@ class Gateway final {
   const std::string& grpc_address() const { return grpc_address_; }
   // The address of /metrics, /healthz and /readyz.
   const std::string& metrics_address() const { return http_->address(); }
+
+  // The budget shared through Redis, or nullptr with --ratelimit_backend=local. For metrics:
+  // Stats() is thread-safe. Lives as long as the gateway.
+  const ratelimit::RedisRateLimiter* redis_limiter() const { return redis_limiter_; }
 
   // Stops taking RPCs, lets calls finish within the grace period, answers the rest
   // UNAVAILABLE. Idempotent.
@@ -51,7 +57,10 @@ class Gateway final {
   std::atomic<bool> serving_{false};
   std::unique_ptr<usersig::UserSigCache> usersigs_;
   std::unique_ptr<upstream::CurlClient> client_;
-  std::unique_ptr<ratelimit::LocalRateLimiter> limiter_;
+  // Declared after client_: the Redis limiter's thread wakes the client's loop, so it must
+  // stop first.
+  std::unique_ptr<ratelimit::RateLimiter> limiter_;
+  ratelimit::RedisRateLimiter* redis_limiter_ = nullptr;  // limiter_, when it is the Redis one.
   std::unique_ptr<upstream::RequestFactory> requests_;
   std::unique_ptr<dispatch::Dispatcher> dispatcher_;
   std::unique_ptr<dispatch::DispatchLoop> loop_;

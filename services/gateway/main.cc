@@ -56,6 +56,20 @@ ABSL_FLAG(std::string, grpc_tls_cert, "",
 ABSL_FLAG(std::string, grpc_tls_key, "", "PEM private key for TLS on the gRPC listener.");
 ABSL_FLAG(std::string, grpc_client_ca, "",
           "PEM CA certificates: clients must present a certificate they signed (mutual TLS).");
+ABSL_FLAG(std::string, ratelimit_backend, "local",
+          "The upstream budget: local (this gateway alone) or redis (one budget shared by every "
+          "replica through --redis_address).");
+ABSL_FLAG(std::string, redis_address, "", "host:port of the Redis the replicas share.");
+ABSL_FLAG(std::string, redis_password_file, "",
+          "File holding the Redis password (else the IMGW_REDIS_PASSWORD environment variable; "
+          "none: no AUTH).");
+ABSL_FLAG(std::string, redis_key_prefix,
+          "imgw:", "Prefix of the Redis keys; the SDKAppID and the API follow.");
+ABSL_FLAG(absl::Duration, redis_timeout, absl::Milliseconds(50),
+          "Timeout of one Redis command; a slower Redis means the local fallback at limit/N.");
+ABSL_FLAG(int, redis_fallback_replicas, 4,
+          "N for the local fallback (limit/N) when Redis has never told the live replica count; "
+          "set it to the number of replicas.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(std::string, ready_file, "",
           "Once serving, write {\"grpc_listen\":\"host:port\",\"metrics_listen\":\"host:port\"} "
@@ -118,6 +132,13 @@ int main(int argc, char** argv) {
   flags.grpc_tls_cert = absl::GetFlag(FLAGS_grpc_tls_cert);
   flags.grpc_tls_key = absl::GetFlag(FLAGS_grpc_tls_key);
   flags.grpc_client_ca = absl::GetFlag(FLAGS_grpc_client_ca);
+  flags.ratelimit_backend = absl::GetFlag(FLAGS_ratelimit_backend);
+  flags.redis_address = absl::GetFlag(FLAGS_redis_address);
+  flags.redis_password_file = absl::GetFlag(FLAGS_redis_password_file);
+  if (const char* env = std::getenv("IMGW_REDIS_PASSWORD")) flags.redis_password_env = env;
+  flags.redis_key_prefix = absl::GetFlag(FLAGS_redis_key_prefix);
+  flags.redis_timeout = absl::GetFlag(FLAGS_redis_timeout);
+  flags.redis_fallback_replicas = absl::GetFlag(FLAGS_redis_fallback_replicas);
   absl::StatusOr<imgw::config::GatewayConfig> config = imgw::config::Resolve(flags);
   if (!config.ok()) Die(std::string(config.status().message()));
 
