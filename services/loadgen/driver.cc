@@ -82,14 +82,15 @@ class Driver final {
   }
 
   Report Run() {
+    // Set before the threads start, which read stop_.
+    t0_ = absl::Now();
+    stop_ = t0_ + options_.duration;
     workers_.reserve(static_cast<size_t>(options_.threads));
     for (int i = 0; i < options_.threads; ++i) workers_.push_back(std::make_unique<Worker>());
     for (auto& worker : workers_) {
       Worker* w = worker.get();
       w->thread = std::thread([this, w] { Drain(*w); });
     }
-    t0_ = absl::Now();
-    stop_ = t0_ + options_.duration;
     if (options_.open_loop) {
       OpenLoop();
     } else {
@@ -120,8 +121,11 @@ class Driver final {
     size_t next_worker = 0;
     for (;;) {
       const absl::Time now = absl::Now();
+      // At most kChunk calls between looks at the clock, so that a sender that fell behind
+      // still stops at the end.
+      constexpr int64_t kChunk = 64;
       const int64_t due = std::min<int64_t>(
-          total, static_cast<int64_t>(absl::ToDoubleSeconds(now - t0_) * rate) + 1);
+          {total, i + kChunk, static_cast<int64_t>(absl::ToDoubleSeconds(now - t0_) * rate) + 1});
       for (; i < due; ++i) {
         if (in_flight_.load(std::memory_order_relaxed) >= options_.max_in_flight) {
           ++not_sent_;

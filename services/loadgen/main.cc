@@ -31,8 +31,9 @@ ABSL_FLAG(double, rate, 1000,
           "sender or server does not hide the waits it caused (coordinated omission).");
 ABSL_FLAG(int, concurrency, 10, "Closed loop: calls kept in flight.");
 ABSL_FLAG(int64_t, max_in_flight, 100000,
-          "Open loop: a call due while this many are outstanding is not sent (counted in "
-          "not_sent).");
+          "Open loop: a call due while this many are outstanding is not sent. not_sent counts "
+          "those, and the calls due before --duration ended that the sender, fallen behind, "
+          "never reached.");
 ABSL_FLAG(std::string, pairs, "distinct",
           "distinct (never repeats), uniform (over --pair_count pairs) or zipf (over "
           "--pair_count pairs, exponent --zipf_s). Pair i is (u<i>, p<i>).");
