@@ -348,7 +348,7 @@ RedisLimiterStats RedisRateLimiter::StatsLocked() const {
   s.shared = shared_;
   s.recovering = shared_ && RecoveringLocked(now);
   s.replicas = replicas_seen_;
-  s.fallback_replicas = ReplicasLocked();
+  s.fallback_replicas = !shared_ || s.recovering ? fallback_n_ : ReplicasLocked();
   s.shared_rate = shared_rate_;
   s.local_rate = !shared_ || s.recovering ? local_bucket_.rate() : 0;
   if (!rtts_.empty()) {
@@ -377,7 +377,7 @@ int RedisRateLimiter::ReplicasLocked() const {
 double RedisRateLimiter::LocalPaceLocked() const {
   // As LocalRateLimiter::PaceFor for the limit L/N with a burst of 1: a bucket of capacity 1
   // refilled at L/N - 1 grants at most L/N in any second.
-  double share = options_.limit / ReplicasLocked();
+  double share = options_.limit / fallback_n_;
   double pace = std::min(share * (1 - options_.headroom), share - 1);
   return std::max(pace, share / 10);
 }
@@ -394,7 +394,7 @@ size_t RedisRateLimiter::OwnInRedisLocked(absl::Duration now) {
 }
 
 size_t RedisRateLimiter::LocalWindowLimitLocked(absl::Duration now) const {
-  const double n = ReplicasLocked();
+  const double n = fallback_n_;
   size_t limit = std::max<size_t>(1, static_cast<size_t>(std::floor(options_.limit / n)));
   if (!shared_ && now < last_reply_ + absl::Seconds(1)) {
     // Spans other replicas admitted through Redis may still be in the window: this replica
@@ -428,7 +428,9 @@ absl::Duration RedisRateLimiter::LocalWaitLocked(absl::Duration now) {
 void RedisRateLimiter::EnterFallbackLocked(absl::Duration now) {
   shared_ = false;
   ++stats_.fallbacks;
-  fallback_n_ = ReplicasLocked();
+  // A Redis that restarted empty first counts only the replicas back already: while
+  // recovering, the N of the last fallback stands.
+  fallback_n_ = RecoveringLocked(now) ? std::max(fallback_n_, ReplicasLocked()) : ReplicasLocked();
   for (Permit& p : stock_) to_release_.push_back(std::move(p.id));
   stats_.permits_released += stock_.size();
   stock_.clear();

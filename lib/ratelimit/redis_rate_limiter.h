@@ -30,9 +30,10 @@ struct RedisLimiterStats {
   uint64_t redis_errors = 0;  // Failed connects, commands, timeouts and error replies.
   uint64_t reconnects = 0;    // Connections made after a failure.
   int replicas = 0;           // Live replicas last seen in Redis (0: never seen).
-  int fallback_replicas = 0;  // The N the local share divides by (while in fallback).
-  double shared_rate = 0;     // The shared pace last seen (calls/s, after back-off).
-  double local_rate = 0;      // The local bucket's rate (calls/s) in fallback or recovery, else 0.
+  // The N the local share divides by in fallback and recovery (else what it would be).
+  int fallback_replicas = 0;
+  double shared_rate = 0;  // The shared pace last seen (calls/s, after back-off).
+  double local_rate = 0;   // The local bucket's rate (calls/s) in fallback or recovery, else 0.
   uint64_t permits_acquired = 0;    // Granted by Redis.
   uint64_t permits_used = 0;        // Of those, spent on a request.
   uint64_t permits_released = 0;    // Of those, handed back unused (stale or at a fallback).
