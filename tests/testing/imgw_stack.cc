@@ -59,16 +59,19 @@ absl::StatusOr<std::unique_ptr<ImgwStack>> ImgwStack::Start(const ImgwStackOptio
   stack->key_file_ = stack->dir_.File("secret.key");
   absl::Status written = WriteFile(stack->key_file_, absl::StrCat(kSecretKey, "\n"));
   if (!written.ok()) return written;
+  if (options.gateways < 1) return absl::InvalidArgumentError("gateways < 1");
   absl::Status started = stack->StartEmulator(options);
   if (!started.ok()) return started;
-  started = stack->StartGateway(options);
-  if (!started.ok()) return started;
+  for (int i = 0; i < options.gateways; ++i) {
+    started = stack->StartGateway(options);
+    if (!started.ok()) return started;
+  }
   return stack;
 }
 
 ImgwStack::~ImgwStack() {
-  // The gateway first: it must not see its upstream vanish under calls in flight.
-  gateway_.reset();
+  // The gateways first: they must not see their upstream vanish under calls in flight.
+  for (Gateway& gateway : gateways_) gateway.process.reset();
   emulator_.reset();
 }
 
@@ -105,7 +108,10 @@ absl::Status ImgwStack::StartEmulator(const ImgwStackOptions& options) {
 }
 
 absl::Status ImgwStack::StartGateway(const ImgwStackOptions& options) {
-  const std::string ready = dir_.File("gateway.ready");
+  // The first gateway's files keep their old names (gateway.ready, gateway.stderr, ...).
+  const std::string name =
+      gateways_.empty() ? "gateway" : absl::StrCat("gateway-", gateways_.size());
+  const std::string ready = dir_.File(name + ".ready");
   SubprocessOptions child;
   child.argv = {options.bin_dir + "/imgw-gateway",
                 "--grpc_listen=127.0.0.1:0",
@@ -120,22 +126,26 @@ absl::Status ImgwStack::StartGateway(const ImgwStackOptions& options) {
   child.env = ChildEnv();
   child.unset_env = {"IMGW_SECRET_KEY"};
   child.output_dir = dir_.path();
-  child.name = "gateway";
+  child.name = name;
+  Gateway gateway;
   absl::StatusOr<boost::json::object> doc =
-      StartAndWait(child, ready, options.start_timeout, &gateway_);
+      StartAndWait(child, ready, options.start_timeout, &gateway.process);
+  // Kept even when it failed: the destructor kills it.
+  gateways_.push_back(std::move(gateway));
+  Gateway& started = gateways_.back();
   if (!doc.ok()) return doc.status();
   const boost::json::value* listen = doc->if_contains("grpc_listen");
   if (listen == nullptr || !listen->is_string()) {
     return absl::InternalError(
         absl::StrCat("gateway ready file has no grpc_listen: ", boost::json::serialize(*doc)));
   }
-  gateway_address_ = std::string(listen->get_string());
+  started.address = std::string(listen->get_string());
   if (const boost::json::value* metrics = doc->if_contains("metrics_listen");
       metrics != nullptr && metrics->is_string()) {
-    metrics_address_ = std::string(metrics->get_string());
+    started.metrics_address = std::string(metrics->get_string());
   }
-  if (!absl::StartsWith(gateway_address_, "127.0.0.1:") || gateway_address_ == "127.0.0.1:0") {
-    return absl::InternalError(absl::StrCat("gateway listens on ", gateway_address_));
+  if (!absl::StartsWith(started.address, "127.0.0.1:") || started.address == "127.0.0.1:0") {
+    return absl::InternalError(absl::StrCat(name, " listens on ", started.address));
   }
   return absl::OkStatus();
 }

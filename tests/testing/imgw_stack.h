@@ -28,10 +28,14 @@ struct ImgwStackOptions {
   // Flags appended to the gateway's command line (the stack sets only what it must: listen
   // addresses, endpoint, CA, app, identifier, key and ready file).
   std::vector<std::string> gateway_flags;
+  // How many gateways to start, one after the other, all in front of the one emulator and with
+  // the same flags (replicas of one app, e.g. sharing a budget through Redis).
+  int gateways = 1;
   absl::Duration start_timeout = absl::Seconds(10);
 };
 
-// Owns a temporary directory, the emulator and one gateway. The destructor kills both children
+// Owns a temporary directory, the emulator and its gateways (one unless
+// ImgwStackOptions::gateways says more). The destructor kills the children
 // (SIGKILL) and removes the directory. Not thread-safe, except Stats(), ResetEmulator() and
 // SetEmulatorFaults(), which may be called from any thread.
 class ImgwStack final {
@@ -40,23 +44,28 @@ class ImgwStack final {
   static constexpr char kAdmin[] = "administrator";
 
   // Makes the certificate and the key file, starts the emulator and waits for its ready file,
-  // then the gateway and waits for its. Fails with the child's stderr when one does not start.
+  // then each gateway and waits for its. Fails with the child's stderr when one does not start.
   static absl::StatusOr<std::unique_ptr<ImgwStack>> Start(const ImgwStackOptions& options);
 
   ImgwStack(const ImgwStack&) = delete;
   ImgwStack& operator=(const ImgwStack&) = delete;
   ~ImgwStack();
 
-  // "127.0.0.1:PORT" of the gateway's gRPC listener.
-  const std::string& gateway_address() const { return gateway_address_; }
-  // "127.0.0.1:PORT" of the gateway's /metrics, /healthz and /readyz.
-  const std::string& metrics_address() const { return metrics_address_; }
+  // "127.0.0.1:PORT" of the (first) gateway's gRPC listener.
+  const std::string& gateway_address() const { return gateways_[0].address; }
+  // "127.0.0.1:PORT" of the (first) gateway's /metrics, /healthz and /readyz.
+  const std::string& metrics_address() const { return gateways_[0].metrics_address; }
+  // The same for gateway `i`, 0 <= i < gateway_count() (0: the first, as above).
+  int gateway_count() const { return static_cast<int>(gateways_.size()); }
+  const std::string& gateway_address(int i) const { return gateways_.at(i).address; }
+  const std::string& metrics_address(int i) const { return gateways_.at(i).metrics_address; }
   int emulator_port() const { return emulator_port_; }
   // The PEM file that the emulator serves and its clients trust.
   const std::string& ca_file() const { return tls_.cert_file; }
   const TempDir& dir() const { return dir_; }
   Subprocess& emulator() { return *emulator_; }
-  Subprocess& gateway() { return *gateway_; }
+  Subprocess& gateway() { return *gateways_[0].process; }
+  Subprocess& gateway(int i) { return *gateways_.at(i).process; }
 
   // GET /emulator/stats.
   absl::StatusOr<EmulatorStatsView> Stats() const;
@@ -74,7 +83,14 @@ class ImgwStack final {
   ImgwStack(TempDir dir, TlsFiles tls) : dir_(std::move(dir)), tls_(std::move(tls)) {}
 
   absl::Status StartEmulator(const ImgwStackOptions& options);
+  // Starts gateway number gateways_.size() and appends it.
   absl::Status StartGateway(const ImgwStackOptions& options);
+
+  struct Gateway {
+    std::unique_ptr<Subprocess> process;
+    std::string address;
+    std::string metrics_address;
+  };
 
   // Declared first: destroyed last, after the children are gone.
   TempDir dir_;
@@ -82,9 +98,7 @@ class ImgwStack final {
   std::string key_file_;
   std::unique_ptr<Subprocess> emulator_;
   int emulator_port_ = 0;
-  std::unique_ptr<Subprocess> gateway_;
-  std::string gateway_address_;
-  std::string metrics_address_;
+  std::vector<Gateway> gateways_;
 };
 
 }  // namespace imgw::testing

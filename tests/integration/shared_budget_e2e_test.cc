@@ -1,0 +1,437 @@
+// End to end shared budget (issue 7): Debian's redis-server on loopback with a password, the
+// real imgw-emulator at its real 200 calls per sliding second, and three imgw-gateway replicas
+// with --ratelimit_backend=redis sharing one budget through that Redis. All three are driven
+// together at 5x the limit (open loop, distinct pairs, short deadlines) while Redis is up,
+// while it is down (killed mid-run) and after it is back on the same port. The emulator says
+// what the upstream saw: no sliding second over 200 and no 60007 in any phase, at least 95% of
+// the budget used while the budget is shared, and calls still served by the local fallback
+// (L/N per replica) while Redis is gone. The gateways' logs show the fallback and the return
+// (the limiter logs each once per episode; /metrics has no Redis series yet). Only 127.0.0.1,
+// ports chosen by the kernel, every wait and every count bounded.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "boost/json.hpp"
+#include "gtest/gtest.h"
+#include "imgw/v1/msg_read.grpc.pb.h"
+#include "tests/testing/async_calls.h"
+#include "tests/testing/emulator_client.h"
+#include "tests/testing/grpc_client.h"
+#include "tests/testing/imgw_stack.h"
+#include "tests/testing/process.h"
+#include "tests/testing/redis_server.h"
+
+namespace imgw {
+namespace {
+
+using ::imgw::testing::AsyncCalls;
+using ::imgw::testing::BinDir;
+using ::imgw::testing::EmulatorStatsView;
+using ::imgw::testing::ImgwStack;
+using ::imgw::testing::ImgwStackOptions;
+using ::imgw::testing::RedisServer;
+
+constexpr int64_t kBaseTime = 1700000000;
+constexpr int kLimit = 200;      // The emulator's real limit and the gateways' --rate_limit.
+constexpr int kReplicas = 3;     // Gateways sharing the budget.
+constexpr double kShare = 0.95;  // Of the limit, used at least while the budget is shared.
+// 5x the limit over all replicas.
+constexpr double kRatePerReplica = 5.0 * kLimit / kReplicas;
+constexpr absl::Duration kDeadline = absl::Seconds(2);
+constexpr char kPassword[] = "imgw-e2e-s3cret";
+constexpr char kFallbackLog[] = "redis failing: the upstream budget falls back to a local share";
+constexpr char kSharedLog[] = "redis answers again: back to the shared upstream budget";
+// How long the limiter may take after Redis answers again before the shared budget is whole
+// (redis_rate_limiter.h: the local share still applies for 1 s + probe_interval and until
+// every replica has heartbeated since, at most replica_ttl + heartbeat = 3 s + 1 s).
+constexpr absl::Duration kRecoveryTransition = absl::Seconds(4);
+
+v1::SetMsgReadRequest Request(const std::string& report, const std::string& peer, int64_t time) {
+  v1::SetMsgReadRequest request;
+  request.set_report_account(report);
+  request.set_peer_account(peer);
+  request.set_msg_read_time(time);
+  return request;
+}
+
+// Open-loop load: every replica gets `rate` calls per second of distinct pairs, started in
+// small batches every few milliseconds on two channels of its own, whatever the answers do.
+// Stops at Stop() or after `max_duration`, so the number of calls is bounded. Every batch is
+// kept with its start time, for per-phase counts once the load is over.
+class OpenLoad final {
+ public:
+  struct Batch {
+    int replica;
+    absl::Time started;
+    std::unique_ptr<AsyncCalls> calls;
+  };
+
+  OpenLoad(std::vector<std::string> addresses, double rate, absl::Duration max_duration)
+      : addresses_(std::move(addresses)), rate_(rate), max_duration_(max_duration) {
+    for (const std::string& address : addresses_) {
+      auto& stubs = stubs_.emplace_back();
+      stubs.push_back(testing::NewStub(address));
+      stubs.push_back(testing::NewStub(address));
+    }
+  }
+  ~OpenLoad() { Stop(); }
+
+  void Start() {
+    start_ = absl::Now();
+    thread_ = std::thread([this] { Run(); });
+  }
+  void Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+  absl::Time start() const { return start_; }
+
+  // After Stop(): waits up to `timeout` for every call to be answered; true when all were.
+  bool WaitAll(absl::Duration timeout) {
+    const absl::Time until = absl::Now() + timeout;
+    for (Batch& batch : batches_) {
+      if (!batch.calls->Wait(std::max(absl::ZeroDuration(), until - absl::Now()))) return false;
+    }
+    return true;
+  }
+  int Unanswered() {
+    int n = 0;
+    for (Batch& batch : batches_) n += batch.calls->size() - batch.calls->Answered();
+    return n;
+  }
+  const std::vector<Batch>& batches() const { return batches_; }
+  int started_calls() const { return started_calls_; }
+
+ private:
+  void Run() {
+    std::vector<int64_t> sent(addresses_.size(), 0);
+    int64_t next_pair = 0;
+    const int64_t max_per_replica =
+        static_cast<int64_t>(rate_ * absl::ToDoubleSeconds(max_duration_)) + 1;
+    while (!stop_.load()) {
+      const absl::Time now = absl::Now();
+      const absl::Duration elapsed = now - start_;
+      if (elapsed >= max_duration_) break;
+      for (size_t r = 0; r < addresses_.size(); ++r) {
+        const int64_t due =
+            std::min(max_per_replica, static_cast<int64_t>(rate_ * absl::ToDoubleSeconds(elapsed)));
+        if (due <= sent[r]) continue;
+        auto calls = std::make_unique<AsyncCalls>();
+        for (; sent[r] < due; ++sent[r]) {
+          const int64_t pair = next_pair++;
+          calls->Add(
+              Request(absl::StrCat("sb_r", pair), absl::StrCat("sb_p", pair), kBaseTime + pair),
+              kDeadline, absl::StrCat("replica", r));
+        }
+        started_calls_ += calls->size();
+        calls->StartAll(*stubs_[r][batches_.size() % 2]);
+        batches_.push_back({static_cast<int>(r), now, std::move(calls)});
+      }
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  }
+
+  const std::vector<std::string> addresses_;
+  const double rate_;
+  const absl::Duration max_duration_;
+  std::vector<std::vector<std::unique_ptr<v1::MsgReadService::Stub>>> stubs_;
+  absl::Time start_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  // The load thread's until Stop() returned, then the test thread's.
+  std::vector<Batch> batches_;
+  int started_calls_ = 0;
+};
+
+// One log line of the limiter: when it was written.
+struct LogEvent {
+  absl::Time time;
+  boost::json::object fields;
+};
+
+// The lines of a gateway's stderr whose "msg" is `msg`.
+std::vector<LogEvent> LogEvents(testing::Subprocess& gateway, const std::string& msg) {
+  std::vector<LogEvent> events;
+  for (absl::string_view line : absl::StrSplit(gateway.ReadStderr(), '\n')) {
+    if (line.find(msg) == absl::string_view::npos) continue;
+    boost::system::error_code ec;
+    boost::json::value value =
+        boost::json::parse(boost::json::string_view(line.data(), line.size()), ec);
+    if (ec || !value.is_object()) continue;
+    const boost::json::object& object = value.get_object();
+    const boost::json::value* m = object.if_contains("msg");
+    const boost::json::value* t = object.if_contains("time");
+    if (m == nullptr || !m->is_string() || m->get_string() != msg) continue;
+    LogEvent event;
+    event.fields = object;
+    std::string err;
+    if (t == nullptr || !t->is_string() ||
+        !absl::ParseTime("%Y-%m-%dT%H:%M:%E*SZ", std::string(t->get_string()), &event.time, &err)) {
+      event.time = absl::InfinitePast();
+    }
+    events.push_back(std::move(event));
+  }
+  return events;
+}
+
+std::string Field(const LogEvent& event, const char* key) {
+  const boost::json::value* v = event.fields.if_contains(key);
+  return v != nullptr && v->is_string() ? std::string(v->get_string()) : "";
+}
+
+// The emulator's counters and when they were read (the middle of the request).
+struct Sample {
+  absl::Time at;
+  EmulatorStatsView stats;
+};
+
+class SharedBudgetE2eTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    if (HasFailure() && stack_ != nullptr) {
+      for (int i = 0; i < stack_->gateway_count(); ++i) {
+        std::cout << "gateway " << i << " " << ImgwStack::Describe(stack_->gateway(i)) << "\n";
+      }
+    }
+  }
+
+  Sample Read() {
+    const absl::Time before = absl::Now();
+    absl::StatusOr<EmulatorStatsView> stats = stack_->Stats();
+    const absl::Time after = absl::Now();
+    EXPECT_TRUE(stats.ok()) << stats.status();
+    return {before + (after - before) / 2, stats.ok() ? *std::move(stats) : EmulatorStatsView{}};
+  }
+
+  static double Rate(const Sample& a, const Sample& b) {
+    return static_cast<double>(b.stats.calls - a.stats.calls) / absl::ToDoubleSeconds(b.at - a.at);
+  }
+
+  // Waits (bounded) until every gateway has logged `msg` at least `count` times; the time
+  // the last of them did, or nullopt.
+  std::optional<absl::Time> AwaitLog(const std::string& msg, size_t count, absl::Duration timeout) {
+    const absl::Time until = absl::Now() + timeout;
+    while (true) {
+      absl::Time last = absl::InfinitePast();
+      bool all = true;
+      for (int i = 0; i < stack_->gateway_count(); ++i) {
+        std::vector<LogEvent> events = LogEvents(stack_->gateway(i), msg);
+        if (events.size() < count) {
+          all = false;
+          break;
+        }
+        last = std::max(last, events[count - 1].time);
+      }
+      if (all) return last;
+      if (absl::Now() >= until) return std::nullopt;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
+
+  static void SleepUntil(absl::Time t) {
+    const absl::Duration left = t - absl::Now();
+    if (left > absl::ZeroDuration()) absl::SleepFor(left);
+  }
+
+  void Figure(const std::string& key, const std::string& value) {
+    std::cout << "[figure] " << key << " = " << value << std::endl;
+    RecordProperty(key, value);
+  }
+
+  std::unique_ptr<RedisServer> redis_;
+  std::unique_ptr<ImgwStack> stack_;
+};
+
+TEST_F(SharedBudgetE2eTest, ThreeReplicasShareTheBudgetFallBackWithinItAndGetItBack) {
+  ASSERT_FALSE(BinDir().empty()) << "IMGW_BIN_DIR is not set (CTest sets it)";
+  testing::PinCallbackThreads();
+  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start({kPassword});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  redis_ = *std::move(redis);
+
+  // The password reaches the gateways through a file (0600), never their command line.
+  absl::StatusOr<testing::TempDir> secrets = testing::TempDir::Create("imgw-shared-budget");
+  ASSERT_TRUE(secrets.ok()) << secrets.status();
+  const std::string password_file = secrets->File("redis.password");
+  ASSERT_TRUE(testing::WriteFile(password_file, absl::StrCat(kPassword, "\n")).ok());
+
+  ImgwStackOptions options;
+  options.bin_dir = BinDir();
+  options.dir_prefix = "imgw-shared-budget";
+  options.emulator_rate_limit = kLimit;
+  options.gateways = kReplicas;
+  options.gateway_flags = {
+      "--ratelimit_backend=redis", absl::StrCat("--redis_address=127.0.0.1:", redis_->port()),
+      "--redis_password_file=" + password_file,
+      absl::StrCat("--redis_fallback_replicas=", kReplicas), absl::StrCat("--rate_limit=", kLimit)};
+  absl::StatusOr<std::unique_ptr<ImgwStack>> stack = ImgwStack::Start(options);
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  stack_ = *std::move(stack);
+  // Every replica has announced itself in Redis (its heartbeat when it connected).
+  const std::string replicas_key =
+      absl::StrCat("imgw:{", ImgwStack::kSdkAppId, ":admin_set_msg_read}:replicas");
+  absl::StatusOr<std::string> replicas = redis_->Command({"ZCARD", replicas_key});
+  ASSERT_TRUE(replicas.ok()) << replicas.status();
+  EXPECT_EQ(*replicas, absl::StrCat(kReplicas)) << replicas_key;
+
+  std::vector<std::string> addresses;
+  for (int i = 0; i < kReplicas; ++i) addresses.push_back(stack_->gateway_address(i));
+  OpenLoad load(addresses, kRatePerReplica, absl::Seconds(30));
+  load.Start();
+  const absl::Time t0 = load.start();
+
+  // Phase 1, shared: warm-up (connections, UserSig, every replica's heartbeat seen), then
+  // the emulator forgets it and the steady part is measured.
+  SleepUntil(t0 + absl::Seconds(2));
+  ASSERT_TRUE(stack_->ResetEmulator().ok());
+  const absl::Time shared_from = absl::Now();
+  SleepUntil(shared_from + absl::Seconds(1));
+  const Sample s1a = Read();
+  SleepUntil(s1a.at + absl::Seconds(4));
+  const Sample s1b = Read();
+  const double shared_rate = Rate(s1a, s1b);
+  EXPECT_LE(s1b.stats.max_calls_in_window, static_cast<uint64_t>(kLimit)) << "phase shared";
+  EXPECT_EQ(s1b.stats.ErrorCount(60007), 0u) << "phase shared";
+  EXPECT_GE(shared_rate, kShare * kLimit) << "phase shared: the budget was not used";
+  for (int i = 0; i < kReplicas; ++i) {
+    EXPECT_TRUE(LogEvents(stack_->gateway(i), kFallbackLog).empty())
+        << "gateway " << i << " fell back while Redis was up";
+  }
+
+  // Phase 2, Redis gone (SIGKILL) under the same load: every replica falls back to L/N.
+  const absl::Time outage_from = absl::Now();
+  redis_->Stop();
+  std::optional<absl::Time> fell_back = AwaitLog(kFallbackLog, 1, absl::Seconds(3));
+  EXPECT_TRUE(fell_back.has_value()) << "not every gateway logged the fallback";
+  for (int i = 0; i < kReplicas; ++i) {
+    for (const LogEvent& event : LogEvents(stack_->gateway(i), kFallbackLog)) {
+      // The local share is L/N with N = 3 (never the full limit per replica).
+      double local_rate = 0;
+      EXPECT_TRUE(absl::SimpleAtod(Field(event, "local_rate"), &local_rate));
+      EXPECT_LE(local_rate, static_cast<double>(kLimit) / kReplicas)
+          << "gateway " << i << ": " << boost::json::serialize(event.fields);
+      EXPECT_EQ(Field(event, "replicas"), absl::StrCat(kReplicas))
+          << "gateway " << i << ": " << boost::json::serialize(event.fields);
+    }
+  }
+  SleepUntil(outage_from + absl::Seconds(1));
+  const Sample s2a = Read();
+  SleepUntil(s2a.at + absl::Seconds(4));
+  const Sample s2b = Read();
+  const double outage_rate = Rate(s2a, s2b);
+  EXPECT_LE(s2b.stats.max_calls_in_window, static_cast<uint64_t>(kLimit)) << "phase outage";
+  EXPECT_EQ(s2b.stats.ErrorCount(60007), 0u) << "phase outage";
+
+  // Phase 3, Redis back on the same port (empty, as a lost Redis would be).
+  const absl::Time restart_at = absl::Now();
+  absl::Status restarted = redis_->Restart();
+  ASSERT_TRUE(restarted.ok()) << restarted;
+  std::optional<absl::Time> back = AwaitLog(kSharedLog, 1, absl::Seconds(5));
+  EXPECT_TRUE(back.has_value()) << "not every gateway logged the return of the shared budget";
+  SleepUntil(absl::Now() + kRecoveryTransition);
+  const Sample s3a = Read();
+  SleepUntil(s3a.at + absl::Seconds(4));
+  const Sample s3b = Read();
+  const double recovered_rate = Rate(s3a, s3b);
+  load.Stop();
+  const absl::Time load_end = absl::Now();
+  EXPECT_GE(recovered_rate, kShare * kLimit) << "phase recovered: the budget was not used";
+
+  ASSERT_TRUE(load.WaitAll(kDeadline + absl::Seconds(5)))
+      << load.Unanswered() << " calls unanswered";
+  const Sample end = Read();
+  EXPECT_LE(end.stats.max_calls_in_window, static_cast<uint64_t>(kLimit)) << "whole run";
+  EXPECT_EQ(end.stats.ErrorCount(60007), 0u) << "whole run";
+  for (int i = 0; i < kReplicas; ++i) {
+    std::vector<LogEvent> down = LogEvents(stack_->gateway(i), kFallbackLog);
+    std::vector<LogEvent> up = LogEvents(stack_->gateway(i), kSharedLog);
+    // Back on the shared budget at the end: the last episode ended.
+    EXPECT_EQ(down.size(), up.size()) << "gateway " << i;
+    EXPECT_FALSE(up.empty()) << "gateway " << i;
+  }
+
+  // What the callers saw, per phase (by when a call was sent) and replica; and the largest
+  // number of OK answers in any sliding second per phase (a client-side view of the upstream
+  // windows: an OK answer follows its upstream call by a round trip).
+  struct Counts {
+    std::map<int, int> codes;  // grpc::StatusCode -> calls.
+    std::vector<absl::Time> ok_at;
+  };
+  const std::vector<std::pair<std::string, std::pair<absl::Time, absl::Time>>> phases = {
+      {"shared", {shared_from, outage_from}},
+      {"outage", {outage_from, restart_at}},
+      {"recovered", {restart_at, load_end}}};
+  std::map<std::string, std::vector<Counts>> counts;
+  for (const auto& [name, span] : phases) counts[name].resize(kReplicas);
+  for (const OpenLoad::Batch& batch : load.batches()) {
+    for (const auto& [name, span] : phases) {
+      if (batch.started < span.first || batch.started >= span.second) continue;
+      Counts& c = counts[name][batch.replica];
+      for (int i = 0; i < batch.calls->size(); ++i) {
+        const AsyncCalls::Call& call = batch.calls->call(i);
+        ++c.codes[call.status.error_code()];
+        if (call.status.ok()) c.ok_at.push_back(call.answered);
+      }
+    }
+  }
+  for (const auto& [name, span] : phases) {
+    std::vector<absl::Time> all;
+    std::string per_replica;
+    for (int r = 0; r < kReplicas; ++r) {
+      const Counts& c = counts[name][r];
+      all.insert(all.end(), c.ok_at.begin(), c.ok_at.end());
+      absl::StrAppend(&per_replica, r > 0 ? " | " : "", "gw", r, ":");
+      for (const auto& [code, n] : c.codes) absl::StrAppend(&per_replica, " ", code, "=", n);
+      // Every replica keeps answering OK in every phase: the fallback serves (and fails
+      // neither open nor closed).
+      EXPECT_GT(c.ok_at.size(), 0u) << "gateway " << r << " answered nothing OK in " << name;
+      EXPECT_EQ(c.codes.count(grpc::StatusCode::UNAVAILABLE), 0u)
+          << "gateway " << r << " answered UNAVAILABLE in " << name;
+    }
+    std::sort(all.begin(), all.end());
+    size_t max_window = 0;
+    for (size_t i = 0, j = 0; i < all.size(); ++i) {
+      while (all[i] - all[j] >= absl::Seconds(1)) ++j;
+      max_window = std::max(max_window, i - j + 1);
+    }
+    Figure(absl::StrCat(name, "_codes"), per_replica);
+    Figure(absl::StrCat(name, "_client_ok_max_per_second"), absl::StrCat(max_window));
+  }
+  // An outage phase serves at L/N per replica: at least 80% of the limit over all of them.
+  EXPECT_GE(outage_rate, 0.8 * kLimit) << "phase outage: the fallback did not serve";
+
+  Figure("shared_upstream_calls_per_s", absl::StrFormat("%.1f", shared_rate));
+  Figure("shared_share", absl::StrFormat("%.3f", shared_rate / kLimit));
+  Figure("outage_upstream_calls_per_s", absl::StrFormat("%.1f", outage_rate));
+  Figure("recovered_upstream_calls_per_s", absl::StrFormat("%.1f", recovered_rate));
+  Figure("recovered_share", absl::StrFormat("%.3f", recovered_rate / kLimit));
+  Figure("max_calls_in_window_after_shared", absl::StrCat(s1b.stats.max_calls_in_window));
+  Figure("max_calls_in_window_after_outage", absl::StrCat(s2b.stats.max_calls_in_window));
+  Figure("max_calls_in_window_after_recovery", absl::StrCat(s3b.stats.max_calls_in_window));
+  Figure("max_calls_in_window_whole_run", absl::StrCat(end.stats.max_calls_in_window));
+  Figure("upstream_60007", absl::StrCat(end.stats.ErrorCount(60007)));
+  Figure("fallback_logged_after_ms",
+         fell_back.has_value() ? absl::StrCat(absl::ToInt64Milliseconds(*fell_back - outage_from))
+                               : "never");
+  Figure("shared_logged_after_ms",
+         back.has_value() ? absl::StrCat(absl::ToInt64Milliseconds(*back - restart_at)) : "never");
+  Figure("calls_started", absl::StrCat(load.started_calls()));
+}
+
+}  // namespace
+}  // namespace imgw
