@@ -24,15 +24,19 @@ void DispatchLoop::Submit(Call call) {
 
 void DispatchLoop::Submit(std::vector<Call> calls) {
   bool accepted = false;
+  bool wake = false;
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
+      // Only the call that finds the inbox empty wakes the loop: whoever filled it before has
+      // woken it (or is about to), and the loop takes the whole inbox at once.
+      wake = submitted_.empty() && cancelled_.empty();
       for (Call& call : calls) submitted_.push_back(std::move(call));
       accepted = true;
     }
   }
   if (accepted) {
-    client_.Wakeup();
+    if (wake) client_.Wakeup();
     return;
   }
   for (Call& call : calls) {
@@ -41,11 +45,13 @@ void DispatchLoop::Submit(std::vector<Call> calls) {
 }
 
 void DispatchLoop::Cancel(CallId id) {
+  bool wake;
   {
     absl::MutexLock lock(&mu_);
+    wake = submitted_.empty() && cancelled_.empty();
     cancelled_.push_back(id);
   }
-  client_.Wakeup();
+  if (wake) client_.Wakeup();
 }
 
 void DispatchLoop::Stop(absl::Duration grace) {

@@ -1,6 +1,7 @@
 #include "lib/metrics/metrics.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "lib/upstream/outcome.h"
 
 namespace imgw::metrics {
@@ -18,6 +19,21 @@ const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
 // answers.
 bool Known(int32_t code) {
   return upstream::ClassifyErrorCode(code) != upstream::Disposition::kUnknown;
+}
+
+constexpr absl::string_view kRpcMethodNames[] = {"SetMsgRead", "BatchSetMsgRead"};
+// gRPC's status code names, in code order (services/gateway/grpc_code_name.h).
+constexpr absl::string_view kRpcCodeNames[] = {
+    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED"};
+
+int IndexOf(absl::Span<const absl::string_view> names, absl::string_view name) {
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i] == name) return static_cast<int>(i);
+  }
+  return -1;
 }
 
 }  // namespace
@@ -107,27 +123,51 @@ Metrics::Metrics(absl::string_view version)
       .Set(1);
   // Series that exist from the start, so that rates over them are defined before the first
   // event.
-  upstream_answers_.Add({{"api", kApi}, {"error_code", "0"}});
+  upstream_answer_ok_ = &upstream_answers_.Add({{"api", kApi}, {"error_code", "0"}});
   upstream_answers_.Add({{"api", kApi}, {"error_code", "60007"}});
   for (const char* reason : {"transient", "rate_limited", "resign"}) {
-    retries_.Add({{"reason", reason}});
+    retries_cache_.emplace_back(reason, &retries_.Add({{"reason", reason}}));
   }
   for (const char* reason :
        {"invalid_argument", "queue_full", "overloaded", "circuit_open", "shutting_down"}) {
-    rejected_.Add({{"reason", reason}});
+    rejected_cache_.emplace_back(reason, &rejected_.Add({{"reason", reason}}));
   }
   for (const char* kind : {"connect", "tls", "timeout", "protocol", "cancelled", "http_5xx",
                            "http_429", "http_other", "malformed"}) {
-    upstream_failures_.Add({{"api", kApi}, {"kind", kind}});
+    upstream_failures_cache_.emplace_back(kind,
+                                          &upstream_failures_.Add({{"api", kApi}, {"kind", kind}}));
   }
   for (const char* method : {"SetMsgRead", "BatchSetMsgRead"}) {
     rpc_latency_.Add({{"method", method}, {"code", "OK"}}, LatencyBuckets());
   }
 }
 
+prometheus::Counter& Metrics::Child(prometheus::Family<prometheus::Counter>& family,
+                                    const CounterCache& cache, const char* name,
+                                    absl::string_view value, bool with_api) {
+  for (const auto& [known, child] : cache) {
+    if (known == value) return *child;
+  }
+  if (with_api) return family.Add({{"api", kApi}, {name, std::string(value)}});
+  return family.Add({{name, std::string(value)}});
+}
+
 void Metrics::ObserveRpc(absl::string_view method, absl::string_view code, absl::Duration latency) {
-  rpc_latency_.Add({{"method", std::string(method)}, {"code", std::string(code)}}, LatencyBuckets())
-      .Observe(absl::ToDoubleSeconds(latency));
+  int m = IndexOf(kRpcMethodNames, method);
+  int c = IndexOf(kRpcCodeNames, code);
+  prometheus::Histogram* histogram = nullptr;
+  std::atomic<prometheus::Histogram*>* slot = nullptr;
+  if (m >= 0 && c >= 0) {
+    slot = &rpc_latency_cache_[static_cast<size_t>(m) * kRpcCodes + static_cast<size_t>(c)];
+    histogram = slot->load(std::memory_order_acquire);
+  }
+  if (histogram == nullptr) {
+    // Family::Add returns the existing child when there is one, so a race stores one pointer.
+    histogram = &rpc_latency_.Add({{"method", std::string(method)}, {"code", std::string(code)}},
+                                  LatencyBuckets());
+    if (slot != nullptr) slot->store(histogram, std::memory_order_release);
+  }
+  histogram->Observe(absl::ToDoubleSeconds(latency));
 }
 
 void Metrics::UpstreamRequestSent() { upstream_requests_.Increment(); }
@@ -137,6 +177,10 @@ void Metrics::ObserveUpstreamLatency(absl::Duration latency) {
 }
 
 void Metrics::UpstreamAnswer(int32_t error_code) {
+  if (error_code == 0) {
+    upstream_answer_ok_->Increment();
+    return;
+  }
   upstream_answers_
       .Add({{"api", kApi},
             {"error_code", Known(error_code) ? absl::StrCat(error_code) : std::string("other")}})
@@ -144,7 +188,7 @@ void Metrics::UpstreamAnswer(int32_t error_code) {
 }
 
 void Metrics::UpstreamFailure(absl::string_view kind) {
-  upstream_failures_.Add({{"api", kApi}, {"kind", std::string(kind)}}).Increment();
+  Child(upstream_failures_, upstream_failures_cache_, "kind", kind, /*with_api=*/true).Increment();
 }
 
 void Metrics::ObserveQueueWait(absl::Duration wait) {
@@ -156,11 +200,11 @@ void Metrics::Merged(bool in_flight) {
 }
 
 void Metrics::Retry(absl::string_view reason) {
-  retries_.Add({{"reason", std::string(reason)}}).Increment();
+  Child(retries_, retries_cache_, "reason", reason, /*with_api=*/false).Increment();
 }
 
 void Metrics::Rejected(absl::string_view reason) {
-  rejected_.Add({{"reason", std::string(reason)}}).Increment();
+  Child(rejected_, rejected_cache_, "reason", reason, /*with_api=*/false).Increment();
 }
 
 void Metrics::Expired() { expired_.Increment(); }

@@ -1,7 +1,11 @@
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -58,6 +62,16 @@ class Metrics final {
   void SetConnectionsCreated(double total);
 
  private:
+  using CounterCache = std::vector<std::pair<std::string, prometheus::Counter*>>;
+  // A child of `family` by its one varying label; from `cache` (filled at construction with
+  // the label's known values) without taking the family's lock, else added.
+  static prometheus::Counter& Child(prometheus::Family<prometheus::Counter>& family,
+                                    const CounterCache& cache, const char* name,
+                                    absl::string_view value, bool with_api);
+
+  static constexpr size_t kRpcMethods = 2;  // SetMsgRead, BatchSetMsgRead.
+  static constexpr size_t kRpcCodes = 17;   // gRPC status codes 0..16, by name.
+
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Histogram>& rpc_latency_;
   prometheus::Histogram& upstream_latency_;
@@ -79,6 +93,13 @@ class Metrics final {
   prometheus::Gauge* circuit_breaker_open_;
   prometheus::Gauge* connections_open_;
   prometheus::Gauge* usersig_expiry_;
+  // Children looked up on every call, cached: Family::Add builds a label map and takes the
+  // family's lock each time. RPC latency series are created on first use, as before.
+  std::array<std::atomic<prometheus::Histogram*>, kRpcMethods * kRpcCodes> rpc_latency_cache_{};
+  prometheus::Counter* upstream_answer_ok_;  // error_code "0".
+  CounterCache upstream_failures_cache_;
+  CounterCache retries_cache_;
+  CounterCache rejected_cache_;
 };
 
 }  // namespace imgw::metrics

@@ -39,7 +39,6 @@ const char* ErrorName(HttpResponse::Error error) {
 struct CurlClient::Transfer {
   CurlClient* client = nullptr;
   CURL* easy = nullptr;
-  curl_slist* headers = nullptr;
   HttpRequest request;
   HttpResponse response;
   Callback done;
@@ -85,7 +84,17 @@ struct CurlCallbacks {
     return close(fd);
   }
 
-  // Adds --ca_file's certificates to the store curl already filled from the system bundle.
+  // Gives the new connection the store loaded once in Create() (system certificates and
+  // --ca_file's), in place of the one libcurl would build from the bundle file.
+  static CURLcode SharedStore(CURL*, void* ssl_ctx, void* user) {
+    auto* client = static_cast<CurlClient*>(user);
+    if (X509_STORE_up_ref(client->shared_store_) != 1) return CURLE_SSL_CACERT_BADFILE;
+    SSL_CTX_set_cert_store(static_cast<SSL_CTX*>(ssl_ctx), client->shared_store_);
+    return CURLE_OK;
+  }
+
+  // Without a shared store: adds --ca_file's certificates to the store curl already filled
+  // from the system bundle.
   static CURLcode SslContext(CURL*, void* ssl_ctx, void* user) {
     auto* client = static_cast<CurlClient*>(user);
     X509_STORE* store = SSL_CTX_get_cert_store(static_cast<SSL_CTX*>(ssl_ctx));
@@ -132,6 +141,32 @@ HttpResponse::Error ErrorOf(CURLcode code) {
   }
 }
 
+// What libcurl trusts by default (its built-in bundle and directory) plus `extra`, in one
+// store, as libcurl's OpenSSL backend would build it for each connection; nullptr when the
+// defaults are unknown or do not load, so that libcurl keeps doing it (and failing) itself.
+X509_STORE* LoadSharedStore(const std::vector<X509*>& extra) {
+  const curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
+  if (info == nullptr || info->age < CURLVERSION_SEVENTH ||
+      (info->cainfo == nullptr && info->capath == nullptr)) {
+    return nullptr;
+  }
+  X509_STORE* store = X509_STORE_new();
+  if (store == nullptr) return nullptr;
+  bool ok = (info->cainfo == nullptr || X509_STORE_load_file(store, info->cainfo) == 1) &&
+            (info->capath == nullptr || X509_STORE_load_path(store, info->capath) == 1);
+  if (!ok) {
+    X509_STORE_free(store);
+    return nullptr;
+  }
+  for (X509* cert : extra) X509_STORE_add_cert(store, cert);  // Duplicates fail harmlessly.
+  // libcurl sets this on the stores it builds (unless CURLSSLOPT_NO_PARTIALCHAIN).
+  X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
+  return store;
+}
+
+// Finished handles kept for reuse at most; more are only ever needed for a burst.
+constexpr size_t kMaxIdleEasyHandles = 1024;
+
 }  // namespace
 
 CurlClient::CurlClient(const Options& options) : options_(options) {}
@@ -147,6 +182,10 @@ absl::StatusOr<std::unique_ptr<CurlClient>> CurlClient::Create(const Options& op
     absl::Status loaded = LoadCertificates(options.ca_file, &client->extra_cas_);
     if (!loaded.ok()) return loaded;
   }
+  if (!options.insecure_skip_verify) client->shared_store_ = LoadSharedStore(client->extra_cas_);
+  client->headers_ = curl_slist_append(nullptr, "Content-Type: application/json");
+  client->headers_ = curl_slist_append(client->headers_, "Expect:");
+  if (client->headers_ == nullptr) return absl::InternalError("curl_slist_append failed");
   client->multi_ = curl_multi_init();
   if (client->multi_ == nullptr) return absl::InternalError("curl_multi_init failed");
   curl_multi_setopt(client->multi_, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
@@ -159,39 +198,31 @@ absl::StatusOr<std::unique_ptr<CurlClient>> CurlClient::Create(const Options& op
 
 CurlClient::~CurlClient() {
   CancelAll();
+  for (CURL* e : idle_easy_) curl_easy_cleanup(e);
   if (multi_ != nullptr) curl_multi_cleanup(multi_);
+  curl_slist_free_all(headers_);
+  if (shared_store_ != nullptr) X509_STORE_free(shared_store_);
   for (X509* cert : extra_cas_) X509_free(cert);
 }
 
-void CurlClient::Start(HttpRequest request, Callback done) {
-  auto* t = new Transfer();
-  t->client = this;
-  t->request = std::move(request);
-  t->done = std::move(done);
-  t->started = std::chrono::steady_clock::now();
-  t->easy = curl_easy_init();
-  t->headers = curl_slist_append(nullptr, "Content-Type: application/json");
-  t->headers = curl_slist_append(t->headers, "Expect:");
-  CURL* e = t->easy;
-  curl_easy_setopt(e, CURLOPT_PRIVATE, t);
-  curl_easy_setopt(e, CURLOPT_URL, t->request.url.c_str());
+CURL* CurlClient::TakeEasyHandle() {
+  if (!idle_easy_.empty()) {
+    CURL* e = idle_easy_.back();
+    idle_easy_.pop_back();
+    return e;
+  }
+  CURL* e = curl_easy_init();
+  if (e == nullptr) return nullptr;
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
   curl_easy_setopt(e, CURLOPT_POST, 1L);
-  curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->request.body.data());
-  curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, static_cast<long>(t->request.body.size()));
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers_);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &CurlCallbacks::Write);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlCallbacks::Header);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, &CurlCallbacks::Open);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, this);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &CurlCallbacks::Close);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, this);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
-                   static_cast<long>(absl::ToInt64Milliseconds(t->request.timeout)));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                    static_cast<long>(absl::ToInt64Milliseconds(options_.connect_timeout)));
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
@@ -204,6 +235,9 @@ void CurlClient::Start(HttpRequest request, Callback done) {
                    static_cast<long>(absl::ToInt64Seconds(options_.max_idle)));
   curl_easy_setopt(e, CURLOPT_MAXLIFETIME_CONN,
                    static_cast<long>(absl::ToInt64Seconds(options_.max_lifetime)));
+  // A handle used again keeps no TLS session of its own to resume: a new connection costs a
+  // full handshake, as it did with a handle per request.
+  curl_easy_setopt(e, CURLOPT_SSL_SESSIONID_CACHE, 0L);
   if (!options_.reuse_connections) {
     curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
     curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
@@ -214,11 +248,46 @@ void CurlClient::Start(HttpRequest request, Callback done) {
   } else {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (!extra_cas_.empty()) {
+    if (shared_store_ != nullptr) {
+      // The store comes whole from SharedStore(): libcurl must not load its files again.
+      curl_easy_setopt(e, CURLOPT_CAINFO, nullptr);
+      curl_easy_setopt(e, CURLOPT_CAPATH, nullptr);
+      curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, &CurlCallbacks::SharedStore);
+      curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, this);
+    } else if (!extra_cas_.empty()) {
       curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, &CurlCallbacks::SslContext);
       curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, this);
     }
   }
+  return e;
+}
+
+void CurlClient::Start(HttpRequest request, Callback done) {
+  auto* t = new Transfer();
+  t->client = this;
+  t->request = std::move(request);
+  t->done = std::move(done);
+  t->started = std::chrono::steady_clock::now();
+  t->easy = TakeEasyHandle();
+  if (t->easy == nullptr) {
+    // Completed by the next Poll(), never from inside Start().
+    in_flight_.fetch_add(1);
+    transfers_.insert(t);
+    t->response.error = HttpResponse::Error::kProtocol;
+    t->response.error_detail = "curl_easy_init failed";
+    failed_to_start_.push_back(t);
+    return;
+  }
+  CURL* e = t->easy;
+  curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+  curl_easy_setopt(e, CURLOPT_URL, t->request.url.c_str());
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->request.body.data());
+  curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, static_cast<long>(t->request.body.size()));
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                   static_cast<long>(absl::ToInt64Milliseconds(t->request.timeout)));
   in_flight_.fetch_add(1);
   transfers_.insert(t);
   CURLMcode rc = curl_multi_add_handle(multi_, e);
@@ -268,9 +337,18 @@ void CurlClient::Complete(Transfer* t, int curl_code) {
     connections_made_.fetch_add(connects);
   }
   t->response.elapsed = absl::FromChrono(std::chrono::steady_clock::now() - t->started);
-  curl_multi_remove_handle(multi_, t->easy);
-  curl_easy_cleanup(t->easy);
-  curl_slist_free_all(t->headers);
+  if (t->easy != nullptr) {
+    curl_multi_remove_handle(multi_, t->easy);
+    // Only a handle whose transfer ended cleanly is used again; any other is discarded with
+    // whatever state its failure left.
+    if (curl_code == CURLE_OK && idle_easy_.size() < kMaxIdleEasyHandles) {
+      curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, nullptr);
+      curl_easy_setopt(t->easy, CURLOPT_PRIVATE, nullptr);
+      idle_easy_.push_back(t->easy);
+    } else {
+      curl_easy_cleanup(t->easy);
+    }
+  }
   in_flight_.fetch_sub(1);
   transfers_.erase(t);
   Callback done = std::move(t->done);

@@ -40,6 +40,39 @@ TEST(MetricsTest, SeriesThatAlertsWatchExistBeforeTheirFirstEvent) {
   }
 }
 
+// The children cached for the per-call paths are the family's own series: known and unknown
+// label values land on the same lines a Family::Add lookup would.
+TEST(MetricsTest, CachedSeriesCountWhereFamilyLookupsWould) {
+  Metrics metrics("test");
+  metrics.ObserveRpc("SetMsgRead", "OK", absl::Milliseconds(1));
+  metrics.ObserveRpc("SetMsgRead", "OK", absl::Milliseconds(2));
+  metrics.ObserveRpc("BatchSetMsgRead", "UNAVAILABLE", absl::Milliseconds(3));
+  metrics.ObserveRpc("Other", "OK", absl::Milliseconds(4));
+  metrics.ObserveRpc("SetMsgRead", "NOT_A_CODE", absl::Milliseconds(5));
+  metrics.Rejected("overloaded");
+  metrics.Rejected("overloaded");
+  metrics.Rejected("novel_reason");
+  metrics.Retry("resign");
+  metrics.UpstreamFailure("timeout");
+  metrics.UpstreamFailure("novel_kind");
+  std::string text = Scrape(metrics);
+  for (const char* series : {
+           "imgw_grpc_server_handling_seconds_count{code=\"OK\",method=\"SetMsgRead\"} 2",
+           "imgw_grpc_server_handling_seconds_count{code=\"UNAVAILABLE\","
+           "method=\"BatchSetMsgRead\"} 1",
+           "imgw_grpc_server_handling_seconds_count{code=\"OK\",method=\"Other\"} 1",
+           "imgw_grpc_server_handling_seconds_count{code=\"NOT_A_CODE\",method=\"SetMsgRead\"} 1",
+           "imgw_grpc_server_handling_seconds_count{code=\"OK\",method=\"BatchSetMsgRead\"} 0",
+           "imgw_rejected_calls_total{reason=\"overloaded\"} 2",
+           "imgw_rejected_calls_total{reason=\"novel_reason\"} 1",
+           "imgw_retries_total{reason=\"resign\"} 1",
+           "imgw_upstream_failures_total{api=\"admin_set_msg_read\",kind=\"timeout\"} 1",
+           "imgw_upstream_failures_total{api=\"admin_set_msg_read\",kind=\"novel_kind\"} 1",
+       }) {
+    EXPECT_NE(text.find(series), std::string::npos) << series << "\n" << text;
+  }
+}
+
 TEST(MetricsTest, ConnectionsCreatedMirrorsAGrowingTotal) {
   Metrics metrics("test");
   metrics.SetConnectionsCreated(3);
