@@ -12,6 +12,7 @@
 #include "lib/dispatch/dispatcher.h"
 #include "lib/metrics/http_server.h"
 #include "lib/metrics/metrics.h"
+#include "lib/metrics/shared_budget_metrics.h"
 #include "lib/ratelimit/local_rate_limiter.h"
 #include "lib/ratelimit/redis_rate_limiter.h"
 #include "lib/upstream/curl_client.h"
@@ -53,6 +54,9 @@ class Gateway final {
   const config::GatewayConfig config_;
   Clock* clock_ = nullptr;
   std::shared_ptr<metrics::Metrics> metrics_;
+  // The Redis budget's series (with --ratelimit_backend=redis); before limiter_, whose thread
+  // updates them.
+  std::unique_ptr<metrics::SharedBudgetMetrics> shared_budget_metrics_;
   std::unique_ptr<metrics::HttpServer> http_;
   std::atomic<bool> serving_{false};
   std::unique_ptr<usersig::UserSigCache> usersigs_;
