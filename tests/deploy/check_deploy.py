@@ -422,6 +422,7 @@ def check_workload(where, objects, configmaps):
         tgps = pod.get("terminationGracePeriodSeconds", 30)
         if not tgps > grace:
             problem("%s: terminationGracePeriodSeconds %s must exceed --shutdown_grace (%gs)" % (name, tgps, grace))
+        check_redis_flags(name, dep, c, flags, secret_files)
         sdk_label = pod_labels.get("imgw-sdkappid")
         if sdk_label is not None and sdk_label != flags.get("sdkappid"):
             problem("%s: pod label imgw-sdkappid=%s differs from --sdkappid=%s" % (name, sdk_label, flags.get("sdkappid")))
@@ -460,6 +461,40 @@ def check_workload(where, objects, configmaps):
             name, grpc, flags.get("shutdown_grace"), tgps, key_file))
     if not found_sidecar:
         problem("%s: no Deployment with the imgw sidecar" % where)
+
+
+def check_redis_flags(name, dep, c, flags, secret_files):
+    """The shared budget (--ratelimit_backend=redis, issue 7): an address, the password as a file
+    of a mounted Secret (never a literal in the environment), and the fallback's N equal to the
+    Deployment's replica count when the manifest fixes it."""
+    backend = flags.get("ratelimit_backend", "local")
+    if backend not in ("local", "redis"):
+        problem("%s: --ratelimit_backend=%s (local or redis)" % (name, backend))
+    for e in c.get("env", []) or []:
+        if e.get("name") == "IMGW_REDIS_PASSWORD" and "value" in e:
+            problem("%s: IMGW_REDIS_PASSWORD is a literal in the manifest; mount the Secret "
+                    "imgw-redis and use --redis_password_file" % name)
+    if backend != "redis":
+        if flags.get("redis_address"):
+            problem("%s: --redis_address without --ratelimit_backend=redis (imgw refuses to start)" % name)
+        return
+    address = flags.get("redis_address", "")
+    if not re.match(r"^[^\s:]+:[0-9]{1,5}$", address):
+        problem("%s: --ratelimit_backend=redis needs --redis_address=host:port, not %r" % (name, address))
+    pw = flags.get("redis_password_file")
+    if pw and pw not in secret_files:
+        problem("%s: --redis_password_file=%s is not a file of a mounted Secret" % (name, pw))
+    replicas = dep.get("spec", {}).get("replicas")
+    try:
+        fallback = int(flags.get("redis_fallback_replicas", "4"))
+    except ValueError:
+        problem("%s: --redis_fallback_replicas=%s is not a number" % (name, flags.get("redis_fallback_replicas")))
+        return
+    if replicas is not None and fallback != replicas:
+        problem("%s: --redis_fallback_replicas=%d differs from the Deployment's %d replicas (the "
+                "fallback's limit/N before Redis has told the live count)" % (name, fallback, replicas))
+    print("ok: %s: shared budget in Redis at %s, password %s, fallback N=%d (replicas %s)" % (
+        name, address, pw or "none", fallback, replicas))
 
 
 def check_manifests(root, kubectl):
@@ -541,10 +576,41 @@ def check_workload_overlay(where, objects, configmaps, k, ov):
             if d.get("kind") != "Deployment":
                 continue
             labels = d.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+            pspec = d.get("spec", {}).get("template", {}).get("spec", {}) or {}
             for _, dep in objs:
                 if dep.get("kind") == "Deployment" and dep["metadata"]["name"] == d["metadata"]["name"]:
                     dep["spec"]["template"]["metadata"].setdefault("labels", {}).update(labels)
+                    merge_pod_spec(dep["spec"]["template"].setdefault("spec", {}), pspec)
+    # `replicas:` of the kustomization, as kustomize sets spec.replicas.
+    for r in k.get("replicas", []) or []:
+        for _, dep in objs:
+            if dep.get("kind") == "Deployment" and dep["metadata"]["name"] == r.get("name"):
+                dep["spec"]["replicas"] = r.get("count")
     check_workload(where, objs, configmaps)
+
+
+def merge_pod_spec(pod, patch):
+    """Enough of a strategic merge for the overlays' pod patches: containers and init containers
+    by name, their volumeMounts by mountPath and env by name, volumes by name; other keys replaced."""
+    def merge_list(dst, src, key, nested):
+        for item in src or []:
+            hit = [x for x in dst if x.get(key) == item.get(key)]
+            if not hit:
+                dst.append(item)
+                continue
+            for k2, v in item.items():
+                if k2 in nested and isinstance(v, list):
+                    merge_list(hit[0].setdefault(k2, []), v, *nested[k2])
+                else:
+                    hit[0][k2] = v
+    container_lists = {"volumeMounts": ("mountPath", {}), "env": ("name", {})}
+    for k2, v in patch.items():
+        if k2 in ("containers", "initContainers"):
+            merge_list(pod.setdefault(k2, []), v, "name", container_lists)
+        elif k2 == "volumes":
+            merge_list(pod.setdefault(k2, []), v, "name", {})
+        else:
+            pod[k2] = v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -701,6 +767,10 @@ def check_dashboard_shape(dash):
         "imgw_rejected_calls_total", "imgw_merged_calls_total", "imgw_upstream_connections_open",
         "imgw_upstream_connections_created_total", "imgw_usersig_expiry_seconds",
         "imgw_circuit_breaker_open", "up",
+        # The shared budget (--ratelimit_backend=redis), row "Shared budget (Redis)".
+        "imgw_shared_budget_active", "imgw_shared_budget_replicas", "imgw_shared_budget_rate",
+        "imgw_shared_budget_local_rate", "imgw_shared_budget_fallbacks_total",
+        "imgw_redis_errors_total", "imgw_redis_acquire_seconds",
     ]
     for m in wanted:
         if m not in metrics:

@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """A real Prometheus scrapes a real gateway: issue 5, item 2 and the "returns data" part of item 6.
 
-  prometheus_scrape_test.py SOURCE_DIR BIN_DIR --prometheus=PATH
+  prometheus_scrape_test.py SOURCE_DIR BIN_DIR --prometheus=PATH [--redis_server=PATH]
 
-Starts imgw-emulator and imgw-gateway from BIN_DIR on 127.0.0.1 (throwaway certificate and app
-secret), and Debian's prometheus (check_deploy.Prometheus, then its config swapped by SIGHUP)
+Starts Debian's redis-server (a throwaway password, no persistence), imgw-emulator and imgw-gateway
+from BIN_DIR on 127.0.0.1 (throwaway certificate and app secret), the gateway with the budget in
+Redis as deploy/kubernetes/overlays/shared-budget runs it (--ratelimit_backend=redis, the
+password from --redis_password_file), so that the shared-budget series exist; and Debian's prometheus (check_deploy.Prometheus, then its config swapped by SIGHUP)
 scraping the gateway every second as job "imgw", with the target labels a PodMonitor or
 deploy/prometheus/prometheus-scrape-example.yaml would add (imgw_sdkappid, container, namespace,
 pod) and deploy/prometheus/imgw-rules.yaml loaded. Drives known traffic with imgw-cli, spread over
 about 3 s, and checks through Prometheus' HTTP API:
 
-- the target is up and the counters and histograms hold what the traffic implies;
+- the target is up and the counters and histograms hold what the traffic implies, the shared
+  budget's included (every upstream request admitted by a permit from Redis, no fallback);
 - every PromQL expression of the dashboard and the rules (Grafana variables replaced as
   check_deploy.py does) is accepted, and returns data unless listed in MAY_BE_EMPTY with the
   reason; an alert's expression without its final threshold returns data too;
@@ -28,6 +31,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,6 +73,8 @@ MAY_BE_EMPTY = {
     "rule ImgwCircuitBreakerOpen": "nothing failed, the breaker stays closed",
     "rule ImgwCallsRejected":
         "the only rejections are invalid_argument, which the alert leaves out",
+    "rule ImgwSharedBudgetFallback": "Redis stays up: the gateway never leaves the shared budget",
+    "rule ImgwRedisErrors": "Redis stays up and answers in time: no Redis error",
 }
 
 # Panels the traffic must fill (a substring of the panel title): a guard against the dashboard
@@ -76,6 +82,9 @@ MAY_BE_EMPTY = {
 MUST_HAVE_DATA = [
     "Budget use", "Upstream calls/s", "gRPC latency", "gRPC status codes", "Upstream error codes",
     "Queue wait", "Upstream connections", "UserSig expiry", "Pace",
+    # The row "Shared budget (Redis)": the gateway runs with the budget in Redis.
+    "Shared budget active", "Replicas sharing the budget", "Shared rate vs local",
+    "Fallbacks and Redis errors", "Redis admission round trip", "Admissions: Redis permits",
 ]
 
 CHILDREN = []       # subprocess.Popen of the emulator and the gateway
@@ -180,13 +189,80 @@ def http_get_json(url):
 # ---------------------------------------------------------------------------------------------
 
 
-def start_upstream_and_gateway(bin_dir, tmp, env):
+def resp_command(sock, *args):
+    """One Redis command over RESP; returns the reply's first line (b"+PONG", b"-ERR ...")."""
+    sock.sendall(b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args))
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise OSError("redis closed the connection")
+        reply += chunk
+    return reply.split(b"\r\n")[0]
+
+
+def start_redis(redis_server, tmp, env, within=10.0):
+    """Debian's redis-server on a free loopback port with a password and no persistence (as
+    tests/testing/redis_server.h); returns (port, password) once it answers PING after AUTH."""
+    password = os.urandom(12).hex()
+    for attempt in range(3):
+        port = check_deploy.free_port()
+        data = os.path.join(tmp, "redis-%d" % attempt)
+        os.mkdir(data)
+        conf = os.path.join(data, "redis.conf")  # the password in a file, not on the command line
+        with open(conf, "w") as f:
+            f.write("port %d\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\n"
+                    "logfile \"\"\ndir %s\nrequirepass %s\n" % (port, data, password))
+        log = os.path.join(tmp, "redis-%d.log" % attempt)
+        proc = spawn([redis_server, conf], log, env)
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    if resp_command(sock, "AUTH", password) == b"+OK" and \
+                            resp_command(sock, "PING") == b"+PONG":
+                        return port, password
+            except OSError:
+                pass
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        if "Address already in use" not in tail(log):
+            raise RuntimeError("redis-server did not answer PING within %.0fs; its log:\n%s"
+                               % (within, tail(log)))
+    raise RuntimeError("redis-server could not bind a free port three times")
+
+
+def wait_shared_budget(metrics_addr, log, within=10.0):
+    """Until the gateway's own /metrics says the budget is decided in Redis (it connects on its
+    own thread after starting): Prometheus then never sees a start-up fallback."""
+    deadline, body = time.monotonic() + within, ""
+    while time.monotonic() < deadline:
+        try:
+            _, body = check_deploy.http("http://%s/metrics" % metrics_addr, timeout=2)
+        except (urllib.error.URLError, OSError):
+            body = ""
+        if re.search(r"^imgw_shared_budget_active(\{\})? 1(\.0*)?$", body, re.M):
+            return
+        time.sleep(0.05)
+    raise RuntimeError("the gateway did not reach the shared budget in Redis within %.0fs; "
+                       "its imgw_shared_budget_* and imgw_redis_* lines:\n%s\nits log:\n%s" % (
+                           within, "\n".join(ln for ln in body.splitlines()
+                                             if re.match(r"imgw_(shared_budget|redis)_", ln)),
+                           tail(log)))
+
+
+def start_upstream_and_gateway(bin_dir, tmp, env, redis_port, redis_password):
     cert, key, secret = (os.path.join(tmp, n) for n in ("cert.pem", "key.pem", "secret_key"))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
                     "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=30)
     with open(secret, "w") as f:
         f.write(os.urandom(32).hex() + "\n")
+    redis_pw = os.path.join(tmp, "redis_password")
+    with open(redis_pw, "w") as f:
+        f.write(redis_password + "\n")  # a trailing newline, as `kubectl create secret --from-file` may keep
 
     em_ready, em_log = os.path.join(tmp, "emulator.ready"), os.path.join(tmp, "emulator.log")
     em = spawn([os.path.join(bin_dir, "imgw-emulator"), "--listen=127.0.0.1:0",
@@ -199,8 +275,15 @@ def start_upstream_and_gateway(bin_dir, tmp, env):
     gw = spawn([os.path.join(bin_dir, "imgw-gateway"), "--grpc_listen=127.0.0.1:0",
                 "--metrics_listen=127.0.0.1:0", "--endpoint=https://127.0.0.1:%d" % port,
                 "--ca_file=" + cert, "--sdkappid=" + SDKAPPID, "--identifier=administrator",
-                "--secret_key_file=" + secret, "--ready_file=" + gw_ready], gw_log, env)
+                "--secret_key_file=" + secret, "--ready_file=" + gw_ready,
+                # The budget in Redis, as overlays/shared-budget: the password from a file.
+                "--ratelimit_backend=redis", "--redis_address=127.0.0.1:%d" % redis_port,
+                "--redis_password_file=" + redis_pw, "--redis_fallback_replicas=1",
+                # The longest allowed: on a loaded test machine a 50 ms Redis round trip would
+                # send the gateway to its fallback and make the counts below vary.
+                "--redis_timeout=1s"], gw_log, env)
     ready = wait_ready_file(gw_ready, gw, "imgw-gateway", gw_log)
+    wait_shared_budget(ready["metrics_listen"], gw_log)
     return ready["grpc_listen"], ready["metrics_listen"], gw_log
 
 
@@ -316,6 +399,16 @@ def expected_values():
         ('imgw_circuit_breaker_open{%s}' % job, 0),
         ('imgw_rate_limit_max_calls_per_second{%s}' % job, 200),
         ('imgw_build_info{%s}' % job, 1),
+        # The shared budget: Redis admitted every upstream request, nothing fell back.
+        ('imgw_shared_budget_active{%s}' % job, 1),
+        ('imgw_shared_budget_recovering{%s}' % job, 0),
+        ('imgw_redis_connected{%s}' % job, 1),
+        ('imgw_shared_budget_replicas{%s}' % job, 1),
+        ('imgw_shared_budget_permits_total{%s,outcome="used"}' % job, N_UPSTREAM),
+        ('imgw_shared_budget_local_admissions_total{%s}' % job, 0),
+        ('imgw_shared_budget_fallbacks_total{%s}' % job, 0),
+        ('imgw_redis_errors_total{%s}' % job, 0),
+        ('imgw_shared_budget_local_rate{%s}' % job, 0),
     ]
 
 
@@ -349,6 +442,8 @@ def check_other_values(server):
         ('histogram_quantile(0.99, sum(rate(imgw_upstream_request_duration_seconds_bucket{%s}[1m])) by (le))'
          % job, 1e-6, 10),
         ('sum(rate(imgw_upstream_requests_total{%s}[1m]))' % job, 1e-3, 200),
+        ('imgw_shared_budget_rate{%s}' % job, 150, 200),
+        ('imgw_redis_acquire_seconds{%s,quantile="0.99"}' % job, 1e-6, 0.05),
     ]:
         got = value_of(server, expr)
         if got is None or math.isnan(got) or not lo <= got <= hi:
@@ -445,6 +540,7 @@ def main():
     ap.add_argument("source_dir")
     ap.add_argument("bin_dir")
     ap.add_argument("--prometheus", default="")
+    ap.add_argument("--redis_server", default=shutil.which("redis-server") or "/usr/bin/redis-server")
     a = ap.parse_args()
     root, bin_dir = os.path.abspath(a.source_dir), os.path.abspath(a.bin_dir)
     # ctest's timeout sends SIGTERM on some platforms: end through finally.
@@ -454,6 +550,9 @@ def main():
         if not os.access(os.path.join(bin_dir, b), os.X_OK):
             problem("%s not found in %s: build it first (ninja imgw-gateway imgw-emulator imgw-cli)"
                     % (b, bin_dir))
+    if not os.access(a.redis_server, os.X_OK):
+        problem("redis-server not found (%s): install Debian's package redis-server (.ci/deps "
+                "does); the gateway under test keeps its budget in Redis" % a.redis_server)
     if check_deploy.PROBLEMS or not check_deploy.need_tool(a.prometheus, "prometheus"):
         return 1
 
@@ -468,7 +567,10 @@ def main():
     gw_log = None
     t0 = time.monotonic()
     try:
-        target, metrics_addr, gw_log = start_upstream_and_gateway(bin_dir, tmp, env)
+        redis_port, redis_password = start_redis(a.redis_server, tmp, env)
+        print("redis-server: 127.0.0.1:%d (%.1fs)" % (redis_port, time.monotonic() - t0))
+        target, metrics_addr, gw_log = start_upstream_and_gateway(bin_dir, tmp, env, redis_port,
+                                                                  redis_password)
         print("gateway: grpc %s, metrics http://%s (%.1fs)" % (target, metrics_addr, time.monotonic() - t0))
         server, tgt = start_prometheus(a.prometheus, tmp, metrics_addr,
                                        check_deploy.rules_path(root))
