@@ -5,12 +5,14 @@
 // while it is down (killed mid-run) and after it is back on the same port. The emulator says
 // what the upstream saw: no sliding second over 200 and no 60007 in any phase, at least 95% of
 // the budget used while the budget is shared, and calls still served by the local fallback
-// (L/N per replica) while Redis is gone. The gateways' logs show the fallback and the return
-// (the limiter logs each once per episode; /metrics has no Redis series yet). Only 127.0.0.1,
-// ports chosen by the kernel, every wait and every count bounded.
+// (L/N per replica) while Redis is gone. Each gateway's /metrics (imgw_shared_budget_*,
+// imgw_redis_*) and log (the limiter writes one line per fallback episode and one per return)
+// show the fallback and the return. Only 127.0.0.1, ports chosen by the kernel, every wait
+// and every count bounded.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -60,6 +62,7 @@ constexpr char kSharedLog[] = "redis answers again: back to the shared upstream 
 // (redis_rate_limiter.h: the local share still applies for 1 s + probe_interval and until
 // every replica has heartbeated since, at most replica_ttl + heartbeat = 3 s + 1 s).
 constexpr absl::Duration kRecoveryTransition = absl::Seconds(4);
+constexpr absl::Duration kPatientRedisTimeout = absl::Milliseconds(250);
 
 v1::SetMsgReadRequest Request(const std::string& report, const std::string& peer, int64_t time) {
   v1::SetMsgReadRequest request;
@@ -194,6 +197,23 @@ std::string Field(const LogEvent& event, const char* key) {
   return v != nullptr && v->is_string() ? std::string(v->get_string()) : "";
 }
 
+// The samples of a gateway's /metrics (text exposition), by full name with labels as written.
+std::map<std::string, double> MetricSamples(const std::string& address) {
+  std::map<std::string, double> samples;
+  absl::StatusOr<std::string> text =
+      testing::HttpsRequest("GET", absl::StrCat("http://", address, "/metrics"), "/dev/null");
+  if (!text.ok()) return samples;
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    size_t space = line.rfind(' ');
+    double value = 0;
+    if (space != absl::string_view::npos && absl::SimpleAtod(line.substr(space + 1), &value)) {
+      samples[std::string(line.substr(0, space))] = value;
+    }
+  }
+  return samples;
+}
+
 // The emulator's counters and when they were read (the middle of the request).
 struct Sample {
   absl::Time at;
@@ -205,6 +225,12 @@ class SharedBudgetE2eTest : public ::testing::Test {
   void TearDown() override {
     if (HasFailure() && stack_ != nullptr) {
       for (int i = 0; i < stack_->gateway_count(); ++i) {
+        // Every line of the limiter (they are few: one per episode), then the log's end.
+        for (absl::string_view line : absl::StrSplit(stack_->gateway(i).ReadStderr(), '\n')) {
+          if (line.find("redis") != absl::string_view::npos) {
+            std::cout << "gateway " << i << ": " << line << "\n";
+          }
+        }
         std::cout << "gateway " << i << " " << ImgwStack::Describe(stack_->gateway(i)) << "\n";
       }
     }
@@ -243,6 +269,61 @@ class SharedBudgetE2eTest : public ::testing::Test {
     }
   }
 
+  // Polls every gateway's /metrics (bounded) until `ok` holds for its samples; for each one
+  // where it never did, a failure naming the gateway and `what`, with the shared-budget series.
+  void ExpectMetrics(const std::string& what,
+                     const std::function<bool(std::map<std::string, double>&)>& ok,
+                     absl::Duration timeout = absl::Seconds(3)) {
+    const absl::Time until = absl::Now() + timeout;
+    for (int i = 0; i < stack_->gateway_count(); ++i) {
+      std::map<std::string, double> samples;
+      while (true) {
+        samples = MetricSamples(stack_->metrics_address(i));
+        if (ok(samples) || absl::Now() >= until) break;
+        absl::SleepFor(absl::Milliseconds(50));
+      }
+      if (ok(samples)) continue;
+      std::string series;
+      for (const auto& [name, value] : samples) {
+        if (name.rfind("imgw_shared_budget", 0) == 0 || name.rfind("imgw_redis", 0) == 0) {
+          absl::StrAppend(&series, "\n  ", name, " ", value);
+        }
+      }
+      ADD_FAILURE() << "gateway " << i << " /metrics: not " << what << ":" << series;
+    }
+  }
+
+  // Redis with a password, the emulator and kReplicas gateways sharing the budget.
+  void StartAll(absl::Duration redis_timeout) {
+    ASSERT_FALSE(BinDir().empty()) << "IMGW_BIN_DIR is not set (CTest sets it)";
+    testing::PinCallbackThreads();
+    absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start({kPassword});
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = *std::move(redis);
+
+    // The password reaches the gateways through a file (0600), never their command line.
+    absl::StatusOr<testing::TempDir> secrets = testing::TempDir::Create("imgw-shared-budget");
+    ASSERT_TRUE(secrets.ok()) << secrets.status();
+    secrets_ = std::make_unique<testing::TempDir>(*std::move(secrets));
+    const std::string password_file = secrets_->File("redis.password");
+    ASSERT_TRUE(testing::WriteFile(password_file, absl::StrCat(kPassword, "\n")).ok());
+
+    ImgwStackOptions options;
+    options.bin_dir = BinDir();
+    options.dir_prefix = "imgw-shared-budget";
+    options.emulator_rate_limit = kLimit;
+    options.gateways = kReplicas;
+    options.gateway_flags = {"--ratelimit_backend=redis",
+                             absl::StrCat("--redis_address=127.0.0.1:", redis_->port()),
+                             "--redis_password_file=" + password_file,
+                             absl::StrCat("--redis_fallback_replicas=", kReplicas),
+                             absl::StrCat("--rate_limit=", kLimit),
+                             absl::StrCat("--redis_timeout=", absl::FormatDuration(redis_timeout))};
+    absl::StatusOr<std::unique_ptr<ImgwStack>> stack = ImgwStack::Start(options);
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    stack_ = *std::move(stack);
+  }
+
   static void SleepUntil(absl::Time t) {
     const absl::Duration left = t - absl::Now();
     if (left > absl::ZeroDuration()) absl::SleepFor(left);
@@ -254,34 +335,15 @@ class SharedBudgetE2eTest : public ::testing::Test {
   }
 
   std::unique_ptr<RedisServer> redis_;
+  std::unique_ptr<testing::TempDir> secrets_;
   std::unique_ptr<ImgwStack> stack_;
 };
 
 TEST_F(SharedBudgetE2eTest, ThreeReplicasShareTheBudgetFallBackWithinItAndGetItBack) {
-  ASSERT_FALSE(BinDir().empty()) << "IMGW_BIN_DIR is not set (CTest sets it)";
-  testing::PinCallbackThreads();
-  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start({kPassword});
-  ASSERT_TRUE(redis.ok()) << redis.status();
-  redis_ = *std::move(redis);
-
-  // The password reaches the gateways through a file (0600), never their command line.
-  absl::StatusOr<testing::TempDir> secrets = testing::TempDir::Create("imgw-shared-budget");
-  ASSERT_TRUE(secrets.ok()) << secrets.status();
-  const std::string password_file = secrets->File("redis.password");
-  ASSERT_TRUE(testing::WriteFile(password_file, absl::StrCat(kPassword, "\n")).ok());
-
-  ImgwStackOptions options;
-  options.bin_dir = BinDir();
-  options.dir_prefix = "imgw-shared-budget";
-  options.emulator_rate_limit = kLimit;
-  options.gateways = kReplicas;
-  options.gateway_flags = {
-      "--ratelimit_backend=redis", absl::StrCat("--redis_address=127.0.0.1:", redis_->port()),
-      "--redis_password_file=" + password_file,
-      absl::StrCat("--redis_fallback_replicas=", kReplicas), absl::StrCat("--rate_limit=", kLimit)};
-  absl::StatusOr<std::unique_ptr<ImgwStack>> stack = ImgwStack::Start(options);
-  ASSERT_TRUE(stack.ok()) << stack.status();
-  stack_ = *std::move(stack);
+  // Redis is taken away for real here (killed); a generous command timeout keeps a loaded
+  // test machine, where a loopback round trip can take tens of milliseconds, from making
+  // the replicas fall back while Redis is up (the default, 50 ms, is for production hosts).
+  ASSERT_NO_FATAL_FAILURE(StartAll(kPatientRedisTimeout));
   // Every replica has announced itself in Redis (its heartbeat when it connected).
   const std::string replicas_key =
       absl::StrCat("imgw:{", ImgwStack::kSdkAppId, ":admin_set_msg_read}:replicas");
@@ -312,6 +374,12 @@ TEST_F(SharedBudgetE2eTest, ThreeReplicasShareTheBudgetFallBackWithinItAndGetItB
     EXPECT_TRUE(LogEvents(stack_->gateway(i), kFallbackLog).empty())
         << "gateway " << i << " fell back while Redis was up";
   }
+  ExpectMetrics("on the shared budget of 3 replicas", [](std::map<std::string, double>& m) {
+    return m["imgw_shared_budget_active"] == 1 && m["imgw_redis_connected"] == 1 &&
+           m["imgw_shared_budget_replicas"] == kReplicas &&
+           m["imgw_shared_budget_fallbacks_total"] == 0 &&
+           m["imgw_shared_budget_permits_total{outcome=\"used\"}"] > 0;
+  });
 
   // Phase 2, Redis gone (SIGKILL) under the same load: every replica falls back to L/N.
   const absl::Time outage_from = absl::Now();
@@ -329,6 +397,12 @@ TEST_F(SharedBudgetE2eTest, ThreeReplicasShareTheBudgetFallBackWithinItAndGetItB
           << "gateway " << i << ": " << boost::json::serialize(event.fields);
     }
   }
+  ExpectMetrics("on the local fallback at L/3", [](std::map<std::string, double>& m) {
+    const double local = m["imgw_shared_budget_local_rate"];
+    return m["imgw_shared_budget_active"] == 0 && m["imgw_redis_connected"] == 0 &&
+           m["imgw_shared_budget_fallbacks_total"] == 1 && local > 0 &&
+           local <= static_cast<double>(kLimit) / kReplicas;
+  });
   SleepUntil(outage_from + absl::Seconds(1));
   const Sample s2a = Read();
   SleepUntil(s2a.at + absl::Seconds(4));
@@ -357,6 +431,14 @@ TEST_F(SharedBudgetE2eTest, ThreeReplicasShareTheBudgetFallBackWithinItAndGetItB
   const Sample end = Read();
   EXPECT_LE(end.stats.max_calls_in_window, static_cast<uint64_t>(kLimit)) << "whole run";
   EXPECT_EQ(end.stats.ErrorCount(60007), 0u) << "whole run";
+  ExpectMetrics(
+      "back on the shared budget after one fallback", [](std::map<std::string, double>& m) {
+        return m["imgw_shared_budget_active"] == 1 && m["imgw_shared_budget_recovering"] == 0 &&
+               m["imgw_redis_connected"] == 1 && m["imgw_shared_budget_replicas"] == kReplicas &&
+               m["imgw_shared_budget_fallbacks_total"] == 1 &&
+               m["imgw_redis_reconnects_total"] >= 1 &&
+               m["imgw_shared_budget_local_admissions_total"] > 0;
+      });
   for (int i = 0; i < kReplicas; ++i) {
     std::vector<LogEvent> down = LogEvents(stack_->gateway(i), kFallbackLog);
     std::vector<LogEvent> up = LogEvents(stack_->gateway(i), kSharedLog);
@@ -431,6 +513,42 @@ TEST_F(SharedBudgetE2eTest, ThreeReplicasShareTheBudgetFallBackWithinItAndGetItB
   Figure("shared_logged_after_ms",
          back.has_value() ? absl::StrCat(absl::ToInt64Milliseconds(*back - restart_at)) : "never");
   Figure("calls_started", absl::StrCat(load.started_calls()));
+}
+
+// Redis stalls (DEBUG SLEEP 0.2 s, four times; longer than --redis_timeout) under the same 5x
+// load: the replicas fall back and return, and no sliding second goes over the limit meanwhile.
+TEST_F(SharedBudgetE2eTest, RedisStallsKeepEveryWindowWithinTheLimit) {
+  // The default command timeout (50 ms): stalls, and a busy machine, make replicas fall back.
+  ASSERT_NO_FATAL_FAILURE(StartAll(absl::Milliseconds(50)));
+  std::vector<std::string> addresses;
+  for (int i = 0; i < kReplicas; ++i) addresses.push_back(stack_->gateway_address(i));
+  OpenLoad load(addresses, kRatePerReplica, absl::Seconds(30));
+  load.Start();
+  SleepUntil(load.start() + absl::Seconds(2));
+  ASSERT_TRUE(stack_->ResetEmulator().ok());
+  std::string trace;
+  for (int k = 0; k < 4; ++k) {
+    absl::SleepFor(absl::Milliseconds(1500));
+    absl::StatusOr<std::string> slept = redis_->Command({"DEBUG", "SLEEP", "0.2"});
+    EXPECT_TRUE(slept.ok()) << slept.status();
+    const Sample s = Read();
+    absl::StrAppend(&trace, " stall", k, ":max=", s.stats.max_calls_in_window,
+                    ",60007=", s.stats.ErrorCount(60007));
+  }
+  absl::SleepFor(absl::Seconds(3));
+  load.Stop();
+  ASSERT_TRUE(load.WaitAll(kDeadline + absl::Seconds(5)));
+  const Sample end = Read();
+  Figure("stall_trace", trace);
+  Figure("stall_max_calls_in_window", absl::StrCat(end.stats.max_calls_in_window));
+  EXPECT_LE(end.stats.max_calls_in_window, static_cast<uint64_t>(kLimit));
+  EXPECT_EQ(end.stats.ErrorCount(60007), 0u);
+  for (int i = 0; i < kReplicas; ++i) {
+    std::map<std::string, double> m = MetricSamples(stack_->metrics_address(i));
+    Figure(absl::StrCat("stall_gw", i, "_fallbacks"),
+           absl::StrCat(m["imgw_shared_budget_fallbacks_total"],
+                        " local_admissions=", m["imgw_shared_budget_local_admissions_total"]));
+  }
 }
 
 }  // namespace
