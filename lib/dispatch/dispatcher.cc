@@ -303,8 +303,14 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
   Entry& entry = entries_.at(id);
   --in_flight_;
   if (guard_) guard_->OnEnded(clock_.Monotonic());
-  latency_ =
-      latency_ == absl::ZeroDuration() ? response.elapsed : (latency_ * 7 + response.elapsed) / 8;
+  // A timeout the caller's deadline imposed (shorter than --upstream_timeout) says nothing
+  // about the upstream's health, and its elapsed time is only a lower bound of the latency.
+  const bool cut_short =
+      response.error == upstream::HttpResponse::Error::kTimeout && entry.cut_short;
+  if (!cut_short) {
+    latency_ =
+        latency_ == absl::ZeroDuration() ? response.elapsed : (latency_ * 7 + response.elapsed) / 8;
+  }
   Outcome outcome = upstream::Interpret(response);
   outcome.attempts = entry.attempts;
   if (metrics_) CountAnswer(response, outcome);
@@ -331,9 +337,6 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
   }
   // The upstream is unwell when it did not answer properly or answered an internal error;
   // any other answer proves it alive.
-  // A timeout the caller's deadline imposed (shorter than --upstream_timeout) says nothing
-  // about the upstream's health.
-  bool cut_short = response.error == upstream::HttpResponse::Error::kTimeout && entry.cut_short;
   bool opened = false;
   if (cut_short) {
     // Neither a failure nor a success.
@@ -406,7 +409,9 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
       outcome.disposition == Disposition::kRetry) {
     outcome.retry_after = breaker_.open_until() - now;
   }
-  FinishEntry(id, outcome);
+  // A cut-short timeout ends when the latest waiter's deadline does: every waiter's deadline
+  // is due, even when libcurl's timer fired a millisecond before the deadline's own.
+  FinishEntry(id, outcome, /*deadline_due=*/cut_short);
   if (opened) FailFast(now);
 }
 
@@ -456,14 +461,14 @@ void Dispatcher::MergeNextInto(EntryId id, Entry& entry) {
   slots.next = 0;
 }
 
-void Dispatcher::FinishEntry(EntryId id, const Outcome& outcome) {
+void Dispatcher::FinishEntry(EntryId id, const Outcome& outcome, bool deadline_due) {
   absl::Duration now = clock_.Monotonic();
   std::vector<CallId> waiters = std::move(entries_.at(id).waiters);
   PairKey pair = entries_.at(id).pair;
   entries_.erase(id);
   bool answered = outcome.kind == Outcome::Kind::kAnswered;
   for (CallId w : waiters) {
-    if (!answered && waiters_.at(w).call.deadline <= now) {
+    if (!answered && (deadline_due || waiters_.at(w).call.deadline <= now)) {
       ++stats_.expired;
       ++stats_.expired_in_flight;
       if (metrics_) metrics_->Expired();

@@ -169,7 +169,9 @@ class Dispatcher final {
   void OnResponse(EntryId id, upstream::HttpResponse response);
   void MergeNextInto(EntryId id, Entry& entry);
   absl::Duration LatestDeadline(const Entry& entry) const;
-  void FinishEntry(EntryId id, const upstream::Outcome& outcome);
+  // Answers every waiter of `id` with `outcome`, or DEADLINE_EXCEEDED when the outcome is a
+  // failure and the waiter's deadline has passed (or `deadline_due`).
+  void FinishEntry(EntryId id, const upstream::Outcome& outcome, bool deadline_due = false);
   void AfterActiveDone(const PairKey& pair);
   void Answer(CallId id, upstream::Outcome outcome);
   void DropIfAbandoned(EntryId id);

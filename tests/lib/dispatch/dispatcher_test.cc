@@ -281,6 +281,27 @@ TEST_F(DispatcherTest, NoRetryThatTheDeadlineCannotAfford) {
   EXPECT_NE(outcomes_[1].kind, Outcome::Kind::kAnswered);
 }
 
+// A request cut short to the caller's deadline times out when that deadline does; libcurl's
+// timer may fire a millisecond early, and the caller must still hear DEADLINE_EXCEEDED, not an
+// upstream failure. Such a timeout is not a latency sample either: a later call with a deadline
+// well beyond its turn is admitted.
+TEST_F(DispatcherTest, ACutShortTimeoutJustBeforeTheDeadlineIsDeadlineExceeded) {
+  Build({}, /*rate=*/1000);
+  Submit(1, absl::Milliseconds(500));
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.pending().size(), 1u);
+  EXPECT_LE(transport_.pending().front().request.timeout, absl::Milliseconds(500));
+  clock_.Advance(absl::Milliseconds(499));  // The deadline is 1 ms away.
+  transport_.Fail(HttpResponse::Error::kTimeout);
+  ASSERT_EQ(answers_[1], 1);
+  EXPECT_EQ(outcomes_[1].kind, Outcome::Kind::kDeadlineExceeded) << outcomes_[1].detail;
+
+  Submit(2, absl::Milliseconds(300));
+  dispatcher_->Step();
+  EXPECT_EQ(answers_[2], 0) << "refused as if the upstream took 499 ms: " << outcomes_[2].detail;
+  EXPECT_EQ(transport_.pending().size(), 1u);
+}
+
 TEST_F(DispatcherTest, FinalAnswersAreNotRetried) {
   Build({}, /*rate=*/1000);
   Submit(1);
