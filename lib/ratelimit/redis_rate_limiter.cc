@@ -312,8 +312,18 @@ void RedisRateLimiter::OnSent(uint64_t request_id, absl::Duration now) {
   } else {
     span.id = absl::StrCat(options_.replica_id, ":l", ++next_local_id_);
   }
-  // Local ids carry ":l"; Redis knows a permit's span from its ACQUIRE.
-  span.in_redis = !absl::StrContains(span.id.substr(options_.replica_id.size()), ":l");
+  // Local ids carry ":l"; Redis knows a permit's span from its ACQUIRE. A local admission sent
+  // once Redis tracks spans again (from the write-back of a reconnection on) is told to Redis
+  // here: the write-back has picked its spans already, and the local window that counts this
+  // one only lasts for the recovery.
+  bool local = absl::StrContains(span.id.substr(options_.replica_id.size()), ":l");
+  span.in_redis = !local || tracked_;
+  if (local && tracked_) {
+    ++span.version;
+    dirty_.push_back(request_id);
+    wake_ = true;
+    wake_cv_.Signal();
+  }
   ++own_in_flight_;
   spans_[request_id] = std::move(span);
 }
@@ -329,7 +339,7 @@ void RedisRateLimiter::OnEnded(uint64_t request_id, absl::Duration now) {
   ExpireOwnLocked(now);
   if (span.in_redis) {
     ++span.version;
-    if (shared_) {  // In fallback the reconnection writes every span back anyway.
+    if (tracked_) {  // In fallback the reconnection writes every span back anyway.
       dirty_.push_back(request_id);
       wake_ = true;
       wake_cv_.Signal();
@@ -427,6 +437,7 @@ absl::Duration RedisRateLimiter::LocalWaitLocked(absl::Duration now) {
 
 void RedisRateLimiter::EnterFallbackLocked(absl::Duration now) {
   shared_ = false;
+  tracked_ = false;
   ++stats_.fallbacks;
   // A Redis that restarted empty first counts only the replicas back already: while
   // recovering, the N of the last fallback stands.
@@ -507,6 +518,10 @@ void RedisRateLimiter::OnRedisFailure(absl::Duration now, const std::string& wha
     if (shared_) {
       EnterFallbackLocked(now);
       entered = true;
+    } else {
+      // A write-back cut short: the next reconnection picks the spans again.
+      tracked_ = false;
+      dirty_.clear();
     }
     replicas = ReplicasLocked();
     rate = local_bucket_.rate();
@@ -535,7 +550,10 @@ bool RedisRateLimiter::ConnectAndSync(absl::Duration now) {
     if (ever_connected_) ++stats_.reconnects;
     ever_connected_ = true;
     if (!shared_) reconnected_at_ = now;  // Replicas heard from since are back too.
-    // Everything this replica sent in the last second, and every end Redis missed.
+    // Everything this replica sent in the last second, and every end Redis missed. From here
+    // on OnSent and OnEnded queue what changes for Redis, though admission stays local until
+    // the write-back is done.
+    tracked_ = true;
     dirty_.clear();
     for (auto& [id, span] : spans_) {
       if (span.ended > now - absl::Seconds(1) || (span.in_redis && span.synced != span.version)) {
@@ -547,15 +565,26 @@ bool RedisRateLimiter::ConnectAndSync(absl::Duration now) {
   }
   if (!FlushSpans(now) || !Heartbeat(now)) return false;
   if (!was_shared) {
+    if (options_.on_written_back_for_testing) options_.on_written_back_for_testing();
     int replicas;
-    {
-      absl::MutexLock lock(&mu_);
-      shared_ = true;
-      recovering_until_ = clock_.Monotonic() + absl::Seconds(1) + options_.probe_interval;
-      reconnected_at_ = now;
-      awaiting_replicas_ = true;
-      acquire_retry_at_ = -absl::InfiniteDuration();
-      replicas = replicas_seen_;
+    // What was sent or ended locally during the write-back (long when this thread starves)
+    // goes to Redis too: admission returns to Redis, in the same critical section, once
+    // nothing is left to flush (or after a few rounds; what is left or comes after is queued,
+    // tracked_, and flushed before this replica's next ACQUIRE).
+    for (int round = 0;; ++round) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (dirty_.empty() || round == 3) {
+          shared_ = true;
+          recovering_until_ = clock_.Monotonic() + absl::Seconds(1) + options_.probe_interval;
+          reconnected_at_ = now;
+          awaiting_replicas_ = true;
+          acquire_retry_at_ = -absl::InfiniteDuration();
+          replicas = replicas_seen_;
+          break;
+        }
+      }
+      if (!FlushSpans(clock_.Monotonic())) return false;
     }
     Log(LogLevel::kInfo, "redis answers again: back to the shared upstream budget",
         {{"redis", absl::StrCat(options_.host, ":", options_.port)},
@@ -581,9 +610,12 @@ bool RedisRateLimiter::FlushSpans(absl::Duration now) {
       if (it == spans_.end()) continue;
       const Span& s = it->second;
       // The age is rounded down: the end Redis records is then never earlier than the real one.
-      int64_t age = s.ended == absl::InfiniteDuration()
-                        ? -1
-                        : std::min(kRemoved, absl::ToInt64Milliseconds(now - s.ended));
+      // An end after `now` (read before this lock) is sent as age 0: a negative age would say
+      // "in flight" or, for -2, "unused permit" and remove the span.
+      int64_t age =
+          s.ended == absl::InfiniteDuration()
+              ? -1
+              : std::clamp<int64_t>(absl::ToInt64Milliseconds(now - s.ended), 0, kRemoved);
       updates.push_back({rid, s.id, age, s.version});
     }
     dirty_.clear();

@@ -91,7 +91,9 @@ struct RedisLimiterStats {
 // been granted since) / N), so that one busy replica's spans plus every other replica's
 // fallback share cannot exceed L. The episode is counted and logged once; Redis is probed
 // every `probe_interval`. When it answers, this replica's spans of the last second (and the
-// ends Redis missed) are written back so the shared count is right, and the local bucket and
+// ends Redis missed) are written back so the shared count is right (what is sent or ends
+// locally while that is under way, or is sent later on a local admission, goes to Redis too:
+// Redis must hold every span once the recovery below is over), and the local bucket and
 // window still apply as well for 1 s + `probe_interval` and until all N replicas have
 // heartbeated since (at most `replica_ttl` + `heartbeat`), so replicas that have not yet seen
 // Redis return (a slow probe, a starved thread) and still admit locally cannot push a window
@@ -146,6 +148,10 @@ class RedisRateLimiter final : public RateLimiter {
     // Called on the limiter's thread, without its lock, on every change between shared and
     // fallback and after every heartbeat.
     std::function<void(const RedisLimiterStats&)> on_stats;
+    // For tests: called on the limiter's thread, without its lock, when a reconnection has
+    // written this replica's spans back and before admission returns to Redis (a thread
+    // starved there keeps admitting locally meanwhile).
+    std::function<void()> on_written_back_for_testing;
   };
 
   // Checks the options and starts the thread, which connects at once. Redis being down is
@@ -227,6 +233,9 @@ class RedisRateLimiter final : public RateLimiter {
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool shared_ ABSL_GUARDED_BY(mu_) = true;  // Until the first failure.
+  // Redis is to learn of every span sent or ended: shared, or a reconnection's write-back has
+  // begun (admission is still local until it is done, and those spans must reach Redis too).
+  bool tracked_ ABSL_GUARDED_BY(mu_) = true;
   absl::Duration recovering_until_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
   absl::Duration reconnected_at_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
   bool awaiting_replicas_ ABSL_GUARDED_BY(mu_) = false;  // Recovery waits for the others.

@@ -1,9 +1,12 @@
 #include "lib/ratelimit/redis_rate_limiter.h"
 
+#include <hiredis/hiredis.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <functional>
+#include <map>
 #include <memory>
 #include <queue>
 #include <random>
@@ -13,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "lib/common/clock.h"
@@ -142,6 +146,44 @@ void Drive(RedisRateLimiter& limiter, double offered, absl::Duration until, Arri
     if (!in_flight.empty()) wait = std::min(wait, in_flight.top().end - now);
     absl::SleepFor(std::clamp(wait, absl::Microseconds(50), absl::Milliseconds(2)));
   }
+}
+
+// The spans sorted set as Redis holds it (member -> score, ms on Redis' clock) and Redis' time
+// (ms), read through a raw hiredis connection.
+struct SpansInRedis {
+  std::map<std::string, double> scores;
+  double now_ms = 0;
+};
+
+absl::StatusOr<SpansInRedis> ReadSpans(int port, const std::string& key) {
+  redisContext* c = redisConnect("127.0.0.1", port);
+  if (c == nullptr || c->err != 0) {
+    std::string why = c != nullptr ? c->errstr : "out of memory";
+    if (c != nullptr) redisFree(c);
+    return absl::UnavailableError(why);
+  }
+  SpansInRedis out;
+  absl::Status status = absl::OkStatus();
+  auto* r = static_cast<redisReply*>(redisCommand(c, "ZRANGE %s 0 -1 WITHSCORES", key.c_str()));
+  if (r == nullptr || r->type != REDIS_REPLY_ARRAY) {
+    status = absl::InternalError("ZRANGE failed");
+  } else {
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+      out.scores[std::string(r->element[i]->str, r->element[i]->len)] =
+          std::stod(std::string(r->element[i + 1]->str, r->element[i + 1]->len));
+    }
+  }
+  if (r != nullptr) freeReplyObject(r);
+  r = static_cast<redisReply*>(redisCommand(c, "TIME"));
+  if (r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+    status = absl::InternalError("TIME failed");
+  } else {
+    out.now_ms = std::stod(r->element[0]->str) * 1000 + std::stod(r->element[1]->str) / 1000;
+  }
+  if (r != nullptr) freeReplyObject(r);
+  redisFree(c);
+  if (!status.ok()) return status;
+  return out;
 }
 
 class RedisRateLimiterTest : public ::testing::Test {
@@ -375,6 +417,77 @@ TEST_F(RedisRateLimiterTest, NeverBlocksTheDispatcherWhileRedisIsSlowOrGone) {
   redis_->Stop();
   measure("redis stopped");
   EXPECT_FALSE(limiter.Stats().shared);
+}
+
+// On reconnection the write-back of this replica's spans takes a while (long under CPU
+// starvation) before admission returns to Redis, and the limiter admits locally meanwhile.
+// Every span sent or ended from the write-back on must reach Redis: one missing there lets
+// Redis admit L others on top of it once the recovery period is over.
+TEST_F(RedisRateLimiterTest, SpansOfTheSwitchBackReachRedis) {
+  absl::Notification in_gap, go_on;
+  std::atomic<bool> armed{false};
+  RedisRateLimiter::Options o = OptionsFor(redis_->port(), 0);
+  o.on_written_back_for_testing = [&] {
+    if (!armed.exchange(false)) return;
+    in_gap.Notify();
+    go_on.WaitForNotificationWithTimeout(absl::Seconds(20));
+  };
+  auto created = RedisRateLimiter::Create(o, RealClock::Get());
+  ASSERT_TRUE(created.ok()) << created.status();
+  RedisRateLimiter& limiter = **created;
+  struct Release {
+    absl::Notification& n;
+    ~Release() {
+      if (!n.HasBeenNotified()) n.Notify();
+    }
+  } release{go_on};
+  ASSERT_TRUE(WaitFor([&] { return limiter.Stats().replicas == 1; }, absl::Seconds(5)));
+  const std::string key = "imgw:{1400000000:admin_set_msg_read}:spans";
+  auto now = [] { return RealClock::Get().Monotonic(); };
+  auto acquire = [&] {
+    return WaitFor([&] { return limiter.TryAcquire(now()); }, absl::Seconds(5));
+  };
+
+  redis_->Stop();
+  ASSERT_TRUE(WaitFor([&] { return !limiter.Stats().shared; }, absl::Seconds(5)));
+  // C: admitted and sent in fallback; it ends while the write-back is under way.
+  ASSERT_TRUE(acquire());
+  limiter.OnSent(3, now());
+  armed = true;
+  ASSERT_TRUE(redis_->Restart().ok());
+  ASSERT_TRUE(in_gap.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  // The write-back is done, admission is still local. A: admitted and sent now, ended after
+  // the switch. B: admitted now, sent after the switch. C ends now.
+  ASSERT_FALSE(limiter.Stats().shared);
+  ASSERT_TRUE(acquire());
+  limiter.OnSent(1, now());
+  ASSERT_TRUE(acquire());
+  limiter.OnEnded(3, now());
+  ASSERT_FALSE(limiter.Stats().shared);
+  go_on.Notify();
+  ASSERT_TRUE(WaitFor([&] { return limiter.Stats().shared; }, absl::Seconds(5)));
+  limiter.OnSent(2, now());
+  limiter.OnEnded(1, now());
+
+  // Local ids are <replica>:l<n>, in order of admission: C, A, B.
+  const std::string c = "replica-0:l1", a = "replica-0:l2", b = "replica-0:l3";
+  SpansInRedis seen;
+  auto recorded = [&] {
+    absl::StatusOr<SpansInRedis> spans = ReadSpans(redis_->port(), key);
+    if (!spans.ok()) return false;
+    seen = *spans;
+    const auto& s = seen.scores;
+    // Ended: scored by the end (<= now); in flight: by now + upstream timeout + 1 s.
+    return s.count(a) && s.at(a) <= seen.now_ms && s.count(b) && s.at(b) > seen.now_ms + 4000 &&
+           s.count(c) && s.at(c) <= seen.now_ms;
+  };
+  bool ok = WaitFor(recorded, absl::Seconds(3));
+  std::string got;
+  for (const auto& [member, score] : seen.scores) {
+    absl::StrAppend(&got, member, " at ", score - seen.now_ms, " ms; ");
+  }
+  EXPECT_TRUE(ok) << "Redis holds: " << got;
+  limiter.OnEnded(2, now());
 }
 
 }  // namespace
