@@ -20,10 +20,9 @@ double LocalRateLimiter::PaceFor(const Options& options) {
 }
 
 LocalRateLimiter::LocalRateLimiter(const Options& options, absl::Duration now)
-    : throttle_share_(options.throttle_share),
-      decrease_(options.adaptive.decrease),
-      min_throttles_(options.min_throttles),
+    : decrease_(options.adaptive.decrease),
       adaptive_(AdaptiveOptions(options)),
+      throttles_(options.throttle_share, options.min_throttles),
       bucket_(PaceFor(options), options.burst, now) {}
 
 void LocalRateLimiter::FollowRateLocked(absl::Duration now) {
@@ -44,19 +43,10 @@ absl::Duration LocalRateLimiter::TimeUntilAvailable(absl::Duration now) {
 
 void LocalRateLimiter::OnAnswer(absl::Duration now, bool throttled) {
   absl::MutexLock lock(&mu_);
-  answers_.emplace_back(now, throttled);
-  throttled_in_window_ += throttled;
-  while (answers_.front().first <= now - absl::Seconds(1)) {
-    throttled_in_window_ -= answers_.front().second;
-    answers_.pop_front();
-  }
-  if (!throttled || throttled_in_window_ < min_throttles_ ||
-      throttled_in_window_ < throttle_share_ * static_cast<double>(answers_.size())) {
-    return;
-  }
+  if (!throttles_.OnAnswer(now, throttled)) return;
   // When most answers are refusals the budget left is about the share that was not: cut to
   // that at once (but not below 30%) rather than by 30% at a time.
-  double refused = throttled_in_window_ / static_cast<double>(answers_.size());
+  double refused = throttles_.refused();
   FollowRateLocked(now);
   adaptive_.OnThrottled(now, std::min(decrease_, std::max(0.3, 1 - refused)));
   FollowRateLocked(now);

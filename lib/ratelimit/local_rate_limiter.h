@@ -1,12 +1,10 @@
 #pragma once
 
-#include <deque>
-#include <utility>
-
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "lib/ratelimit/adaptive_rate.h"
 #include "lib/ratelimit/rate_limiter.h"
+#include "lib/ratelimit/throttle_window.h"
 #include "lib/ratelimit/token_bucket.h"
 
 namespace imgw::ratelimit {
@@ -51,13 +49,10 @@ class LocalRateLimiter final : public RateLimiter {
  private:
   void FollowRateLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  const double throttle_share_;
   const double decrease_;
-  const int min_throttles_;
   absl::Mutex mu_;
   AdaptiveRate adaptive_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::pair<absl::Duration, bool>> answers_ ABSL_GUARDED_BY(mu_);  // Last second.
-  int throttled_in_window_ ABSL_GUARDED_BY(mu_) = 0;
+  ThrottleWindow throttles_ ABSL_GUARDED_BY(mu_);
   TokenBucket bucket_;  // Thread-safe itself; updated under mu_ to keep rate and bucket in step.
 };
 

@@ -219,6 +219,7 @@ RedisRateLimiter::RedisRateLimiter(const Options& options, Clock& clock)
       replicas_key_(
           absl::StrCat(options.key_prefix, "{", options.sdkappid, ":", options.api, "}:replicas")),
       conn_(std::make_unique<Connection>(options_)),
+      throttles_(options.throttle_share, options.min_throttles),
       local_bucket_(1, 1, clock.Monotonic()),
       shared_rate_(pace_) {}
 
@@ -278,16 +279,7 @@ absl::Duration RedisRateLimiter::TimeUntilAvailable(absl::Duration now) {
 
 void RedisRateLimiter::OnAnswer(absl::Duration now, bool throttled) {
   absl::MutexLock lock(&mu_);
-  answers_.emplace_back(now, throttled);
-  throttled_in_window_ += throttled;
-  while (answers_.front().first <= now - absl::Seconds(1)) {
-    throttled_in_window_ -= answers_.front().second;
-    answers_.pop_front();
-  }
-  if (!throttled || throttled_in_window_ < options_.min_throttles ||
-      throttled_in_window_ < options_.throttle_share * static_cast<double>(answers_.size())) {
-    return;
-  }
+  if (!throttles_.OnAnswer(now, throttled)) return;
   if (local_factor_) local_factor_->OnThrottled(now);
   if (shared_) {
     throttle_pending_ = true;

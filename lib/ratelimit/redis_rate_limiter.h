@@ -17,6 +17,7 @@
 #include "lib/common/clock.h"
 #include "lib/ratelimit/adaptive_rate.h"
 #include "lib/ratelimit/rate_limiter.h"
+#include "lib/ratelimit/throttle_window.h"
 #include "lib/ratelimit/token_bucket.h"
 
 namespace imgw::ratelimit {
@@ -250,8 +251,7 @@ class RedisRateLimiter final : public RateLimiter {
   absl::Duration acquire_retry_at_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
   absl::Duration last_demand_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
   bool throttle_pending_ ABSL_GUARDED_BY(mu_) = false;
-  std::deque<std::pair<absl::Duration, bool>> answers_ ABSL_GUARDED_BY(mu_);  // Last second.
-  int throttled_in_window_ ABSL_GUARDED_BY(mu_) = 0;
+  ThrottleWindow throttles_ ABSL_GUARDED_BY(mu_);
 
   // This replica's requests: spans (until ended > 1 s ago and Redis knows), and the counts
   // the local window uses.

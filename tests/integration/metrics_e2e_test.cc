@@ -19,6 +19,7 @@
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
+#include "tests/testing/metric_samples.h"
 #include "tests/testing/process.h"
 
 namespace imgw {
@@ -34,18 +35,8 @@ absl::StatusOr<std::string> Get(const std::string& address, const std::string& p
   return testing::HttpsRequest("GET", absl::StrCat("http://", address, path), "/dev/null");
 }
 
-// The samples of a text exposition, by their full name with labels as written.
 std::map<std::string, double> Samples(const std::string& text) {
-  std::map<std::string, double> samples;
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (line.empty() || line[0] == '#') continue;
-    size_t space = line.rfind(' ');
-    double value = 0;
-    if (space != absl::string_view::npos && absl::SimpleAtod(line.substr(space + 1), &value)) {
-      samples[std::string(line.substr(0, space))] = value;
-    }
-  }
-  return samples;
+  return testing::ParseMetricSamples(text);
 }
 
 grpc::Status Call(v1::MsgReadService::Stub& stub, const std::string& report,

@@ -35,6 +35,7 @@
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
+#include "tests/testing/metric_samples.h"
 #include "tests/testing/process.h"
 #include "tests/testing/redis_server.h"
 
@@ -203,15 +204,7 @@ std::map<std::string, double> MetricSamples(const std::string& address) {
   absl::StatusOr<std::string> text =
       testing::HttpsRequest("GET", absl::StrCat("http://", address, "/metrics"), "/dev/null");
   if (!text.ok()) return samples;
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
-    if (line.empty() || line[0] == '#') continue;
-    size_t space = line.rfind(' ');
-    double value = 0;
-    if (space != absl::string_view::npos && absl::SimpleAtod(line.substr(space + 1), &value)) {
-      samples[std::string(line.substr(0, space))] = value;
-    }
-  }
-  return samples;
+  return testing::ParseMetricSamples(*text);
 }
 
 // The emulator's counters and when they were read (the middle of the request).
