@@ -471,7 +471,9 @@ def main():
             rows.append(["merging", f"{args.merging_rate:,} calls/s over 100 hot pairs for "
                          f"{args.merging_duration} s", f"{result['rate']:,.0f} calls/s",
                          f"{lat['p50']:.1f} / {lat['p99']:.1f} ms", "",
-                         f"{result['codes'].get('OK', 0):,} OK of {result['sent']:,} sent; "
+                         f"{result['codes'].get('OK', 0):,} OK of {result['sent']:,} sent"
+                         + (f" ({result['not_sent']:,} due but not sent: the loadgen fell "
+                            f"behind)" if result["not_sent"] else "") + "; "
                          f"{stats['calls']:,} upstream calls "
                          f"(max {stats['max_calls_in_window']} in a second)"])
         if "latency" in only:
