@@ -28,6 +28,7 @@
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
+#include "tests/testing/stack_test.h"
 
 namespace imgw {
 namespace {
@@ -61,30 +62,12 @@ std::string Describe(const grpc::Status& status) {
   return absl::StrCat(status.error_code(), ": ", status.error_message());
 }
 
-class AdmissionE2eTest : public ::testing::Test {
+class AdmissionE2eTest : public testing::StackTest {
  protected:
   // Starts the emulator and a gateway; the stub talks to that gateway.
   void Start(ImgwStackOptions options) {
-    ASSERT_FALSE(BinDir().empty()) << "IMGW_BIN_DIR is not set (CTest sets it)";
-    testing::PinCallbackThreads();
-    options.bin_dir = BinDir();
     options.dir_prefix = "imgw-admission";
-    absl::StatusOr<std::unique_ptr<ImgwStack>> stack = ImgwStack::Start(options);
-    ASSERT_TRUE(stack.ok()) << stack.status();
-    stack_ = *std::move(stack);
-    stub_ = NewStub(stack_->gateway_address());
-  }
-
-  void TearDown() override {
-    if (HasFailure() && stack_ != nullptr) {
-      std::cout << "gateway " << ImgwStack::Describe(stack_->gateway()) << "\n";
-    }
-  }
-
-  EmulatorStatsView Stats() {
-    absl::StatusOr<EmulatorStatsView> stats = stack_->Stats();
-    EXPECT_TRUE(stats.ok()) << stats.status();
-    return stats.ok() ? *std::move(stats) : EmulatorStatsView{};
+    StartStack(std::move(options));
   }
 
   // Waits for `calls` within `timeout`; on timeout the test fails (the destructor cancels).
@@ -98,9 +81,6 @@ class AdmissionE2eTest : public ::testing::Test {
     std::cout << "[figure] " << key << " = " << value << std::endl;
     RecordProperty(key, value);
   }
-
-  std::unique_ptr<ImgwStack> stack_;
-  std::unique_ptr<v1::MsgReadService::Stub> stub_;
 };
 
 // 2,000 distinct pairs at once: the budget is never exceeded (no window over 200, no 60007),

@@ -41,6 +41,7 @@
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
+#include "tests/testing/stack_test.h"
 
 namespace imgw {
 namespace {
@@ -129,33 +130,16 @@ struct Expectation {
   double min_ok_of_attempted = 0;
 };
 
-class FaultsE2eTest : public ::testing::Test {
+class FaultsE2eTest : public testing::StackTest {
  protected:
   void Start(ImgwStackOptions options = {}) {
-    ASSERT_FALSE(BinDir().empty()) << "IMGW_BIN_DIR is not set (CTest sets it)";
-    options.bin_dir = BinDir();
     options.dir_prefix = "imgw-faults";
-    absl::StatusOr<std::unique_ptr<ImgwStack>> stack = ImgwStack::Start(options);
-    ASSERT_TRUE(stack.ok()) << stack.status();
-    stack_ = *std::move(stack);
-    stub_ = NewStub(stack_->gateway_address());
-  }
-
-  void TearDown() override {
-    if (HasFailure() && stack_ != nullptr) {
-      std::cout << "gateway " << ImgwStack::Describe(stack_->gateway()) << "\n";
-    }
+    StartStack(std::move(options));
   }
 
   void SetFaults(const std::string& json) {
     absl::Status set = stack_->SetEmulatorFaults(json);
     ASSERT_TRUE(set.ok()) << set;
-  }
-
-  EmulatorStatsView Stats() {
-    absl::StatusOr<EmulatorStatsView> stats = stack_->Stats();
-    EXPECT_TRUE(stats.ok()) << stats.status();
-    return stats.ok() ? *std::move(stats) : EmulatorStatsView{};
   }
 
   // Starts `count` calls at once, each for a pair and a time of its own.
@@ -258,8 +242,6 @@ class FaultsE2eTest : public ::testing::Test {
         << name << ": retries absorbed too few faults: " << FormatDistribution(counts);
   }
 
-  std::unique_ptr<ImgwStack> stack_;
-  std::unique_ptr<v1::MsgReadService::Stub> stub_;
   int next_pair_ = 0;
 };
 

@@ -21,6 +21,7 @@
 #include "tests/testing/imgw_stack.h"
 #include "tests/testing/metric_samples.h"
 #include "tests/testing/process.h"
+#include "tests/testing/stack_test.h"
 
 namespace imgw {
 namespace {
@@ -50,24 +51,16 @@ grpc::Status Call(v1::MsgReadService::Stub& stub, const std::string& report,
   return stub.SetMsgRead(&context, request, &response);
 }
 
-class MetricsE2eTest : public ::testing::Test {
+class MetricsE2eTest : public testing::StackTest {
  protected:
   void Start(std::vector<std::string> gateway_flags = {}) {
-    ASSERT_FALSE(BinDir().empty()) << "IMGW_BIN_DIR is not set (CTest sets it)";
     ImgwStackOptions options;
-    options.bin_dir = BinDir();
     options.dir_prefix = "imgw-metrics";
     options.missing_accounts = {"ghost"};
     options.gateway_flags = std::move(gateway_flags);
-    absl::StatusOr<std::unique_ptr<ImgwStack>> stack = ImgwStack::Start(options);
-    ASSERT_TRUE(stack.ok()) << stack.status();
-    stack_ = *std::move(stack);
+    ASSERT_NO_FATAL_FAILURE(StartStack(std::move(options)));
     ASSERT_FALSE(stack_->metrics_address().empty());
-    stub_ = testing::NewStub(stack_->gateway_address());
   }
-
-  std::unique_ptr<ImgwStack> stack_;
-  std::unique_ptr<v1::MsgReadService::Stub> stub_;
 };
 
 TEST_F(MetricsE2eTest, CountersAndHistogramsFollowTheTrafficAndPassPromtool) {

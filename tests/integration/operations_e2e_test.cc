@@ -39,6 +39,7 @@
 #include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
 #include "tests/testing/process.h"
+#include "tests/testing/stack_test.h"
 #include "tests/testing/tls_files.h"
 
 namespace imgw {
@@ -266,37 +267,21 @@ void ExpectNoSecrets(const std::string& output, const std::string& secret_key) {
   EXPECT_EQ(usersig, "") << "something like a UserSig is in the gateway's output";
 }
 
-class OperationsE2eTest : public ::testing::Test {
+class OperationsE2eTest : public testing::StackTest {
  protected:
   void SetUp() override {
     ASSERT_FALSE(BinDir().empty()) << "IMGW_BIN_DIR is not set (CTest sets it)";
     PinCallbackThreads();
   }
 
-  void TearDown() override {
-    if (HasFailure() && stack_ != nullptr) {
-      std::cout << "gateway " << ImgwStack::Describe(stack_->gateway()) << "\n";
-    }
-  }
-
   // Starts the emulator and a gateway with `gateway_flags`; stub_ talks to it in plaintext.
   void Start(std::vector<std::string> gateway_flags,
              std::vector<std::string> missing_accounts = {}) {
     ImgwStackOptions options;
-    options.bin_dir = BinDir();
     options.dir_prefix = "imgw-operations";
     options.gateway_flags = std::move(gateway_flags);
     options.missing_accounts = std::move(missing_accounts);
-    absl::StatusOr<std::unique_ptr<ImgwStack>> stack = ImgwStack::Start(options);
-    ASSERT_TRUE(stack.ok()) << stack.status();
-    stack_ = *std::move(stack);
-    stub_ = NewStub(stack_->gateway_address());
-  }
-
-  EmulatorStatsView Stats() {
-    absl::StatusOr<EmulatorStatsView> stats = stack_->Stats();
-    EXPECT_TRUE(stats.ok()) << stats.status();
-    return stats.ok() ? *std::move(stats) : EmulatorStatsView{};
+    StartStack(std::move(options));
   }
 
   // A fresh directory (kept until the test ends) with a self-signed certificate and its key.
@@ -330,8 +315,6 @@ class OperationsE2eTest : public ::testing::Test {
   }
 
   std::vector<std::unique_ptr<TempDir>> dirs_;
-  std::unique_ptr<ImgwStack> stack_;
-  std::unique_ptr<v1::MsgReadService::Stub> stub_;
   int cli_runs_ = 0;
 };
 
