@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "lib/ratelimit/pace.h"
+
 namespace imgw::ratelimit {
 namespace {
 
@@ -15,8 +17,7 @@ AdaptiveRate::Options AdaptiveOptions(const LocalRateLimiter::Options& options) 
 }  // namespace
 
 double LocalRateLimiter::PaceFor(const Options& options) {
-  return std::max(0.0, std::min(options.limit * (1 - options.headroom),
-                                options.limit - std::max(options.burst, 1.0)));
+  return ratelimit::PaceFor(options.limit, options.burst, options.headroom);
 }
 
 LocalRateLimiter::LocalRateLimiter(const Options& options, absl::Duration now)

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "lib/common/log.h"
+#include "lib/ratelimit/pace.h"
 #include "lib/ratelimit/redis_scripts.h"
 
 namespace imgw::ratelimit {
@@ -210,8 +211,7 @@ absl::StatusOr<std::unique_ptr<RedisRateLimiter>> RedisRateLimiter::Create(const
 RedisRateLimiter::RedisRateLimiter(const Options& options, Clock& clock)
     : options_(options),
       clock_(clock),
-      pace_(std::max(1e-3, std::min(options.limit * (1 - options.headroom),
-                                    options.limit - std::max(options.burst, 1.0)))),
+      pace_(std::max(1e-3, PaceFor(options.limit, options.burst, options.headroom))),
       spans_key_(
           absl::StrCat(options.key_prefix, "{", options.sdkappid, ":", options.api, "}:spans")),
       pace_key_(
@@ -316,7 +316,7 @@ void RedisRateLimiter::OnSent(uint64_t request_id, absl::Duration now) {
     wake_ = true;
     wake_cv_.Signal();
   }
-  ++own_in_flight_;
+  own_.OnSent();
   spans_[request_id] = std::move(span);
 }
 
@@ -326,9 +326,7 @@ void RedisRateLimiter::OnEnded(uint64_t request_id, absl::Duration now) {
   if (it == spans_.end() || it->second.ended != absl::InfiniteDuration()) return;
   Span& span = it->second;
   span.ended = now;
-  --own_in_flight_;
-  own_ended_.insert(std::upper_bound(own_ended_.begin(), own_ended_.end(), now), now);
-  ExpireOwnLocked(now);
+  own_.OnEnded(now);
   if (span.in_redis) {
     ++span.version;
     if (tracked_) {  // In fallback the reconnection writes every span back anyway.
@@ -377,22 +375,14 @@ int RedisRateLimiter::ReplicasLocked() const {
 }
 
 double RedisRateLimiter::LocalPaceLocked() const {
-  // As LocalRateLimiter::PaceFor for the limit L/N with a burst of 1: a bucket of capacity 1
-  // refilled at L/N - 1 grants at most L/N in any second.
+  // The pace for the limit L/N with a burst of 1: a bucket of capacity 1 refilled at L/N - 1
+  // grants at most L/N in any second.
   double share = options_.limit / fallback_n_;
-  double pace = std::min(share * (1 - options_.headroom), share - 1);
-  return std::max(pace, share / 10);
-}
-
-void RedisRateLimiter::ExpireOwnLocked(absl::Duration now) {
-  while (!own_ended_.empty() && own_ended_.front() <= now - absl::Seconds(1)) {
-    own_ended_.pop_front();
-  }
+  return std::max(PaceFor(share, 1, options_.headroom), share / 10);
 }
 
 size_t RedisRateLimiter::OwnInRedisLocked(absl::Duration now) {
-  ExpireOwnLocked(now);
-  return own_in_flight_ + own_ended_.size() + stock_.size();
+  return own_.in_window(now) + stock_.size();
 }
 
 size_t RedisRateLimiter::LocalWindowLimitLocked(absl::Duration now) const {
@@ -406,25 +396,22 @@ size_t RedisRateLimiter::LocalWindowLimitLocked(absl::Duration now) const {
   return limit;
 }
 
-bool RedisRateLimiter::LocalAllowsLocked(absl::Duration now) {
-  ExpireOwnLocked(now);
+void RedisRateLimiter::FollowLocalRateLocked(absl::Duration now) {
   double factor = local_factor_ ? local_factor_->Rate(now) : 1.0;
   local_bucket_.SetRate(LocalPaceLocked() * factor, now);
-  return own_in_flight_ + own_ended_.size() < LocalWindowLimitLocked(now);
+}
+
+bool RedisRateLimiter::LocalAllowsLocked(absl::Duration now) {
+  FollowLocalRateLocked(now);
+  return own_.HasRoom(now, LocalWindowLimitLocked(now));
 }
 
 absl::Duration RedisRateLimiter::LocalWaitLocked(absl::Duration now) {
-  bool room = LocalAllowsLocked(now);
-  absl::Duration wait = local_bucket_.TimeUntilAvailable(now);
-  if (!room) {
-    size_t count = own_in_flight_ + own_ended_.size();
-    size_t need = count - LocalWindowLimitLocked(now) + 1;  // Ends that must leave the window.
-    absl::Duration window_wait = need <= own_ended_.size()
-                                     ? own_ended_[need - 1] + absl::Seconds(1) - now
-                                     : absl::Milliseconds(10);  // Only an answer makes room.
-    wait = std::max(wait, window_wait);
-  }
-  return std::max(wait, absl::ZeroDuration());
+  FollowLocalRateLocked(now);
+  absl::Duration window_wait = own_.TimeUntilRoom(now, LocalWindowLimitLocked(now));
+  // Only an answer makes room: look again soon.
+  if (window_wait == absl::InfiniteDuration()) window_wait = absl::Milliseconds(10);
+  return std::max({local_bucket_.TimeUntilAvailable(now), window_wait, absl::ZeroDuration()});
 }
 
 void RedisRateLimiter::EnterFallbackLocked(absl::Duration now) {

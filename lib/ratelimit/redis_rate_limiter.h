@@ -19,6 +19,7 @@
 #include "lib/ratelimit/rate_limiter.h"
 #include "lib/ratelimit/throttle_window.h"
 #include "lib/ratelimit/token_bucket.h"
+#include "lib/ratelimit/window_guard.h"
 
 namespace imgw::ratelimit {
 
@@ -212,7 +213,8 @@ class RedisRateLimiter final : public RateLimiter {
   bool LocalAllowsLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Duration LocalWaitLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   size_t LocalWindowLimitLocked(absl::Duration now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ExpireOwnLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the local bucket's rate: the pace for L/N, times the local back-off.
+  void FollowLocalRateLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // This replica's spans (and stock) that Redis counts in its window now.
   size_t OwnInRedisLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PruneSpansLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -257,8 +259,9 @@ class RedisRateLimiter final : public RateLimiter {
   // the local window uses.
   absl::flat_hash_map<uint64_t, Span> spans_ ABSL_GUARDED_BY(mu_);
   std::vector<uint64_t> dirty_ ABSL_GUARDED_BY(mu_);  // Spans whose news Redis lacks.
-  size_t own_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<absl::Duration> own_ended_ ABSL_GUARDED_BY(mu_);  // Ends in the last second.
+  // This replica's requests in flight or ended within the last second; the limit of the local
+  // window varies (LocalWindowLimitLocked), so it is passed to each query.
+  WindowGuard own_ ABSL_GUARDED_BY(mu_){0};
   uint64_t next_local_id_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_permit_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Duration last_prune_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();

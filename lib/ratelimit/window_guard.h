@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <deque>
 
@@ -22,22 +23,25 @@ class WindowGuard final {
   explicit WindowGuard(size_t limit) : limit_(limit) {}
 
   // Whether a request may be sent now.
-  bool HasRoom(absl::Duration now) {
-    Expire(now);
-    return in_flight_ + ended_.size() < limit_;
-  }
+  bool HasRoom(absl::Duration now) { return HasRoom(now, limit_); }
+  // The same for a limit that varies (the Redis limiter's share of it).
+  bool HasRoom(absl::Duration now, size_t limit) { return in_window(now) < limit; }
   // How long until HasRoom() can be true; InfiniteDuration when only an answer can make room.
-  absl::Duration TimeUntilRoom(absl::Duration now) {
-    Expire(now);
-    if (in_flight_ + ended_.size() < limit_) return absl::ZeroDuration();
-    if (ended_.empty()) return absl::InfiniteDuration();
-    return ended_.front() + absl::Seconds(1) - now;
+  absl::Duration TimeUntilRoom(absl::Duration now) { return TimeUntilRoom(now, limit_); }
+  absl::Duration TimeUntilRoom(absl::Duration now, size_t limit) {
+    size_t count = in_window(now);
+    if (count < limit) return absl::ZeroDuration();
+    size_t need = count - limit + 1;  // Ends that must leave the window first.
+    if (need > ended_.size()) return absl::InfiniteDuration();
+    return ended_[need - 1] + absl::Seconds(1) - now;
   }
   void OnSent() { ++in_flight_; }
+  // Ends may be reported out of order (times read on different threads); they are kept sorted.
   void OnEnded(absl::Duration now) {
     --in_flight_;
-    ended_.push_back(now);
+    ended_.insert(std::upper_bound(ended_.begin(), ended_.end(), now), now);
   }
+  // Requests in flight plus those that ended less than a second ago.
   size_t in_window(absl::Duration now) {
     Expire(now);
     return in_flight_ + ended_.size();

@@ -27,6 +27,25 @@ TEST(WindowGuardTest, CountsRequestsInFlightAndEndedWithinASecond) {
   EXPECT_EQ(guard.in_window(t + absl::Milliseconds(1100)), 2u);
 }
 
+// A limit passed per query (the Redis limiter's local share, which varies): room comes when
+// as many ends have left the window as the count is over the limit; ends reported out of
+// order count in time order.
+TEST(WindowGuardTest, AVariableLimitWaitsForAsManyEndsAsItIsOver) {
+  WindowGuard guard(0);
+  const absl::Duration t = absl::Seconds(10);
+  for (int i = 0; i < 4; ++i) guard.OnSent();
+  guard.OnEnded(t + absl::Milliseconds(300));
+  guard.OnEnded(t + absl::Milliseconds(100));  // Reported late, ended first.
+  EXPECT_TRUE(guard.HasRoom(t + absl::Milliseconds(300), 5));
+  EXPECT_FALSE(guard.HasRoom(t + absl::Milliseconds(300), 3));
+  // Four in the window, limit 3: two must leave, the second of them at 300 ms + 1 s.
+  EXPECT_EQ(guard.TimeUntilRoom(t + absl::Milliseconds(300), 3), absl::Seconds(1));
+  EXPECT_EQ(guard.TimeUntilRoom(t + absl::Milliseconds(300), 4), absl::Milliseconds(800));
+  // Limit 1: three must leave, but only two have ended.
+  EXPECT_EQ(guard.TimeUntilRoom(t + absl::Milliseconds(300), 1), absl::InfiniteDuration());
+  EXPECT_TRUE(guard.HasRoom(t + absl::Milliseconds(1300), 3));
+}
+
 // Whatever the network does with a request between its sending and its answer, the upstream
 // never sees more than the limit in a sliding second: a simulation with random latencies and
 // arrivals anywhere inside each request's span.
