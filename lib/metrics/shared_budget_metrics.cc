@@ -67,7 +67,7 @@ void SharedBudgetMetrics::Advance(prometheus::Counter& counter, uint64_t total, 
   last = total;
 }
 
-void SharedBudgetMetrics::Update(const SharedBudgetSnapshot& s) {
+void SharedBudgetMetrics::Update(const ratelimit::RedisLimiterStats& s) {
   absl::MutexLock lock(&mu_);
   shared_.Set(s.shared ? 1 : 0);
   recovering_.Set(s.recovering ? 1 : 0);

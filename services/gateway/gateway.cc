@@ -14,28 +14,6 @@ namespace imgw::gateway {
 
 namespace {
 
-metrics::SharedBudgetSnapshot ToSnapshot(const ratelimit::RedisLimiterStats& stats) {
-  metrics::SharedBudgetSnapshot s;
-  s.shared = stats.shared;
-  s.recovering = stats.recovering;
-  s.connected = stats.connected;
-  s.fallbacks = stats.fallbacks;
-  s.redis_errors = stats.redis_errors;
-  s.reconnects = stats.reconnects;
-  s.replicas = stats.replicas;
-  s.shared_rate = stats.shared_rate;
-  s.local_rate = stats.local_rate;
-  s.permits_acquired = stats.permits_acquired;
-  s.permits_used = stats.permits_used;
-  s.permits_released = stats.permits_released;
-  s.acquire_refused = stats.acquire_refused;
-  s.local_admissions = stats.local_admissions;
-  s.rate_cuts = stats.rate_cuts;
-  s.acquire_p50 = stats.acquire_p50;
-  s.acquire_p99 = stats.acquire_p99;
-  return s;
-}
-
 std::shared_ptr<grpc::ServerCredentials> ListenerCredentials(const config::GatewayConfig& config) {
   if (config.grpc_tls_cert_pem.empty()) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions options(
@@ -103,7 +81,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
         std::make_unique<metrics::SharedBudgetMetrics>(*gw->metrics_->registry());
     metrics::SharedBudgetMetrics* budget_metrics = gw->shared_budget_metrics_.get();
     redis.on_stats = [budget_metrics](const ratelimit::RedisLimiterStats& stats) {
-      budget_metrics->Update(ToSnapshot(stats));
+      budget_metrics->Update(stats);
     };
     absl::StatusOr<std::unique_ptr<ratelimit::RedisRateLimiter>> limiter =
         ratelimit::RedisRateLimiter::Create(redis, clock);

@@ -18,7 +18,7 @@ class SharedBudgetMetricsTest : public ::testing::Test {
 };
 
 TEST_F(SharedBudgetMetricsTest, GaugesFollowTheLatestSnapshot) {
-  SharedBudgetSnapshot s;
+  ratelimit::RedisLimiterStats s;
   s.shared = true;
   s.connected = true;
   s.replicas = 3;
@@ -44,7 +44,7 @@ TEST_F(SharedBudgetMetricsTest, GaugesFollowTheLatestSnapshot) {
 }
 
 TEST_F(SharedBudgetMetricsTest, CountersAdvanceByWhatTheTotalsGrew) {
-  SharedBudgetSnapshot s;
+  ratelimit::RedisLimiterStats s;
   s.fallbacks = 1;
   s.redis_errors = 4;
   s.permits_used = 100;
