@@ -118,7 +118,7 @@ class Bench:
         self.tls = ssl.create_default_context(cafile=self.cert)
         self.counter = 0
 
-    def start(self, name, argv, ready_name):
+    def start(self, name, argv):
         self.counter += 1
         ready = os.path.join(self.work, f"{name}-{self.counter}.ready")
         proc = Proc(self.work, f"{name}-{self.counter}", argv + [f"--ready_file={ready}"])
@@ -129,7 +129,7 @@ class Bench:
         proc, ready = self.start("emulator", [
             f"{self.bin}/imgw-emulator", "--listen=127.0.0.1:0", f"--cert_file={self.cert}",
             f"--key_file={self.key}", f"--sdkappid={SDKAPPID}",
-            f"--secret_key_file={self.secret}", f"--rate_limit={rate_limit}"], "emulator")
+            f"--secret_key_file={self.secret}", f"--rate_limit={rate_limit}"])
         proc.url = f"https://127.0.0.1:{ready['port']}"
         return proc
 
@@ -138,14 +138,14 @@ class Bench:
             f"{self.bin}/imgw-gateway", "--grpc_listen=127.0.0.1:0",
             "--metrics_listen=127.0.0.1:0", f"--endpoint={emulator.url}",
             f"--ca_file={self.cert}", f"--sdkappid={SDKAPPID}", f"--identifier={ADMIN}",
-            f"--secret_key_file={self.secret}", "--log_level=warning", *flags], "gateway")
+            f"--secret_key_file={self.secret}", "--log_level=warning", *flags])
         proc.target = ready["grpc_listen"]
         proc.metrics = ready["metrics_listen"]
         return proc
 
     def noop(self):
         proc, ready = self.start("noop", [f"{self.bin}/imgw-noop-server",
-                                          "--listen=127.0.0.1:0"], "noop")
+                                          "--listen=127.0.0.1:0"])
         proc.target = ready["grpc_listen"]
         return proc
 
