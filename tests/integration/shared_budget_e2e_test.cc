@@ -241,6 +241,16 @@ class SharedBudgetE2eTest : public ::testing::Test {
     return static_cast<double>(b.stats.calls - a.stats.calls) / absl::ToDoubleSeconds(b.at - a.at);
   }
 
+  // The upstream calls per second the emulator saw over 4 s from `from`; `last` gets the stats
+  // read at the end of them.
+  double MeasureRate(absl::Time from, Sample& last) {
+    SleepUntil(from);
+    const Sample first = Read();
+    SleepUntil(first.at + absl::Seconds(4));
+    last = Read();
+    return Rate(first, last);
+  }
+
   // Waits (bounded) until every gateway has logged `msg` at least `count` times; the time
   // the last of them did, or nullopt.
   std::optional<absl::Time> AwaitLog(const std::string& msg, size_t count, absl::Duration timeout) {
@@ -355,11 +365,8 @@ TEST_F(SharedBudgetE2eTest, ThreeReplicasShareTheBudgetFallBackWithinItAndGetItB
   SleepUntil(t0 + absl::Seconds(2));
   ASSERT_TRUE(stack_->ResetEmulator().ok());
   const absl::Time shared_from = absl::Now();
-  SleepUntil(shared_from + absl::Seconds(1));
-  const Sample s1a = Read();
-  SleepUntil(s1a.at + absl::Seconds(4));
-  const Sample s1b = Read();
-  const double shared_rate = Rate(s1a, s1b);
+  Sample s1b;
+  const double shared_rate = MeasureRate(shared_from + absl::Seconds(1), s1b);
   EXPECT_LE(s1b.stats.max_calls_in_window, static_cast<uint64_t>(kLimit)) << "phase shared";
   EXPECT_EQ(s1b.stats.ErrorCount(60007), 0u) << "phase shared";
   EXPECT_GE(shared_rate, kShare * kLimit) << "phase shared: the budget was not used";
@@ -396,11 +403,8 @@ TEST_F(SharedBudgetE2eTest, ThreeReplicasShareTheBudgetFallBackWithinItAndGetItB
            m["imgw_shared_budget_fallbacks_total"] == 1 && local > 0 &&
            local <= static_cast<double>(kLimit) / kReplicas;
   });
-  SleepUntil(outage_from + absl::Seconds(1));
-  const Sample s2a = Read();
-  SleepUntil(s2a.at + absl::Seconds(4));
-  const Sample s2b = Read();
-  const double outage_rate = Rate(s2a, s2b);
+  Sample s2b;
+  const double outage_rate = MeasureRate(outage_from + absl::Seconds(1), s2b);
   EXPECT_LE(s2b.stats.max_calls_in_window, static_cast<uint64_t>(kLimit)) << "phase outage";
   EXPECT_EQ(s2b.stats.ErrorCount(60007), 0u) << "phase outage";
 
@@ -410,11 +414,8 @@ TEST_F(SharedBudgetE2eTest, ThreeReplicasShareTheBudgetFallBackWithinItAndGetItB
   ASSERT_TRUE(restarted.ok()) << restarted;
   std::optional<absl::Time> back = AwaitLog(kSharedLog, 1, absl::Seconds(5));
   EXPECT_TRUE(back.has_value()) << "not every gateway logged the return of the shared budget";
-  SleepUntil(absl::Now() + kRecoveryTransition);
-  const Sample s3a = Read();
-  SleepUntil(s3a.at + absl::Seconds(4));
-  const Sample s3b = Read();
-  const double recovered_rate = Rate(s3a, s3b);
+  Sample s3b;
+  const double recovered_rate = MeasureRate(absl::Now() + kRecoveryTransition, s3b);
   load.Stop();
   const absl::Time load_end = absl::Now();
   EXPECT_GE(recovered_rate, kShare * kLimit) << "phase recovered: the budget was not used";
