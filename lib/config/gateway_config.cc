@@ -263,6 +263,7 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
   }
   config.max_connections = flags.max_connections;
   config.reuse_connections = flags.reuse_connections;
+  config.warm_connections = flags.warm_connections;
   if (flags.default_deadline <= absl::ZeroDuration()) {
     return Bad("default_deadline", "must be positive");
   }

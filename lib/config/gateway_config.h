@@ -26,8 +26,9 @@ struct GatewayFlags {
   double rate_burst = 2;
   double rate_headroom = 0.01;
   int64_t max_queued = 10000;
-  int max_connections = 8;
+  int max_connections = 64;
   bool reuse_connections = true;
+  bool warm_connections = true;
   absl::Duration default_deadline = absl::Seconds(10);
   absl::Duration request_timeout = absl::Seconds(5);
   absl::Duration usersig_lifetime = absl::Hours(24);
@@ -60,8 +61,9 @@ struct GatewayConfig {
   double rate_burst = 2;
   double rate_headroom = 0.01;
   size_t max_queued = 10000;
-  int max_connections = 8;
+  int max_connections = 64;
   bool reuse_connections = true;
+  bool warm_connections = true;
   absl::Duration default_deadline;
   absl::Duration request_timeout;
   absl::Duration usersig_lifetime;

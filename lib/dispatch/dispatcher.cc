@@ -25,6 +25,7 @@ Dispatcher::Dispatcher(const Options& options, Clock& clock, ratelimit::RateLimi
       transport_(transport),
       requests_(requests),
       jitter_(std::random_device{}()),
+      round_trips_(options.round_trips),
       retry_budget_(options.retry_budget, clock.Monotonic()),
       breaker_(options.breaker) {
   if (options.window_limit > 0) guard_.emplace(options.window_limit);
@@ -92,14 +93,13 @@ void Dispatcher::Submit(Call call) {
     turn = entries_.at(target).estimated_start;
   } else {
     turn = EstimateStart(call.caller, now);
-    if (active != nullptr) turn = std::max(turn, now + latency_);
+    // The pair's request in flight must come back first.
+    if (active != nullptr) turn = std::max(turn, active->sent_at + round_trips_.High(now));
   }
   // Refused when the answer cannot be expected back before the deadline: its turn, the
-  // upstream's usual latency, and a margin for the way back to the caller (2% of the call's
-  // time, at least 10 ms), since an answer that arrives a hair late is as lost as a refusal
-  // but spent a token.
-  absl::Duration margin = std::max(absl::Milliseconds(10), (call.deadline - now) / 50);
-  if (turn + latency_ + margin > call.deadline) {
+  // upstream's round trip (a high percentile), and a margin for the way back to the caller,
+  // since an answer that arrives a hair late is as lost as a refusal but spent a token.
+  if (!ReturnsInTime(turn, call.deadline, now)) {
     ++stats_.rejected_overloaded;
     if (metrics_) metrics_->Rejected("overloaded");
     if (slots.active == 0 && slots.next == 0) pairs_.erase(key);
@@ -202,6 +202,7 @@ absl::Duration Dispatcher::Step() {
     // Retries go ahead of their lane: they have waited longest.
     Enqueue(id, entries_.at(id), /*front=*/true);
   }
+  bool pool_full = false;  // Sends wait for a connection: only an answer can free one.
   while (!ring_.empty()) {
     std::string name = ring_.front();
     Lane& lane = lanes_.at(name);
@@ -214,11 +215,16 @@ absl::Duration Dispatcher::Step() {
            entries_.at(lane.queue.front()).state != Entry::State::kQueued) {
       lane.queue.pop_front();
     }
-    if (!breaker_.AllowRequest(now) || (guard_ && !guard_->HasRoom(now)) ||
-        !limiter_.TryAcquire(now)) {
+    // The transport is given only what it can start now: a request that waited inside it for
+    // a connection would have spent its token and its time there.
+    if (transport_.Capacity() == 0) {
+      pool_full = true;
       break;
     }
+    if (!breaker_.AllowRequest(now) || (guard_ && !guard_->HasRoom(now))) break;
     EntryId id = lane.queue.front();
+    if (!AnswerLateWaiters(id, now)) continue;  // None left: the entry is gone from its lane.
+    if (!limiter_.TryAcquire(now)) break;
     lane.queue.pop_front();
     --lane.live;
     --queued_;
@@ -231,7 +237,7 @@ absl::Duration Dispatcher::Step() {
     Send(id, entries_.at(id), now);
   }
   absl::Duration next = absl::InfiniteDuration();
-  if (!ring_.empty()) {
+  if (!ring_.empty() && !pool_full) {
     next = now + limiter_.TimeUntilAvailable(now);
     if (guard_) next = std::max(next, now + guard_->TimeUntilRoom(now));
     if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
@@ -240,7 +246,13 @@ absl::Duration Dispatcher::Step() {
   }
   if (!retries_.empty()) next = std::min(next, retries_.begin()->first);
   if (!deadlines_.empty()) next = std::min(next, deadlines_.begin()->first);
+  const size_t wanted = WantedInFlight(now);
+  transport_.Anticipate(wanted);
   if (metrics_) {
+    metrics_->upstream_in_flight().Set(static_cast<double>(in_flight_));
+    metrics_->upstream_in_flight_wanted().Set(static_cast<double>(wanted));
+    metrics_->SetRoundTrips(round_trips_.Fastest(now), round_trips_.Typical(now),
+                            round_trips_.High(now));
     metrics_->queued_upstream_calls().Set(static_cast<double>(queued_));
     metrics_->calls_in_progress().Set(static_cast<double>(waiters_.size()));
     metrics_->circuit_breaker_open().Set(breaker_.state(now) == CircuitBreaker::State::kClosed ? 0
@@ -271,16 +283,20 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
   if (breaker_.OnRequestSent(now)) probe_ = id;
   entry.state = Entry::State::kInFlight;
   entry.sent_time = entry.time;
+  entry.sent_at = now;
+  recent_sends_.push_back(now);
   ++entry.attempts;
   ++in_flight_;
   ++stats_.requests;
   if (guard_) guard_->OnSent();
   const uint64_t send_id = ++sends_;  // Entries are retried: the limiter needs each send apart.
   limiter_.OnSent(send_id, now);
-  absl::Duration timeout = std::min(options_.request_timeout, LatestDeadline(entry) - now);
+  const absl::Duration remaining = LatestDeadline(entry) - now;
+  absl::Duration timeout = std::min(options_.request_timeout, remaining);
   entry.cut_short = timeout < options_.request_timeout;
   upstream::HttpRequest request =
       requests_.Build({entry.pair.first, entry.pair.second, entry.time}, timeout);
+  request.max_total = remaining;
   if (LogEnabled(LogLevel::kDebug)) {
     Log(LogLevel::kDebug, "upstream request",
         {{"url", upstream::RedactUrl(request.url)},
@@ -288,8 +304,7 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
          {"waiters", absl::StrCat(entry.waiters.size())}});
   }
   transport_.Start(std::move(request), [this, id, send_id](upstream::HttpResponse response) {
-    limiter_.OnEnded(send_id, clock_.Monotonic());
-    OnResponse(id, std::move(response));
+    OnResponse(id, send_id, std::move(response));
   });
 }
 
@@ -299,22 +314,18 @@ absl::Duration Dispatcher::LatestDeadline(const Entry& entry) const {
   return latest;
 }
 
-void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
+void Dispatcher::OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse response) {
   Entry& entry = entries_.at(id);
+  absl::Duration now = clock_.Monotonic();
   --in_flight_;
-  if (guard_) guard_->OnEnded(clock_.Monotonic());
+  EndInWindow(entry, send_id, response, now);
   // A timeout the caller's deadline imposed (shorter than --upstream_timeout) says nothing
-  // about the upstream's health, and its elapsed time is only a lower bound of the latency.
+  // about the upstream's health.
   const bool cut_short =
       response.error == upstream::HttpResponse::Error::kTimeout && entry.cut_short;
-  if (!cut_short) {
-    latency_ =
-        latency_ == absl::ZeroDuration() ? response.elapsed : (latency_ * 7 + response.elapsed) / 8;
-  }
   Outcome outcome = upstream::Interpret(response);
   outcome.attempts = entry.attempts;
   if (metrics_) CountAnswer(response, outcome);
-  absl::Duration now = clock_.Monotonic();
   if (LogEnabled(LogLevel::kDebug)) {
     Log(LogLevel::kDebug, "upstream answer",
         {{"http_status", absl::StrCat(response.http_status)},
@@ -389,9 +400,11 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
           wait = std::max(wait, *hint);
         }
         absl::Duration at = now + wait;
-        if (at < latest && !throttled && !retry_budget_.TryRetry(now)) {
+        // Only a retry whose answer can be back before the deadline is worth its token.
+        const bool affordable = ReturnsInTime(at, latest, now, /*cold=*/false);
+        if (affordable && !throttled && !retry_budget_.TryRetry(now)) {
           ++stats_.retries_denied;
-        } else if (at < latest) {
+        } else if (affordable) {
           entry.state = Entry::State::kBackoff;
           entry.retry_at = at;
           entry.last = std::move(outcome);
@@ -535,6 +548,96 @@ void Dispatcher::RecomputeTime(Entry& entry) {
     time = std::max(time, waiters_.at(w).call.params.msg_read_time.value_or(0));
   }
   entry.time = time;
+}
+
+void Dispatcher::EndInWindow(const Entry& entry, uint64_t send_id,
+                             const upstream::HttpResponse& response, absl::Duration now) {
+  // An answer is a round trip of the path; its end in the upstream's window is credited with
+  // the path's fastest round trip (ratelimit::WindowGuard says why). A request that failed
+  // without an answer may have reached the upstream any time before now: no credit.
+  absl::Duration credit = absl::ZeroDuration();
+  if (response.error == upstream::HttpResponse::Error::kNone) {
+    // On a reused connection the whole time is the round trip (libcurl's pre-transfer time
+    // there may include part of it); a new connection's set-up is not.
+    const absl::Duration round_trip =
+        now - entry.sent_at - (response.new_connection ? response.setup : absl::ZeroDuration());
+    round_trips_.Add(now, round_trip);
+    if (response.new_connection) round_trips_.AddConnect(now, response.setup);
+    credit = std::clamp(round_trips_.Credit(now), absl::ZeroDuration(), round_trip);
+  }
+  if (guard_) guard_->OnEnded(now - credit);
+  limiter_.OnEnded(send_id, now - credit);
+}
+
+absl::Duration Dispatcher::ExpectedRoundTrip(absl::Duration now, bool cold) {
+  absl::Duration round_trip = round_trips_.High(now);
+  if (cold) {
+    // A new connection first: its measured set-up, else TCP and TLS handshakes of about two
+    // round trips.
+    absl::Duration setup = round_trips_.ConnectHigh(now);
+    round_trip += setup > absl::ZeroDuration() ? setup : 2 * round_trip;
+  }
+  return round_trip;
+}
+
+bool Dispatcher::ReturnsInTime(absl::Duration start, absl::Duration deadline, absl::Duration now,
+                               bool cold) {
+  // The margin is for the answer's way back to the caller: 2% of the time the call has left,
+  // at least 10 ms.
+  absl::Duration margin = std::max(absl::Milliseconds(10), (deadline - now) / 50);
+  return start + ExpectedRoundTrip(now, cold) + margin <= deadline;
+}
+
+bool Dispatcher::AnswerLateWaiters(EntryId id, absl::Duration now) {
+  Entry& entry = entries_.at(id);
+  const bool cold = transport_.WarmCapacity() == 0;
+  std::vector<CallId> late;
+  for (CallId w : entry.waiters) {
+    if (!ReturnsInTime(now, waiters_.at(w).call.deadline, now, cold)) late.push_back(w);
+  }
+  if (late.empty()) return true;
+  // Sending for them would spend a token on an answer that comes back too late: they are
+  // answered now with the status of what made them late, the queue (RESOURCE_EXHAUSTED) or,
+  // for a retry, the failure it retries.
+  const absl::Duration expected = ExpectedRoundTrip(now, cold);
+  const absl::Duration retry_after =
+      std::max(absl::Milliseconds(1), EstimateStart(entry.lane, now) - now + expected);
+  const bool retry = entry.attempts > 0;
+  const Outcome last = entry.last;
+  for (CallId w : late) {
+    absl::Duration left = waiters_.at(w).call.deadline - now;
+    std::string why = absl::StrCat("its deadline (in ", Millis(left),
+                                   ") leaves less than the upstream's round trip (p99 ",
+                                   Millis(expected), cold ? ", with a new connection" : "", ")");
+    Outcome out;
+    if (retry) {
+      out = last;
+      out.detail = absl::StrCat(last.detail, "; not retried: ", why);
+    } else {
+      out = Outcome::Failed(
+          Outcome::Kind::kOverloaded,
+          absl::StrCat("the call's turn for the upstream budget came too late: ", why));
+      ++stats_.rejected_overloaded;
+      if (metrics_) metrics_->Rejected("overloaded");
+    }
+    out.retry_after = retry_after;
+    ++stats_.unsent_late;
+    Answer(w, std::move(out));
+  }
+  return entries_.find(id) != entries_.end();
+}
+
+size_t Dispatcher::WantedInFlight(absl::Duration now) {
+  // Little's law: requests in flight = rate x round trip. The rate is what the budget allows
+  // while calls wait for it, else what went out in the last second; the round trip a high
+  // percentile; with headroom for jitter and growth.
+  while (!recent_sends_.empty() && recent_sends_.front() <= now - absl::Seconds(1)) {
+    recent_sends_.pop_front();
+  }
+  double rate = static_cast<double>(recent_sends_.size());
+  if (queued_ > 0) rate = std::max(rate, limiter_.CurrentRate(now));
+  double want = rate * absl::ToDoubleSeconds(round_trips_.High(now)) * options_.pool_headroom;
+  return std::max(in_flight_, static_cast<size_t>(std::ceil(want)) + 1);
 }
 
 absl::Duration Dispatcher::Backoff(int attempts) {

@@ -16,6 +16,7 @@
 #include "lib/common/clock.h"
 #include "lib/dispatch/circuit_breaker.h"
 #include "lib/dispatch/retry_budget.h"
+#include "lib/dispatch/round_trips.h"
 #include "lib/metrics/metrics.h"
 #include "lib/ratelimit/rate_limiter.h"
 #include "lib/ratelimit/window_guard.h"
@@ -50,7 +51,10 @@ struct DispatcherStats {
   uint64_t rejected_queue_full = 0;
   uint64_t rejected_overloaded = 0;    // Deadline could not be met by the call's turn.
   uint64_t rejected_circuit_open = 0;  // Answered at once while the upstream was failing.
-  uint64_t retries_denied = 0;         // Retries the retry budget refused.
+  // Calls answered at their turn, unsent, because what was left of their deadline could not
+  // cover the upstream's round trip (first attempts are rejected_overloaded too).
+  uint64_t unsent_late = 0;
+  uint64_t retries_denied = 0;  // Retries the retry budget refused.
   uint64_t circuit_opened = 0;
   uint64_t expired = 0;             // Deadline passed (all cases below included).
   uint64_t expired_on_arrival = 0;  // ...before the call reached the dispatcher.
@@ -92,6 +96,9 @@ class Dispatcher final {
     // The upstream's limit per sliding second, enforced on send-to-answer spans so that no
     // network delay can push a window over it (ratelimit::WindowGuard). 0: off.
     size_t window_limit = 0;
+    // Connections (streams) asked of the transport ahead: rate x round trip x this.
+    double pool_headroom = 1.25;
+    RoundTrips::Options round_trips;
     RetryBudget::Options retry_budget;
     CircuitBreaker::Options breaker;
     // (The limiter decides how a frequency-limit answer changes the pace.)
@@ -134,8 +141,9 @@ class Dispatcher final {
     PairKey pair;
     std::string lane;
     State state = State::kQueued;
-    int64_t time = 0;       // Largest read time among the waiters: what the next request sends.
-    int64_t sent_time = 0;  // What the request in flight carries.
+    int64_t time = 0;        // Largest read time among the waiters: what the next request sends.
+    int64_t sent_time = 0;   // What the request in flight carries.
+    absl::Duration sent_at;  // When the last request was sent.
     std::vector<CallId> waiters;
     int attempts = 0;
     bool resigned = false;
@@ -166,7 +174,23 @@ class Dispatcher final {
   void Enqueue(EntryId id, Entry& entry, bool front);
   void Unqueue(Entry& entry);
   void Send(EntryId id, Entry& entry, absl::Duration now);
-  void OnResponse(EntryId id, upstream::HttpResponse response);
+  void OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse response);
+  // Learns the round trip of an answer and ends the request's span in the window guard and
+  // the limiter.
+  void EndInWindow(const Entry& entry, uint64_t send_id, const upstream::HttpResponse& response,
+                   absl::Duration now);
+  // What a request sent now must expect until its answer: the round trip's high percentile,
+  // plus a connection's set-up when `cold`.
+  absl::Duration ExpectedRoundTrip(absl::Duration now, bool cold);
+  // Whether a request sent at `start` can be answered before `deadline`, with a margin for the
+  // way back to the caller.
+  bool ReturnsInTime(absl::Duration start, absl::Duration deadline, absl::Duration now,
+                     bool cold = false);
+  // Answers the waiters of `id` that could not have their answer in time if it were sent now.
+  // False when none is left (the entry is gone).
+  bool AnswerLateWaiters(EntryId id, absl::Duration now);
+  // The requests in flight the transport should be ready for (Little's law).
+  size_t WantedInFlight(absl::Duration now);
   void MergeNextInto(EntryId id, Entry& entry);
   absl::Duration LatestDeadline(const Entry& entry) const;
   // Answers every waiter of `id` with `outcome`, or DEADLINE_EXCEEDED when the outcome is a
@@ -198,7 +222,8 @@ class Dispatcher final {
   uint64_t sends_ = 0;  // Requests sent: their ids for RateLimiter::OnSent/OnEnded.
   size_t in_flight_ = 0;
   size_t queued_ = 0;
-  absl::Duration latency_ = absl::ZeroDuration();  // Moving average of upstream latency.
+  RoundTrips round_trips_;
+  std::deque<absl::Duration> recent_sends_;  // Send times of the last second.
   RetryBudget retry_budget_;
   std::optional<ratelimit::WindowGuard> guard_;
   CircuitBreaker breaker_;

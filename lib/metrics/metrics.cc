@@ -114,6 +114,28 @@ Metrics::Metrics(absl::string_view version)
   circuit_breaker_open_ = gauge("imgw_circuit_breaker_open",
                                 "1 while the gateway fails fast because the upstream fails.");
   connections_open_ = gauge("imgw_upstream_connections_open", "Upstream connections open.");
+  in_flight_ = gauge("imgw_upstream_requests_in_flight", "Upstream requests in flight.");
+  in_flight_wanted_ = gauge("imgw_upstream_requests_in_flight_wanted",
+                            "Upstream requests in flight the pool is kept ready for: rate x "
+                            "round trip (p99) with headroom (Little's law).");
+  auto& round_trips = prometheus::BuildGauge()
+                          .Name("imgw_upstream_round_trip_seconds")
+                          .Help(
+                              "Round trips of upstream requests over the last 10 s, "
+                              "connection set-up excluded: the fastest, the median, p99.")
+                          .Register(*registry_);
+  round_trip_fastest_ = &round_trips.Add({{"quantile", "0"}});
+  round_trip_median_ = &round_trips.Add({{"quantile", "0.5"}});
+  round_trip_high_ = &round_trips.Add({{"quantile", "0.99"}});
+  auto& warmups = prometheus::BuildCounter()
+                      .Name("imgw_upstream_connection_warmups_total")
+                      .Help(
+                          "Connections opened ahead of need (OPTIONS *), by outcome: kept in "
+                          "the pool, not_kept (the upstream closed it), failed.")
+                      .Register(*registry_);
+  warmups_kept_ = &warmups.Add({{"outcome", "kept"}});
+  warmups_not_kept_ = &warmups.Add({{"outcome", "not_kept"}});
+  warmups_failed_ = &warmups.Add({{"outcome", "failed"}});
   usersig_expiry_ = gauge("imgw_usersig_expiry_seconds", "Seconds until the UserSig expires.");
   prometheus::BuildGauge()
       .Name("imgw_build_info")
@@ -210,9 +232,27 @@ void Metrics::Rejected(absl::string_view reason) {
 void Metrics::Expired() { expired_.Increment(); }
 void Metrics::Cancelled() { cancelled_.Increment(); }
 
-void Metrics::SetConnectionsCreated(double total) {
-  double now = connections_created_.Value();
-  if (total > now) connections_created_.Increment(total - now);
+namespace {
+
+void Mirror(prometheus::Counter& counter, double total) {
+  double now = counter.Value();
+  if (total > now) counter.Increment(total - now);
+}
+
+}  // namespace
+
+void Metrics::SetConnectionsCreated(double total) { Mirror(connections_created_, total); }
+
+void Metrics::SetWarmups(double kept, double not_kept, double failed) {
+  Mirror(*warmups_kept_, kept);
+  Mirror(*warmups_not_kept_, not_kept);
+  Mirror(*warmups_failed_, failed);
+}
+
+void Metrics::SetRoundTrips(absl::Duration fastest, absl::Duration median, absl::Duration high) {
+  round_trip_fastest_->Set(absl::ToDoubleSeconds(fastest));
+  round_trip_median_->Set(absl::ToDoubleSeconds(median));
+  round_trip_high_->Set(absl::ToDoubleSeconds(high));
 }
 
 }  // namespace imgw::metrics

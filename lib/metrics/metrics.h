@@ -57,9 +57,14 @@ class Metrics final {
   prometheus::Gauge& rate_limit_max() { return *rate_limit_max_; }
   prometheus::Gauge& circuit_breaker_open() { return *circuit_breaker_open_; }
   prometheus::Gauge& upstream_connections_open() { return *connections_open_; }
+  prometheus::Gauge& upstream_in_flight() { return *in_flight_; }
+  prometheus::Gauge& upstream_in_flight_wanted() { return *in_flight_wanted_; }
+  // The upstream's round trips over the last seconds: the fastest, the median and p99.
+  void SetRoundTrips(absl::Duration fastest, absl::Duration median, absl::Duration high);
   prometheus::Gauge& usersig_expiry_seconds() { return *usersig_expiry_; }
-  // A counter mirrored from the curl client's own count.
+  // Counters mirrored from the curl client's own counts.
   void SetConnectionsCreated(double total);
+  void SetWarmups(double kept, double not_kept, double failed);
 
  private:
   using CounterCache = std::vector<std::pair<std::string, prometheus::Counter*>>;
@@ -92,6 +97,14 @@ class Metrics final {
   prometheus::Gauge* rate_limit_max_;
   prometheus::Gauge* circuit_breaker_open_;
   prometheus::Gauge* connections_open_;
+  prometheus::Gauge* in_flight_;
+  prometheus::Gauge* in_flight_wanted_;
+  prometheus::Gauge* round_trip_fastest_;
+  prometheus::Gauge* round_trip_median_;
+  prometheus::Gauge* round_trip_high_;
+  prometheus::Counter* warmups_kept_;
+  prometheus::Counter* warmups_not_kept_;
+  prometheus::Counter* warmups_failed_;
   prometheus::Gauge* usersig_expiry_;
   // Children looked up on every call, cached: Family::Add builds a label map and takes the
   // family's lock each time. RPC latency series are created on first use, as before.

@@ -28,8 +28,10 @@ class RateLimiter {
   // Redis one: the span of each request in the shared window) binds the two; the default
   // does nothing.
   virtual void OnSent(uint64_t request_id, absl::Duration now) {}
-  // The request `request_id` ended: answered, failed or timed out. Default: nothing.
-  virtual void OnEnded(uint64_t request_id, absl::Duration now) {}
+  // The request `request_id` ended: answered, failed or timed out. `end` is when it ended for
+  // the upstream's window: its answer time less the path's fastest round trip (WindowGuard
+  // says why), never later than now. Default: nothing.
+  virtual void OnEnded(uint64_t request_id, absl::Duration end) {}
 };
 
 }  // namespace imgw::ratelimit

@@ -320,13 +320,13 @@ void RedisRateLimiter::OnSent(uint64_t request_id, absl::Duration now) {
   spans_[request_id] = std::move(span);
 }
 
-void RedisRateLimiter::OnEnded(uint64_t request_id, absl::Duration now) {
+void RedisRateLimiter::OnEnded(uint64_t request_id, absl::Duration end) {
   absl::MutexLock lock(&mu_);
   auto it = spans_.find(request_id);
   if (it == spans_.end() || it->second.ended != absl::InfiniteDuration()) return;
   Span& span = it->second;
-  span.ended = now;
-  own_.OnEnded(now);
+  span.ended = end;
+  own_.OnEnded(end);
   if (span.in_redis) {
     ++span.version;
     if (tracked_) {  // In fallback the reconnection writes every span back anyway.

@@ -37,8 +37,10 @@ namespace imgw::ratelimit {
 // a request reaches the upstream between its admission and its end, so when every admission
 // sees fewer than L spans meeting the past second, no sliding second at the upstream holds
 // more than L arrivals, whatever the replicas and the network do. The span of a used permit
-// is closed with the time its answer came (measured here, sent as an age, so clock offsets
-// between hosts do not matter); an unused permit is removed.
+// is closed with the end the dispatcher reports: the time its answer came less the credit of
+// the path's fastest round trip (WindowGuard says why that is safe), measured here and sent as
+// an age, so clock offsets between hosts do not matter; an unused permit is removed. Replicas
+// are taken to share one path to the upstream (sidecars of one cluster).
 //
 // Shared back-off: when this replica's answers of the last second hold enough frequency-limit
 // refusals (the share rule of LocalRateLimiter: >= throttle_share and >= min_throttles), it
@@ -145,7 +147,7 @@ class RedisRateLimiter final : public RateLimiter {
   // shared rate / N (the local rate in fallback). For queue-time estimates.
   double CurrentRate(absl::Duration now) override ABSL_LOCKS_EXCLUDED(mu_);
   void OnSent(uint64_t request_id, absl::Duration now) override ABSL_LOCKS_EXCLUDED(mu_);
-  void OnEnded(uint64_t request_id, absl::Duration now) override ABSL_LOCKS_EXCLUDED(mu_);
+  void OnEnded(uint64_t request_id, absl::Duration end) override ABSL_LOCKS_EXCLUDED(mu_);
 
   RedisLimiterStats Stats() const ABSL_LOCKS_EXCLUDED(mu_);
   const std::string& replica_id() const { return options_.replica_id; }

@@ -1,6 +1,9 @@
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <deque>
+#include <limits>
 #include <utility>
 
 #include "lib/upstream/http_transport.h"
@@ -20,6 +23,15 @@ class FakeTransport final : public upstream::HttpTransport {
     pending_.push_back({std::move(request), std::move(done)});
     ++started_;
   }
+
+  // A pool of `limit` requests at once (unbounded by default), of which `warm` can start on a
+  // connection already open (all of them by default).
+  size_t Capacity() override { return pending_.size() < limit_ ? limit_ - pending_.size() : 0; }
+  size_t WarmCapacity() override { return std::min(Capacity(), warm_); }
+  void Anticipate(size_t requests) override { anticipated_ = requests; }
+  void set_limit(size_t limit) { limit_ = limit; }
+  void set_warm(size_t warm) { warm_ = warm; }
+  size_t anticipated() const { return anticipated_; }
 
   std::deque<Pending>& pending() { return pending_; }
   int started() const { return started_; }
@@ -46,6 +58,9 @@ class FakeTransport final : public upstream::HttpTransport {
  private:
   std::deque<Pending> pending_;
   int started_ = 0;
+  size_t limit_ = std::numeric_limits<size_t>::max();
+  size_t warm_ = std::numeric_limits<size_t>::max();
+  size_t anticipated_ = 0;
 };
 
 }  // namespace imgw::testing

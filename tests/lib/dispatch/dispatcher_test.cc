@@ -31,14 +31,20 @@ std::string Fail(int code) {
 // A plain token bucket as the limiter, counting throttles.
 class TestLimiter final : public ratelimit::RateLimiter {
  public:
-  TestLimiter(double rate, absl::Duration now) : rate_(rate), bucket_(rate, 1, now) {}
-  bool TryAcquire(absl::Duration now) override { return bucket_.TryTake(now); }
+  TestLimiter(double rate, absl::Duration now, double burst = 1)
+      : rate_(rate), bucket_(rate, burst, now) {}
+  bool TryAcquire(absl::Duration now) override {
+    bool taken = bucket_.TryTake(now);
+    acquired += taken;
+    return taken;
+  }
   absl::Duration TimeUntilAvailable(absl::Duration now) override {
     return bucket_.TimeUntilAvailable(now);
   }
   void OnAnswer(absl::Duration, bool throttled) override { throttles += throttled; }
   double CurrentRate(absl::Duration) override { return rate_; }
   int throttles = 0;
+  int acquired = 0;  // Tokens taken.
 
  private:
   double rate_;
@@ -52,9 +58,9 @@ std::string UserSigOf(const std::string& url) {
 
 class DispatcherTest : public ::testing::Test {
  protected:
-  void Build(Dispatcher::Options options, double rate = 10) {
+  void Build(Dispatcher::Options options, double rate = 10, double burst = 1) {
     cache_ = *usersig::UserSigCache::Create({"key", 1, "admin", absl::Hours(24), 0.5}, clock_);
-    limiter_ = std::make_unique<TestLimiter>(rate, clock_.Monotonic());
+    limiter_ = std::make_unique<TestLimiter>(rate, clock_.Monotonic(), burst);
     requests_ = std::make_unique<upstream::RequestFactory>(
         upstream::RequestFactory::Options{"https://upstream", {1, "admin"}}, *cache_);
     dispatcher_ = std::make_unique<Dispatcher>(options, clock_, *limiter_, transport_, *requests_);
@@ -618,6 +624,186 @@ TEST_F(DispatcherTest, RandomisedRunAnswersEveryCallOnce) {
   }
   EXPECT_TRUE(dispatcher_->idle());
   for (CallId id = 1; id < next; ++id) EXPECT_EQ(answers_[id], 1) << "call " << id;
+}
+
+// The pool (HttpTransport::Capacity): no more requests than it can start now, and no token
+// taken for one it cannot; an answer frees a place.
+TEST_F(DispatcherTest, NoMoreRequestsThanThePoolCanStartAndNoTokenWhileItIsFull) {
+  Build({}, /*rate=*/1000, /*burst=*/10);
+  transport_.set_limit(2);
+  for (CallId id = 1; id <= 5; ++id) Submit(id);
+  absl::Duration next = dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 2);
+  EXPECT_EQ(limiter_->acquired, 2);
+  EXPECT_GE(next - clock_.Monotonic(), absl::Seconds(9)) << "only an answer (or a deadline) "
+                                                            "can change anything";
+  clock_.Advance(absl::Milliseconds(5));
+  dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 2);
+  EXPECT_EQ(limiter_->acquired, 2);
+  transport_.Answer(kOk);
+  dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 3);
+  EXPECT_EQ(limiter_->acquired, 3);
+  while (!transport_.pending().empty()) {
+    transport_.Answer(kOk);
+    clock_.Advance(absl::Milliseconds(1));
+    dispatcher_->Step();
+  }
+  for (CallId id = 1; id <= 5; ++id) EXPECT_EQ(outcomes_[id].kind, Outcome::Kind::kAnswered);
+}
+
+// A call whose turn comes when its deadline no longer covers the upstream's round trip (a high
+// percentile of those measured) is answered then, RESOURCE_EXHAUSTED with a hint, unsent: no
+// token is spent on an answer that would come back too late.
+TEST_F(DispatcherTest, ACallWhoseTurnLeavesLessThanTheRoundTripIsAnsweredUnsent) {
+  Dispatcher::Options options;
+  options.round_trips.min_samples = 1;
+  Build(options, /*rate=*/1000);
+  transport_.set_limit(1);
+  Submit(1);
+  dispatcher_->Step();
+  clock_.Advance(absl::Milliseconds(300));
+  transport_.Answer(kOk);  // Round trip: 300 ms.
+  Submit(2);
+  Submit(3, absl::Milliseconds(700));  // 700 >= 300 (its turn) + 300 + margin: admitted.
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 2);
+  EXPECT_EQ(answers_[3], 0);
+  clock_.Advance(absl::Milliseconds(450));  // The path got slower.
+  transport_.Answer(kOk);
+  dispatcher_->Step();  // Call 3 has 250 ms left; the round trip's p99 is now 450 ms.
+  EXPECT_EQ(transport_.started(), 2);
+  EXPECT_EQ(limiter_->acquired, 2);
+  ASSERT_EQ(answers_[3], 1);
+  EXPECT_EQ(outcomes_[3].kind, Outcome::Kind::kOverloaded);
+  EXPECT_NE(outcomes_[3].detail.find("round trip"), std::string::npos) << outcomes_[3].detail;
+  EXPECT_GT(outcomes_[3].retry_after, absl::ZeroDuration());
+  EXPECT_EQ(dispatcher_->stats().unsent_late, 1u);
+  EXPECT_TRUE(dispatcher_->idle());
+}
+
+// Over a connection that must be opened first, a request needs the set-up too (about two round
+// trips when no set-up was measured): a call whose deadline covers a round trip but not that
+// is answered unsent.
+TEST_F(DispatcherTest, AColdConnectionCountsItsSetUpInTheTimeARequestNeeds) {
+  Dispatcher::Options options;
+  options.round_trips.min_samples = 1;
+  Build(options, /*rate=*/1000);
+  Submit(1);
+  dispatcher_->Step();
+  clock_.Advance(absl::Milliseconds(100));
+  transport_.Answer(kOk);
+  transport_.set_warm(0);  // Every connection is busy or closed: the next one is new.
+  transport_.set_limit(1);
+  Submit(2);
+  Submit(3, absl::Milliseconds(250));  // Its turn is after call 2's answer.
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 2);
+  transport_.Answer(kOk);
+  dispatcher_->Step();  // 250 ms left; 100 ms + 200 ms of set-up expected.
+  EXPECT_EQ(transport_.started(), 2);
+  ASSERT_EQ(answers_[3], 1);
+  EXPECT_EQ(outcomes_[3].kind, Outcome::Kind::kOverloaded);
+  EXPECT_NE(outcomes_[3].detail.find("new connection"), std::string::npos);
+}
+
+// A retry is scheduled only when its answer can be back before the deadline; otherwise the
+// call gets the failure at once, and nothing more is sent.
+TEST_F(DispatcherTest, NoRetryWhoseRoundTripTheDeadlineCannotCover) {
+  Dispatcher::Options options;
+  options.round_trips.min_samples = 1;
+  Build(options, /*rate=*/1000);
+  Submit(1);
+  dispatcher_->Step();
+  clock_.Advance(absl::Milliseconds(400));
+  transport_.Answer(kOk);  // Round trip: 400 ms.
+  Submit(2, absl::Milliseconds(450));
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 2);
+  clock_.Advance(absl::Milliseconds(45));
+  transport_.Fail(HttpResponse::Error::kConnect);  // 405 ms left: a retry needs 400 + 10.
+  ASSERT_EQ(answers_[2], 1);
+  EXPECT_EQ(outcomes_[2].kind, Outcome::Kind::kUnavailable) << outcomes_[2].detail;
+  for (int i = 0; i < 10; ++i) {
+    clock_.Advance(absl::Milliseconds(50));
+    dispatcher_->Step();
+  }
+  EXPECT_EQ(transport_.started(), 2) << "no retry was sent";
+}
+
+// The window guard holds an answered request's place until a second after its answer less the
+// fastest round trip (less its margin), not a whole second after the answer.
+TEST_F(DispatcherTest, TheWindowGuardCreditsTheFastestRoundTrip) {
+  Dispatcher::Options options;
+  options.window_limit = 2;
+  options.round_trips.min_samples = 1;
+  Build(options, /*rate=*/1000, /*burst=*/10);
+  for (CallId id = 1; id <= 4; ++id) Submit(id);
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 2);
+  clock_.Advance(absl::Milliseconds(250));
+  transport_.Answer(kOk);
+  transport_.Answer(kOk);
+  // Credit: 250 ms - 1 ms - 1% = 246.5 ms. The places free at 250 - 246.5 + 1000 = 1003.5 ms.
+  absl::Duration next = dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 2);
+  EXPECT_EQ(next - clock_.Monotonic(), absl::Microseconds(753500));
+  clock_.Advance(absl::Microseconds(753499));
+  dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 2);
+  clock_.Advance(absl::Microseconds(1));
+  dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 4);
+}
+
+// A request that failed without an answer gets no credit: nothing says when it arrived.
+TEST_F(DispatcherTest, AFailureWithoutAnAnswerHoldsItsPlaceAFullSecond) {
+  Dispatcher::Options options;
+  options.window_limit = 1;
+  options.max_attempts = 1;
+  options.round_trips.min_samples = 1;
+  Build(options, /*rate=*/1000);
+  Submit(1);
+  dispatcher_->Step();
+  clock_.Advance(absl::Milliseconds(250));
+  transport_.Answer(kOk);
+  Submit(2);
+  absl::Duration next = dispatcher_->Step();
+  EXPECT_EQ(next - clock_.Monotonic(), absl::Microseconds(753500));
+  clock_.Advance(absl::Microseconds(753500));
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 2);
+  clock_.Advance(absl::Milliseconds(250));
+  transport_.Fail(HttpResponse::Error::kTimeout);
+  Submit(3);
+  next = dispatcher_->Step();
+  EXPECT_EQ(next - clock_.Monotonic(), absl::Seconds(1));
+}
+
+// Little's law: while calls wait for the budget the pool is asked for rate x round trip (p99)
+// x headroom requests in flight, plus one; idle, for one warm connection.
+TEST_F(DispatcherTest, AnticipatesRateTimesRoundTripWhileCallsWait) {
+  Dispatcher::Options options;
+  options.round_trips.min_samples = 1;
+  Build(options, /*rate=*/100);
+  Submit(1);
+  dispatcher_->Step();
+  clock_.Advance(absl::Milliseconds(200));
+  transport_.Answer(kOk);  // Round trip: 200 ms.
+  for (CallId id = 2; id <= 50; ++id) Submit(id);
+  dispatcher_->Step();
+  // 100/s x 0.2 s x 1.25 = 25, plus one.
+  EXPECT_EQ(transport_.anticipated(), 26u);
+  for (int i = 0; i < 100 && !dispatcher_->idle(); ++i) {
+    clock_.Advance(absl::Milliseconds(10));
+    while (!transport_.pending().empty()) transport_.Answer(kOk);
+    dispatcher_->Step();
+  }
+  ASSERT_TRUE(dispatcher_->idle());
+  clock_.Advance(absl::Seconds(2));
+  dispatcher_->Step();
+  EXPECT_EQ(transport_.anticipated(), 1u);
 }
 
 }  // namespace

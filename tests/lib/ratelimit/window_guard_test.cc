@@ -86,5 +86,103 @@ TEST(WindowGuardTest, NoJitterCanPushAWindowOverTheLimit) {
   EXPECT_GT(arrivals.size(), 1000u);
 }
 
+// The credit (window_guard.h): ends are placed at the answer time less the path's fastest round
+// trip. A path of 250 ms (F = 125 ms each way) with up to 50 ms of queueing per request, put
+// on the way there, on the way back, on both, or alternated adversarially (a request slow to
+// arrive after one quick to arrive): sends are tried every millisecond or so, the guard
+// decides, and the arrivals are counted in every sliding second.
+struct PathRun {
+  size_t max_in_window = 0;
+  double rate = 0;  // Arrivals per second over the run.
+};
+
+enum class Jitter { kForward, kReturn, kBoth, kAdversarial };
+
+PathRun RunPath(Jitter jitter, absl::Duration extra_credit, uint32_t seed) {
+  constexpr size_t kLimit = 50;
+  const absl::Duration forward = absl::Milliseconds(125);
+  const absl::Duration back = absl::Milliseconds(125);
+  const int64_t max_queue_us = 50000;
+  WindowGuard guard(kLimit);
+  std::mt19937 rng(seed);
+  struct Request {
+    absl::Duration sent, ends, arrives;
+  };
+  std::vector<Request> in_flight;
+  std::vector<absl::Duration> arrivals;
+  absl::Duration fastest = absl::InfiniteDuration();  // Of the round trips answered so far.
+  absl::Duration t = absl::Seconds(1);
+  const absl::Duration stop = absl::Seconds(121);
+  int64_t sent = 0;
+  while (t < stop) {
+    t += absl::Microseconds(rng() % 2000);
+    std::sort(in_flight.begin(), in_flight.end(),
+              [](const Request& a, const Request& b) { return a.ends < b.ends; });
+    while (!in_flight.empty() && in_flight.front().ends <= t) {
+      const Request& r = in_flight.front();
+      fastest = std::min(fastest, r.ends - r.sent);
+      // The dispatcher's rule: the fastest round trip less 1 ms + 1%, never above this one.
+      absl::Duration credit =
+          std::max(absl::ZeroDuration(), fastest - absl::Milliseconds(1) - fastest / 100) +
+          extra_credit;
+      guard.OnEnded(r.ends - std::min(credit, r.ends - r.sent));
+      arrivals.push_back(r.arrives);
+      in_flight.erase(in_flight.begin());
+    }
+    if (!guard.HasRoom(t)) continue;
+    guard.OnSent();
+    absl::Duration q1 = absl::Microseconds(static_cast<int64_t>(rng() % max_queue_us));
+    absl::Duration q2 = absl::Microseconds(static_cast<int64_t>(rng() % max_queue_us));
+    absl::Duration qf, qr;
+    switch (jitter) {
+      case Jitter::kForward:
+        qf = q1, qr = absl::ZeroDuration();
+        break;
+      case Jitter::kReturn:
+        qf = absl::ZeroDuration(), qr = q1;
+        break;
+      case Jitter::kBoth:
+        qf = q1 / 2, qr = q2 / 2;
+        break;
+      case Jitter::kAdversarial:  // Alternately late there and quick back, and the reverse.
+        qf = sent % 2 == 0 ? absl::Microseconds(max_queue_us) : absl::ZeroDuration();
+        qr = absl::Microseconds(max_queue_us) - qf;
+        break;
+    }
+    ++sent;
+    in_flight.push_back({t, t + forward + qf + back + qr, t + forward + qf});
+  }
+  std::sort(arrivals.begin(), arrivals.end());
+  PathRun run;
+  for (size_t i = 0, j = 0; i < arrivals.size(); ++i) {
+    while (arrivals[j] <= arrivals[i] - absl::Seconds(1)) ++j;
+    run.max_in_window = std::max(run.max_in_window, i - j + 1);
+  }
+  run.rate = static_cast<double>(arrivals.size()) / absl::ToDoubleSeconds(stop - absl::Seconds(1));
+  return run;
+}
+
+TEST(WindowGuardTest, CreditingTheFastestRoundTripKeepsEveryWindowWithinTheLimit) {
+  for (Jitter jitter : {Jitter::kForward, Jitter::kReturn, Jitter::kBoth, Jitter::kAdversarial}) {
+    for (uint32_t seed : {1u, 2u, 3u}) {
+      PathRun run = RunPath(jitter, absl::ZeroDuration(), seed);
+      EXPECT_LE(run.max_in_window, 50u)
+          << "jitter " << static_cast<int>(jitter) << " seed " << seed;
+      // A request holds its place for 1 s plus its excess over the fastest round trip (25 ms
+      // on average here, 50 ms for the adversarial path), not 1 s plus the 250 ms round trip:
+      // 50 / 1.025 = 48.8/s, against 50 / 1.275 = 39/s without the credit.
+      double expected = jitter == Jitter::kAdversarial ? 50 / 1.052 : 50 / 1.027;
+      EXPECT_GT(run.rate, 0.98 * expected) << "jitter " << static_cast<int>(jitter);
+    }
+  }
+}
+
+// The simulation can see a violation: crediting 30 ms more than the fastest round trip lets
+// windows overflow on a path whose jitter is on the way there.
+TEST(WindowGuardTest, CreditingMoreThanTheFastestRoundTripOverflowsAWindow) {
+  PathRun run = RunPath(Jitter::kForward, absl::Milliseconds(30), 1);
+  EXPECT_GT(run.max_in_window, 50u);
+}
+
 }  // namespace
 }  // namespace imgw::ratelimit
