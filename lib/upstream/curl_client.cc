@@ -15,6 +15,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "lib/common/log.h"
 
 namespace imgw::upstream {
 
@@ -43,6 +44,8 @@ struct CurlClient::Transfer {
   HttpResponse response;
   Callback done;
   std::chrono::steady_clock::time_point started;
+  bool warmup = false;  // OPTIONS * opening a connection ahead of need; no callback.
+  bool closes = false;  // The answer said "Connection: close".
   bool too_large = false;
   char errbuf[CURL_ERROR_SIZE] = {0};
 };
@@ -64,10 +67,15 @@ struct CurlCallbacks {
     auto* t = static_cast<CurlClient::Transfer*>(user);
     absl::string_view line(data, size * count);
     constexpr absl::string_view kRetryAfter = "retry-after:";
+    constexpr absl::string_view kConnection = "connection:";
     if (line.size() > kRetryAfter.size() &&
         absl::EqualsIgnoreCase(line.substr(0, kRetryAfter.size()), kRetryAfter)) {
       t->response.retry_after =
           std::string(absl::StripAsciiWhitespace(line.substr(kRetryAfter.size())));
+    } else if (line.size() > kConnection.size() &&
+               absl::EqualsIgnoreCase(line.substr(0, kConnection.size()), kConnection) &&
+               absl::StrContains(absl::AsciiStrToLower(line.substr(kConnection.size())), "close")) {
+      t->closes = true;
     }
     return size * count;
   }
@@ -193,6 +201,9 @@ absl::StatusOr<std::unique_ptr<CurlClient>> CurlClient::Create(const Options& op
                     static_cast<long>(options.max_connections));
   curl_multi_setopt(client->multi_, CURLMOPT_MAXCONNECTS,
                     static_cast<long>(options.max_connections));
+  // Over HTTP/2 the same bound holds for streams as for HTTP/1.1 connections.
+  curl_multi_setopt(client->multi_, CURLMOPT_MAX_CONCURRENT_STREAMS,
+                    static_cast<long>(options.max_connections));
   return client;
 }
 
@@ -213,9 +224,14 @@ CURL* CurlClient::TakeEasyHandle() {
   }
   CURL* e = curl_easy_init();
   if (e == nullptr) return nullptr;
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+  ConfigureHandle(e);
   curl_easy_setopt(e, CURLOPT_POST, 1L);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers_);
+  return e;
+}
+
+void CurlClient::ConfigureHandle(CURL* e) {
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &CurlCallbacks::Write);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlCallbacks::Header);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, &CurlCallbacks::Open);
@@ -259,7 +275,6 @@ CURL* CurlClient::TakeEasyHandle() {
       curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, this);
     }
   }
-  return e;
 }
 
 void CurlClient::Start(HttpRequest request, Callback done) {
@@ -286,8 +301,13 @@ void CurlClient::Start(HttpRequest request, Callback done) {
   curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+  // The request's time counts from the moment it has a connection: one that must open a
+  // connection first gets the connect timeout on top, within what the caller has left.
+  absl::Duration timeout = t->request.timeout;
+  if (WarmCapacity() == 0) timeout += options_.connect_timeout;
+  timeout = std::min(timeout, t->request.max_total);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
-                   static_cast<long>(absl::ToInt64Milliseconds(t->request.timeout)));
+                   static_cast<long>(std::max<int64_t>(1, absl::ToInt64Milliseconds(timeout))));
   in_flight_.fetch_add(1);
   transfers_.insert(t);
   CURLMcode rc = curl_multi_add_handle(multi_, e);
@@ -299,7 +319,116 @@ void CurlClient::Start(HttpRequest request, Callback done) {
   }
 }
 
+size_t CurlClient::InFlightTotal() const {
+  return static_cast<size_t>(in_flight_.load() + warmups_in_flight_.load());
+}
+
+size_t CurlClient::Capacity() {
+  const size_t bound = static_cast<size_t>(options_.max_connections);
+  const size_t busy = InFlightTotal();
+  return busy < bound ? bound - busy : 0;
+}
+
+size_t CurlClient::WarmCapacity() {
+  if (!options_.reuse_connections) return 0;
+  const int64_t open = open_sockets_.load();
+  if (http2_.load()) return open > 0 ? Capacity() : 0;
+  // HTTP/1.1: a request or a warm-up in flight holds a connection; the others are idle.
+  const int64_t idle = open - static_cast<int64_t>(InFlightTotal());
+  return idle > 0 ? std::min(Capacity(), static_cast<size_t>(idle)) : 0;
+}
+
+void CurlClient::Anticipate(size_t requests) {
+  anticipated_.store(static_cast<int64_t>(requests));
+  if (!options_.warm_connections || !options_.reuse_connections || options_.warm_origin.empty()) {
+    return;
+  }
+  if (std::chrono::steady_clock::now() < warm_paused_until_) return;
+  const int64_t open = open_sockets_.load();
+  const int64_t warming = warmups_in_flight_.load();
+  int64_t deficit;
+  if (http2_.load()) {
+    deficit = (requests > 0 ? 1 : 0) - (open + warming);  // One connection carries them all.
+  } else {
+    // Connections that will be idle for new requests: those open and not busy, and the
+    // warm-ups on their way (counted once, whether their socket is open yet or not).
+    const int64_t requests_in_flight = in_flight_.load();
+    const int64_t future_idle = std::max(open - requests_in_flight, warming);
+    const int64_t wanted_idle = static_cast<int64_t>(requests) - requests_in_flight;
+    deficit = std::min(wanted_idle - future_idle, options_.max_connections - open - warming);
+  }
+  deficit = std::min(deficit, static_cast<int64_t>(Capacity()));
+  for (int64_t i = 0; i < deficit; ++i) StartWarmup();
+}
+
+void CurlClient::StartWarmup() {
+  CURL* e = curl_easy_init();
+  if (e == nullptr) return;
+  ConfigureHandle(e);
+  auto* t = new Transfer();
+  t->client = this;
+  t->warmup = true;
+  t->easy = e;
+  t->started = std::chrono::steady_clock::now();
+  t->request.url = options_.warm_origin + "/";
+  curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+  curl_easy_setopt(e, CURLOPT_URL, t->request.url.c_str());
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "OPTIONS");
+  curl_easy_setopt(e, CURLOPT_REQUEST_TARGET, "*");
+  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                   static_cast<long>(absl::ToInt64Milliseconds(2 * options_.connect_timeout)));
+  warmups_in_flight_.fetch_add(1);
+  transfers_.insert(t);
+  if (curl_multi_add_handle(multi_, e) != CURLM_OK) failed_to_start_.push_back(t);
+}
+
+void CurlClient::CompleteWarmup(Transfer* t, int curl_code) {
+  long status = 0;
+  long version = 0;
+  if (curl_code >= 0) {
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &version);
+    long connects = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
+    connections_made_.fetch_add(connects);
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (curl_code != CURLE_OK || status == 0) {
+    // Unreachable, or the server would not answer: a second's pause, so that a dead upstream
+    // does not get a stream of handshakes from us.
+    warmups_failed_.fetch_add(1);
+    warm_paused_until_ = now + std::chrono::seconds(1);
+  } else if (t->closes || version == CURL_HTTP_VERSION_1_0) {
+    warmups_not_kept_.fetch_add(1);
+    if (++warmups_not_kept_in_a_row_ >= 3) {
+      warmups_not_kept_in_a_row_ = 0;
+      warm_paused_until_ = now + std::chrono::minutes(10);
+      Log(LogLevel::kWarning,
+          "the upstream closes the connections opened ahead of need (OPTIONS *): not warming "
+          "connections for 10 minutes; new connections will be opened on demand",
+          {{"http_status", absl::StrCat(status)}});
+    }
+  } else {
+    warmups_not_kept_in_a_row_ = 0;
+    warmups_kept_.fetch_add(1);
+    if (version == CURL_HTTP_VERSION_2_0) http2_.store(true);
+    if (version == CURL_HTTP_VERSION_1_1) http2_.store(false);
+  }
+  if (t->easy != nullptr) {
+    curl_multi_remove_handle(multi_, t->easy);
+    curl_easy_cleanup(t->easy);
+  }
+  warmups_in_flight_.fetch_sub(1);
+  transfers_.erase(t);
+  delete t;
+}
+
 void CurlClient::Complete(Transfer* t, int curl_code) {
+  if (t->warmup) return CompleteWarmup(t, curl_code);
   if (curl_code >= 0) {
     auto code = static_cast<CURLcode>(curl_code);
     t->response.error = ErrorOf(code);
@@ -321,9 +450,11 @@ void CurlClient::Complete(Transfer* t, int curl_code) {
         break;
       case CURL_HTTP_VERSION_1_1:
         t->response.http_version = 11;
+        http2_.store(false);
         break;
       case CURL_HTTP_VERSION_2_0:
         t->response.http_version = 20;
+        http2_.store(true);
         break;
       case CURL_HTTP_VERSION_3:
         t->response.http_version = 30;
@@ -335,6 +466,10 @@ void CurlClient::Complete(Transfer* t, int curl_code) {
     curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
     t->response.new_connection = connects > 0;
     connections_made_.fetch_add(connects);
+    curl_off_t pretransfer_us = 0;
+    if (curl_easy_getinfo(t->easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer_us) == CURLE_OK) {
+      t->response.setup = absl::Microseconds(pretransfer_us);
+    }
   }
   t->response.elapsed = absl::FromChrono(std::chrono::steady_clock::now() - t->started);
   if (t->easy != nullptr) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -31,6 +32,17 @@ namespace imgw::upstream {
 // against the system store plus the certificates of `ca_file`, unless `insecure_skip_verify`.
 // The standard proxy environment variables (https_proxy, no_proxy, ...) are honoured.
 //
+// The pool (HttpTransport): at most `max_connections` requests at once, over HTTP/1.1 (one per
+// connection) as over HTTP/2 (streams, as many per connection); Capacity() says how many more
+// can start now, so that none waits inside libcurl for a connection with its timer running.
+// Anticipate(n) opens connections ahead of need ("warm-ups"): an `OPTIONS *` request, HTTP's
+// no-op ping (RFC 9110 9.3.7), on a fresh connection to `warm_origin`, which then stays in
+// the pool for the requests. It names no API, so it counts against no frequency limit. Over
+// HTTP/2 one connection carries every stream, so at most one is warmed. A server that
+// closes the connection after answering it (three times in a row) makes the client stop
+// warming for ten minutes, with a warning; a failed warm-up pauses warming for a second.
+// Connections beyond the need go idle and close after `max_idle`.
+//
 // Per-request costs are kept off the hot path: the trusted certificates are loaded once, into
 // one store every connection shares (libcurl would otherwise parse the whole system bundle
 // for each new connection, ~50 ms of CPU with OpenSSL 3), and finished easy handles are kept
@@ -47,6 +59,9 @@ class CurlClient final : public HttpTransport {
     std::string ca_file;  // Extra PEM certificates to trust, in addition to the system store.
     bool insecure_skip_verify = false;
     size_t max_response_bytes = 64 * 1024;
+    // Where warm-ups go ("https://host[:port]"); empty: no warm-ups.
+    std::string warm_origin;
+    bool warm_connections = true;
   };
 
   static absl::StatusOr<std::unique_ptr<CurlClient>> Create(const Options& options);
@@ -54,6 +69,9 @@ class CurlClient final : public HttpTransport {
 
   // Loop thread only.
   void Start(HttpRequest request, Callback done) override;
+  size_t Capacity() override;
+  size_t WarmCapacity() override;
+  void Anticipate(size_t requests) override;
   // Loop thread only. Waits up to `max_wait` for activity, then completes what finished.
   void Poll(absl::Duration max_wait);
   // Loop thread only. Fails every unfinished request with kCancelled.
@@ -64,14 +82,30 @@ class CurlClient final : public HttpTransport {
   // Thread-safe counters.
   int64_t open_connections() const { return open_sockets_.load(); }
   int64_t connections_made() const { return connections_made_.load(); }
-  int64_t in_flight() const { return in_flight_.load(); }
+  int64_t in_flight() const { return in_flight_.load(); }  // Requests (warm-ups apart).
+  int64_t warmups_in_flight() const { return warmups_in_flight_.load(); }
+  // Warm-ups by outcome: kept (a connection ready in the pool), not kept (the server closed
+  // it), failed (no answer).
+  int64_t warmups_kept() const { return warmups_kept_.load(); }
+  int64_t warmups_not_kept() const { return warmups_not_kept_.load(); }
+  int64_t warmups_failed() const { return warmups_failed_.load(); }
+  // The requests at once the last Anticipate() asked for.
+  int64_t anticipated() const { return anticipated_.load(); }
+  // Whether the server answered over HTTP/2 last.
+  bool http2() const { return http2_.load(); }
 
  private:
   struct Transfer;
   explicit CurlClient(const Options& options);
   void Complete(Transfer* transfer, int curl_code);
+  void CompleteWarmup(Transfer* transfer, int curl_code);
+  // Options common to requests and warm-ups.
+  void ConfigureHandle(CURL* easy);
   // An easy handle with every option that does not change between requests set.
   CURL* TakeEasyHandle();
+  // Starts a warm-up: OPTIONS * on a new connection.
+  void StartWarmup();
+  size_t InFlightTotal() const;
 
   const Options options_;
   CURLM* multi_ = nullptr;
@@ -87,6 +121,15 @@ class CurlClient final : public HttpTransport {
   std::atomic<int64_t> open_sockets_{0};
   std::atomic<int64_t> connections_made_{0};
   std::atomic<int64_t> in_flight_{0};
+  std::atomic<int64_t> warmups_in_flight_{0};
+  std::atomic<int64_t> warmups_kept_{0};
+  std::atomic<int64_t> warmups_not_kept_{0};
+  std::atomic<int64_t> warmups_failed_{0};
+  std::atomic<int64_t> anticipated_{0};
+  std::atomic<bool> http2_{false};
+  // Loop thread only.
+  int warmups_not_kept_in_a_row_ = 0;
+  std::chrono::steady_clock::time_point warm_paused_until_;
 
   friend struct CurlCallbacks;
 };

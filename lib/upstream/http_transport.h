@@ -1,5 +1,7 @@
 #pragma once
 
+#include <cstddef>
+#include <limits>
 #include <string>
 
 #include "absl/functional/any_invocable.h"
@@ -8,9 +10,15 @@
 namespace imgw::upstream {
 
 struct HttpRequest {
-  std::string url;                            // https://host[:port]/path?query
-  std::string body;                           // JSON, sent as application/json with POST.
-  absl::Duration timeout = absl::Seconds(5);  // Whole request, connect included.
+  std::string url;   // https://host[:port]/path?query
+  std::string body;  // JSON, sent as application/json with POST.
+  // Time allowed from the moment the request has a connection (or an HTTP/2 stream) to its
+  // answer. A request that must first open a connection is given the transport's connect
+  // timeout on top, so that a handshake never eats the time of the request itself.
+  absl::Duration timeout = absl::Seconds(5);
+  // The request never takes longer than this in all, connecting included: what is left of
+  // the caller's deadline.
+  absl::Duration max_total = absl::InfiniteDuration();
 };
 
 struct HttpResponse {
@@ -29,7 +37,11 @@ struct HttpResponse {
   std::string retry_after;      // The Retry-After header, if any.
   bool new_connection = false;  // The request opened a new connection instead of reusing one.
   int http_version = 0;         // 11 for HTTP/1.1, 20 for HTTP/2 (0: no response).
-  absl::Duration elapsed;
+  absl::Duration elapsed;       // From Start() to completion.
+  // Of `elapsed`, the time before the request could be sent: setting up a new connection (TCP
+  // and TLS handshakes), or waiting for one. Zero or nearly on a warm connection. So
+  // `elapsed - setup` is the request's own round trip.
+  absl::Duration setup = absl::ZeroDuration();
 };
 
 const char* ErrorName(HttpResponse::Error error);
@@ -37,12 +49,26 @@ const char* ErrorName(HttpResponse::Error error);
 // Sends HTTP POST requests. The seam the dispatcher is tested through (tests/testing holds a
 // fake). Start() and the completion callbacks run on the owner's event-loop thread; an
 // implementation says which thread that is.
+//
+// The pool: a transport carries a bounded number of requests at once (connections over
+// HTTP/1.1, streams over HTTP/2). A request started beyond that would wait inside the transport
+// for a connection, so the caller asks Capacity() first and starts no more than it says; and
+// it tells the transport, with Anticipate(), how many requests it expects at once, so that
+// connections are opened before they are needed.
 class HttpTransport {
  public:
   using Callback = absl::AnyInvocable<void(HttpResponse)>;
   virtual ~HttpTransport() = default;
   // Starts a request. `done` runs exactly once, later, never from inside Start().
   virtual void Start(HttpRequest request, Callback done) = 0;
+  // How many more requests Start() can send now without waiting for a connection or a stream
+  // that another request holds.
+  virtual size_t Capacity() { return std::numeric_limits<size_t>::max(); }
+  // How many of those would go on a connection already open (no handshake first).
+  virtual size_t WarmCapacity() { return Capacity(); }
+  // About `requests` requests are expected in flight at once soon: open connections ahead so
+  // that they find them warm. Connections beyond the need close once idle. Cheap to call often.
+  virtual void Anticipate(size_t requests) {}
 };
 
 }  // namespace imgw::upstream

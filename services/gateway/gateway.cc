@@ -48,6 +48,8 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   client_options.reuse_connections = config.reuse_connections;
   client_options.ca_file = config.ca_file;
   client_options.insecure_skip_verify = config.insecure_skip_verify;
+  client_options.warm_origin = config.base_url;
+  client_options.warm_connections = config.warm_connections;
   absl::StatusOr<std::unique_ptr<upstream::CurlClient>> client =
       upstream::CurlClient::Create(client_options);
   if (!client.ok())
@@ -124,6 +126,9 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
     raw->metrics_->upstream_connections_open().Set(
         static_cast<double>(raw->client_->open_connections()));
     raw->metrics_->SetConnectionsCreated(static_cast<double>(raw->client_->connections_made()));
+    raw->metrics_->SetWarmups(static_cast<double>(raw->client_->warmups_kept()),
+                              static_cast<double>(raw->client_->warmups_not_kept()),
+                              static_cast<double>(raw->client_->warmups_failed()));
     raw->metrics_->usersig_expiry_seconds().Set(
         absl::ToDoubleSeconds(raw->usersigs_->ExpiresAt() - raw->clock_->Now()));
   };
@@ -194,6 +199,7 @@ void Gateway::Shutdown() {
        {"rejected_overloaded", absl::StrCat(s.rejected_overloaded)},
        {"rejected_queue_full", absl::StrCat(s.rejected_queue_full)},
        {"rejected_circuit_open", absl::StrCat(s.rejected_circuit_open)},
+       {"unsent_late", absl::StrCat(s.unsent_late)},
        {"expired", absl::StrCat(s.expired)},
        {"expired_on_arrival", absl::StrCat(s.expired_on_arrival)},
        {"expired_in_flight", absl::StrCat(s.expired_in_flight)},

@@ -40,9 +40,13 @@ ABSL_FLAG(double, rate_headroom, 0.01,
           "Fraction of --rate_limit left unused as a margin for network jitter.");
 ABSL_FLAG(int64_t, max_queued, 10000,
           "Calls the gateway holds at once (waiting or in flight); past it RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, max_connections, 8, "Upstream connections per host, at most.");
+ABSL_FLAG(int, max_connections, 64,
+          "Upstream requests in flight at most: connections over HTTP/1.1, streams over HTTP/2. "
+          "The default carries 200 calls/s over HTTP/1.1 to an upstream 250 ms away.");
 ABSL_FLAG(bool, reuse_connections, true,
           "Keep upstream connections alive and reuse them (off only to measure the pool).");
+ABSL_FLAG(bool, warm_connections, true,
+          "Open upstream connections ahead of need (OPTIONS *), sized by rate x round trip.");
 ABSL_FLAG(absl::Duration, default_deadline, absl::Seconds(10),
           "Deadline for calls whose caller set none.");
 ABSL_FLAG(absl::Duration, upstream_timeout, absl::Seconds(5),
@@ -129,6 +133,7 @@ int main(int argc, char** argv) {
   flags.max_queued = absl::GetFlag(FLAGS_max_queued);
   flags.max_connections = absl::GetFlag(FLAGS_max_connections);
   flags.reuse_connections = absl::GetFlag(FLAGS_reuse_connections);
+  flags.warm_connections = absl::GetFlag(FLAGS_warm_connections);
   flags.default_deadline = absl::GetFlag(FLAGS_default_deadline);
   flags.request_timeout = absl::GetFlag(FLAGS_upstream_timeout);
   flags.max_attempts = absl::GetFlag(FLAGS_max_attempts);
