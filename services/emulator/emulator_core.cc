@@ -361,6 +361,21 @@ EmulatorCore::EmulatorCore(EmulatorOptions options, Clock& clock)
 
 Response EmulatorCore::Handle(const Request& request) {
   const std::string_view target = request.target;
+  if (target == kAsteriskTarget) {
+    // Only OPTIONS has an asterisk form (RFC 9112 section 3.2.4); it is not an API request.
+    if (request.method != "OPTIONS") {
+      return TransportError(
+          400, absl::StrCat("the request target * is for OPTIONS only, not ", request.method));
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      ++options_requests_;
+    }
+    Response response;
+    response.content_type.clear();
+    response.headers.emplace_back("Allow", kAllowedMethods);
+    return response;
+  }
   const std::string_view path = target.substr(0, target.find('?'));
   if (path == kApiPath) return HandleApi(request);
   if (path == kStatsPath) {
@@ -512,6 +527,11 @@ EmulatorStats EmulatorCore::Stats() const {
   stats.max_calls_in_window = max_calls_in_window_;
   stats.rate_limit = options_.rate_limit;
   stats.faults_injected = faults_injected_;
+  stats.options_requests = options_requests_;
+  stats.connections = connections_;
+  stats.http2_connections = http2_connections_;
+  stats.open_connections = open_connections_;
+  stats.max_open_connections = max_open_connections_;
   stats.pairs.reserve(pairs_.size());
   for (const auto& [key, time] : pairs_) {
     stats.pairs.push_back(PairState{key.first, key.second, time});
@@ -542,6 +562,11 @@ std::string EmulatorCore::StatsJson() const {
     faults[kind] = it == stats.faults_injected.end() ? 0 : it->second;
   }
   doc["faults_injected"] = std::move(faults);
+  doc["options_requests"] = stats.options_requests;
+  doc["connections"] = stats.connections;
+  doc["http2_connections"] = stats.http2_connections;
+  doc["open_connections"] = stats.open_connections;
+  doc["max_open_connections"] = stats.max_open_connections;
   return boost::json::serialize(doc);
 }
 
@@ -555,6 +580,23 @@ void EmulatorCore::Reset() {
   window_.clear();
   pairs_.clear();
   for (auto& [kind, count] : faults_injected_) count = 0;
+  options_requests_ = 0;
+  connections_ = 0;
+  http2_connections_ = 0;
+  max_open_connections_ = open_connections_;
+}
+
+void EmulatorCore::OnConnectionOpened(bool http2) {
+  absl::MutexLock lock(&mu_);
+  ++connections_;
+  if (http2) ++http2_connections_;
+  ++open_connections_;
+  max_open_connections_ = std::max(max_open_connections_, open_connections_);
+}
+
+void EmulatorCore::OnConnectionClosed() {
+  absl::MutexLock lock(&mu_);
+  if (open_connections_ > 0) --open_connections_;  // Never below zero, whatever the caller.
 }
 
 }  // namespace imgw::emulator

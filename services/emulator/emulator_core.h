@@ -28,15 +28,21 @@ inline constexpr char kApiPath[] = "/v4/openim/admin_set_msg_read";
 inline constexpr char kStatsPath[] = "/emulator/stats";
 inline constexpr char kResetPath[] = "/emulator/reset";
 inline constexpr char kFaultsPath[] = "/emulator/faults";
+// The asterisk-form request target of `OPTIONS *`, and the methods it advertises.
+inline constexpr char kAsteriskTarget[] = "*";
+inline constexpr char kAllowedMethods[] = "POST, GET, OPTIONS";
 
 // One HTTP request as the emulator sees it.
 struct Request {
   std::string method;  // "POST", "GET", ... (case-sensitive, as HTTP says).
-  std::string target;  // Origin-form request target: path plus optional "?query".
+  // Origin-form request target (path plus optional "?query"), or "*" (asterisk-form, as in
+  // `OPTIONS *`; on HTTP/2 the :path "*").
+  std::string target;
   std::string body;
 };
 
-// The answer to send back. `headers` holds extra header fields (for example "Allow").
+// The answer to send back. `headers` holds extra header fields (for example "Allow"); an
+// empty `content_type` sends no Content-Type (an answer without a body).
 // `delay` and `drop_connection` are transport faults for the server to carry out.
 struct Response {
   int http_status = 200;
@@ -166,7 +172,8 @@ struct PairState {
   }
 };
 
-// Every counter the emulator keeps, in one place. Reset() zeroes all of them.
+// Every counter the emulator keeps, in one place. Reset() zeroes all of them but
+// open_connections (a gauge), and sets max_open_connections to the connections open then.
 struct EmulatorStats {
   uint64_t requests = 0;  // All requests to kApiPath, whatever their method or outcome.
   // Requests that passed the query/UserSig checks (rate-limited and faulted ones too).
@@ -182,6 +189,15 @@ struct EmulatorStats {
   std::vector<PairState> pairs;  // Sorted by (report, peer).
   // Fault kind (kFaultKinds, every one present) -> calls it was injected into.
   std::map<std::string, uint64_t> faults_injected;
+  // `OPTIONS *` requests (HTTP pings); never counted in requests or calls.
+  uint64_t options_requests = 0;
+  // Connections, as the server reports them (OnConnectionOpened/OnConnectionClosed): TLS
+  // handshakes completed, those of them that speak HTTP/2, the connections open now, and the
+  // most open at once.
+  uint64_t connections = 0;
+  uint64_t http2_connections = 0;
+  uint64_t open_connections = 0;
+  uint64_t max_open_connections = 0;
 };
 
 // The emulated upstream. Thread-safe: every method may be called concurrently from any
@@ -195,6 +211,10 @@ class EmulatorCore final {
   EmulatorCore& operator=(const EmulatorCore&) = delete;
 
   // Routes one request:
+  //   OPTIONS *               the HTTP ping (RFC 9110 section 9.3.7): HTTP 200, Allow:
+  //                           POST, GET, OPTIONS, empty body and no Content-Type. Counted in
+  //                           options_requests only, never faulted. Another method with the
+  //                           target "*" is HTTP 400.
   //   POST kApiPath           the emulated API; HTTP 200 with the upstream's JSON answer.
   //   GET  kStatsPath         StatsJson().
   //   POST kResetPath         Reset(); {"reset":true}.
@@ -223,12 +243,21 @@ class EmulatorCore final {
   // The stats as JSON:
   //   {"calls":N,"requests":N,"ok":N,"errors":{"90003":n,...},"max_calls_in_window":N,
   //    "rate_limit":N,"pairs":[{"report":"a","peer":"b","msg_read_time":T},...],
-  //    "faults_injected":{"http_5xx":n,"drop_connection":n,...,"latency":n}}
+  //    "faults_injected":{"http_5xx":n,"drop_connection":n,...,"latency":n},
+  //    "options_requests":N,"connections":N,"http2_connections":N,"open_connections":N,
+  //    "max_open_connections":N}
   std::string StatsJson() const;
 
-  // Forgets all counters (faults_injected too), the rate-limit window and the read state.
+  // Forgets all counters (faults_injected too), the rate-limit window and the read state;
+  // max_open_connections restarts from the connections open now, open_connections stays.
   // Keeps the faults in force and the PRNG's state.
   void Reset();
+
+  // The server's account of its connections, for the stats: a TLS handshake completed (the
+  // connection speaks HTTP/2 or HTTP/1.1), and a connection whose handshake had completed
+  // ended. Each opened connection must be closed exactly once.
+  void OnConnectionOpened(bool http2);
+  void OnConnectionClosed();
 
  private:
   Response HandleApi(const Request& request);
@@ -255,6 +284,11 @@ class EmulatorCore final {
   uint64_t fault_seed_ ABSL_GUARDED_BY(mu_) = 0;
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> faults_injected_ ABSL_GUARDED_BY(mu_);
+  uint64_t options_requests_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t connections_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t http2_connections_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t open_connections_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t max_open_connections_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace imgw::emulator

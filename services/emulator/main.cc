@@ -46,6 +46,15 @@ ABSL_FLAG(std::string, threads, "2", "I/O threads");
 ABSL_FLAG(std::string, ready_file, "",
           "if set, written atomically with {\"port\":N} once the server listens");
 
+// The network path to a far-away upstream (https_server.h, HttpsServerOptions::path_latency).
+ABSL_FLAG(std::string, latency_ms, "0",
+          "round trip of the emulated path in ms (0..60000): half before the request is "
+          "processed, half after; a new connection costs two more");
+ABSL_FLAG(std::string, jitter_ms, "0",
+          "each round trip is drawn uniformly from latency_ms +- jitter_ms (0..latency_ms)");
+ABSL_FLAG(std::string, http2, "true",
+          "true: offer HTTP/2 (ALPN h2) next to HTTP/1.1; false: HTTP/1.1 only");
+
 // Fault injection (emulator_core.h, FaultConfig); also settable at run time through
 // POST /emulator/faults.
 ABSL_FLAG(std::string, fault_http_5xx, "0", "probability of an HTTP 502 (call not applied)");
@@ -181,6 +190,42 @@ std::optional<std::string> ParseFaultFlags(imgw::emulator::FaultConfig* faults, 
   return std::nullopt;
 }
 
+// Reads --latency_ms, --jitter_ms and --http2 into `server`, and seeds the path's PRNG with
+// `fault_seed` when --fault_seed was given (else at random); on a bad value returns the usage
+// message.
+std::optional<std::string> ParsePathFlags(uint64_t fault_seed,
+                                          imgw::emulator::HttpsServerOptions* server) {
+  const int64_t max_ms = absl::ToInt64Milliseconds(imgw::emulator::kMaxPathLatency);
+  auto parse_ms = [](const std::string& text, int64_t max, int64_t* value) {
+    return !text.empty() && text.find_first_not_of("0123456789") == std::string::npos &&
+           absl::SimpleAtoi(text, value) && *value <= max;
+  };
+  int64_t latency_ms = 0;
+  if (!parse_ms(absl::GetFlag(FLAGS_latency_ms), max_ms, &latency_ms)) {
+    return absl::StrCat("--latency_ms must be an integer in 0..", max_ms, ", not \"",
+                        absl::GetFlag(FLAGS_latency_ms), "\"");
+  }
+  int64_t jitter_ms = 0;
+  if (!parse_ms(absl::GetFlag(FLAGS_jitter_ms), latency_ms, &jitter_ms)) {
+    return absl::StrCat("--jitter_ms must be an integer in 0..", latency_ms,
+                        " (at most --latency_ms), not \"", absl::GetFlag(FLAGS_jitter_ms), "\"");
+  }
+  const std::string http2 = absl::GetFlag(FLAGS_http2);
+  if (http2 != "true" && http2 != "false") {
+    return absl::StrCat("--http2 must be true or false, not \"", http2, "\"");
+  }
+  server->path_latency = absl::Milliseconds(latency_ms);
+  server->path_jitter = absl::Milliseconds(jitter_ms);
+  server->http2 = http2 == "true";
+  if (absl::GetFlag(FLAGS_fault_seed).empty()) {
+    std::random_device random;
+    server->path_seed = (static_cast<uint64_t>(random()) << 32) ^ random();
+  } else {
+    server->path_seed = fault_seed;
+  }
+  return std::nullopt;
+}
+
 // Writes `content` to a temporary file beside `path` and renames it over `path`, so a reader
 // never sees a partial file.
 bool WriteFileAtomically(const std::string& path, const std::string& content) {
@@ -257,6 +302,9 @@ int main(int argc, char** argv) {
   if (std::optional<std::string> error = ParseFaultFlags(&options.faults, &options.fault_seed)) {
     return UsageError(*error);
   }
+  if (std::optional<std::string> error = ParsePathFlags(options.fault_seed, &server_options)) {
+    return UsageError(*error);
+  }
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
 
   // Block the stop signals before any thread starts, so that every thread inherits the mask
@@ -270,7 +318,9 @@ int main(int argc, char** argv) {
   imgw::emulator::EmulatorCore core(options, imgw::RealClock::Get());
   auto server = imgw::emulator::HttpsServer::Create(
       server_options,
-      [&core](const imgw::emulator::Request& request) { return core.Handle(request); });
+      [&core](const imgw::emulator::Request& request) { return core.Handle(request); },
+      imgw::emulator::ConnectionEvents{[&core](bool http2) { core.OnConnectionOpened(http2); },
+                                       [&core] { core.OnConnectionClosed(); }});
   if (!server.ok()) {
     std::cerr << "imgw-emulator: " << server.status().message() << "\n";
     return absl::IsInvalidArgument(server.status()) ? kExitUsage : 1;
@@ -282,6 +332,10 @@ int main(int argc, char** argv) {
              {"sdkappid", std::to_string(options.sdkappid)},
              {"rate_limit", std::to_string(options.rate_limit)},
              {"threads", std::to_string(server_options.threads)},
+             {"http2", server_options.http2 ? "true" : "false"},
+             {"latency_ms", std::to_string(absl::ToInt64Milliseconds(server_options.path_latency))},
+             {"jitter_ms", std::to_string(absl::ToInt64Milliseconds(server_options.path_jitter))},
+             {"path_seed", std::to_string(server_options.path_seed)},
              {"faults", imgw::emulator::FaultsJson(options.faults, options.fault_seed)}});
   if (!ready_file.empty() &&
       !WriteFileAtomically(ready_file, absl::StrCat("{\"port\":", port, "}\n"))) {
@@ -302,6 +356,8 @@ int main(int argc, char** argv) {
              {"calls", std::to_string(stats.calls)},
              {"ok", std::to_string(stats.ok)},
              {"max_calls_in_window", std::to_string(stats.max_calls_in_window)},
+             {"options_requests", std::to_string(stats.options_requests)},
+             {"connections", std::to_string(stats.connections)},
              {"faults_injected", std::to_string(faults_injected)}});
   return 0;
 }

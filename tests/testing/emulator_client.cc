@@ -124,7 +124,12 @@ absl::StatusOr<EmulatorStatsView> ParseEmulatorStats(const std::string& json) {
   };
   for (const Field& field :
        {Field{"calls", &stats.calls}, Field{"requests", &stats.requests}, Field{"ok", &stats.ok},
-        Field{"max_calls_in_window", &stats.max_calls_in_window}}) {
+        Field{"max_calls_in_window", &stats.max_calls_in_window},
+        Field{"options_requests", &stats.options_requests},
+        Field{"connections", &stats.connections},
+        Field{"http2_connections", &stats.http2_connections},
+        Field{"open_connections", &stats.open_connections},
+        Field{"max_open_connections", &stats.max_open_connections}}) {
     absl::StatusOr<int64_t> value = Integer(object, field.key);
     if (!value.ok()) return value.status();
     *field.out = static_cast<uint64_t>(*value);

@@ -31,6 +31,14 @@ struct EmulatorStatsView {
   // Fault kind ("http_5xx", ..., "latency") -> calls it was injected into; empty when the
   // emulator does not report faults_injected.
   std::map<std::string, uint64_t> faults_injected;
+  // `OPTIONS *` requests (never in requests or calls).
+  uint64_t options_requests = 0;
+  // TLS handshakes completed since the last reset, those of them on HTTP/2, the connections
+  // open now (not zeroed by a reset) and the most open at once since the last reset.
+  uint64_t connections = 0;
+  uint64_t http2_connections = 0;
+  uint64_t open_connections = 0;
+  uint64_t max_open_connections = 0;
 
   // The pair's msg_read_time, or nullopt when the emulator holds no such pair.
   std::optional<int64_t> PairTime(const std::string& report, const std::string& peer) const;

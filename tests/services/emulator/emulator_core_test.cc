@@ -118,6 +118,10 @@ class EmulatorCoreTest : public ::testing::Test {
   static inline const std::string kNoFaultsInjected =
       R"({"http_5xx":0,"drop_connection":0,"malformed_json":0,"truncated_json":0,)"
       R"("error_60007":0,"error_70001":0,"error_70500":0,"error_70169":0,"latency":0})";
+  // The stats fields after faults_injected when no connection and no OPTIONS * came.
+  static inline const std::string kNoConnections =
+      R"(,"options_requests":0,"connections":0,"http2_connections":0,"open_connections":0,)"
+      R"("max_open_connections":0)";
 
   testing::FakeClock clock_;
   EmulatorOptions options_;
@@ -385,7 +389,7 @@ TEST_F(EmulatorCoreTest, StatsJsonAndReset) {
                                    "rate_limit":200,
                                    "pairs":[{"report":"a","peer":"b","msg_read_time":5}],
                                    "faults_injected":)" + kNoFaultsInjected +
-                                                               "}"));
+                                                               kNoConnections + "}"));
 
   Response reset = core_->Handle(Request{"POST", kResetPath, ""});
   EXPECT_EQ(reset.http_status, 200);
@@ -393,7 +397,111 @@ TEST_F(EmulatorCoreTest, StatsJsonAndReset) {
             boost::json::parse(R"({"calls":0,"requests":0,"ok":0,"errors":{},
                                    "max_calls_in_window":0,"rate_limit":200,"pairs":[],
                                    "faults_injected":)" +
-                               kNoFaultsInjected + "}"));
+                               kNoFaultsInjected + kNoConnections + "}"));
+}
+
+TEST_F(EmulatorCoreTest, OptionsAsteriskIsAPingNotAnApiRequest) {
+  Response ping = core_->Handle(Request{"OPTIONS", "*", ""});
+  EXPECT_EQ(ping.http_status, 200);
+  EXPECT_THAT(ping.headers, ElementsAre(Pair("Allow", "POST, GET, OPTIONS")));
+  EXPECT_EQ(ping.body, "");
+  EXPECT_EQ(ping.content_type, "");  // No body, no Content-Type.
+  EXPECT_FALSE(ping.drop_connection);
+  EXPECT_EQ(ping.delay, absl::ZeroDuration());
+  EXPECT_EQ(Code(Post(kBody)), 0);
+  EXPECT_EQ(core_->Handle(Request{"OPTIONS", "*", ""}).http_status, 200);
+
+  // Only OPTIONS has an asterisk form; the rest is a 400, counted nowhere.
+  for (const char* method : {"GET", "POST", "PUT", "options"}) {
+    SCOPED_TRACE(method);
+    Response response = core_->Handle(Request{method, "*", kBody});
+    EXPECT_EQ(response.http_status, 400);
+    EXPECT_TRUE(boost::json::parse(response.body).at("error").is_string());
+  }
+  // OPTIONS with any other target is no ping: the API path answers 405 and counts the request.
+  EXPECT_EQ(core_->Handle(Request{"OPTIONS", Target(Good()), ""}).http_status, 405);
+
+  EmulatorStats stats = core_->Stats();
+  EXPECT_EQ(stats.options_requests, 2u);
+  EXPECT_EQ(stats.requests, 2u);  // The POST and the OPTIONS on the API path.
+  EXPECT_EQ(stats.calls, 1u);
+  EXPECT_EQ(stats.max_calls_in_window, 1u);
+  EXPECT_EQ(
+      boost::json::parse(core_->Handle(Request{"GET", kStatsPath, ""}).body).at("options_requests"),
+      2);
+  core_->Reset();
+  EXPECT_EQ(core_->Stats().options_requests, 0u);
+}
+
+TEST_F(EmulatorCoreTest, OptionsAsteriskIsNeverFaulted) {
+  FaultConfig all;
+  all.http_5xx = 1;
+  all.drop_connection = 1;
+  all.error_60007 = 1;
+  all.latency = absl::Milliseconds(500);
+  all.latency_probability = 1;
+  ASSERT_TRUE(core_->SetFaults(all).ok());
+  Response ping = core_->Handle(Request{"OPTIONS", "*", ""});
+  EXPECT_EQ(ping.http_status, 200);
+  EXPECT_FALSE(ping.drop_connection);
+  EXPECT_EQ(ping.delay, absl::ZeroDuration());
+  for (const auto& [kind, count] : core_->Stats().faults_injected) EXPECT_EQ(count, 0u) << kind;
+}
+
+TEST_F(EmulatorCoreTest, ConnectionStats) {
+  core_->OnConnectionOpened(/*http2=*/true);
+  core_->OnConnectionOpened(/*http2=*/false);
+  core_->OnConnectionOpened(/*http2=*/true);
+  core_->OnConnectionClosed();
+  EmulatorStats stats = core_->Stats();
+  EXPECT_EQ(stats.connections, 3u);
+  EXPECT_EQ(stats.http2_connections, 2u);
+  EXPECT_EQ(stats.open_connections, 2u);
+  EXPECT_EQ(stats.max_open_connections, 3u);
+
+  // A reset zeroes the counts; the open connections stay open and are the new maximum.
+  core_->Reset();
+  stats = core_->Stats();
+  EXPECT_EQ(stats.connections, 0u);
+  EXPECT_EQ(stats.http2_connections, 0u);
+  EXPECT_EQ(stats.open_connections, 2u);
+  EXPECT_EQ(stats.max_open_connections, 2u);
+  core_->OnConnectionClosed();
+  core_->OnConnectionClosed();
+  core_->OnConnectionClosed();  // One too many: the gauge stays at 0.
+  core_->OnConnectionOpened(/*http2=*/false);
+  stats = core_->Stats();
+  EXPECT_EQ(stats.connections, 1u);
+  EXPECT_EQ(stats.http2_connections, 0u);
+  EXPECT_EQ(stats.open_connections, 1u);
+  EXPECT_EQ(stats.max_open_connections, 2u);
+  const boost::json::value json =
+      boost::json::parse(core_->Handle(Request{"GET", kStatsPath, ""}).body);
+  EXPECT_EQ(json.at("connections"), 1);
+  EXPECT_EQ(json.at("http2_connections"), 0);
+  EXPECT_EQ(json.at("open_connections"), 1);
+  EXPECT_EQ(json.at("max_open_connections"), 2);
+  // None of it is an API request.
+  EXPECT_EQ(core_->Stats().requests, 0u);
+}
+
+TEST_F(EmulatorCoreTest, ConcurrentConnectionEventsAreCounted) {
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([this, t] {
+      for (int i = 0; i < 250; ++i) {
+        core_->OnConnectionOpened(t % 2 == 0);
+        core_->OnConnectionClosed();
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EmulatorStats stats = core_->Stats();
+  EXPECT_EQ(stats.connections, 1000u);
+  EXPECT_EQ(stats.http2_connections, 500u);
+  EXPECT_EQ(stats.open_connections, 0u);
+  EXPECT_GE(stats.max_open_connections, 1u);
+  EXPECT_LE(stats.max_open_connections, 4u);
 }
 
 TEST_F(EmulatorCoreTest, ResetClearsTheRateLimitWindow) {
