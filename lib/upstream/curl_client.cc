@@ -201,9 +201,6 @@ absl::StatusOr<std::unique_ptr<CurlClient>> CurlClient::Create(const Options& op
                     static_cast<long>(options.max_connections));
   curl_multi_setopt(client->multi_, CURLMOPT_MAXCONNECTS,
                     static_cast<long>(options.max_connections));
-  // Over HTTP/2 the same bound holds for streams as for HTTP/1.1 connections.
-  curl_multi_setopt(client->multi_, CURLMOPT_MAX_CONCURRENT_STREAMS,
-                    static_cast<long>(options.max_connections));
   return client;
 }
 
@@ -308,6 +305,9 @@ void CurlClient::Start(HttpRequest request, Callback done) {
   timeout = std::min(timeout, t->request.max_total);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
                    static_cast<long>(std::max<int64_t>(1, absl::ToInt64Milliseconds(timeout))));
+  // Waiting for a connection being opened, to share it, pays only over HTTP/2; over HTTP/1.1 a
+  // request without an idle connection opens its own at once.
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, protocol_known_ && !http2_.load() ? 0L : 1L);
   in_flight_.fetch_add(1);
   transfers_.insert(t);
   CURLMcode rc = curl_multi_add_handle(multi_, e);
@@ -347,8 +347,10 @@ void CurlClient::Anticipate(size_t requests) {
   const int64_t open = open_sockets_.load();
   const int64_t warming = warmups_in_flight_.load();
   int64_t deficit;
-  if (http2_.load()) {
-    deficit = (requests > 0 ? 1 : 0) - (open + warming);  // One connection carries them all.
+  if (!protocol_known_ || http2_.load()) {
+    // Over HTTP/2 one connection carries them all; until an answer said which protocol the
+    // server speaks, one connection is opened to learn it.
+    deficit = (requests > 0 ? 1 : 0) - (open + warming);
   } else {
     // Connections that will be idle for new requests: those open and not busy, and the
     // warm-ups on their way (counted once, whether their socket is open yet or not).
@@ -386,6 +388,12 @@ void CurlClient::StartWarmup() {
   if (curl_multi_add_handle(multi_, e) != CURLM_OK) failed_to_start_.push_back(t);
 }
 
+void CurlClient::LearnProtocol(long version) {
+  if (version != CURL_HTTP_VERSION_1_1 && version != CURL_HTTP_VERSION_2_0) return;
+  http2_.store(version == CURL_HTTP_VERSION_2_0);
+  protocol_known_ = true;
+}
+
 void CurlClient::CompleteWarmup(Transfer* t, int curl_code) {
   long status = 0;
   long version = 0;
@@ -415,8 +423,7 @@ void CurlClient::CompleteWarmup(Transfer* t, int curl_code) {
   } else {
     warmups_not_kept_in_a_row_ = 0;
     warmups_kept_.fetch_add(1);
-    if (version == CURL_HTTP_VERSION_2_0) http2_.store(true);
-    if (version == CURL_HTTP_VERSION_1_1) http2_.store(false);
+    LearnProtocol(version);
   }
   if (t->easy != nullptr) {
     curl_multi_remove_handle(multi_, t->easy);
@@ -444,17 +451,16 @@ void CurlClient::Complete(Transfer* t, int curl_code) {
     t->response.http_status = status;
     long version = 0;
     curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &version);
+    LearnProtocol(version);
     switch (version) {
       case CURL_HTTP_VERSION_1_0:
         t->response.http_version = 10;
         break;
       case CURL_HTTP_VERSION_1_1:
         t->response.http_version = 11;
-        http2_.store(false);
         break;
       case CURL_HTTP_VERSION_2_0:
         t->response.http_version = 20;
-        http2_.store(true);
         break;
       case CURL_HTTP_VERSION_3:
         t->response.http_version = 30;

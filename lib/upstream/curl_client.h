@@ -33,12 +33,15 @@ namespace imgw::upstream {
 // The standard proxy environment variables (https_proxy, no_proxy, ...) are honoured.
 //
 // The pool (HttpTransport): at most `max_connections` requests at once, over HTTP/1.1 (one per
-// connection) as over HTTP/2 (streams, as many per connection); Capacity() says how many more
-// can start now, so that none waits inside libcurl for a connection with its timer running.
+// connection) as over HTTP/2 (streams, multiplexed on as few connections as libcurl's stream
+// limit allows); Capacity() says how many more can start now, so that none waits inside
+// libcurl for a connection with its timer running. (Start() beyond Capacity() still works:
+// the request waits for a connection.)
 // Anticipate(n) opens connections ahead of need ("warm-ups"): an `OPTIONS *` request, HTTP's
 // no-op ping (RFC 9110 9.3.7), on a fresh connection to `warm_origin`, which then stays in
 // the pool for the requests. It names no API, so it counts against no frequency limit. Over
-// HTTP/2 one connection carries every stream, so at most one is warmed. A server that
+// HTTP/2 one connection carries every stream, so at most one is warmed, as until the first
+// answer says which protocol the server speaks. A server that
 // closes the connection after answering it (three times in a row) makes the client stop
 // warming for ten minutes, with a warning; a failed warm-up pauses warming for a second.
 // Connections beyond the need go idle and close after `max_idle`.
@@ -99,6 +102,8 @@ class CurlClient final : public HttpTransport {
   explicit CurlClient(const Options& options);
   void Complete(Transfer* transfer, int curl_code);
   void CompleteWarmup(Transfer* transfer, int curl_code);
+  // An answer came over `version` (CURL_HTTP_VERSION_*).
+  void LearnProtocol(long version);
   // Options common to requests and warm-ups.
   void ConfigureHandle(CURL* easy);
   // An easy handle with every option that does not change between requests set.
@@ -128,6 +133,7 @@ class CurlClient final : public HttpTransport {
   std::atomic<int64_t> anticipated_{0};
   std::atomic<bool> http2_{false};
   // Loop thread only.
+  bool protocol_known_ = false;  // An answer said whether the server speaks HTTP/2.
   int warmups_not_kept_in_a_row_ = 0;
   std::chrono::steady_clock::time_point warm_paused_until_;
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -46,13 +47,16 @@ class CurlClientTest : public ::testing::Test {
     delete dir_;
   }
 
-  void SetUp() override {
+  void SetUp() override { StartServer({}); }
+
+  // (Re)starts the emulator over HTTPS with `server_options` (certificate and key filled in).
+  void StartServer(emulator::HttpsServerOptions server_options) {
+    server_.reset();
     emulator::EmulatorOptions options;
     options.sdkappid = kAppId;
     options.secret_key = kKey;
     options.rate_limit = 0;
     core_ = std::make_unique<emulator::EmulatorCore>(options, RealClock::Get());
-    emulator::HttpsServerOptions server_options;
     server_options.cert_chain_file = tls_->cert_file;
     server_options.private_key_file = tls_->key_file;
     auto server = emulator::HttpsServer::Create(
@@ -61,6 +65,14 @@ class CurlClientTest : public ::testing::Test {
     server_ = *std::move(server);
     server_->Start();
     base_url_ = "https://127.0.0.1:" + std::to_string(server_->port());
+  }
+
+  // Polls until `done` holds (bounded by 20 s).
+  template <typename Done>
+  void PollUntil(CurlClient& client, Done done) {
+    absl::Time give_up = absl::Now() + absl::Seconds(20);
+    while (!done() && absl::Now() < give_up) client.Poll(absl::Milliseconds(20));
+    EXPECT_TRUE(done()) << "gave up waiting";
   }
 
   std::unique_ptr<CurlClient> MakeClient(CurlClient::Options options) {
@@ -305,6 +317,175 @@ TEST_F(CurlClientTest, CancelAllAnswersEveryRequest) {
   client->CancelAll();
   EXPECT_EQ(cancelled, 3);
   EXPECT_EQ(client->in_flight(), 0);
+}
+
+// The pool's account (HttpTransport::Capacity): requests in flight take places, an answer
+// gives one back; over HTTP/1.1 the idle connections are the warm ones. (The server is made
+// 50 ms away: on bare loopback an answer can come back before the next request starts.)
+TEST_F(CurlClientTest, CapacityCountsRequestsInFlightAndWarmCapacityIdleConnections) {
+  emulator::HttpsServerOptions server_options;
+  server_options.path_latency = absl::Milliseconds(50);
+  StartServer(server_options);
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  options.max_connections = 4;
+  auto client = MakeClient(options);
+  EXPECT_EQ(client->Capacity(), 4u);
+  EXPECT_EQ(client->WarmCapacity(), 0u) << "no connection open yet";
+  Run(*client, {Request("first")});  // Now the client knows the server speaks HTTP/1.1.
+  EXPECT_EQ(client->WarmCapacity(), 1u);
+  int done = 0;
+  for (int i = 0; i < 3; ++i) {
+    client->Start(Request("u" + std::to_string(i)), [&done](HttpResponse r) {
+      EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
+      ++done;
+    });
+  }
+  EXPECT_EQ(client->Capacity(), 1u);
+  PollUntil(*client, [&] { return done == 3; });
+  EXPECT_EQ(client->Capacity(), 4u);
+  EXPECT_EQ(client->open_connections(), 3);
+  EXPECT_EQ(client->WarmCapacity(), 3u);
+}
+
+// Anticipate() opens connections ahead of need with OPTIONS *, which the upstream does not
+// count as a call; the requests that follow find them open. Until an answer said which protocol
+// the server speaks, one connection is warmed; then as many as asked.
+TEST_F(CurlClientTest, AnticipateWarmsConnectionsThatTheRequestsThenUse) {
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  options.max_connections = 8;
+  options.warm_origin = base_url_;
+  auto client = MakeClient(options);
+  client->Anticipate(4);
+  EXPECT_EQ(client->warmups_in_flight(), 1) << "the protocol is not known yet";
+  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
+  client->Anticipate(4);
+  EXPECT_EQ(client->warmups_in_flight(), 3);
+  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
+  EXPECT_EQ(client->warmups_kept(), 4);
+  EXPECT_EQ(client->open_connections(), 4);
+  EXPECT_EQ(client->WarmCapacity(), 4u);
+  client->Anticipate(4);
+  EXPECT_EQ(client->warmups_in_flight(), 0) << "enough are open";
+  emulator::EmulatorStats stats = core_->Stats();
+  EXPECT_EQ(stats.requests, 0u) << "OPTIONS * is not an API request";
+  EXPECT_EQ(stats.calls, 0u);
+  std::vector<HttpRequest> requests;
+  for (int i = 0; i < 4; ++i) requests.push_back(Request("u" + std::to_string(i)));
+  for (const HttpResponse& r : Run(*client, std::move(requests))) {
+    EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
+    EXPECT_FALSE(r.new_connection) << "a warmed connection was there";
+  }
+  EXPECT_EQ(client->connections_made(), 4);
+}
+
+// Over HTTP/2 one connection carries every stream: one warm-up, however many are expected.
+TEST_F(CurlClientTest, AnticipateWarmsOneConnectionOverHttp2) {
+  emulator::HttpsServerOptions server_options;
+  server_options.http2 = true;
+  StartServer(server_options);
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  options.warm_origin = base_url_;
+  auto client = MakeClient(options);
+  for (int round = 0; round < 3; ++round) {
+    client->Anticipate(40);
+    PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
+  }
+  EXPECT_TRUE(client->http2());
+  EXPECT_EQ(client->warmups_kept(), 1);
+  EXPECT_EQ(client->WarmCapacity(), client->Capacity());
+  std::vector<HttpRequest> requests;
+  for (int i = 0; i < 30; ++i) requests.push_back(Request("u" + std::to_string(i)));
+  for (const HttpResponse& r : Run(*client, std::move(requests))) {
+    EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
+    EXPECT_EQ(r.http_version, 20);
+  }
+  EXPECT_EQ(client->connections_made(), 1);
+}
+
+// A request's timeout counts from the moment it has a connection: one that must open a
+// connection over a slow path (here two 300 ms round trips of TCP and TLS first) gets the
+// connect timeout on top, and reports the set-up apart from its own round trip. The caller's
+// remaining deadline (max_total) bounds it all.
+TEST_F(CurlClientTest, ARequestIsTimedFromItsConnection) {
+  emulator::HttpsServerOptions server_options;
+  server_options.path_latency = absl::Milliseconds(300);
+  StartServer(server_options);
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  auto client = MakeClient(options);
+  std::vector<HttpResponse> r = Run(*client, {Request("u", absl::Milliseconds(500))});
+  ASSERT_EQ(r[0].error, HttpResponse::Error::kNone) << r[0].error_detail;
+  EXPECT_TRUE(r[0].new_connection);
+  EXPECT_GE(r[0].setup, absl::Milliseconds(550));
+  EXPECT_GE(r[0].elapsed - r[0].setup, absl::Milliseconds(250));
+  EXPECT_GE(r[0].elapsed, absl::Milliseconds(850));
+  // On the open connection: no set-up to speak of.
+  r = Run(*client, {Request("u", absl::Milliseconds(500))});
+  ASSERT_EQ(r[0].error, HttpResponse::Error::kNone) << r[0].error_detail;
+  EXPECT_FALSE(r[0].new_connection);
+  EXPECT_LT(r[0].setup, absl::Milliseconds(100));
+  // A new connection with only 500 ms left to the caller: it times out within them.
+  CurlClient::Options fresh = options;
+  fresh.reuse_connections = false;
+  auto cold = MakeClient(fresh);
+  HttpRequest bounded = Request("u", absl::Milliseconds(500));
+  bounded.max_total = absl::Milliseconds(500);
+  absl::Time start = absl::Now();
+  r = Run(*cold, {bounded});
+  EXPECT_EQ(r[0].error, HttpResponse::Error::kTimeout) << r[0].error_detail;
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(800));
+}
+
+// A server that closes the connection after answering OPTIONS * (Python's http.server speaks
+// HTTP/1.0 and closes): three warm-ups in a row not kept, and the client stops warming.
+TEST_F(CurlClientTest, WarmingStopsWhenTheServerClosesWarmedConnections) {
+  const std::string script = dir_->File("closing_server.py");
+  std::ofstream(script) << R"(import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_OPTIONS(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+)";
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    dup2(pipe_fds[1], 1);
+    execlp("python3", "python3", script.c_str(), tls_->cert_file.c_str(), tls_->key_file.c_str(),
+           nullptr);
+    _exit(127);
+  }
+  close(pipe_fds[1]);
+  char buffer[16] = {0};
+  ssize_t n = read(pipe_fds[0], buffer, sizeof(buffer) - 1);
+  close(pipe_fds[0]);
+  ASSERT_GT(n, 0) << "python3 did not start the server";
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  options.warm_origin = "https://127.0.0.1:" + std::string(buffer, strcspn(buffer, "\n"));
+  auto client = MakeClient(options);
+  for (int i = 0; i < 5; ++i) {
+    client->Anticipate(2);
+    PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
+  }
+  kill(pid, SIGTERM);
+  waitpid(pid, nullptr, 0);
+  EXPECT_EQ(client->warmups_not_kept(), 3)
+      << "kept " << client->warmups_kept() << ", failed " << client->warmups_failed();
+  EXPECT_EQ(client->warmups_kept(), 0);
 }
 
 }  // namespace
