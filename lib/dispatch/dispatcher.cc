@@ -15,6 +15,8 @@ namespace {
 
 std::string Millis(absl::Duration d) { return absl::StrCat(absl::ToInt64Milliseconds(d), "ms"); }
 
+constexpr absl::Duration kMaxMargin = absl::Milliseconds(100);
+
 }  // namespace
 
 Dispatcher::Dispatcher(const Options& options, Clock& clock, ratelimit::RateLimiter& limiter,
@@ -99,7 +101,7 @@ void Dispatcher::Submit(Call call) {
   // Refused when the answer cannot be expected back before the deadline: its turn, the
   // upstream's round trip (a high percentile), and a margin for the way back to the caller,
   // since an answer that arrives a hair late is as lost as a refusal but spent a token.
-  if (!ReturnsInTime(turn, call.deadline, now)) {
+  if (!ReturnsInTime(turn, call.deadline, now, now)) {
     ++stats_.rejected_overloaded;
     if (metrics_) metrics_->Rejected("overloaded");
     if (slots.active == 0 && slots.next == 0) pairs_.erase(key);
@@ -196,6 +198,7 @@ absl::Duration Dispatcher::Step() {
     if (metrics_) metrics_->Expired();
     Answer(id, Outcome::Failed(Outcome::Kind::kDeadlineExceeded, std::move(detail)));
   }
+  const absl::Duration hopeless_next = AnswerHopeless(now);
   while (!retries_.empty() && retries_.begin()->first <= now) {
     EntryId id = retries_.begin()->second;
     retries_.erase(retries_.begin());
@@ -246,6 +249,7 @@ absl::Duration Dispatcher::Step() {
   }
   if (!retries_.empty()) next = std::min(next, retries_.begin()->first);
   if (!deadlines_.empty()) next = std::min(next, deadlines_.begin()->first);
+  next = std::min(next, hopeless_next);
   const size_t wanted = WantedInFlight(now);
   transport_.Anticipate(wanted);
   if (metrics_) {
@@ -401,7 +405,7 @@ void Dispatcher::OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse
         }
         absl::Duration at = now + wait;
         // Only a retry whose answer can be back before the deadline is worth its token.
-        const bool affordable = ReturnsInTime(at, latest, now, /*cold=*/false);
+        const bool affordable = ReturnsInTime(at, latest, LatestArrival(entry), now);
         if (affordable && !throttled && !retry_budget_.TryRetry(now)) {
           ++stats_.retries_denied;
         } else if (affordable) {
@@ -580,39 +584,83 @@ absl::Duration Dispatcher::ExpectedRoundTrip(absl::Duration now, bool cold) {
   return round_trip;
 }
 
-bool Dispatcher::ReturnsInTime(absl::Duration start, absl::Duration deadline, absl::Duration now,
-                               bool cold) {
-  // The margin is for the answer's way back to the caller: 2% of the time the call has left,
-  // at least 10 ms.
-  absl::Duration margin = std::max(absl::Milliseconds(10), (deadline - now) / 50);
-  return start + ExpectedRoundTrip(now, cold) + margin <= deadline;
+absl::Duration Dispatcher::Margin(absl::Duration deadline, absl::Duration arrived) {
+  // For the answer's way back to the caller: 2% of the call's whole time, between 10 and
+  // 100 ms (an answer that arrives a hair late is as lost as a refusal, but spent a token).
+  return std::clamp((deadline - arrived) / 50, absl::Milliseconds(10), kMaxMargin);
+}
+
+bool Dispatcher::ReturnsInTime(absl::Duration start, absl::Duration deadline,
+                               absl::Duration arrived, absl::Duration now, bool cold) {
+  return start + ExpectedRoundTrip(now, cold) + Margin(deadline, arrived) <= deadline;
+}
+
+absl::Duration Dispatcher::LatestArrival(const Entry& entry) const {
+  // The arrival of the waiter with the latest deadline: the one a retry is for.
+  const Waiter* latest = nullptr;
+  for (CallId w : entry.waiters) {
+    const Waiter& waiter = waiters_.at(w);
+    if (latest == nullptr || waiter.call.deadline > latest->call.deadline) latest = &waiter;
+  }
+  return latest != nullptr ? latest->arrived : clock_.Monotonic();
 }
 
 bool Dispatcher::AnswerLateWaiters(EntryId id, absl::Duration now) {
-  Entry& entry = entries_.at(id);
   const bool cold = transport_.WarmCapacity() == 0;
   std::vector<CallId> late;
-  for (CallId w : entry.waiters) {
-    if (!ReturnsInTime(now, waiters_.at(w).call.deadline, now, cold)) late.push_back(w);
+  for (CallId w : entries_.at(id).waiters) {
+    const Waiter& waiter = waiters_.at(w);
+    if (!ReturnsInTime(now, waiter.call.deadline, waiter.arrived, now, cold)) late.push_back(w);
   }
-  if (late.empty()) return true;
+  AnswerLate(late, now, cold);
+  return entries_.find(id) != entries_.end();
+}
+
+absl::Duration Dispatcher::AnswerHopeless(absl::Duration now) {
+  // A waiting call becomes hopeless when what is left of its deadline no longer covers a
+  // round trip and its margin: it is answered then, before its deadline, rather than at it.
+  // Only calls whose deadline is within a round trip and the largest margin are looked at.
+  const absl::Duration expected = ExpectedRoundTrip(now, /*cold=*/false);
+  absl::Duration next = absl::InfiniteDuration();
+  if (expected == absl::ZeroDuration()) return next;
+  std::vector<CallId> late;
+  const absl::Duration lookahead = expected + kMaxMargin + absl::Milliseconds(50);
+  auto it = deadlines_.begin();
+  for (; it != deadlines_.end() && it->first <= now + lookahead; ++it) {
+    const Waiter& waiter = waiters_.at(it->second);
+    if (entries_.at(waiter.entry).state == Entry::State::kInFlight) continue;
+    const absl::Duration hopeless_at =
+        waiter.call.deadline - expected - Margin(waiter.call.deadline, waiter.arrived);
+    if (hopeless_at <= now) {
+      late.push_back(it->second);
+    } else {
+      next = std::min(next, hopeless_at);
+    }
+  }
+  // The next deadline beyond the lookahead comes into it then.
+  if (it != deadlines_.end()) next = std::min(next, it->first - lookahead);
+  AnswerLate(late, now, /*cold=*/false);
+  return next;
+}
+
+void Dispatcher::AnswerLate(const std::vector<CallId>& late, absl::Duration now, bool cold) {
   // Sending for them would spend a token on an answer that comes back too late: they are
   // answered now with the status of what made them late, the queue (RESOURCE_EXHAUSTED) or,
   // for a retry, the failure it retries.
+  if (late.empty()) return;
   const absl::Duration expected = ExpectedRoundTrip(now, cold);
-  const absl::Duration retry_after =
-      std::max(absl::Milliseconds(1), EstimateStart(entry.lane, now) - now + expected);
-  const bool retry = entry.attempts > 0;
-  const Outcome last = entry.last;
   for (CallId w : late) {
-    absl::Duration left = waiters_.at(w).call.deadline - now;
+    auto waiter = waiters_.find(w);
+    if (waiter == waiters_.end()) continue;
+    const Entry& entry = entries_.at(waiter->second.entry);
+    const absl::Duration left = waiter->second.call.deadline - now;
     std::string why = absl::StrCat("its deadline (in ", Millis(left),
                                    ") leaves less than the upstream's round trip (p99 ",
                                    Millis(expected), cold ? ", with a new connection" : "", ")");
     Outcome out;
-    if (retry) {
-      out = last;
-      out.detail = absl::StrCat(last.detail, "; not retried: ", why);
+    if (entry.attempts > 0) {
+      out = entry.last;
+      out.detail = absl::StrCat(entry.last.detail, "; not retried: ", why);
     } else {
       out = Outcome::Failed(
           Outcome::Kind::kOverloaded,
@@ -620,11 +668,11 @@ bool Dispatcher::AnswerLateWaiters(EntryId id, absl::Duration now) {
       ++stats_.rejected_overloaded;
       if (metrics_) metrics_->Rejected("overloaded");
     }
-    out.retry_after = retry_after;
+    out.retry_after =
+        std::max(absl::Milliseconds(1), EstimateStart(entry.lane, now) - now + expected);
     ++stats_.unsent_late;
     Answer(w, std::move(out));
   }
-  return entries_.find(id) != entries_.end();
 }
 
 size_t Dispatcher::WantedInFlight(absl::Duration now) {

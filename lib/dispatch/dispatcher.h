@@ -182,13 +182,19 @@ class Dispatcher final {
   // What a request sent now must expect until its answer: the round trip's high percentile,
   // plus a connection's set-up when `cold`.
   absl::Duration ExpectedRoundTrip(absl::Duration now, bool cold);
-  // Whether a request sent at `start` can be answered before `deadline`, with a margin for the
-  // way back to the caller.
-  bool ReturnsInTime(absl::Duration start, absl::Duration deadline, absl::Duration now,
-                     bool cold = false);
+  // Whether a request sent at `start` for a call that arrived at `arrived` can be answered
+  // before its `deadline`, with a margin for the way back to the caller.
+  bool ReturnsInTime(absl::Duration start, absl::Duration deadline, absl::Duration arrived,
+                     absl::Duration now, bool cold = false);
+  absl::Duration LatestArrival(const Entry& entry) const;
   // Answers the waiters of `id` that could not have their answer in time if it were sent now.
   // False when none is left (the entry is gone).
   bool AnswerLateWaiters(EntryId id, absl::Duration now);
+  // Answers the waiting (not in flight) calls that could no longer be sent and answered in
+  // time; returns when the next one will be in that state, as far as is known now.
+  absl::Duration AnswerHopeless(absl::Duration now);
+  void AnswerLate(const std::vector<CallId>& late, absl::Duration now, bool cold);
+  static absl::Duration Margin(absl::Duration deadline, absl::Duration arrived);
   // The requests in flight the transport should be ready for (Little's law).
   size_t WantedInFlight(absl::Duration now);
   void MergeNextInto(EntryId id, Entry& entry);

@@ -118,15 +118,15 @@ Metrics::Metrics(absl::string_view version)
   in_flight_wanted_ = gauge("imgw_upstream_requests_in_flight_wanted",
                             "Upstream requests in flight the pool is kept ready for: rate x "
                             "round trip (p99) with headroom (Little's law).");
-  auto& round_trips = prometheus::BuildGauge()
-                          .Name("imgw_upstream_round_trip_seconds")
-                          .Help(
-                              "Round trips of upstream requests over the last 10 s, "
-                              "connection set-up excluded: the fastest, the median, p99.")
-                          .Register(*registry_);
-  round_trip_fastest_ = &round_trips.Add({{"quantile", "0"}});
-  round_trip_median_ = &round_trips.Add({{"quantile", "0.5"}});
-  round_trip_high_ = &round_trips.Add({{"quantile", "0.99"}});
+  // Three gauges rather than one with a "quantile" label: that label belongs to summaries.
+  round_trip_fastest_ = gauge("imgw_upstream_round_trip_fastest_seconds",
+                              "The fastest upstream round trip of the last 10 s (connection "
+                              "set-up excluded): what the window guard credits.");
+  round_trip_median_ = gauge("imgw_upstream_round_trip_median_seconds",
+                             "The median upstream round trip of the last 10 s.");
+  round_trip_high_ = gauge("imgw_upstream_round_trip_p99_seconds",
+                           "The 99th percentile of the upstream round trips of the last 10 s: "
+                           "what a request must expect (deadlines, pool size).");
   auto& warmups = prometheus::BuildCounter()
                       .Name("imgw_upstream_connection_warmups_total")
                       .Help(

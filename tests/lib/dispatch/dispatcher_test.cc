@@ -683,6 +683,39 @@ TEST_F(DispatcherTest, ACallWhoseTurnLeavesLessThanTheRoundTripIsAnsweredUnsent)
   EXPECT_TRUE(dispatcher_->idle());
 }
 
+// A waiting call is answered as soon as its deadline can no longer cover a round trip and its
+// margin, before the deadline itself, and the dispatcher wakes up for that moment.
+TEST_F(DispatcherTest, AWaitingCallIsAnsweredWhenItCanNoLongerMakeItNotAtItsDeadline) {
+  Dispatcher::Options options;
+  options.round_trips.min_samples = 1;
+  Build(options, /*rate=*/1000);
+  transport_.set_limit(1);
+  Submit(1);
+  dispatcher_->Step();
+  clock_.Advance(absl::Milliseconds(300));
+  transport_.Answer(kOk);  // Round trip: 300 ms.
+  dispatcher_->Step();
+  Submit(2, absl::Seconds(10));  // Holds the pool.
+  clock_.Advance(absl::Milliseconds(1));
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 2);
+  Submit(3, absl::Seconds(1));  // Margin 20 ms: hopeless at 1000 - 300 - 20 = 680 ms.
+  const absl::Duration submitted = clock_.Monotonic();
+  // The loop sleeps until each Step's answer; call 3 is answered at 680 ms, not before.
+  for (int i = 0; i < 10 && answers_[3] == 0; ++i) {
+    absl::Duration next = dispatcher_->Step();
+    if (answers_[3] > 0) break;
+    ASSERT_GT(next, clock_.Monotonic());
+    ASSERT_LE(next - submitted, absl::Milliseconds(680));
+    clock_.Advance(next - clock_.Monotonic());
+  }
+  EXPECT_EQ(clock_.Monotonic() - submitted, absl::Milliseconds(680));
+  ASSERT_EQ(answers_[3], 1);
+  EXPECT_EQ(outcomes_[3].kind, Outcome::Kind::kOverloaded) << outcomes_[3].detail;
+  EXPECT_EQ(transport_.started(), 2);
+  EXPECT_EQ(answers_[2], 0) << "the call in flight is not touched";
+}
+
 // Over a connection that must be opened first, a request needs the set-up too (about two round
 // trips when no set-up was measured): a call whose deadline covers a round trip but not that
 // is answered unsent.
