@@ -36,6 +36,7 @@
 #include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
 #include "tests/testing/metric_samples.h"
+#include "tests/testing/open_load.h"
 #include "tests/testing/process.h"
 #include "tests/testing/redis_server.h"
 
@@ -47,6 +48,7 @@ using ::imgw::testing::BinDir;
 using ::imgw::testing::EmulatorStatsView;
 using ::imgw::testing::ImgwStack;
 using ::imgw::testing::ImgwStackOptions;
+using ::imgw::testing::OpenLoad;
 using ::imgw::testing::RedisServer;
 
 constexpr int64_t kBaseTime = 1700000000;
@@ -65,102 +67,14 @@ constexpr char kSharedLog[] = "redis answers again: back to the shared upstream 
 constexpr absl::Duration kRecoveryTransition = absl::Seconds(4);
 constexpr absl::Duration kPatientRedisTimeout = absl::Milliseconds(250);
 
-v1::SetMsgReadRequest Request(const std::string& report, const std::string& peer, int64_t time) {
-  v1::SetMsgReadRequest request;
-  request.set_report_account(report);
-  request.set_peer_account(peer);
-  request.set_msg_read_time(time);
-  return request;
+// The calls of every phase: distinct pairs "sb_r<n>"/"sb_p<n>" with kDeadline.
+testing::OpenLoad::Shape LoadShape() {
+  testing::OpenLoad::Shape shape;
+  shape.prefix = "sb";
+  shape.base_time = kBaseTime;
+  shape.deadline = kDeadline;
+  return shape;
 }
-
-// Open-loop load: every replica gets `rate` calls per second of distinct pairs, started in
-// small batches every few milliseconds on two channels of its own, whatever the answers do.
-// Stops at Stop() or after `max_duration`, so the number of calls is bounded. Every batch is
-// kept with its start time, for per-phase counts once the load is over.
-class OpenLoad final {
- public:
-  struct Batch {
-    int replica;
-    absl::Time started;
-    std::unique_ptr<AsyncCalls> calls;
-  };
-
-  OpenLoad(std::vector<std::string> addresses, double rate, absl::Duration max_duration)
-      : addresses_(std::move(addresses)), rate_(rate), max_duration_(max_duration) {
-    for (const std::string& address : addresses_) {
-      auto& stubs = stubs_.emplace_back();
-      stubs.push_back(testing::NewStub(address));
-      stubs.push_back(testing::NewStub(address));
-    }
-  }
-  ~OpenLoad() { Stop(); }
-
-  void Start() {
-    start_ = absl::Now();
-    thread_ = std::thread([this] { Run(); });
-  }
-  void Stop() {
-    stop_.store(true);
-    if (thread_.joinable()) thread_.join();
-  }
-  absl::Time start() const { return start_; }
-
-  // After Stop(): waits up to `timeout` for every call to be answered; true when all were.
-  bool WaitAll(absl::Duration timeout) {
-    const absl::Time until = absl::Now() + timeout;
-    for (Batch& batch : batches_) {
-      if (!batch.calls->Wait(std::max(absl::ZeroDuration(), until - absl::Now()))) return false;
-    }
-    return true;
-  }
-  int Unanswered() {
-    int n = 0;
-    for (Batch& batch : batches_) n += batch.calls->size() - batch.calls->Answered();
-    return n;
-  }
-  const std::vector<Batch>& batches() const { return batches_; }
-  int started_calls() const { return started_calls_; }
-
- private:
-  void Run() {
-    std::vector<int64_t> sent(addresses_.size(), 0);
-    int64_t next_pair = 0;
-    const int64_t max_per_replica =
-        static_cast<int64_t>(rate_ * absl::ToDoubleSeconds(max_duration_)) + 1;
-    while (!stop_.load()) {
-      const absl::Time now = absl::Now();
-      const absl::Duration elapsed = now - start_;
-      if (elapsed >= max_duration_) break;
-      for (size_t r = 0; r < addresses_.size(); ++r) {
-        const int64_t due =
-            std::min(max_per_replica, static_cast<int64_t>(rate_ * absl::ToDoubleSeconds(elapsed)));
-        if (due <= sent[r]) continue;
-        auto calls = std::make_unique<AsyncCalls>();
-        for (; sent[r] < due; ++sent[r]) {
-          const int64_t pair = next_pair++;
-          calls->Add(
-              Request(absl::StrCat("sb_r", pair), absl::StrCat("sb_p", pair), kBaseTime + pair),
-              kDeadline, absl::StrCat("replica", r));
-        }
-        started_calls_ += calls->size();
-        calls->StartAll(*stubs_[r][batches_.size() % 2]);
-        batches_.push_back({static_cast<int>(r), now, std::move(calls)});
-      }
-      absl::SleepFor(absl::Milliseconds(5));
-    }
-  }
-
-  const std::vector<std::string> addresses_;
-  const double rate_;
-  const absl::Duration max_duration_;
-  std::vector<std::vector<std::unique_ptr<v1::MsgReadService::Stub>>> stubs_;
-  absl::Time start_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-  // The load thread's until Stop() returned, then the test thread's.
-  std::vector<Batch> batches_;
-  int started_calls_ = 0;
-};
 
 // One log line of the limiter: when it was written.
 struct LogEvent {
@@ -356,7 +270,7 @@ TEST_F(SharedBudgetE2eTest, ThreeReplicasShareTheBudgetFallBackWithinItAndGetItB
 
   std::vector<std::string> addresses;
   for (int i = 0; i < kReplicas; ++i) addresses.push_back(stack_->gateway_address(i));
-  OpenLoad load(addresses, kRatePerReplica, absl::Seconds(30));
+  OpenLoad load(addresses, kRatePerReplica, absl::Seconds(30), LoadShape());
   load.Start();
   const absl::Time t0 = load.start();
 
@@ -516,7 +430,7 @@ TEST_F(SharedBudgetE2eTest, RedisStallsKeepEveryWindowWithinTheLimit) {
   ASSERT_NO_FATAL_FAILURE(StartAll(absl::Milliseconds(50)));
   std::vector<std::string> addresses;
   for (int i = 0; i < kReplicas; ++i) addresses.push_back(stack_->gateway_address(i));
-  OpenLoad load(addresses, kRatePerReplica, absl::Seconds(30));
+  OpenLoad load(addresses, kRatePerReplica, absl::Seconds(30), LoadShape());
   load.Start();
   SleepUntil(load.start() + absl::Seconds(2));
   ASSERT_TRUE(stack_->ResetEmulator().ok());
