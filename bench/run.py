@@ -13,6 +13,8 @@ Scenarios (see README "Performance"):
   pooling   the imgw ceiling again with --reuse_connections=false
   budget    5x the limit for 20 s at the real 200/s: upstream calls per second at the emulator,
             for one gateway (local budget) and for three replicas sharing Redis
+  distance  the same with the emulator far away: round trips of 20, 50, 100 and 250 ms with
+            +-10% jitter, over HTTP/1.1 and HTTP/2, one gateway and three sharing Redis
   merging   20,000 calls/s over 100 hot pairs for 10 s
   latency   100 calls/s of distinct pairs for 20 s, end to end, with the local budget and with
             the budget in Redis (the added latency of a Redis admission)
@@ -125,11 +127,11 @@ class Bench:
         self.procs.append(proc)
         return proc, wait_ready(ready, proc)
 
-    def emulator(self, rate_limit):
+    def emulator(self, rate_limit, *flags):
         proc, ready = self.start("emulator", [
             f"{self.bin}/imgw-emulator", "--listen=127.0.0.1:0", f"--cert_file={self.cert}",
             f"--key_file={self.key}", f"--sdkappid={SDKAPPID}",
-            f"--secret_key_file={self.secret}", f"--rate_limit={rate_limit}"])
+            f"--secret_key_file={self.secret}", f"--rate_limit={rate_limit}", *flags])
         proc.url = f"https://127.0.0.1:{ready['port']}"
         return proc
 
@@ -175,6 +177,17 @@ class Bench:
     def redis_flags(self, redis):
         os.environ["IMGW_REDIS_PASSWORD"] = "bench-password"
         return ["--ratelimit_backend=redis", f"--redis_address={redis.address}"]
+
+    def metrics(self, gateway):
+        """The gateway's /metrics samples: {"name{labels}": value}."""
+        with urllib.request.urlopen(f"http://{gateway.metrics}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
 
     def stats(self, emulator):
         with urllib.request.urlopen(emulator.url + "/emulator/stats", context=self.tls,
@@ -276,15 +289,16 @@ def scenario_ceiling(bench, rows, args):
     }
 
 
-def scenario_budget(bench, args, replicas=1):
+def scenario_budget(bench, args, replicas=1, emulator_flags=()):
     """5x overload at the real limit, spread over `replicas` gateways (sharing a Redis when
-    more than one): what reaches the emulator, per second."""
+    more than one), the emulator made far away by `emulator_flags`: what reaches the emulator,
+    per second, and what the callers and the gateways saw."""
     limit = 200
-    emulator = bench.emulator(limit)
+    emulator = bench.emulator(limit, *emulator_flags)
     flags = bench.redis_flags(bench.redis()) if replicas > 1 else []
     gateways = [bench.gateway(emulator, *flags) for _ in range(replicas)]
     duration = args.budget_duration
-    warmup = 2.0 if replicas == 1 else 3.0
+    warmup = 2.0 if replicas == 1 and not emulator_flags else 3.0
     bench.reset(emulator)
     procs = [bench.loadgen_start(gateway.target, f"--duration={duration}s", "--mode=open",
                                  f"--rate={5 * limit / replicas:.0f}", "--pairs=distinct",
@@ -299,22 +313,62 @@ def scenario_budget(bench, args, replicas=1):
     last = bench.stats(emulator)["calls"]
     last_t = time.monotonic()
     results = [bench.loadgen_result(proc, duration + 60) for proc in procs]
+    time.sleep(0.5)  # The last answers' way back from a far emulator.
     stats = bench.stats(emulator)
+    metrics = [bench.metrics(gateway) for gateway in gateways]
     bench.stop_all()
     mean = (last - first) / (last_t - first_t)
 
     def total(code):
         return sum(r["codes"].get(code, 0) for r in results)
+
+    def gateway_total(name):
+        return sum(m.get(name, 0) for m in metrics)
     return {
         "mean": mean,
         "share": mean / limit,
         "max_window": stats["max_calls_in_window"],
         "throttled": stats["errors"].get("60007", 0),
+        "applied": stats["ok"],
         "ok": total("OK"),
         "exhausted": total("RESOURCE_EXHAUSTED"),
+        "late": total("DEADLINE_EXCEEDED"),
         "answered": sum(r["answered"] for r in results),
+        "timeouts": gateway_total(
+            'imgw_upstream_failures_total{api="admin_set_msg_read",kind="timeout"}'),
+        "connections": stats.get("connections", 0),
         "limit": limit,
     }
+
+
+def scenario_distance(bench, args, rows, targets):
+    """The budget with the upstream far away: round trips of 20 to 250 ms with +-10% jitter,
+    over HTTP/1.1 and HTTP/2, one gateway and three sharing Redis."""
+    for rtt in args.distances:
+        for http2 in (False, True):
+            for replicas in (1, 3):
+                flags = [f"--latency_ms={rtt}", f"--jitter_ms={rtt // 10}",
+                         f"--http2={'true' if http2 else 'false'}"]
+                setup = (f"{rtt} ms ±{rtt // 10}, HTTP/{'2' if http2 else '1.1'}, "
+                         f"{'one gateway' if replicas == 1 else 'three gateways sharing Redis'}")
+                log(f"distance {setup} ...")
+                b = scenario_budget(bench, args, replicas, flags)
+                rows.append(["distance", f"{setup}: 5x for {args.budget_duration} s",
+                             f"{b['mean']:.1f} upstream calls/s", "", "",
+                             f"{b['share']:.1%} of the limit; max {b['max_window']} in a sliding "
+                             f"second, {b['throttled']} x 60007; {b['ok']:,} OK, "
+                             f"{b['exhausted']:,} RESOURCE_EXHAUSTED, {b['late']} "
+                             f"DEADLINE_EXCEEDED; {b['timeouts']:.0f} upstream timeouts; "
+                             f"{b['applied']:,} applied; {b['connections']} connections"])
+                targets.append([f"budget used >= 98% of the limit ({setup})",
+                                f"{b['share']:.1%}", yes(b["share"] >= 0.98)])
+                targets.append([f"none over the limit, no 60007, none late, timed out or "
+                                f"applied twice ({setup})",
+                                f"max {b['max_window']}, {b['throttled']}, {b['late']}, "
+                                f"{b['timeouts']:.0f}, {b['applied'] - b['ok']}",
+                                yes(b["max_window"] <= b["limit"] and b["throttled"] == 0
+                                    and b["late"] == 0 and b["timeouts"] == 0
+                                    and b["applied"] == b["ok"])])
 
 
 def scenario_merging(bench, args):
@@ -416,7 +470,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bin", default="build-release/bin")
-    parser.add_argument("--only", default="ceiling,budget,merging,latency,memory",
+    parser.add_argument("--only", default="ceiling,budget,distance,merging,latency,memory",
                         help="comma-separated scenarios to run")
     parser.add_argument("--quick", action="store_true",
                         help="short runs (a smoke test of this script; figures meaningless)")
@@ -427,13 +481,17 @@ def main():
     parser.add_argument("--latency_duration", type=int, default=20)
     parser.add_argument("--memory_calls", type=int, default=100000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--distances", default="20,50,100,250",
+                        help="round trips of the distance scenario, ms, comma-separated")
     args = parser.parse_args()
+    args.distances = [int(d) for d in args.distances.split(",") if d]
     if args.quick:
         args.ceiling_duration = args.merging_duration = args.latency_duration = 2
         args.budget_duration = 4
         args.merging_rate = 2000
         args.memory_calls = 2000
+        args.distances = [100]
     only = set(args.only.split(","))
     for binary in ("imgw-emulator", "imgw-gateway", "imgw-loadgen", "imgw-noop-server"):
         if not os.access(os.path.join(args.bin, binary), os.X_OK):
@@ -468,6 +526,8 @@ def main():
                                 f"{b['share']:.1%}", yes(b["share"] >= share)])
                 targets.append([f"no sliding second over the limit of 200 ({setup})",
                                 f"max {b['max_window']}", yes(b["max_window"] <= b["limit"])])
+        if "distance" in only:
+            scenario_distance(bench, args, rows, targets)
         if "merging" in only:
             log("merging ...")
             result, stats = scenario_merging(bench, args)
