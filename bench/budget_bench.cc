@@ -46,6 +46,9 @@ ABSL_FLAG(absl::Duration, deadline, absl::Seconds(2), "gRPC deadline of each cal
 ABSL_FLAG(int, rate_limit, 200, "the emulator's limit (calls per sliding second)");
 ABSL_FLAG(std::vector<std::string>, gateway_flags, {},
           "extra imgw-gateway flags, comma-separated (e.g. --gateway_flags=--rate_burst=2)");
+ABSL_FLAG(std::vector<std::string>, emulator_flags, {},
+          "extra imgw-emulator flags, comma-separated: the upstream far away, e.g. "
+          "--emulator_flags=--latency_ms=250,--jitter_ms=25,--http2=false");
 ABSL_FLAG(int, max_outstanding, 20000,
           "calls in flight at most; a call due when this many are outstanding is not sent "
           "(counted as 'not sent')");
@@ -152,6 +155,7 @@ int Run() {
   for (const std::string& flag : absl::GetFlag(FLAGS_gateway_flags)) {
     options.gateway_flags.push_back(flag);
   }
+  options.emulator_flags = absl::GetFlag(FLAGS_emulator_flags);
   absl::StatusOr<std::unique_ptr<testing::ImgwStack>> stack = testing::ImgwStack::Start(options);
   if (!stack.ok()) {
     std::cerr << "imgw-bench-budget: cannot start the emulator and the gateway from " << bin_dir
@@ -226,6 +230,9 @@ int Run() {
             << " --duration=" << absl::FormatDuration(duration)
             << " --deadline=" << absl::FormatDuration(deadline) << " --rate_limit=" << limit;
   for (const std::string& flag : absl::GetFlag(FLAGS_gateway_flags)) std::cout << " " << flag;
+  for (const std::string& flag : absl::GetFlag(FLAGS_emulator_flags)) {
+    std::cout << " (emulator " << flag << ")";
+  }
   std::cout << "\n\n";
   std::cout << "| metric | value |\n|---|---|\n";
   std::cout << absl::StrFormat("| offered calls/s | %.0f (%g x %d) |\n", offered_rate, overload,

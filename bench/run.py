@@ -128,10 +128,13 @@ class Bench:
         return proc, wait_ready(ready, proc)
 
     def emulator(self, rate_limit, *flags):
+        """The emulator over HTTPS/1.1 on loopback, as the earlier tables measured it, unless
+        `flags` say otherwise (the last --http2 wins)."""
         proc, ready = self.start("emulator", [
             f"{self.bin}/imgw-emulator", "--listen=127.0.0.1:0", f"--cert_file={self.cert}",
             f"--key_file={self.key}", f"--sdkappid={SDKAPPID}",
-            f"--secret_key_file={self.secret}", f"--rate_limit={rate_limit}", *flags])
+            f"--secret_key_file={self.secret}", f"--rate_limit={rate_limit}", "--http2=false",
+            *flags])
         proc.url = f"https://127.0.0.1:{ready['port']}"
         return proc
 

@@ -136,6 +136,9 @@ void Dispatcher::Submit(Call call) {
   entry.waiters.push_back(call.id);
   deadlines_.emplace(call.deadline, call.id);
   CallId id = call.id;
+  // When it will be too late to send for it: the hopeless scan must run by then.
+  next_hopeless_scan_ = std::min(
+      next_hopeless_scan_, call.deadline - round_trips_.High(now) - Margin(call.deadline, now));
   waiters_[id] = Waiter{std::move(call), target, now};
 }
 
@@ -198,7 +201,13 @@ absl::Duration Dispatcher::Step() {
     if (metrics_) metrics_->Expired();
     Answer(id, Outcome::Failed(Outcome::Kind::kDeadlineExceeded, std::move(detail)));
   }
-  const absl::Duration hopeless_next = AnswerHopeless(now);
+  // The scan is bounded: when a call is due to become hopeless, and every 10 ms (the round
+  // trip may have grown), not on every turn of the loop.
+  if (now >= next_hopeless_scan_ || now - last_hopeless_scan_ >= absl::Milliseconds(10)) {
+    last_hopeless_scan_ = now;
+    next_hopeless_scan_ = AnswerHopeless(now);
+  }
+  const absl::Duration hopeless_next = next_hopeless_scan_;
   while (!retries_.empty() && retries_.begin()->first <= now) {
     EntryId id = retries_.begin()->second;
     retries_.erase(retries_.begin());

@@ -229,6 +229,9 @@ class Dispatcher final {
   size_t in_flight_ = 0;
   size_t queued_ = 0;
   RoundTrips round_trips_;
+  // AnswerHopeless(): when it ran last, and when it must run next at the latest.
+  absl::Duration last_hopeless_scan_ = -absl::InfiniteDuration();
+  absl::Duration next_hopeless_scan_ = -absl::InfiniteDuration();
   std::deque<absl::Duration> recent_sends_;  // Send times of the last second.
   RetryBudget retry_budget_;
   std::optional<ratelimit::WindowGuard> guard_;

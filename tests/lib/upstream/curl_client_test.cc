@@ -380,6 +380,24 @@ TEST_F(CurlClientTest, AnticipateWarmsConnectionsThatTheRequestsThenUse) {
   EXPECT_EQ(client->connections_made(), 4);
 }
 
+// Connections beyond the need go idle and close once idle for max_idle: the pool shrinks.
+TEST_F(CurlClientTest, IdleConnectionsBeyondTheNeedClose) {
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  options.warm_origin = base_url_;
+  options.max_idle = absl::Seconds(1);
+  auto client = MakeClient(options);
+  client->Anticipate(4);
+  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
+  client->Anticipate(4);
+  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
+  ASSERT_EQ(client->open_connections(), 4);
+  absl::SleepFor(absl::Milliseconds(2100));
+  std::vector<HttpResponse> r = Run(*client, {Request("after-idle")});
+  ASSERT_EQ(r[0].error, HttpResponse::Error::kNone) << r[0].error_detail;
+  EXPECT_LE(client->open_connections(), 1) << "idle connections were kept";
+}
+
 // Over HTTP/2 one connection carries every stream: one warm-up, however many are expected.
 TEST_F(CurlClientTest, AnticipateWarmsOneConnectionOverHttp2) {
   emulator::HttpsServerOptions server_options;
