@@ -2,6 +2,8 @@
 
 #include <cstdint>
 
+#include "absl/strings/str_cat.h"
+
 namespace imgw {
 
 TextCheck CheckText(absl::string_view text) {
@@ -40,6 +42,14 @@ TextCheck CheckText(absl::string_view text) {
     i += 1 + extra;
   }
   return TextCheck::kOk;
+}
+
+std::string CapText(absl::string_view text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return std::string(text);
+  size_t cut = max_bytes;
+  // Back up over continuation bytes (10xxxxxx) to the start of the character that would be cut.
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return absl::StrCat(text.substr(0, cut), " ...(cut, ", text.size(), " bytes)");
 }
 
 }  // namespace imgw

@@ -1,5 +1,8 @@
 #pragma once
 
+#include <cstddef>
+#include <string>
+
 #include "absl/strings/string_view.h"
 
 namespace imgw {
@@ -13,5 +16,10 @@ enum class TextCheck {
 // Whether `text` is printable UTF-8: the rule for account names and the admin identifier,
 // which travel in JSON and in the UserSig. Pure.
 TextCheck CheckText(absl::string_view text);
+
+// `text` when it is at most `max_bytes` long; else its first bytes, cut at a UTF-8 character
+// boundary, followed by " ...(cut, N bytes)" with N the original length. The rule for text a
+// peer controls (the upstream's ErrorInfo) that reaches status messages, trailers and logs.
+std::string CapText(absl::string_view text, size_t max_bytes);
 
 }  // namespace imgw

@@ -1,10 +1,13 @@
 #include "lib/upstream/set_msg_read.h"
 
 #include <cstring>
+#include <set>
+#include <string>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "boost/json/basic_parser_impl.hpp"
 #include "boost/json/parse.hpp"
 #include "boost/json/serialize.hpp"
 #include "boost/json/value.hpp"
@@ -12,6 +15,63 @@
 
 namespace imgw::upstream {
 namespace {
+
+// The longest upstream text (ActionStatus, ErrorInfo) kept: it reaches status messages,
+// trailers and logs, and gRPC's default limit on metadata is 8 KiB.
+constexpr size_t kMaxUpstreamText = 256;
+
+// A Boost.JSON SAX handler that only records whether the top-level object names a key twice:
+// a duplicate ErrorCode ({"ErrorCode":70001,"ErrorCode":0}) has no one reading, and parse()
+// would keep one of them silently.
+struct DuplicateKeyFinder {
+  static constexpr std::size_t max_object_size = std::size_t(-1);
+  static constexpr std::size_t max_array_size = std::size_t(-1);
+  static constexpr std::size_t max_key_size = std::size_t(-1);
+  static constexpr std::size_t max_string_size = std::size_t(-1);
+  using ec = boost::system::error_code;
+  using sv = boost::json::string_view;
+
+  int depth = 0;
+  std::string key;
+  std::set<std::string> keys;
+  bool duplicate = false;
+
+  bool on_document_begin(ec&) { return true; }
+  bool on_document_end(ec&) { return true; }
+  bool on_object_begin(ec&) { return ++depth, true; }
+  bool on_object_end(std::size_t, ec&) { return --depth, true; }
+  bool on_array_begin(ec&) { return ++depth, true; }
+  bool on_array_end(std::size_t, ec&) { return --depth, true; }
+  bool on_key_part(sv part, std::size_t, ec&) {
+    if (depth == 1) key.append(part.data(), part.size());
+    return true;
+  }
+  bool on_key(sv part, std::size_t, ec&) {
+    if (depth != 1) return true;
+    key.append(part.data(), part.size());
+    duplicate = duplicate || !keys.insert(key).second;
+    key.clear();
+    return true;
+  }
+  bool on_string_part(sv, std::size_t, ec&) { return true; }
+  bool on_string(sv, std::size_t, ec&) { return true; }
+  bool on_number_part(sv, ec&) { return true; }
+  bool on_int64(std::int64_t, sv, ec&) { return true; }
+  bool on_uint64(std::uint64_t, sv, ec&) { return true; }
+  bool on_double(double, sv, ec&) { return true; }
+  bool on_bool(bool, ec&) { return true; }
+  bool on_null(ec&) { return true; }
+  bool on_comment_part(sv, ec&) { return true; }
+  bool on_comment(sv, ec&) { return true; }
+};
+
+// Whether the top-level object of `body` (already known to parse) names a key twice.
+bool HasDuplicateKey(absl::string_view body) {
+  boost::json::basic_parser<DuplicateKeyFinder> parser(boost::json::parse_options{});
+  boost::system::error_code ec;
+  parser.write_some(false, body.data(), body.size(), ec);
+  return !ec && parser.handler().duplicate;
+}
 
 void AppendEscaped(std::string* out, absl::string_view text) {
   static constexpr char kHex[] = "0123456789ABCDEF";
@@ -107,6 +167,7 @@ absl::StatusOr<Answer> ParseAnswer(absl::string_view body) {
   if (ec) return absl::InvalidArgumentError(absl::StrCat("answer is not JSON: ", ec.message()));
   const boost::json::object* doc = value.if_object();
   if (doc == nullptr) return absl::InvalidArgumentError("answer is not a JSON object");
+  if (HasDuplicateKey(body)) return absl::InvalidArgumentError("answer names a field twice");
   Answer answer;
   const boost::json::value* code = doc->if_contains("ErrorCode");
   if (code == nullptr) return absl::InvalidArgumentError("answer has no ErrorCode");
@@ -119,13 +180,15 @@ absl::StatusOr<Answer> ParseAnswer(absl::string_view body) {
   }
   if (const boost::json::value* status = doc->if_contains("ActionStatus")) {
     if (!status->is_string()) return absl::InvalidArgumentError("ActionStatus is not a string");
-    answer.action_status = std::string(status->get_string());
+    const boost::json::string& text = status->get_string();
+    answer.action_status = CapText({text.data(), text.size()}, kMaxUpstreamText);
   } else {
     answer.action_status = answer.error_code == 0 ? "OK" : "FAIL";
   }
   if (const boost::json::value* info = doc->if_contains("ErrorInfo")) {
     if (!info->is_string()) return absl::InvalidArgumentError("ErrorInfo is not a string");
-    answer.error_info = std::string(info->get_string());
+    const boost::json::string& text = info->get_string();
+    answer.error_info = CapText({text.data(), text.size()}, kMaxUpstreamText);
   }
   if ((answer.action_status == "OK") != (answer.error_code == 0)) {
     return absl::InvalidArgumentError(absl::StrCat("ActionStatus \"", answer.action_status,

@@ -56,9 +56,10 @@ struct Answer {
 };
 
 // Parses an answer. Unknown fields are ignored. InvalidArgument when the body is not a JSON
-// object, ErrorCode is missing or not a 32-bit integer, ActionStatus or ErrorInfo have the
-// wrong type, or ActionStatus contradicts ErrorCode ("OK" with a non-zero code or "FAIL" with
-// 0). Safe on arbitrary bytes (fuzzed).
+// object, names a top-level field twice, ErrorCode is missing or not a 32-bit integer,
+// ActionStatus or ErrorInfo have the wrong type, or ActionStatus contradicts ErrorCode ("OK"
+// with a non-zero code or "FAIL" with 0). ActionStatus and ErrorInfo are capped at 256 bytes
+// (CapText: cut at a character, marked). Safe on arbitrary bytes (fuzzed).
 absl::StatusOr<Answer> ParseAnswer(absl::string_view body);
 
 // The Retry-After header's wait: delta-seconds ("120") or an HTTP-date

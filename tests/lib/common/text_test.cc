@@ -30,5 +30,25 @@ TEST(CheckTextTest, ControlCharactersAreRefused) {
   EXPECT_EQ(CheckText("\xc2\x9f"), TextCheck::kControlCharacter);
 }
 
+TEST(CapTextTest, ShortTextIsKept) {
+  EXPECT_EQ(CapText("account missing", 16), "account missing");
+  EXPECT_EQ(CapText("", 0), "");
+}
+
+TEST(CapTextTest, LongTextIsCutAtACharacterAndMarked) {
+  EXPECT_EQ(CapText(std::string(4000, 'x'), 10), "xxxxxxxxxx ...(cut, 4000 bytes)");
+  // "é" is two bytes: a cut that would split it keeps the text well-formed UTF-8.
+  std::string accented =
+      "ab\xC3\xA9"
+      "cd";  // a b é c d
+  EXPECT_EQ(CapText(accented, 3), "ab ...(cut, 6 bytes)");
+  EXPECT_EQ(CapText(accented, 4), "ab\xC3\xA9 ...(cut, 6 bytes)");
+  // Every cut of well-formed UTF-8 is well-formed UTF-8 (mixed 1-, 2-, 3- and 4-byte characters).
+  const std::string mixed = "a\xC3\xA9\xE4\xB8\xAD\xF0\x9F\x98\x80z";
+  for (size_t max = 0; max < mixed.size(); ++max) {
+    EXPECT_EQ(CheckText(CapText(mixed, max)), TextCheck::kOk) << "cut at " << max;
+  }
+}
+
 }  // namespace
 }  // namespace imgw

@@ -119,6 +119,20 @@ TEST(ParseAnswerTest, IgnoresUnknownFieldsAndToleratesMissingOptionalOnes) {
   EXPECT_EQ(b->action_status, "OK");
 }
 
+// Upstream text reaches status messages, trailers and logs: a long one is capped (gRPC's
+// metadata limit is 8 KiB; a 4,000-byte ErrorInfo once broke C++ clients).
+TEST(ParseAnswerTest, CapsLongUpstreamText) {
+  std::string info(4000, 'x');
+  absl::StatusOr<Answer> a =
+      ParseAnswer(R"({"ActionStatus":"FAIL","ErrorCode":90008,"ErrorInfo":")" + info + R"("})");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_LE(a->error_info.size(), 300u);
+  EXPECT_EQ(a->error_info.substr(0, 256), info.substr(0, 256));
+  EXPECT_NE(a->error_info.find("(cut, 4000 bytes)"), std::string::npos) << a->error_info;
+  // Duplicate keys inside nested values are not the answer's business.
+  EXPECT_TRUE(ParseAnswer(R"({"ErrorCode":0,"X":{"a":1,"a":2}})").ok());
+}
+
 TEST(ParseAnswerTest, RejectsMalformedAndContradictoryAnswers) {
   for (const char* body : {
            "",
@@ -136,6 +150,9 @@ TEST(ParseAnswerTest, RejectsMalformedAndContradictoryAnswers) {
            R"({"ActionStatus":"OK","ErrorCode":90001})",  // contradiction
            R"({"ActionStatus":"FAIL","ErrorCode":0})",    // contradiction
            "{\"ErrorCode\":0}\x01garbage",
+           // A field named twice: which one is meant cannot be known.
+           R"({"ErrorCode":70001,"ErrorCode":0,"ActionStatus":"OK"})",
+           R"({"ActionStatus":"OK","ErrorCode":0,"ActionStatus":"FAIL"})",
        }) {
     EXPECT_FALSE(ParseAnswer(body).ok()) << "accepted: " << body;
   }

@@ -1,7 +1,10 @@
 #include "services/gateway/status_mapping.h"
 
+#include <string>
+
 #include "google/rpc/error_details.pb.h"
 #include "gtest/gtest.h"
+#include "lib/upstream/set_msg_read.h"
 
 namespace imgw::gateway {
 namespace {
@@ -83,6 +86,18 @@ TEST(StatusMappingTest, FailureCarriesAGoogleRpcErrorInfo) {
   EXPECT_EQ(info.domain(), "imgw.upstream");
   EXPECT_EQ(info.reason(), "UPSTREAM_90008");
   EXPECT_EQ(info.metadata().at("error_code"), "90008");
+}
+
+// Whatever the upstream says, the status (message and details, sent as trailers) stays far
+// below gRPC's default 8 KiB metadata limit: the answer parser caps its text.
+TEST(StatusMappingTest, UpstreamTextCannotOverflowTheTrailers) {
+  upstream::HttpResponse response;
+  response.http_status = 200;
+  response.body = R"({"ActionStatus":"FAIL","ErrorCode":90008,"ErrorInfo":")" +
+                  std::string(4000, 'x') + R"("})";
+  MappedStatus mapped = MapOutcome(upstream::Interpret(response));
+  EXPECT_EQ(mapped.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_LT(mapped.status.error_message().size() + mapped.status.error_details().size(), 1024u);
 }
 
 TEST(StatusMappingTest, LocalOutcomes) {
