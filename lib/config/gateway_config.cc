@@ -4,8 +4,11 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -37,15 +40,42 @@ bool ValidPort(absl::string_view text) {
   return !text.empty() && text.size() <= 5 && absl::SimpleAtoi(text, &port) && port <= 65535;
 }
 
-absl::StatusOr<std::string> ReadFile(absl::string_view flag, const std::string& path) {
-  std::ifstream in(path);
+// Secrets are short; PEM files hold a few certificates (a CA bundle a few hundred).
+constexpr size_t kMaxSecretBytes = 4096;
+constexpr size_t kMaxPemBytes = 1 << 20;
+
+// Reads the file a flag names: a regular file (or a link to one, as Kubernetes mounts
+// Secrets) of at most `max_bytes`. A directory, a device (/dev/zero would never end), a FIFO
+// or a larger file is refused in one line naming the flag.
+absl::StatusOr<std::string> ReadBoundedFile(absl::string_view flag, const std::string& path,
+                                            size_t max_bytes) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    return Bad(flag, absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  }
+  if (S_ISDIR(st.st_mode)) return Bad(flag, absl::StrCat(path, " is a directory, not a file"));
+  if (!S_ISREG(st.st_mode)) return Bad(flag, absl::StrCat(path, " is not a regular file"));
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+    return Bad(flag, absl::StrCat(path, " is larger than ", max_bytes, " bytes"));
+  }
+  std::ifstream in(path, std::ios::binary);
   if (!in) return Bad(flag, absl::StrCat("cannot read ", path));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  if (buffer.str().find("-----BEGIN ") == std::string::npos) {
+  std::string content(max_bytes + 1, '\0');
+  in.read(content.data(), static_cast<std::streamsize>(content.size()));
+  content.resize(static_cast<size_t>(in.gcount()));
+  if (content.size() > max_bytes) {  // It grew after stat().
+    return Bad(flag, absl::StrCat(path, " is larger than ", max_bytes, " bytes"));
+  }
+  return content;
+}
+
+absl::StatusOr<std::string> ReadFile(absl::string_view flag, const std::string& path) {
+  absl::StatusOr<std::string> content = ReadBoundedFile(flag, path, kMaxPemBytes);
+  if (!content.ok()) return content.status();
+  if (content->find("-----BEGIN ") == std::string::npos) {
     return Bad(flag, absl::StrCat(path, " holds no PEM block"));
   }
-  return buffer.str();
+  return content;
 }
 
 // The certificates in `pem` (none when it holds no parsable certificate).
@@ -90,11 +120,10 @@ absl::Status CheckKeyPair(const GatewayFlags& flags, const std::string& cert_pem
 absl::StatusOr<std::string> ReadSecretKey(const GatewayFlags& flags) {
   std::string key;
   if (!flags.secret_key_file.empty()) {
-    std::ifstream in(flags.secret_key_file);
-    if (!in) return Bad("secret_key_file", absl::StrCat("cannot read ", flags.secret_key_file));
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    key = buffer.str();
+    absl::StatusOr<std::string> content =
+        ReadBoundedFile("secret_key_file", flags.secret_key_file, kMaxSecretBytes);
+    if (!content.ok()) return content.status();
+    key = *std::move(content);
   } else if (!flags.secret_key_env.empty()) {
     key = flags.secret_key_env;
   } else {
@@ -135,13 +164,10 @@ absl::Status ResolveRedis(const GatewayFlags& flags, GatewayConfig& config) {
   config.redis_host = host;
   config.redis_port = static_cast<int>(port);
   if (!flags.redis_password_file.empty()) {
-    std::ifstream in(flags.redis_password_file);
-    if (!in) {
-      return Bad("redis_password_file", absl::StrCat("cannot read ", flags.redis_password_file));
-    }
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    config.redis_password = std::string(absl::StripTrailingAsciiWhitespace(buffer.str()));
+    absl::StatusOr<std::string> content =
+        ReadBoundedFile("redis_password_file", flags.redis_password_file, kMaxSecretBytes);
+    if (!content.ok()) return content.status();
+    config.redis_password = std::string(absl::StripTrailingAsciiWhitespace(*content));
     if (config.redis_password.empty()) {
       return Bad("redis_password_file", absl::StrCat(flags.redis_password_file, " is empty"));
     }
@@ -226,8 +252,8 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
     return Bad("region", "missing: give --region (or --endpoint=https://host:port)");
   }
   if (!flags.ca_file.empty()) {
-    std::ifstream in(flags.ca_file);
-    if (!in) return Bad("ca_file", absl::StrCat("cannot read ", flags.ca_file));
+    absl::StatusOr<std::string> ca = ReadFile("ca_file", flags.ca_file);
+    if (!ca.ok()) return ca.status();
   }
   config.ca_file = flags.ca_file;
   config.insecure_skip_verify = flags.insecure_skip_verify;

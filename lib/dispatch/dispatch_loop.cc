@@ -68,6 +68,15 @@ void DispatchLoop::Stop(absl::Duration grace) {
   if (thread_.joinable()) thread_.join();
 }
 
+void DispatchLoop::EndGraceNow() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) return;
+    stop_by_ = std::min(stop_by_, clock_.Monotonic());
+  }
+  client_.Wakeup();
+}
+
 void DispatchLoop::Run() {
   std::vector<Call> submitted;
   std::vector<CallId> cancelled;

@@ -34,6 +34,9 @@ class DispatchLoop final {
   // the rest kShuttingDown, and joins the thread. Every submitted call has its answer when
   // Stop() returns.
   void Stop(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
+  // Ends a Stop()'s grace now, from any thread, without waiting: what is still queued or in
+  // flight is answered kShuttingDown at once (a second SIGTERM). No effect before Stop().
+  void EndGraceNow() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   void Run();

@@ -105,12 +105,16 @@ void Dispatcher::Submit(Call call) {
     ++stats_.rejected_overloaded;
     if (metrics_) metrics_->Rejected("overloaded");
     if (slots.active == 0 && slots.next == 0) pairs_.erase(key);
+    // The wait until an answer could come back: the turn and the upstream's round trip.
+    const absl::Duration round_trip = ExpectedRoundTrip(now, /*cold=*/false);
     Outcome out = Outcome::Failed(
         Outcome::Kind::kOverloaded,
         absl::StrCat("the call's deadline (in ", Millis(call.deadline - now),
-                     ") would pass before its turn for the upstream budget (in about ",
-                     Millis(turn - now), ")"));
-    out.retry_after = std::max(absl::Milliseconds(1), turn - now);
+                     ") would pass before its answer could come back: its turn for the upstream "
+                     "budget in about ",
+                     Millis(turn - now), ", then the upstream's round trip (p99 ",
+                     Millis(round_trip), ")"));
+    out.retry_after = std::max(absl::Milliseconds(1), turn - now + round_trip);
     call.done(std::move(out));
     return;
   }

@@ -1,6 +1,12 @@
 #include "services/gateway/gateway.h"
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -25,10 +31,53 @@ std::shared_ptr<grpc::ServerCredentials> ListenerCredentials(const config::Gatew
   return grpc::SslServerCredentials(options);
 }
 
+// Whether something already listens on `address` ("host:port"; port 0 is always free): a bind
+// with SO_REUSEADDR only, as a listener would, on every address the host resolves to. gRPC
+// would report the same failure later, after its own error lines; this says it in one line,
+// before anything starts. (The listener itself binds without SO_REUSEPORT, so a race with
+// another process still fails rather than sharing the port.)
+absl::Status CheckPortFree(const std::string& flag, const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return absl::OkStatus();  // Resolve() checked the form.
+  std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (port == "0") return absl::OkStatus();
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found) != 0) {
+    return absl::OkStatus();  // Let the listener report it.
+  }
+  absl::Status status = absl::OkStatus();
+  for (addrinfo* a = found; a != nullptr && status.ok(); a = a->ai_next) {
+    int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 && errno == EADDRINUSE) {
+      status = absl::UnavailableError(absl::StrCat("--", flag, ": cannot listen on ", address, ": ",
+                                                   std::strerror(EADDRINUSE)));
+    }
+    close(fd);
+  }
+  freeaddrinfo(found);
+  return status;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayConfig& config,
                                                          Clock& clock) {
+  // Both ports first: a second gateway on a port the first one serves stops here, in one line.
+  for (const auto& [flag, address] :
+       {std::pair<std::string, std::string>{"grpc_listen", config.grpc_listen},
+        {"metrics_listen", config.metrics_listen}}) {
+    if (absl::Status free = CheckPortFree(flag, address); !free.ok()) return free;
+  }
   auto gw = std::unique_ptr<Gateway>(new Gateway(config));
   gw->clock_ = &clock;
   gw->metrics_ = std::make_shared<metrics::Metrics>(IMGW_VERSION);
@@ -137,11 +186,15 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
       metrics::HttpServer::Create(http_options, gw->metrics_);
   if (!http.ok()) return http.status();
   gw->http_ = *std::move(http);
+  gw->metrics_address_ = gw->http_->address();
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
+  // No SO_REUSEPORT: a second gateway on the same port would have the kernel split the calls
+  // between two processes with two budgets. It must fail to listen instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(config.grpc_listen, ListenerCredentials(config), &port);
   builder.RegisterService(gw->service_.get());
   gw->loop_->Start();
@@ -190,6 +243,8 @@ void Gateway::Shutdown() {
   absl::Time flush_by = absl::Now() + absl::Seconds(2);
   while (service_->active() > 0 && absl::Now() < flush_by) absl::SleepFor(absl::Milliseconds(5));
   server_->Shutdown(std::chrono::system_clock::now());
+  // The probes and /metrics last: a scrape during the drain still reads live objects.
+  http_.reset();
   const dispatch::DispatcherStats& s = dispatcher_->stats();  // The loop thread has ended.
   Log(LogLevel::kInfo, "stopped",
       {{"calls", absl::StrCat(s.submitted)},
@@ -216,6 +271,8 @@ std::string Gateway::NotReadyBecause() const {
 
 Gateway::~Gateway() {
   if (server_ != nullptr) Shutdown();
+  // Before the members its handlers read (the client, the UserSig cache) are destroyed.
+  http_.reset();
 }
 
 }  // namespace imgw::gateway

@@ -26,6 +26,9 @@ namespace imgw::gateway {
 // shared through Redis), dispatcher and its loop,
 // the gRPC service and server. Create() builds and starts it (nothing listens if it fails);
 // Shutdown() drains it. Thread-safe.
+//
+// Lifecycle, in code rather than in member order: the metrics endpoint starts first (its
+// /readyz says "starting") and stops last, before anything its handlers read is destroyed.
 class Gateway final {
  public:
   static absl::StatusOr<std::unique_ptr<Gateway>> Create(const config::GatewayConfig& config,
@@ -35,15 +38,18 @@ class Gateway final {
   // The gRPC address actually bound (the port resolved when 0 was asked for).
   const std::string& grpc_address() const { return grpc_address_; }
   // The address of /metrics, /healthz and /readyz.
-  const std::string& metrics_address() const { return http_->address(); }
+  const std::string& metrics_address() const { return metrics_address_; }
 
   // The budget shared through Redis, or nullptr with --ratelimit_backend=local. For metrics:
   // Stats() is thread-safe. Lives as long as the gateway.
   const ratelimit::RedisRateLimiter* redis_limiter() const { return redis_limiter_; }
 
   // Stops taking RPCs, lets calls finish within the grace period, answers the rest
-  // UNAVAILABLE. Idempotent.
+  // UNAVAILABLE, then stops the metrics and probe endpoint. Idempotent.
   void Shutdown();
+  // During Shutdown(), from another thread: ends the grace period now (a second SIGTERM);
+  // what is left is answered UNAVAILABLE at once.
+  void EndGraceNow() { loop_->EndGraceNow(); }
 
  private:
   explicit Gateway(const config::GatewayConfig& config) : config_(config) {}
@@ -71,6 +77,7 @@ class Gateway final {
   std::unique_ptr<MsgReadService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::string grpc_address_;
+  std::string metrics_address_;
   bool shut_down_ = false;
 };
 

@@ -5,12 +5,14 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "grpc/support/log.h"
 #include "lib/common/clock.h"
 #include "lib/common/log.h"
 #include "lib/config/gateway_config.h"
@@ -82,20 +84,36 @@ ABSL_FLAG(std::string, ready_file, "",
 
 namespace {
 
+// gRPC's own log lines, as JSON lines of ours (README "Logs"), rate-limited like every warning.
+void GrpcLog(gpr_log_func_args* args) {
+  imgw::LogLevel level = args->severity == GPR_LOG_SEVERITY_ERROR  ? imgw::LogLevel::kError
+                         : args->severity == GPR_LOG_SEVERITY_INFO ? imgw::LogLevel::kInfo
+                                                                   : imgw::LogLevel::kDebug;
+  imgw::Log(level, "grpc", {{"message", args->message}, {"file", args->file}});
+}
+
 [[noreturn]] void Die(const std::string& message) {
   std::fprintf(stderr, "imgw-gateway: %s\n", message.c_str());
   std::exit(2);
 }
 
-void WriteReadyFile(const std::string& path, const std::string& grpc_address,
-                    const std::string& metrics_address) {
+// Writes the ready file atomically (a temporary file beside it, renamed); false when it cannot.
+bool WriteReadyFile(const std::string& path, const std::string& content) {
   std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp);
-    out << "{\"grpc_listen\":\"" << grpc_address << "\",\"metrics_listen\":\"" << metrics_address
-        << "\"}\n";
+    out << content;
+    out.close();
+    if (!out) {
+      std::remove(tmp.c_str());
+      return false;
+    }
   }
-  std::rename(tmp.c_str(), path.c_str());
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -152,6 +170,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<imgw::config::GatewayConfig> config = imgw::config::Resolve(flags);
   if (!config.ok()) Die(std::string(config.status().message()));
 
+  gpr_set_log_function(GrpcLog);
   // Signals are taken by sigwait() below: block them before any thread starts.
   sigset_t signals;
   sigemptyset(&signals);
@@ -159,15 +178,48 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // A ready file that cannot be written is a bad flag, found before anything listens.
+  const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
+  if (!ready_file.empty() && !WriteReadyFile(ready_file + ".probe", "")) {
+    Die(absl::StrCat("--ready_file: cannot write beside ", ready_file));
+  }
+  if (!ready_file.empty()) std::remove((ready_file + ".probe").c_str());
   auto gateway = imgw::gateway::Gateway::Create(*config, imgw::RealClock::Get());
   if (!gateway.ok()) Die(std::string(gateway.status().message()));
-  if (!absl::GetFlag(FLAGS_ready_file).empty()) {
-    WriteReadyFile(absl::GetFlag(FLAGS_ready_file), (*gateway)->grpc_address(),
-                   (*gateway)->metrics_address());
+  if (!ready_file.empty() &&
+      !WriteReadyFile(ready_file, absl::StrCat("{\"grpc_listen\":\"", (*gateway)->grpc_address(),
+                                               "\",\"metrics_listen\":\"",
+                                               (*gateway)->metrics_address(), "\"}\n"))) {
+    Die(absl::StrCat("--ready_file: cannot write ", ready_file));
   }
   int signal = 0;
   sigwait(&signals, &signal);
   imgw::Log(imgw::LogLevel::kInfo, "signal received", {{"signal", strsignal(signal)}});
+  // A second SIGTERM or SIGINT ends the grace period at once; the calls still get answers.
+  // The watcher holds the gateway only while `draining` says it lives.
+  struct Draining {
+    absl::Mutex mu;
+    imgw::gateway::Gateway* gateway ABSL_GUARDED_BY(mu) = nullptr;
+  };
+  static Draining draining;  // Outlives the detached watcher, blocked in sigwait() at exit.
+  {
+    absl::MutexLock lock(&draining.mu);
+    draining.gateway = gateway->get();
+  }
+  std::thread([signals]() mutable {
+    int again = 0;
+    sigwait(&signals, &again);
+    absl::MutexLock lock(&draining.mu);
+    if (draining.gateway == nullptr) return;
+    imgw::Log(imgw::LogLevel::kInfo, "second signal: ending the grace period now",
+              {{"signal", strsignal(again)}});
+    draining.gateway->EndGraceNow();
+  }).detach();
   (*gateway)->Shutdown();
+  {
+    absl::MutexLock lock(&draining.mu);
+    draining.gateway = nullptr;
+  }
+  gateway->reset();
   return 0;
 }

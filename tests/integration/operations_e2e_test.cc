@@ -6,12 +6,14 @@
 // Only 127.0.0.1, every port chosen by the kernel, every wait bounded.
 #include <signal.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -833,8 +835,8 @@ TEST_F(OperationsE2eTest, MutualTlsListenerServesTrustedClientCertificatesOnly) 
 
 // Runs imgw-gateway with otherwise good flags plus `tls_flags` and checks that it exits 2 at
 // once with one line on stderr that starts with "imgw-gateway: --<flag>", never becoming ready.
-void ExpectRejectedTlsFlags(const TempDir& dir, const std::string& name,
-                            const std::vector<std::string>& tls_flags, const std::string& flag) {
+void ExpectRejectedFlags(const TempDir& dir, const std::string& name,
+                         const std::vector<std::string>& tls_flags, const std::string& flag) {
   SCOPED_TRACE(name);
   const std::string ready = dir.File(name + ".ready");
   const std::string key_file = dir.File("secret.key");
@@ -870,16 +872,16 @@ TEST_F(OperationsE2eTest, BadTlsFlagsExitTwoNamingTheFlag) {
   const std::string cert = "--grpc_tls_cert=" + server.cert_file;
   const std::string key = "--grpc_tls_key=" + server.key_file;
 
-  ExpectRejectedTlsFlags(dir, "cert-without-key", {cert}, "grpc_tls_key");
-  ExpectRejectedTlsFlags(dir, "key-without-cert", {key}, "grpc_tls_cert");
-  ExpectRejectedTlsFlags(dir, "ca-without-cert", {"--grpc_client_ca=" + server.cert_file},
-                         "grpc_client_ca");
-  ExpectRejectedTlsFlags(dir, "cert-not-pem", {"--grpc_tls_cert=" + not_pem, key}, "grpc_tls_cert");
-  ExpectRejectedTlsFlags(dir, "key-not-pem", {cert, "--grpc_tls_key=" + not_pem}, "grpc_tls_key");
-  ExpectRejectedTlsFlags(dir, "ca-not-pem", {cert, key, "--grpc_client_ca=" + not_pem},
-                         "grpc_client_ca");
-  ExpectRejectedTlsFlags(dir, "cert-missing", {"--grpc_tls_cert=" + dir.File("nope.pem"), key},
-                         "grpc_tls_cert");
+  ExpectRejectedFlags(dir, "cert-without-key", {cert}, "grpc_tls_key");
+  ExpectRejectedFlags(dir, "key-without-cert", {key}, "grpc_tls_cert");
+  ExpectRejectedFlags(dir, "ca-without-cert", {"--grpc_client_ca=" + server.cert_file},
+                      "grpc_client_ca");
+  ExpectRejectedFlags(dir, "cert-not-pem", {"--grpc_tls_cert=" + not_pem, key}, "grpc_tls_cert");
+  ExpectRejectedFlags(dir, "key-not-pem", {cert, "--grpc_tls_key=" + not_pem}, "grpc_tls_key");
+  ExpectRejectedFlags(dir, "ca-not-pem", {cert, key, "--grpc_client_ca=" + not_pem},
+                      "grpc_client_ca");
+  ExpectRejectedFlags(dir, "cert-missing", {"--grpc_tls_cert=" + dir.File("nope.pem"), key},
+                      "grpc_tls_cert");
 }
 
 // PEM files that hold the wrong thing: found only when gRPC builds the listener, yet still a
@@ -892,16 +894,93 @@ TEST_F(OperationsE2eTest, UnusableTlsMaterialExitsTwoNamingTheFlag) {
   const std::string cert = "--grpc_tls_cert=" + server.cert_file;
   const std::string key = "--grpc_tls_key=" + server.key_file;
 
-  ExpectRejectedTlsFlags(
-      dir, "key-as-cert",
-      {"--grpc_tls_cert=" + server.key_file, "--grpc_tls_key=" + server.key_file}, "grpc_tls_cert");
-  ExpectRejectedTlsFlags(dir, "cert-as-key", {cert, "--grpc_tls_key=" + server.cert_file},
-                         "grpc_tls_key");
+  ExpectRejectedFlags(dir, "key-as-cert",
+                      {"--grpc_tls_cert=" + server.key_file, "--grpc_tls_key=" + server.key_file},
+                      "grpc_tls_cert");
+  ExpectRejectedFlags(dir, "cert-as-key", {cert, "--grpc_tls_key=" + server.cert_file},
+                      "grpc_tls_key");
   // A key and a certificate that do not belong together: either flag may be named.
-  ExpectRejectedTlsFlags(dir, "key-of-another-cert", {cert, "--grpc_tls_key=" + other.key_file},
-                         "grpc_tls_");
-  ExpectRejectedTlsFlags(dir, "key-as-client-ca",
-                         {cert, key, "--grpc_client_ca=" + server.key_file}, "grpc_client_ca");
+  ExpectRejectedFlags(dir, "key-of-another-cert", {cert, "--grpc_tls_key=" + other.key_file},
+                      "grpc_tls_");
+  ExpectRejectedFlags(dir, "key-as-client-ca", {cert, key, "--grpc_client_ca=" + server.key_file},
+                      "grpc_client_ca");
+}
+
+// A second gateway on a port the first one serves must not share it (gRPC would set
+// SO_REUSEPORT and the kernel split the calls between two budgets): it says so on one line and
+// exits 2 before serving, for the gRPC port and for the metrics port (issue 11, finding 2).
+TEST_F(OperationsE2eTest, ASecondGatewayOnTheSamePortsExitsTwo) {
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  const TlsFiles unused = MakeCert("imgw-same-port");  // Only for its directory.
+  const TempDir& dir = *dirs_.back();
+  ExpectRejectedFlags(dir, "same-grpc-port", {"--grpc_listen=" + stack_->gateway_address()},
+                      "grpc_listen");
+  ExpectRejectedFlags(dir, "same-metrics-port", {"--metrics_listen=" + stack_->metrics_address()},
+                      "metrics_listen");
+  // The first one still serves, alone.
+  Answer answer = Invoke(*stub_, Request("alice", "bob"));
+  EXPECT_TRUE(answer.status.ok()) << Describe(answer.status);
+}
+
+// A second SIGTERM during the grace period ends it at once: what is still queued is answered
+// UNAVAILABLE and the process exits, instead of waiting out the grace (issue 11, finding 8).
+TEST_F(OperationsE2eTest, ASecondSigtermEndsTheGraceAtOnce) {
+  constexpr int kCalls = 100;
+  ASSERT_NO_FATAL_FAILURE(Start({"--rate_limit=5", "--shutdown_grace=20s"}));
+  AsyncCalls calls;
+  for (int i = 0; i < kCalls; ++i) {
+    calls.Add(Request(absl::StrFormat("s%03d", i), absl::StrFormat("q%03d", i), kBaseTime + i),
+              absl::Seconds(60), "second-sigterm");
+  }
+  calls.StartAll(*stub_);
+  absl::SleepFor(absl::Milliseconds(500));
+  const absl::Time first = absl::Now();
+  ASSERT_TRUE(stack_->gateway().Signal(SIGTERM));
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_TRUE(stack_->gateway().Signal(SIGTERM));
+  std::optional<int> exit_status = stack_->gateway().Wait(absl::Seconds(10));
+  const absl::Duration took = absl::Now() - first;
+  ASSERT_TRUE(exit_status.has_value()) << "still draining " << took << " after two SIGTERMs";
+  EXPECT_EQ(*exit_status, 0);
+  EXPECT_LT(took, absl::Seconds(5)) << "the 20 s grace was not cut short";
+  ASSERT_TRUE(calls.Wait(absl::Seconds(5)));
+  int unavailable = 0;
+  for (int i = 0; i < calls.size(); ++i) {
+    EXPECT_EQ(calls.call(i).answers, 1);
+    unavailable += calls.call(i).status.error_code() == grpc::StatusCode::UNAVAILABLE ? 1 : 0;
+  }
+  EXPECT_GT(unavailable, kCalls / 2) << "most calls were still queued at 5/s";
+}
+
+// A ready file that cannot be written is a bad flag: one line, exit 2, before serving.
+TEST_F(OperationsE2eTest, AnUnwritableReadyFileExitsTwo) {
+  const TlsFiles unused = MakeCert("imgw-ready-file");  // Only for its directory.
+  const TempDir& dir = *dirs_.back();
+  ExpectRejectedFlags(dir, "ready-unwritable", {"--ready_file=/nonexistent/imgw/gw.ready"},
+                      "ready_file");
+}
+
+// Scrapes during the shutdown read only live objects: the endpoint stops before what its
+// handlers read is destroyed (under ASan, a use after free would abort the gateway).
+TEST_F(OperationsE2eTest, ScrapesThroughShutdownReadNothingFreed) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--shutdown_grace=1s"}));
+  const std::string url = absl::StrCat("http://", stack_->metrics_address(), "/metrics");
+  std::atomic<bool> stop{false};
+  std::atomic<int> scraped{0};
+  std::thread scraper([&] {
+    const absl::Time until = absl::Now() + absl::Seconds(15);
+    while (!stop.load() && absl::Now() < until) {
+      if (testing::HttpsRequest("GET", url, "/dev/null", absl::Seconds(1)).ok()) ++scraped;
+    }
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_TRUE(stack_->gateway().Signal(SIGTERM));
+  std::optional<int> exit_status = stack_->gateway().Wait(absl::Seconds(10));
+  stop.store(true);
+  scraper.join();
+  ASSERT_TRUE(exit_status.has_value()) << ImgwStack::Describe(stack_->gateway());
+  EXPECT_EQ(*exit_status, 0) << ImgwStack::Describe(stack_->gateway());
+  EXPECT_GT(scraped.load(), 0);
 }
 
 }  // namespace

@@ -67,6 +67,44 @@ TEST(GatewayConfigTest, SecretKeyFileWinsAndIsTrimmed) {
   EXPECT_EQ(Resolve(flags)->secret_key, "from-file");
 }
 
+// A file flag reads a bounded regular file: /dev/zero would never end (it read 2.5 GB in 3 s),
+// and a directory used to pass as "the secret key is empty".
+TEST(GatewayConfigTest, FileFlagsReadABoundedRegularFile) {
+  absl::StatusOr<testing::TempDir> dir = testing::TempDir::Create("config-files");
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  const std::string big = dir->File("big");
+  std::ofstream(big) << std::string(5000, 'k');
+  const std::string big_pem = dir->File("big.pem");
+  std::ofstream(big_pem) << "-----BEGIN CERTIFICATE-----\n" << std::string(2 << 20, 'A');
+  struct Case {
+    std::string GatewayFlags::*field;
+    std::string flag;
+  };
+  for (const Case& c : {Case{&GatewayFlags::secret_key_file, "secret_key_file"},
+                        Case{&GatewayFlags::ca_file, "ca_file"},
+                        Case{&GatewayFlags::grpc_tls_cert, "grpc_tls_cert"}}) {
+    SCOPED_TRACE(c.flag);
+    GatewayFlags f = Valid();
+    auto set = [&](const std::string& path) {
+      f.*c.field = path;
+      if (c.flag == "grpc_tls_cert") f.grpc_tls_key = path;  // They go together.
+    };
+    set("/dev/zero");
+    ExpectError(f, "--" + c.flag + ": /dev/zero is not a regular file");
+    set(dir->path());
+    ExpectError(f, "--" + c.flag + ": " + dir->path() + " is a directory");
+    set(c.flag == "secret_key_file" ? big : big_pem);
+    ExpectError(f, "is larger than");
+  }
+  GatewayFlags f = Valid();
+  f.ratelimit_backend = "redis";
+  f.redis_address = "127.0.0.1:6379";
+  f.redis_password_file = "/dev/zero";
+  ExpectError(f, "--redis_password_file: /dev/zero is not a regular file");
+  f.redis_password_file = big;
+  ExpectError(f, "--redis_password_file: " + big + " is larger than 4096 bytes");
+}
+
 TEST(GatewayConfigTest, GrpcTlsMaterialIsCheckedAndRead) {
   absl::StatusOr<testing::TempDir> dir_a = testing::TempDir::Create("config-tls-a");
   absl::StatusOr<testing::TempDir> dir_b = testing::TempDir::Create("config-tls-b");

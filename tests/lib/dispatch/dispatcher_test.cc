@@ -531,6 +531,24 @@ TEST_F(DispatcherTest, CallThatCannotMeetItsDeadlineIsRefusedAtOnceWithAHint) {
   EXPECT_TRUE(light_sent);
 }
 
+// A refusal's hint is when an answer could come back: the turn and the upstream's round trip,
+// not "in about 0 ms" while the upstream takes 2 s per call.
+TEST_F(DispatcherTest, ARefusalsHintIncludesTheUpstreamsRoundTrip) {
+  Dispatcher::Options options;
+  options.round_trips.min_samples = 1;
+  Build(options, /*rate=*/1000);
+  Submit(1);
+  dispatcher_->Step();
+  clock_.Advance(absl::Seconds(2));
+  transport_.Answer(kOk);  // Round trip: 2 s.
+  Submit(2, absl::Seconds(1));
+  ASSERT_EQ(answers_[2], 1);
+  EXPECT_EQ(outcomes_[2].kind, Outcome::Kind::kOverloaded);
+  EXPECT_GE(outcomes_[2].retry_after, absl::Seconds(2));
+  EXPECT_NE(outcomes_[2].detail.find("round trip (p99 2000ms)"), std::string::npos)
+      << outcomes_[2].detail;
+}
+
 TEST_F(DispatcherTest, FrequencyLimitSlowsTheLimiterAndIsRetried) {
   Build({}, /*rate=*/1000);
   Submit(1);
