@@ -60,6 +60,12 @@ bool Decode(const grpc::ByteBuffer* request, Message* message) {
   return grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok();
 }
 
+// A call whose stream was reset before its request was read reaches the handler with no
+// message: a cancellation ("rapid reset" sends thousands), not a malformed request.
+bool ResetBeforeTheRequest(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+  return context->IsCancelled() || request == nullptr || !request->Valid();
+}
+
 // Finishes one SetMsgRead exactly once: the dispatcher runs Complete() once per call, and
 // OnCancel() only tells the loop. Deletes itself when gRPC is done with it.
 class SetMsgReadReactor final : public CountedReactor {
@@ -191,6 +197,12 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
   dispatch::CallId id = next_id_.fetch_add(1, std::memory_order_relaxed);
   auto* reactor = new SetMsgReadReactor(context, response, loop_, id, active_, metrics_);
   wire::SetMsgReadRequest decoded;
+  if (ResetBeforeTheRequest(context, request)) {
+    if (metrics_ != nullptr) metrics_->Cancelled();
+    reactor->Complete(Outcome::Failed(Outcome::Kind::kCancelled,
+                                      "the stream was reset before its request was read"));
+    return reactor;
+  }
   if (!Decode(request, &decoded)) {
     if (metrics_ != nullptr) metrics_->Rejected("invalid_argument");
     reactor->Complete(Outcome::Failed(Outcome::Kind::kInvalidArgument,
@@ -225,6 +237,16 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(why)));
     return reactor;
   };
+  if (ResetBeforeTheRequest(context, raw_request)) {
+    if (metrics_ != nullptr) {
+      metrics_->Cancelled();
+      metrics_->ObserveRpc("BatchSetMsgRead", "CANCELLED", absl::ZeroDuration());
+    }
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED,
+                                 "the stream was reset before its request was read"));
+    return reactor;
+  }
   wire::BatchSetMsgReadRequest decoded;
   if (!Decode(raw_request, &decoded)) {
     return refuse("the request is not a valid imgw.v1.BatchSetMsgReadRequest");

@@ -4,12 +4,18 @@
 // of calls queued answers every one and exits in time, health going NOT_SERVING first; neither
 // the secret key nor the UserSig ever reaches the logs; TLS and mutual TLS on the gRPC listener.
 // Only 127.0.0.1, every port chosen by the kernel, every wait bounded.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <iostream>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,7 +45,9 @@
 #include "tests/testing/async_calls.h"
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/grpc_client.h"
+#include "tests/testing/h2_frames.h"
 #include "tests/testing/imgw_stack.h"
+#include "tests/testing/metric_samples.h"
 #include "tests/testing/process.h"
 #include "tests/testing/stack_test.h"
 #include "tests/testing/tls_files.h"
@@ -981,6 +989,62 @@ TEST_F(OperationsE2eTest, ScrapesThroughShutdownReadNothingFreed) {
   ASSERT_TRUE(exit_status.has_value()) << ImgwStack::Describe(stack_->gateway());
   EXPECT_EQ(*exit_status, 0) << ImgwStack::Describe(stack_->gateway());
   EXPECT_GT(scraped.load(), 0);
+}
+
+// "Rapid reset": streams opened, sent a request and reset at once, over and over, on one raw
+// HTTP/2 connection. A stream reset before its request was read is a cancellation, not a bad
+// request: it must not count as invalid_argument (120,000 of them did; issue 11, finding 8).
+TEST_F(OperationsE2eTest, RapidResetIsCountedCancelledNotInvalidArgument) {
+  namespace h2 = testing::h2;
+  constexpr int kStreams = 300;
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  const std::string address = stack_->gateway_address();
+  const int port = std::stoi(address.substr(address.rfind(':') + 1));
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  // A valid request, as a gRPC length-prefixed message.
+  std::string message;
+  ASSERT_TRUE(Request("rapid", "reset").SerializeToString(&message));
+  std::string grpc_frame(1, '\0');
+  grpc_frame += h2::Uint32(static_cast<uint32_t>(message.size())) + message;
+  std::string bytes = std::string(h2::kPreface) + h2::Serialize(h2::kSettings, 0, 0, "");
+  for (int i = 0; i < kStreams; ++i) {
+    const uint32_t stream = 2 * static_cast<uint32_t>(i) + 1;
+    const std::string block = h2::Literal(":method", "POST") + h2::Literal(":scheme", "http") +
+                              h2::Literal(":path", "/imgw.v1.MsgReadService/SetMsgRead") +
+                              h2::Literal(":authority", address) +
+                              h2::Literal("content-type", "application/grpc") +
+                              h2::Literal("te", "trailers");
+    bytes += h2::Serialize(h2::kHeaders, h2::kEndHeaders, stream, block);
+    bytes += h2::Serialize(h2::kData, 0, stream, grpc_frame);
+    bytes += h2::Serialize(h2::kRstStream, 0, stream, h2::Uint32(h2::kCancel));
+  }
+  size_t sent = 0;
+  while (sent < bytes.size()) {
+    ssize_t n = send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  EXPECT_EQ(sent, bytes.size());
+  absl::SleepFor(absl::Seconds(1));
+  close(fd);
+  absl::StatusOr<std::string> text = testing::HttpsRequest(
+      "GET", absl::StrCat("http://", stack_->metrics_address(), "/metrics"), "/dev/null");
+  ASSERT_TRUE(text.ok()) << text.status();
+  std::map<std::string, double> m = testing::ParseMetricSamples(*text);
+  const double invalid = m["imgw_rejected_calls_total{reason=\"invalid_argument\"}"];
+  const double cancelled = m["imgw_calls_cancelled_total"];
+  std::cout << "rapid reset of " << kStreams << " streams: " << invalid << " invalid_argument, "
+            << cancelled << " cancelled\n";
+  EXPECT_EQ(invalid, 0);
+  // The gateway still serves.
+  Answer answer = Invoke(*stub_, Request("after", "reset"));
+  EXPECT_TRUE(answer.status.ok()) << Describe(answer.status);
 }
 
 }  // namespace

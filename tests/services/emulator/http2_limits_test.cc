@@ -23,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "services/emulator/emulator_core.h"
 #include "services/emulator/https_server.h"
+#include "tests/testing/h2_frames.h"
 #include "tests/testing/process.h"
 #include "tests/testing/tls_files.h"
 
@@ -33,18 +34,19 @@ namespace asio = boost::asio;
 namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
 
-// Frame types and flags of RFC 9113.
-constexpr uint8_t kData = 0x0;
-constexpr uint8_t kHeaders = 0x1;
-constexpr uint8_t kRstStream = 0x3;
-constexpr uint8_t kSettings = 0x4;
-constexpr uint8_t kGoaway = 0x7;
-constexpr uint8_t kContinuation = 0x9;
-constexpr uint8_t kEndStream = 0x1;
-constexpr uint8_t kEndHeaders = 0x4;
-constexpr uint32_t kRefusedStream = 0x7;
-constexpr uint32_t kCancel = 0x8;
-constexpr char kPreface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+using testing::h2::kCancel;
+using testing::h2::kContinuation;
+using testing::h2::kData;
+using testing::h2::kEndHeaders;
+using testing::h2::kEndStream;
+using testing::h2::kGoaway;
+using testing::h2::kHeaders;
+using testing::h2::kPreface;
+using testing::h2::kRefusedStream;
+using testing::h2::kRstStream;
+using testing::h2::kSettings;
+using testing::h2::Literal;
+using testing::h2::Serialize;
 
 struct Frame {
   uint8_t type = 0;
@@ -59,40 +61,6 @@ struct Frame {
     return code;
   }
 };
-
-std::string Serialize(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
-  std::string out;
-  const uint32_t length = static_cast<uint32_t>(payload.size());
-  out.push_back(static_cast<char>(length >> 16));
-  out.push_back(static_cast<char>(length >> 8));
-  out.push_back(static_cast<char>(length));
-  out.push_back(static_cast<char>(type));
-  out.push_back(static_cast<char>(flags));
-  out.push_back(static_cast<char>(stream >> 24 & 0x7f));
-  out.push_back(static_cast<char>(stream >> 16));
-  out.push_back(static_cast<char>(stream >> 8));
-  out.push_back(static_cast<char>(stream));
-  return out + payload;
-}
-
-// An HPACK integer with a 7-bit prefix (RFC 7541 section 5.1), the first byte's high bit 0.
-std::string HpackLength(size_t value) {
-  std::string out;
-  if (value < 127) return std::string(1, static_cast<char>(value));
-  out.push_back(static_cast<char>(127));
-  value -= 127;
-  while (value >= 128) {
-    out.push_back(static_cast<char>(value % 128 + 128));
-    value /= 128;
-  }
-  out.push_back(static_cast<char>(value));
-  return out;
-}
-
-// A literal header field without indexing, new name, no Huffman coding.
-std::string Literal(const std::string& name, const std::string& value) {
-  return std::string(1, '\0') + HpackLength(name.size()) + name + HpackLength(value.size()) + value;
-}
 
 std::string RequestBlock(const std::string& method, const std::string& path,
                          const std::string& extra = "") {
