@@ -337,9 +337,10 @@ void Dispatcher::OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse
   --in_flight_;
   EndInWindow(entry, send_id, response, now);
   // A timeout the caller's deadline imposed (shorter than --upstream_timeout) says nothing
-  // about the upstream's health.
-  const bool cut_short =
-      response.error == upstream::HttpResponse::Error::kTimeout && entry.cut_short;
+  // about the upstream's health. Only a timeout at the deadline is that one: a connect timeout
+  // that fired earlier (a handshake that never completes) is the upstream's failure.
+  const bool cut_short = response.error == upstream::HttpResponse::Error::kTimeout &&
+                         entry.cut_short && now >= LatestDeadline(entry) - absl::Milliseconds(10);
   Outcome outcome = upstream::Interpret(response);
   outcome.attempts = entry.attempts;
   if (metrics_) CountAnswer(response, outcome);
@@ -419,6 +420,8 @@ void Dispatcher::OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse
         absl::Duration at = now + wait;
         // Only a retry whose answer can be back before the deadline is worth its token.
         const bool affordable = ReturnsInTime(at, latest, LatestArrival(entry), now);
+        // Otherwise the call is answered now with this failure, saying when to come back.
+        if (!affordable) outcome.retry_after = std::max(outcome.retry_after, wait);
         if (affordable && !throttled && !retry_budget_.TryRetry(now)) {
           ++stats_.retries_denied;
         } else if (affordable) {

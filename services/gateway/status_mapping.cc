@@ -71,6 +71,10 @@ MappedStatus MapOutcome(const Outcome& outcome) {
   grpc::StatusCode code = CodeForAnswer(outcome.disposition);
   if (code == grpc::StatusCode::OK) return mapped;
   mapped.error_code = outcome.error_code;
+  if (outcome.retry_after > absl::ZeroDuration()) {  // A refusal no retry could absorb in time.
+    mapped.retry_after_ms =
+        absl::ToInt64Milliseconds(absl::Ceil(outcome.retry_after, absl::Milliseconds(1)));
+  }
   std::string message =
       absl::StrCat("upstream ErrorCode ", outcome.error_code, ": ",
                    outcome.error_info.empty() ? "(no ErrorInfo)" : outcome.error_info);

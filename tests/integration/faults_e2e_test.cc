@@ -515,6 +515,27 @@ TEST_F(FaultsE2eTest, KilledUpstreamNoCallWaitsForItsDeadline) {
   EXPECT_TRUE(stack_->gateway().Running()) << ImgwStack::Describe(stack_->gateway());
 }
 
+// An upstream that refuses every call for frequency: the gateway answers each call before its
+// deadline, RESOURCE_EXHAUSTED with the upstream's code and a retry-after hint, instead of
+// retrying until the caller's own timer ends it without trailers (issue 11, finding 4).
+TEST_F(FaultsE2eTest, RefusedForFrequencyToTheEndIsAnsweredBeforeTheDeadline) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  ASSERT_EQ(One(absl::Seconds(5)).code, grpc::StatusCode::OK);
+  ASSERT_NO_FATAL_FAILURE(SetFaults(R"({"error_60007":1.0})"));
+  const absl::Duration deadline = absl::Seconds(3);
+  for (const Result& r : Wave(2, deadline)) {
+    std::cout << absl::StreamFormat("[60007 always] %s in %s, code '%s', retry-after '%s': %s\n",
+                                    CodeName(r.code), absl::FormatDuration(r.latency), r.error_code,
+                                    r.retry_after, r.message);
+    EXPECT_EQ(r.answers, 1);
+    EXPECT_EQ(r.code, grpc::StatusCode::RESOURCE_EXHAUSTED) << r.message;
+    EXPECT_EQ(r.error_code, "60007") << r.message;
+    EXPECT_FALSE(r.retry_after.empty()) << r.message;
+    EXPECT_LT(r.latency, deadline) << r.message;
+  }
+  ASSERT_NO_FATAL_FAILURE(SetFaults("{}"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. A slow upstream never holds a call past its deadline.
 

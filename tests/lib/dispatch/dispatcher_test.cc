@@ -599,6 +599,55 @@ TEST_F(DispatcherTest, FrequencyLimitTheDeadlineCannotAbsorbIsTheAnswer) {
   EXPECT_EQ(answers_[1], 1);
   EXPECT_EQ(outcomes_[1].disposition, Disposition::kRateLimited);
   EXPECT_EQ(outcomes_[1].error_code, 60007);
+  EXPECT_GE(outcomes_[1].retry_after, absl::Seconds(5)) << "the hint says when to come back";
+}
+
+// An upstream that refuses everything for frequency (60007, or HTTP 429): a call is answered
+// by the gateway before its deadline, with the refusal and a hint, once the next retry could
+// not come back in time; it is never left to the caller's own timer (issue 11, finding 4).
+TEST_F(DispatcherTest, RefusedForFrequencyToTheEndIsAnsweredBeforeTheDeadline) {
+  Dispatcher::Options options;
+  options.round_trips.min_samples = 1;
+  Build(options, /*rate=*/1000);
+  Submit(1, absl::Seconds(3));
+  const absl::Duration deadline = clock_.Monotonic() + absl::Seconds(3);
+  int requests = 0;
+  for (int i = 0; i < 200 && answers_[1] == 0; ++i) {
+    dispatcher_->Step();
+    if (!transport_.pending().empty()) {
+      clock_.Advance(absl::Milliseconds(100));  // The upstream is 100 ms away.
+      ++requests;
+      if (i % 2 == 0) {
+        transport_.Answer(Fail(60007));
+      } else {
+        transport_.AnswerAt(0, 429, "");
+      }
+    } else {
+      clock_.Advance(absl::Milliseconds(10));
+    }
+  }
+  ASSERT_EQ(answers_[1], 1);
+  EXPECT_LT(clock_.Monotonic(), deadline) << "left to the deadline";
+  EXPECT_NE(outcomes_[1].kind, Outcome::Kind::kDeadlineExceeded) << outcomes_[1].detail;
+  EXPECT_EQ(outcomes_[1].disposition, Disposition::kRateLimited) << outcomes_[1].detail;
+  EXPECT_GT(outcomes_[1].retry_after, absl::ZeroDuration());
+  EXPECT_GT(requests, 1) << "refusals are retried while the deadline allows";
+}
+
+// A connect timeout that fires long before the deadline (a handshake that never completes) is
+// the upstream's failure, retried or answered UNAVAILABLE, not DEADLINE_EXCEEDED, even when
+// the request's own timeout had been cut short to the deadline (issue 11, finding 4).
+TEST_F(DispatcherTest, AnEarlyTimeoutIsTheUpstreamsFailureNotTheDeadline) {
+  Dispatcher::Options options;
+  options.max_attempts = 1;
+  Build(options, /*rate=*/1000);
+  Submit(1, absl::Seconds(4));  // Under --upstream_timeout (5 s): the request is cut short.
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.pending().size(), 1u);
+  clock_.Advance(absl::Seconds(2));  // The connect timeout, 2 s before the deadline.
+  transport_.Fail(HttpResponse::Error::kTimeout);
+  ASSERT_EQ(answers_[1], 1);
+  EXPECT_EQ(outcomes_[1].kind, Outcome::Kind::kUnavailable) << outcomes_[1].detail;
 }
 
 // Many callers, pairs and cancellations at random, checked for the two invariants: every call
