@@ -21,6 +21,8 @@
 namespace imgw::ratelimit {
 namespace {
 
+// How often the stats reach on_stats whatever happens.
+constexpr absl::Duration kStatsInterval = absl::Milliseconds(250);
 constexpr int64_t kRemoved = 1000;  // A span age meaning "remove it" (it left the window).
 constexpr int64_t kUnused = -2;     // A permit handed back unused: removed, its pace refunded.
 constexpr size_t kPairsPerCommand = 256;  // Span updates per EVALSHA.
@@ -740,6 +742,7 @@ bool RedisRateLimiter::RefillStock(absl::Duration now) {
 void RedisRateLimiter::Run() {
   absl::Duration next_connect = -absl::InfiniteDuration();
   absl::Duration next_heartbeat = -absl::InfiniteDuration();
+  absl::Duration next_stats = -absl::InfiniteDuration();
   while (true) {
     absl::Duration now = clock_.Monotonic();
     {
@@ -766,6 +769,12 @@ void RedisRateLimiter::Run() {
       absl::MutexLock lock(&mu_);
       PruneSpansLocked(now);  // Spans sent locally are forgotten a second after they end.
     }
+    // The metrics are current in every state, Redis gone or refusing us included: the errors
+    // and the local admissions of a fallback must show while it lasts, not when it ends.
+    if (now >= next_stats) {
+      NotifyStats();
+      next_stats = now + kStatsInterval;
+    }
 
     absl::MutexLock lock(&mu_);
     absl::Duration until;
@@ -779,6 +788,7 @@ void RedisRateLimiter::Run() {
       }
       if (!stock_.empty()) until = std::min(until, stock_.front().acquired + options_.permit_ttl);
     }
+    until = std::min(until, next_stats);
     while (!wake_ && !stopping_) {
       absl::Duration left = until - clock_.Monotonic();
       if (left <= absl::ZeroDuration()) break;

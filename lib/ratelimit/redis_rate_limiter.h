@@ -124,7 +124,8 @@ class RedisRateLimiter final : public RateLimiter {
     // Called on the limiter's thread, without its lock: a permit arrived in an empty stock.
     std::function<void()> on_permit;
     // Called on the limiter's thread, without its lock, on every change between shared and
-    // fallback and after every heartbeat.
+    // fallback, after every heartbeat, and at least every 250 ms in every state (Redis gone,
+    // refusing the password, or answering).
     std::function<void(const RedisLimiterStats&)> on_stats;
     // For tests: called on the limiter's thread, without its lock, when a reconnection has
     // written this replica's spans back and before admission returns to Redis (a thread

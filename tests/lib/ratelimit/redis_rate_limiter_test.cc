@@ -322,6 +322,44 @@ TEST(RedisRateLimiterPasswordTest, AuthenticatesAndAWrongPasswordIsACountedFallb
   EXPECT_EQ(logs.find(password), std::string::npos) << logs;
 }
 
+// The stats reach the metrics while a fallback lasts, not when it ends: with a password Redis
+// refuses, the errors and the local admissions keep moving in what on_stats delivers (issue 11,
+// finding 6: they stayed at 1 and 0 through a whole outage).
+TEST(RedisRateLimiterPasswordTest, StatsStayCurrentWhileRedisRefusesUs) {
+  absl::StatusOr<std::unique_ptr<testing::RedisServer>> redis =
+      testing::RedisServer::Start({"the-right-one"});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  absl::Mutex mu;
+  std::vector<std::pair<absl::Time, RedisLimiterStats>> seen;
+  RedisRateLimiter::Options options = OptionsFor((*redis)->port(), 0, "a-wrong-one");
+  options.on_stats = [&](const RedisLimiterStats& stats) {
+    absl::MutexLock lock(&mu);
+    seen.emplace_back(absl::Now(), stats);
+  };
+  auto limiter = RedisRateLimiter::Create(options, RealClock::Get());
+  ASSERT_TRUE(limiter.ok()) << limiter.status();
+  // Local admissions for 2 s, as the dispatcher would ask for them.
+  const absl::Time start = absl::Now();
+  int admitted = 0;
+  while (absl::Now() - start < absl::Seconds(2)) {
+    if ((*limiter)->TryAcquire(RealClock::Get().Monotonic())) ++admitted;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  limiter->reset();
+  absl::MutexLock lock(&mu);
+  ASSERT_FALSE(seen.empty());
+  // Delivered at least every 250 ms (with slack for a loaded machine), current each time.
+  for (size_t i = 1; i < seen.size(); ++i) {
+    EXPECT_LE(seen[i].first - seen[i - 1].first, absl::Milliseconds(600)) << "update " << i;
+  }
+  const RedisLimiterStats& first = seen.front().second;
+  const RedisLimiterStats& last = seen.back().second;
+  EXPECT_GE(last.redis_errors, first.redis_errors + 4) << "errors stood still";
+  EXPECT_GT(admitted, 0);
+  EXPECT_GE(last.local_admissions + 20, static_cast<uint64_t>(admitted))
+      << "local admissions stood still";
+}
+
 TEST_F(RedisRateLimiterTest, FallsBackWhenRedisDiesAndComesBackWithinTheLimit) {
   std::vector<std::unique_ptr<RedisRateLimiter>> replicas = Replicas(kReplicas);
   for (auto& r : replicas) {
