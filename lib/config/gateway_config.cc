@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "lib/common/text.h"
 
 namespace imgw::config {
@@ -132,6 +133,46 @@ absl::StatusOr<std::string> ReadSecretKey(const GatewayFlags& flags) {
   key = std::string(absl::StripAsciiWhitespace(key));
   if (key.empty()) return Bad("secret_key_file", "the secret key is empty");
   return key;
+}
+
+// "name:weight,name,...": names of 1 to 64 bytes of printable UTF-8 without ','; the weight
+// (1..1000, default 1) follows the last ':' when that is a number, so that a peer address
+// such as "ipv4:10.0.0.5" can be a name too ("ipv4:10.0.0.5:3" gives it weight 3).
+absl::Status ResolveCallers(const std::string& text, GatewayConfig& config) {
+  if (text.empty()) return absl::OkStatus();
+  for (absl::string_view item : absl::StrSplit(text, ',')) {
+    item = absl::StripAsciiWhitespace(item);
+    if (item.empty()) return Bad("callers", "an empty name");
+    std::string name(item);
+    int weight = 1;
+    if (size_t colon = item.rfind(':'); colon != absl::string_view::npos) {
+      int parsed = 0;
+      if (absl::SimpleAtoi(item.substr(colon + 1), &parsed)) {
+        if (parsed < 1 || parsed > kMaxCallerWeight) {
+          return Bad("callers", absl::StrCat("the weight of \"", item.substr(0, colon),
+                                             "\" must be 1..", kMaxCallerWeight));
+        }
+        weight = parsed;
+        name = std::string(item.substr(0, colon));
+      }
+    }
+    if (name.empty() || name.size() > 64 || CheckText(name) != TextCheck::kOk) {
+      return Bad("callers", absl::StrCat("\"", CapText(name, 64),
+                                         "\" is not a name of 1 to 64 printable bytes"));
+    }
+    if (name == kUndeclaredCaller) {
+      return Bad("callers",
+                 absl::StrCat("\"", kUndeclaredCaller, "\" is the lane of undeclared callers"));
+    }
+    for (const auto& [seen, unused] : config.callers) {
+      if (seen == name) return Bad("callers", absl::StrCat("\"", name, "\" is declared twice"));
+    }
+    config.callers.emplace_back(std::move(name), weight);
+    if (config.callers.size() > kMaxCallers) {
+      return Bad("callers", absl::StrCat("at most ", kMaxCallers, " callers"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ResolveRedis(const GatewayFlags& flags, GatewayConfig& config) {
@@ -335,6 +376,7 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
     config.grpc_client_ca_pem = *std::move(ca);
   }
   if (absl::Status s = ResolveRedis(flags, config); !s.ok()) return s;
+  if (absl::Status callers = ResolveCallers(flags.callers, config); !callers.ok()) return callers;
   return config;
 }
 

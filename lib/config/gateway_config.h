@@ -2,6 +2,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -45,6 +47,8 @@ struct GatewayFlags {
   std::string redis_key_prefix = "imgw:";
   absl::Duration redis_timeout = absl::Milliseconds(50);
   int redis_fallback_replicas = 4;
+  // "name:weight,..." (weight optional, 1): the callers with a fair-share lane of their own.
+  std::string callers;
 };
 
 // The checked settings the gateway is built from.
@@ -82,7 +86,15 @@ struct GatewayConfig {
   std::string redis_key_prefix;
   absl::Duration redis_timeout;     // Of one Redis command; slower means the local fallback.
   int redis_fallback_replicas = 4;  // N for the fallback before Redis ever said it.
+  // The declared callers (imgw-caller names, or peer addresses such as "ipv4:10.0.0.5") and
+  // their weights, in the order given. Every other name shares the lane kUndeclaredCaller.
+  std::vector<std::pair<std::string, int>> callers;
 };
+
+// The lane every undeclared caller shares (a name --callers may not use).
+inline constexpr char kUndeclaredCaller[] = "undeclared";
+inline constexpr size_t kMaxCallers = 100;
+inline constexpr int kMaxCallerWeight = 1000;
 
 // The regions of ../shared/API.md: china, singapore, seoul, tokyo, frankfurt, silicon-valley,
 // jakarta. Returns the domain, or InvalidArgument listing the valid names.

@@ -146,14 +146,22 @@ void Dispatcher::Submit(Call call) {
   waiters_[id] = Waiter{std::move(call), target, now};
 }
 
+int Dispatcher::WeightOf(const std::string& lane) const {
+  auto it = options_.lane_weights.find(lane);
+  return it == options_.lane_weights.end() ? 1 : std::max(1, it->second);
+}
+
 absl::Duration Dispatcher::EstimateStart(const std::string& lane, absl::Duration now) {
-  // Round robin: before this call's turn each other lane sends at most as many calls as this
-  // lane has ahead of it, plus one.
+  // Weighted round robin: this call's turn comes in the round after the calls ahead of it in
+  // its lane, its weight's worth per round; each other lane sends at most its weight per round
+  // before then.
   auto mine = lanes_.find(lane);
   size_t ahead = mine == lanes_.end() ? 0 : mine->second.live;
-  size_t rounds = ahead + 1;
+  const size_t rounds = ahead / static_cast<size_t>(WeightOf(lane)) + 1;
   for (const std::string& other : ring_) {
-    if (other != lane) ahead += std::min(lanes_.at(other).live, rounds);
+    if (other != lane) {
+      ahead += std::min(lanes_.at(other).live, rounds * static_cast<size_t>(WeightOf(other)));
+    }
   }
   double rate = std::max(limiter_.CurrentRate(now), 1e-3);
   return now + limiter_.TimeUntilAvailable(now) + absl::Seconds(static_cast<double>(ahead) / rate);
@@ -244,11 +252,13 @@ absl::Duration Dispatcher::Step() {
     lane.queue.pop_front();
     --lane.live;
     --queued_;
-    ring_.pop_front();
-    if (lane.live > 0) {
-      ring_.push_back(name);
-    } else {
+    if (lane.live == 0) {
+      ring_.pop_front();
       lanes_.erase(name);
+    } else if (++lane.served >= WeightOf(name)) {  // Its turn is over: to the back.
+      lane.served = 0;
+      ring_.pop_front();
+      ring_.push_back(name);
     }
     Send(id, entries_.at(id), now);
   }

@@ -68,7 +68,8 @@ struct DispatcherStats {
 //    takes that call's answer. At most one upstream call per pair is in flight; a later call
 //    for the pair waits ("parked") until it returns, gathering the calls that come meanwhile.
 //  - fair shares: upstream calls wait in one FIFO lane per caller; when the limiter has a token
-//    the lanes are served in turn (round robin), so a heavy caller cannot starve a light one.
+//    the lanes are served in turn (weighted round robin: a lane sends its weight's worth of
+//    calls per turn), so a heavy caller cannot starve a light one.
 //  - deadlines: a call whose deadline would pass before its turn is refused at once
 //    (kOverloaded, with a retry-after hint); a waiting call whose deadline passes, or whose
 //    caller cancels, is answered and spends no token; an upstream call nobody waits for any
@@ -96,6 +97,9 @@ class Dispatcher final {
     // The upstream's limit per sliding second, enforced on send-to-answer spans so that no
     // network delay can push a window over it (ratelimit::WindowGuard). 0: off.
     size_t window_limit = 0;
+    // Weighted fair shares: a lane named here sends this many calls per turn; others send
+    // one. (The service layer puts every undeclared caller in one lane.)
+    absl::flat_hash_map<std::string, int> lane_weights;
     // Connections (streams) asked of the transport ahead: rate x round trip x this.
     double pool_headroom = 1.25;
     RoundTrips::Options round_trips;
@@ -168,7 +172,10 @@ class Dispatcher final {
     std::deque<EntryId> queue;  // kQueued entries in order; others are skipped lazily.
     size_t live = 0;            // kQueued entries in `queue`.
     bool in_ring = false;
+    int served = 0;  // Sent in the lane's current turn at the front of the ring.
   };
+  // A lane's sends per turn (Options::lane_weights, else 1).
+  int WeightOf(const std::string& lane) const;
 
   absl::Duration EstimateStart(const std::string& lane, absl::Duration now);
   void Enqueue(EntryId id, Entry& entry, bool front);

@@ -100,7 +100,12 @@ Metrics::Metrics(absl::string_view version)
                                .Name("imgw_upstream_connections_created_total")
                                .Help("Upstream connections opened.")
                                .Register(*registry_)
-                               .Add({})) {
+                               .Add({})),
+      caller_calls_(prometheus::BuildCounter()
+                        .Name("imgw_caller_calls_total")
+                        .Help("Calls by fair-share lane: each declared caller (--callers), and "
+                              "undeclared for every other name.")
+                        .Register(*registry_)) {
   auto gauge = [this](const char* name, const char* help) {
     return &prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add({});
   };
@@ -242,6 +247,20 @@ void Mirror(prometheus::Counter& counter, double total) {
 }  // namespace
 
 void Metrics::SetConnectionsCreated(double total) { Mirror(connections_created_, total); }
+
+void Metrics::DeclareCallers(const std::vector<std::string>& names, const std::string& undeclared) {
+  for (const std::string& name : names) {
+    caller_calls_cache_.emplace_back(name, &caller_calls_.Add({{"caller", name}}));
+  }
+  undeclared_calls_ = &caller_calls_.Add({{"caller", undeclared}});
+}
+
+void Metrics::CallerCalls(absl::string_view lane, double calls) {
+  for (const auto& [name, counter] : caller_calls_cache_) {
+    if (name == lane) return counter->Increment(calls);
+  }
+  if (undeclared_calls_ != nullptr) undeclared_calls_->Increment(calls);
+}
 
 void Metrics::SetWarmups(double kept, double not_kept, double failed) {
   Mirror(*warmups_kept_, kept);

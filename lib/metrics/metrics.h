@@ -49,6 +49,11 @@ class Metrics final {
   void Rejected(absl::string_view reason);
   void Expired();
   void Cancelled();
+  // Calls by fair-share lane: one series per declared caller and one for `undeclared`, made
+  // once, before traffic, by DeclareCallers(); any other name counts as `undeclared` (labels
+  // stay bounded whatever names the callers send).
+  void DeclareCallers(const std::vector<std::string>& names, const std::string& undeclared);
+  void CallerCalls(absl::string_view lane, double calls);
 
   // Gauges, set by their owners as they change.
   prometheus::Gauge& queued_upstream_calls() { return *queued_upstream_calls_; }
@@ -113,6 +118,9 @@ class Metrics final {
   CounterCache upstream_failures_cache_;
   CounterCache retries_cache_;
   CounterCache rejected_cache_;
+  prometheus::Family<prometheus::Counter>& caller_calls_;
+  CounterCache caller_calls_cache_;  // Filled once by DeclareCallers().
+  prometheus::Counter* undeclared_calls_ = nullptr;
 };
 
 }  // namespace imgw::metrics

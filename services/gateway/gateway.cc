@@ -156,6 +156,12 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   dispatch_options.max_attempts = config.max_attempts;
   dispatch_options.request_timeout = config.request_timeout;
   dispatch_options.window_limit = static_cast<size_t>(config.rate_limit);
+  std::vector<std::string> caller_names;
+  for (const auto& [name, weight] : config.callers) {
+    dispatch_options.lane_weights[name] = weight;
+    caller_names.push_back(name);
+  }
+  gw->metrics_->DeclareCallers(caller_names, config::kUndeclaredCaller);
   gw->dispatcher_ = std::make_unique<dispatch::Dispatcher>(dispatch_options, clock, *gw->limiter_,
                                                            *gw->client_, *gw->requests_);
   gw->dispatcher_->set_metrics(gw->metrics_.get());
@@ -163,6 +169,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
 
   MsgReadService::Options service_options;
   service_options.default_deadline = config.default_deadline;
+  service_options.callers.insert(caller_names.begin(), caller_names.end());
   gw->service_ =
       std::make_unique<MsgReadService>(service_options, *gw->loop_, clock, gw->metrics_.get());
 

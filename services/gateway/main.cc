@@ -77,6 +77,9 @@ ABSL_FLAG(absl::Duration, redis_timeout, absl::Milliseconds(50),
 ABSL_FLAG(int, redis_fallback_replicas, 4,
           "N for the local fallback (limit/N) when Redis has never told the live replica count; "
           "set it to the number of replicas.");
+ABSL_FLAG(std::string, callers, "",
+          "name:weight,... : the callers (imgw-caller names) with a fair-share lane of their "
+          "own, weighted; every other caller shares one lane, \"undeclared\", of weight 1.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(std::string, ready_file, "",
           "Once serving, write {\"grpc_listen\":\"host:port\",\"metrics_listen\":\"host:port\"} "
@@ -167,6 +170,7 @@ int main(int argc, char** argv) {
   flags.redis_key_prefix = absl::GetFlag(FLAGS_redis_key_prefix);
   flags.redis_timeout = absl::GetFlag(FLAGS_redis_timeout);
   flags.redis_fallback_replicas = absl::GetFlag(FLAGS_redis_fallback_replicas);
+  flags.callers = absl::GetFlag(FLAGS_callers);
   absl::StatusOr<imgw::config::GatewayConfig> config = imgw::config::Resolve(flags);
   if (!config.ok()) Die(std::string(config.status().message()));
 

@@ -10,6 +10,7 @@
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/proto_buffer_writer.h"
 #include "imgw/gateway/wire.pb.h"
+#include "lib/config/gateway_config.h"
 #include "services/gateway/grpc_code_name.h"
 #include "services/gateway/status_mapping.h"
 
@@ -182,6 +183,11 @@ std::string MsgReadService::CallerOf(const grpc::CallbackServerContext& context)
   return peer;
 }
 
+std::string MsgReadService::LaneOf(const grpc::CallbackServerContext& context) const {
+  std::string caller = CallerOf(context);
+  return options_.callers.contains(caller) ? caller : std::string(config::kUndeclaredCaller);
+}
+
 absl::Duration MsgReadService::DeadlineOf(const grpc::CallbackServerContext& context) const {
   absl::Duration remaining = options_.default_deadline;
   auto deadline = context.deadline();
@@ -218,7 +224,8 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
     return reactor;
   }
   call.id = id;
-  call.caller = CallerOf(*context);
+  call.caller = LaneOf(*context);
+  if (metrics_ != nullptr) metrics_->CallerCalls(call.caller, 1);
   call.deadline = DeadlineOf(*context);
   call.done = [reactor](Outcome outcome) { reactor->Complete(outcome); };
   loop_.Submit(std::move(call));
@@ -261,7 +268,8 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
       next_id_.fetch_add(static_cast<dispatch::CallId>(items), std::memory_order_relaxed);
   auto* reactor = new BatchReactor(response, loop_, first_id, items, active_, metrics_);
   absl::Time now = clock_.Now();
-  std::string caller = CallerOf(*context);
+  std::string caller = LaneOf(*context);
+  if (metrics_ != nullptr) metrics_->CallerCalls(caller, items);
   absl::Duration deadline = DeadlineOf(*context);
   std::vector<dispatch::Call> calls;
   std::vector<std::pair<int, std::string>> invalid;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/time/time.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
@@ -34,6 +35,10 @@ class MsgReadService final : public MsgReadServiceBase {
   struct Options {
     absl::Duration default_deadline = absl::Seconds(10);  // For callers that set none.
     absl::Duration max_future = absl::Minutes(10);        // Allowed msg_read_time skew.
+    // The declared callers (--callers): each has a fair-share lane of its own; every other
+    // caller's calls go to the one lane config::kUndeclaredCaller, so that inventing names
+    // buys nothing.
+    absl::flat_hash_set<std::string> callers;
   };
 
   // `metrics` may be null (tests); borrowed.
@@ -51,9 +56,11 @@ class MsgReadService final : public MsgReadServiceBase {
   // RPCs whose reactor gRPC has not released yet (answer not yet sent). Thread-safe.
   int64_t active() const { return active_.load(); }
 
-  // The fair-share lane of a call: its `imgw-caller` metadata (cut to 64 bytes), else the
-  // peer's address without its port ("ipv4:127.0.0.1").
+  // Who calls: its `imgw-caller` metadata (cut to 64 bytes), else the peer's address without
+  // its port ("ipv4:127.0.0.1").
   static std::string CallerOf(const grpc::CallbackServerContext& context);
+  // The fair-share lane of a call: its caller when declared, else config::kUndeclaredCaller.
+  std::string LaneOf(const grpc::CallbackServerContext& context) const;
 
  private:
   // The call's deadline on the clock's monotonic time.

@@ -3,7 +3,10 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/testing/process.h"
 #include "tests/testing/tls_files.h"
@@ -103,6 +106,35 @@ TEST(GatewayConfigTest, FileFlagsReadABoundedRegularFile) {
   ExpectError(f, "--redis_password_file: /dev/zero is not a regular file");
   f.redis_password_file = big;
   ExpectError(f, "--redis_password_file: " + big + " is larger than 4096 bytes");
+}
+
+TEST(GatewayConfigTest, CallersAreNamesWithOptionalWeights) {
+  GatewayFlags flags = Valid();
+  flags.callers = "orders:3, chat ,ipv4:10.0.0.5,ipv4:10.0.0.6:2";
+  absl::StatusOr<GatewayConfig> config = Resolve(flags);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const std::vector<std::pair<std::string, int>> want = {
+      {"orders", 3}, {"chat", 1}, {"ipv4:10.0.0.5", 1}, {"ipv4:10.0.0.6", 2}};
+  EXPECT_EQ(config->callers, want);
+  EXPECT_TRUE(Resolve(Valid())->callers.empty());
+  for (const auto& [text, says] : std::vector<std::pair<std::string, std::string>>{
+           {"a,,b", "an empty name"},
+           {"a:0", "must be 1..1000"},
+           {"a:1001", "must be 1..1000"},
+           {"a,a:2", "declared twice"},
+           {"undeclared", "the lane of undeclared callers"},
+           {std::string(65, 'x'), "not a name of 1 to 64"},
+           {"bad\x01name", "not a name of 1 to 64"}}) {
+    GatewayFlags f = Valid();
+    f.callers = text;
+    ExpectError(f, "--callers: ");
+    ExpectError(f, says);
+  }
+  std::string many;
+  for (int i = 0; i <= 100; ++i) absl::StrAppend(&many, i == 0 ? "" : ",", "c", i);
+  GatewayFlags f = Valid();
+  f.callers = many;
+  ExpectError(f, "at most 100 callers");
 }
 
 TEST(GatewayConfigTest, GrpcTlsMaterialIsCheckedAndRead) {

@@ -509,6 +509,33 @@ TEST_F(DispatcherTest, CallersAreServedInTurn) {
   for (CallId id = 101; id <= 103; ++id) EXPECT_EQ(answers_[id], 1);
 }
 
+// Weighted shares: a lane of weight 3 sends three calls per turn to a lane of weight 1's one,
+// and the admission estimate counts with the weights.
+TEST_F(DispatcherTest, LanesAreServedByWeight) {
+  Dispatcher::Options options;
+  options.lane_weights = {{"heavy", 3}};
+  Build(options, /*rate=*/10);
+  for (CallId id = 1; id <= 8; ++id) SubmitFor(id, "h" + std::to_string(id), 1, "heavy");
+  for (CallId id = 101; id <= 104; ++id) SubmitFor(id, "l" + std::to_string(id), 1, "light");
+  std::string order;
+  for (int i = 0; i < 20 && order.size() < 12; ++i) {
+    dispatcher_->Step();
+    while (!transport_.pending().empty()) {
+      order += ReportOf(transport_.pending()[0].request)[0];
+      transport_.Answer(kOk);
+    }
+    clock_.Advance(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(order, "hhhlhhhlhhll");
+  // Estimates: with 30 heavy calls queued, a light call's turn comes after 3 of them (one
+  // round), not after 1; a heavy call waits for 30 / 3 rounds of one light call each.
+  for (CallId id = 201; id <= 230; ++id) SubmitFor(id, "h" + std::to_string(id), 1, "heavy");
+  SubmitFor(301, "light-late", 1, "light", absl::Milliseconds(350));  // Turn in ~0.3 s.
+  EXPECT_EQ(answers_[301], 0) << outcomes_[301].detail;
+  SubmitFor(302, "light-too-late", 1, "light", absl::Milliseconds(250));
+  EXPECT_EQ(answers_[302], 1) << "admitted although 3 heavy calls go first";
+}
+
 TEST_F(DispatcherTest, CallThatCannotMeetItsDeadlineIsRefusedAtOnceWithAHint) {
   Build({}, /*rate=*/10);
   for (CallId id = 1; id <= 20; ++id) Submit(id);
