@@ -13,7 +13,7 @@ FROM debian:12-slim AS runtime
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       ca-certificates libgrpc++1.51 libprotobuf32 libabsl20220623 libcurl4 \
-      libboost-json1.81.0 libssl3 zlib1g libprometheus-cpp-core1.0 libcivetweb1 libhiredis0.14 \
+      libboost-json1.81.0 libssl3 zlib1g libprometheus-cpp-core1.0 libhiredis0.14 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 65532 --no-create-home --shell /usr/sbin/nologin imgw
 COPY --from=build /src/build/bin/imgw-gateway /src/build/bin/imgw-cli /usr/local/bin/

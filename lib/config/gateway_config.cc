@@ -281,6 +281,15 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
   }
   config.grpc_listen = flags.grpc_listen;
   config.metrics_listen = flags.metrics_listen;
+  if (flags.metrics_max_connections < 1 || flags.metrics_max_connections > 65536) {
+    return Bad("metrics_max_connections", "must be 1..65536");
+  }
+  config.metrics_max_connections = flags.metrics_max_connections;
+  if (flags.metrics_request_timeout <= absl::ZeroDuration() ||
+      flags.metrics_request_timeout > absl::Minutes(5)) {
+    return Bad("metrics_request_timeout", "must be above 0 and at most 5m");
+  }
+  config.metrics_request_timeout = flags.metrics_request_timeout;
   if (!flags.endpoint.empty()) {
     absl::StatusOr<std::string> url = ParseEndpoint(flags.endpoint);
     if (!url.ok()) return Bad("endpoint", url.status().message());

@@ -16,6 +16,8 @@ namespace imgw::config {
 struct GatewayFlags {
   std::string grpc_listen = "127.0.0.1:50051";
   std::string metrics_listen = "127.0.0.1:9464";
+  int metrics_max_connections = 512;
+  absl::Duration metrics_request_timeout = absl::Seconds(5);
   std::string region;
   std::string endpoint;
   std::string ca_file;
@@ -55,6 +57,8 @@ struct GatewayFlags {
 struct GatewayConfig {
   std::string grpc_listen;
   std::string metrics_listen;
+  int metrics_max_connections = 512;  // Connections the probe port holds at once.
+  absl::Duration metrics_request_timeout = absl::Seconds(5);  // From accept to the request.
   std::string base_url;  // https://host[:port], from --endpoint or --region.
   std::string ca_file;
   bool insecure_skip_verify = false;

@@ -177,6 +177,8 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   gw->metrics_->rate_limit_max().Set(config.rate_limit);
   metrics::HttpServer::Options http_options;
   http_options.listen = config.metrics_listen;
+  http_options.max_connections = static_cast<size_t>(config.metrics_max_connections);
+  http_options.request_timeout = config.metrics_request_timeout;
   Gateway* raw = gw.get();
   http_options.refresh = [raw] {
     raw->metrics_->upstream_connections_open().Set(

@@ -22,6 +22,12 @@ ABSL_FLAG(std::string, grpc_listen, "127.0.0.1:50051",
           "gRPC listen address (host:port). A sidecar listens on loopback.");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "HTTP address for /metrics and the probes (host:port).");
+ABSL_FLAG(int, metrics_max_connections, 512,
+          "Connections the metrics and probe port holds at once; when full, an answered or "
+          "idle one is closed for the new one.");
+ABSL_FLAG(absl::Duration, metrics_request_timeout, absl::Seconds(5),
+          "Time a connection to the metrics and probe port has, from accept, to send its "
+          "request header (slowloris bound).");
 ABSL_FLAG(std::string, region, "",
           "Upstream region: china, singapore, seoul, tokyo, frankfurt, silicon-valley, jakarta.");
 ABSL_FLAG(std::string, endpoint, "",
@@ -140,6 +146,8 @@ int main(int argc, char** argv) {
   imgw::config::GatewayFlags flags;
   flags.grpc_listen = absl::GetFlag(FLAGS_grpc_listen);
   flags.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  flags.metrics_max_connections = absl::GetFlag(FLAGS_metrics_max_connections);
+  flags.metrics_request_timeout = absl::GetFlag(FLAGS_metrics_request_timeout);
   flags.region = absl::GetFlag(FLAGS_region);
   flags.endpoint = absl::GetFlag(FLAGS_endpoint);
   flags.ca_file = absl::GetFlag(FLAGS_ca_file);

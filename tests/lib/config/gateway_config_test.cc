@@ -236,6 +236,18 @@ TEST(GatewayConfigTest, EachBadFlagIsNamed) {
   f = Valid();
   f.request_timeout = absl::Seconds(3);
   ExpectError(f, "--upstream_timeout");
+  f = Valid();
+  f.metrics_max_connections = 0;
+  ExpectError(f, "--metrics_max_connections");
+  f = Valid();
+  f.metrics_max_connections = 65537;
+  ExpectError(f, "--metrics_max_connections");
+  f = Valid();
+  f.metrics_request_timeout = absl::ZeroDuration();
+  ExpectError(f, "--metrics_request_timeout");
+  f = Valid();
+  f.metrics_request_timeout = absl::Minutes(6);
+  ExpectError(f, "--metrics_request_timeout");
 }
 
 TEST(GatewayConfigTest, TheBudgetIsLocalUnlessRedisIsAsked) {
