@@ -6,6 +6,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -273,6 +274,38 @@ absl::Status CheckListenAddress(absl::string_view flag, absl::string_view addres
   return absl::OkStatus();
 }
 
+absl::StatusOr<size_t> ParseBytes(absl::string_view text) {
+  static constexpr std::pair<absl::string_view, uint64_t> kSuffixes[] = {{"KiB", uint64_t{1} << 10},
+                                                                         {"MiB", uint64_t{1} << 20},
+                                                                         {"GiB", uint64_t{1} << 30},
+                                                                         {"Ki", uint64_t{1} << 10},
+                                                                         {"Mi", uint64_t{1} << 20},
+                                                                         {"Gi", uint64_t{1} << 30},
+                                                                         {"KB", 1000},
+                                                                         {"MB", 1000 * 1000},
+                                                                         {"GB", 1000 * 1000 * 1000},
+                                                                         {"K", 1000},
+                                                                         {"M", 1000 * 1000},
+                                                                         {"G", 1000 * 1000 * 1000},
+                                                                         {"B", 1}};
+  uint64_t unit = 1;
+  absl::string_view digits = text;
+  for (const auto& [suffix, multiplier] : kSuffixes) {
+    if (absl::EndsWith(text, suffix)) {
+      unit = multiplier;
+      digits = text.substr(0, text.size() - suffix.size());
+      break;
+    }
+  }
+  uint64_t value = 0;
+  if (digits.empty() || !std::all_of(digits.begin(), digits.end(), absl::ascii_isdigit) ||
+      !absl::SimpleAtoi(digits, &value) || value > (uint64_t{1} << 50) / unit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", text, "\" is not a size such as 128Mi, 1Gi or 134217728"));
+  }
+  return static_cast<size_t>(value * unit);
+}
+
 absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
   GatewayConfig config;
   if (absl::Status s = CheckListenAddress("grpc_listen", flags.grpc_listen); !s.ok()) return s;
@@ -332,6 +365,27 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
     return Bad("rate_headroom", "must be in [0, 0.5)");
   }
   config.rate_headroom = flags.rate_headroom;
+  if (flags.memory_limit == "auto") {
+    config.memory_limit = flags.cgroup_memory_limit.value_or(kDefaultMemoryLimit);
+    config.memory_limit_source = flags.cgroup_memory_limit.has_value() ? "cgroup" : "default";
+  } else {
+    absl::StatusOr<size_t> limit = ParseBytes(flags.memory_limit);
+    if (!limit.ok()) return Bad("memory_limit", limit.status().message());
+    config.memory_limit = *limit;
+    config.memory_limit_source = "flag";
+  }
+  if (config.memory_limit < kMinMemoryLimit) {
+    return Bad("memory_limit", absl::StrCat("must be at least 64Mi (", config.memory_limit_source,
+                                            ": ", config.memory_limit, " bytes)"));
+  }
+  if (flags.max_message_bytes < 1024 || flags.max_message_bytes > 4 * 1024 * 1024) {
+    return Bad("max_message_bytes", "must be 1024..4194304");
+  }
+  config.max_message_bytes = static_cast<size_t>(flags.max_message_bytes);
+  if (flags.max_streams_per_connection < 1 || flags.max_streams_per_connection > 10000) {
+    return Bad("max_streams_per_connection", "must be 1..10000");
+  }
+  config.max_streams_per_connection = flags.max_streams_per_connection;
   if (flags.max_queued < 1) return Bad("max_queued", "must be at least 1");
   config.max_queued = static_cast<size_t>(flags.max_queued);
   if (flags.max_connections < 1 || flags.max_connections > 1024) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,6 +14,10 @@
 namespace imgw::config {
 
 // The gateway's settings as the flags give them (services/gateway/main.cc), before checks.
+// --memory_limit=auto without a cgroup limit: the manifests' limit.
+inline constexpr size_t kDefaultMemoryLimit = size_t{128} << 20;
+inline constexpr size_t kMinMemoryLimit = size_t{64} << 20;
+
 struct GatewayFlags {
   std::string grpc_listen = "127.0.0.1:50051";
   std::string metrics_listen = "127.0.0.1:9464";
@@ -51,6 +56,12 @@ struct GatewayFlags {
   int redis_fallback_replicas = 4;
   // "name:weight,..." (weight optional, 1): the callers with a fair-share lane of their own.
   std::string callers;
+  // Memory (README "Limits and abuse"). memory_limit: "auto" (the cgroup's limit, else
+  // kDefaultMemoryLimit) or a size ("128Mi", "256MiB", "1Gi", "134217728").
+  std::string memory_limit = "auto";
+  std::optional<size_t> cgroup_memory_limit;  // What the caller read from the cgroup, if any.
+  int64_t max_message_bytes = 64 * 1024;
+  int max_streams_per_connection = 1024;
 };
 
 // The checked settings the gateway is built from.
@@ -93,7 +104,17 @@ struct GatewayConfig {
   // The declared callers (imgw-caller names, or peer addresses such as "ipv4:10.0.0.5") and
   // their weights, in the order given. Every other name shares the lane kUndeclaredCaller.
   std::vector<std::pair<std::string, int>> callers;
+  // Memory: the limit the gateway keeps under (from --memory_limit or the cgroup), the largest
+  // request message gRPC takes, and the concurrent streams of one gRPC connection.
+  size_t memory_limit = kDefaultMemoryLimit;
+  std::string memory_limit_source = "default";  // "flag", "cgroup" or "default".
+  size_t max_message_bytes = 64 * 1024;
+  int max_streams_per_connection = 1024;
 };
+
+// A size: digits with an optional suffix Ki, Mi, Gi (powers of 1024) or K, M, G (of 1000),
+// each optionally followed by B; "128Mi" is 134217728.
+absl::StatusOr<size_t> ParseBytes(absl::string_view text);
 
 // The lane every undeclared caller shares (a name --callers may not use).
 inline constexpr char kUndeclaredCaller[] = "undeclared";

@@ -142,6 +142,20 @@ Metrics::Metrics(absl::string_view version)
   warmups_not_kept_ = &warmups.Add({{"outcome", "not_kept"}});
   warmups_failed_ = &warmups.Add({{"outcome", "failed"}});
   usersig_expiry_ = gauge("imgw_usersig_expiry_seconds", "Seconds until the UserSig expires.");
+  memory_limit_ = gauge("imgw_memory_limit_bytes",
+                        "The memory the gateway keeps under (--memory_limit, or the cgroup's).");
+  memory_rss_ = gauge("imgw_memory_rss_bytes", "The gateway's resident memory (RSS).");
+  memory_held_ = gauge("imgw_memory_held_bytes",
+                       "What the calls the gateway holds are charged (estimated) against "
+                       "their 40% of --memory_limit.");
+  memory_overloaded_ =
+      gauge("imgw_memory_overloaded",
+            "1 from RSS over 90% of the limit until under 80%: new calls are refused.");
+  memory_trims_ = &prometheus::BuildCounter()
+                       .Name("imgw_memory_trims_total")
+                       .Help("Times free malloc memory was given back to the system.")
+                       .Register(*registry_)
+                       .Add({});
   prometheus::BuildGauge()
       .Name("imgw_build_info")
       .Help("The gateway's version, as a label; always 1.")
@@ -155,8 +169,8 @@ Metrics::Metrics(absl::string_view version)
   for (const char* reason : {"transient", "rate_limited", "resign"}) {
     retries_cache_.emplace_back(reason, &retries_.Add({{"reason", reason}}));
   }
-  for (const char* reason :
-       {"invalid_argument", "queue_full", "overloaded", "circuit_open", "shutting_down"}) {
+  for (const char* reason : {"invalid_argument", "queue_full", "overloaded", "circuit_open",
+                             "shutting_down", "memory"}) {
     rejected_cache_.emplace_back(reason, &rejected_.Add({{"reason", reason}}));
   }
   for (const char* kind : {"connect", "tls", "timeout", "protocol", "cancelled", "http_5xx",
@@ -261,6 +275,8 @@ void Metrics::CallerCalls(absl::string_view lane, double calls) {
   }
   if (undeclared_calls_ != nullptr) undeclared_calls_->Increment(calls);
 }
+
+void Metrics::SetMemoryTrims(double total) { Mirror(*memory_trims_, total); }
 
 void Metrics::SetWarmups(double kept, double not_kept, double failed) {
   Mirror(*warmups_kept_, kept);

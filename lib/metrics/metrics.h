@@ -45,7 +45,7 @@ class Metrics final {
   void Merged(bool in_flight);
   // reason: transient, rate_limited, resign.
   void Retry(absl::string_view reason);
-  // reason: invalid_argument, queue_full, overloaded, circuit_open, shutting_down.
+  // reason: invalid_argument, queue_full, overloaded, circuit_open, shutting_down, memory.
   void Rejected(absl::string_view reason);
   void Expired();
   void Cancelled();
@@ -67,6 +67,12 @@ class Metrics final {
   // The upstream's round trips over the last seconds: the fastest, the median and p99.
   void SetRoundTrips(absl::Duration fastest, absl::Duration median, absl::Duration high);
   prometheus::Gauge& usersig_expiry_seconds() { return *usersig_expiry_; }
+  // Memory (lib/overload): set from the memory watch when scraped.
+  prometheus::Gauge& memory_limit_bytes() { return *memory_limit_; }
+  prometheus::Gauge& memory_rss_bytes() { return *memory_rss_; }
+  prometheus::Gauge& memory_held_bytes() { return *memory_held_; }
+  prometheus::Gauge& memory_overloaded() { return *memory_overloaded_; }
+  void SetMemoryTrims(double total);
   // Counters mirrored from the curl client's own counts.
   void SetConnectionsCreated(double total);
   void SetWarmups(double kept, double not_kept, double failed);
@@ -111,6 +117,11 @@ class Metrics final {
   prometheus::Counter* warmups_not_kept_;
   prometheus::Counter* warmups_failed_;
   prometheus::Gauge* usersig_expiry_;
+  prometheus::Gauge* memory_limit_;
+  prometheus::Gauge* memory_rss_;
+  prometheus::Gauge* memory_held_;
+  prometheus::Gauge* memory_overloaded_;
+  prometheus::Counter* memory_trims_;
   // Children looked up on every call, cached: Family::Add builds a label map and takes the
   // family's lock each time. RPC latency series are created on first use, as before.
   std::array<std::atomic<prometheus::Histogram*>, kRpcMethods * kRpcCodes> rpc_latency_cache_{};

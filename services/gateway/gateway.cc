@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "lib/common/log.h"
@@ -167,8 +168,21 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   gw->dispatcher_->set_metrics(gw->metrics_.get());
   gw->loop_ = std::make_unique<dispatch::DispatchLoop>(*gw->dispatcher_, *gw->client_, clock);
 
+  // Memory: 40% of the limit for the calls held; the rest for the process (~25 MB), calls
+  // arriving faster than they are refused, gRPC's connections and buffers, TLS, libcurl and
+  // the allocator's slack. The watch refuses new calls when RSS nears the limit whatever took
+  // it, and gives freed memory back after bursts.
+  overload::MemoryBudget::Options memory_options;
+  memory_options.calls_bytes = config.memory_limit / 5 * 2;
+  gw->memory_budget_ = std::make_unique<overload::MemoryBudget>(memory_options);
+  overload::MemoryWatch::Options watch_options;
+  watch_options.limit_bytes = config.memory_limit;
+  gw->memory_watch_ = std::make_unique<overload::MemoryWatch>(watch_options, *gw->memory_budget_);
+  gw->metrics_->memory_limit_bytes().Set(static_cast<double>(config.memory_limit));
+
   MsgReadService::Options service_options;
   service_options.default_deadline = config.default_deadline;
+  service_options.memory = gw->memory_budget_.get();
   service_options.callers.insert(caller_names.begin(), caller_names.end());
   gw->service_ =
       std::make_unique<MsgReadService>(service_options, *gw->loop_, clock, gw->metrics_.get());
@@ -187,6 +201,12 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
     raw->metrics_->SetWarmups(static_cast<double>(raw->client_->warmups_kept()),
                               static_cast<double>(raw->client_->warmups_not_kept()),
                               static_cast<double>(raw->client_->warmups_failed()));
+    const overload::MemoryWatch::Stats memory = raw->memory_watch_->stats();
+    raw->metrics_->memory_rss_bytes().Set(static_cast<double>(memory.rss));
+    raw->metrics_->memory_overloaded().Set(
+        memory.state == overload::MemoryWatch::State::kOverloaded ? 1 : 0);
+    raw->metrics_->SetMemoryTrims(static_cast<double>(memory.trims));
+    raw->metrics_->memory_held_bytes().Set(static_cast<double>(raw->memory_budget_->held()));
     raw->metrics_->usersig_expiry_seconds().Set(
         absl::ToDoubleSeconds(raw->usersigs_->ExpiresAt() - raw->clock_->Now()));
   };
@@ -204,9 +224,24 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   // No SO_REUSEPORT: a second gateway on the same port would have the kernel split the calls
   // between two processes with two budgets. It must fail to listen instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // What one peer can make gRPC hold: messages up to --max_message_bytes (checked on the wire
+  // size); no compressed messages at all, since gRPC 1.51 inflates a message whole before it
+  // checks its size (a 1 MB bomb became 1 GB): a compressed request is UNIMPLEMENTED
+  // "Compression algorithm 'gzip' is disabled." as soon as its headers arrive; at most
+  // --max_streams_per_connection streams per connection (past them gRPC 1.51 closes the
+  // connection); and gRPC's own memory quota, a quarter of the limit, which shrinks read
+  // buffers and flow-control windows under pressure.
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_DEFLATE, false);
+  builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_GZIP, false);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, config.max_streams_per_connection);
+  grpc::ResourceQuota quota("imgw-grpc");
+  quota.Resize(config.memory_limit / 4);
+  builder.SetResourceQuota(quota);
   builder.AddListeningPort(config.grpc_listen, ListenerCredentials(config), &port);
   builder.RegisterService(gw->service_.get());
   gw->loop_->Start();
+  gw->memory_watch_->Start();
   gw->server_ = builder.BuildAndStart();
   if (gw->server_ == nullptr || port == 0) {
     gw->loop_->Stop(absl::ZeroDuration());
@@ -232,6 +267,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
        {"identifier", config.identifier},
        {"rate_limit", absl::StrCat(config.rate_limit)},
        {"budget", budget},
+       {"memory_limit", absl::StrCat(config.memory_limit, " (", config.memory_limit_source, ")")},
        {"pace", absl::StrCat(ratelimit::LocalRateLimiter::PaceFor(limiter_options))}});
   return gw;
 }

@@ -13,6 +13,8 @@
 #include "lib/metrics/http_server.h"
 #include "lib/metrics/metrics.h"
 #include "lib/metrics/shared_budget_metrics.h"
+#include "lib/overload/memory_budget.h"
+#include "lib/overload/memory_watch.h"
 #include "lib/ratelimit/local_rate_limiter.h"
 #include "lib/ratelimit/redis_rate_limiter.h"
 #include "lib/upstream/curl_client.h"
@@ -74,6 +76,9 @@ class Gateway final {
   std::unique_ptr<upstream::RequestFactory> requests_;
   std::unique_ptr<dispatch::Dispatcher> dispatcher_;
   std::unique_ptr<dispatch::DispatchLoop> loop_;
+  // Before service_, which borrows the budget; the watch's thread stops in Shutdown().
+  std::unique_ptr<overload::MemoryBudget> memory_budget_;
+  std::unique_ptr<overload::MemoryWatch> memory_watch_;
   std::unique_ptr<MsgReadService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::string grpc_address_;

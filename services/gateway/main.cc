@@ -16,6 +16,7 @@
 #include "lib/common/clock.h"
 #include "lib/common/log.h"
 #include "lib/config/gateway_config.h"
+#include "lib/overload/process_memory.h"
 #include "services/gateway/gateway.h"
 
 ABSL_FLAG(std::string, grpc_listen, "127.0.0.1:50051",
@@ -48,6 +49,14 @@ ABSL_FLAG(double, rate_headroom, 0.01,
           "Fraction of --rate_limit left unused as a margin for network jitter.");
 ABSL_FLAG(int64_t, max_queued, 10000,
           "Calls the gateway holds at once (waiting or in flight); past it RESOURCE_EXHAUSTED.");
+ABSL_FLAG(std::string, memory_limit, "auto",
+          "Memory the gateway keeps under (128Mi, 1Gi, bytes): 40% of it for the calls it "
+          "holds, refusing new calls past it. auto: the container's cgroup limit, else 128Mi.");
+ABSL_FLAG(int64_t, max_message_bytes, 64 * 1024,
+          "Largest gRPC request message taken (a full batch of 500 items is about 45 KB); a "
+          "larger one is RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_streams_per_connection, 1024,
+          "Concurrent gRPC calls (HTTP/2 streams) on one connection; clients queue the rest.");
 ABSL_FLAG(int, max_connections, 64,
           "Upstream requests in flight at most: connections over HTTP/1.1, streams over HTTP/2. "
           "The default carries 200 calls/s over HTTP/1.1 to an upstream 250 ms away.");
@@ -179,6 +188,10 @@ int main(int argc, char** argv) {
   flags.redis_timeout = absl::GetFlag(FLAGS_redis_timeout);
   flags.redis_fallback_replicas = absl::GetFlag(FLAGS_redis_fallback_replicas);
   flags.callers = absl::GetFlag(FLAGS_callers);
+  flags.memory_limit = absl::GetFlag(FLAGS_memory_limit);
+  flags.cgroup_memory_limit = imgw::overload::CgroupMemoryLimit();
+  flags.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  flags.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
   absl::StatusOr<imgw::config::GatewayConfig> config = imgw::config::Resolve(flags);
   if (!config.ok()) Die(std::string(config.status().message()));
 

@@ -11,6 +11,7 @@
 #include "grpcpp/support/proto_buffer_writer.h"
 #include "imgw/gateway/wire.pb.h"
 #include "lib/config/gateway_config.h"
+#include "lib/overload/memory_budget.h"
 #include "services/gateway/grpc_code_name.h"
 #include "services/gateway/status_mapping.h"
 
@@ -29,8 +30,17 @@ class CountedReactor : public grpc::ServerUnaryReactor {
     active_.fetch_add(1);
   }
   void OnDone() override {
+    if (memory_ != nullptr) memory_->Release(lane_, held_);
     active_.fetch_sub(1);
     delete this;
+  }
+
+  // Gives `held` bytes of the lane back to `memory` when gRPC is done with the call, its answer
+  // sent (or the call cancelled). Before the call is submitted.
+  void HoldUntilDone(overload::MemoryBudget* memory, std::string lane, size_t held) {
+    memory_ = memory;
+    lane_ = std::move(lane);
+    held_ = held;
   }
 
  protected:
@@ -46,6 +56,9 @@ class CountedReactor : public grpc::ServerUnaryReactor {
   metrics::Metrics* const metrics_;
   const char* const method_;
   const absl::Time start_;
+  overload::MemoryBudget* memory_ = nullptr;
+  std::string lane_;
+  size_t held_ = 0;
 };
 
 // Serializes `message` into the raw response buffer.
@@ -167,6 +180,28 @@ absl::Status ToParams(const wire::SetMsgReadRequest& request, absl::Time now,
   return valid;
 }
 
+// A call refused because the memory budget cannot hold it.
+Outcome MemoryRefusal(overload::MemoryBudget::Refusal why, const overload::MemoryBudget& memory) {
+  std::string detail;
+  switch (why) {
+    case overload::MemoryBudget::Refusal::kOverloaded:
+      detail = "the gateway is over 90% of its memory limit (--memory_limit): try again later";
+      break;
+    case overload::MemoryBudget::Refusal::kLaneFull:
+      detail = absl::StrCat("this caller's calls hold ", memory.lane_bytes() >> 20,
+                            " MiB of the gateway's memory, the most one caller may "
+                            "(--memory_limit): try again later");
+      break;
+    default:
+      detail = absl::StrCat("the calls held hold the ", memory.calls_bytes() >> 20,
+                            " MiB of memory they may (--memory_limit): try again later");
+      break;
+  }
+  Outcome outcome = Outcome::Failed(Outcome::Kind::kQueueFull, std::move(detail));
+  outcome.retry_after = kMemoryRetryAfter;
+  return outcome;
+}
+
 }  // namespace
 
 std::string MsgReadService::CallerOf(const grpc::CallbackServerContext& context) {
@@ -209,6 +244,17 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
                                       "the stream was reset before its request was read"));
     return reactor;
   }
+  std::string lane = LaneOf(*context);
+  if (options_.memory != nullptr) {
+    const size_t cost = overload::MemoryBudget::CostOf(request->Length(), 1);
+    const overload::MemoryBudget::Refusal refused = options_.memory->TryHold(lane, cost);
+    if (refused != overload::MemoryBudget::Refusal::kNone) {
+      if (metrics_ != nullptr) metrics_->Rejected("memory");
+      reactor->Complete(MemoryRefusal(refused, *options_.memory));
+      return reactor;
+    }
+    reactor->HoldUntilDone(options_.memory, lane, cost);
+  }
   if (!Decode(request, &decoded)) {
     if (metrics_ != nullptr) metrics_->Rejected("invalid_argument");
     reactor->Complete(Outcome::Failed(Outcome::Kind::kInvalidArgument,
@@ -224,7 +270,7 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
     return reactor;
   }
   call.id = id;
-  call.caller = LaneOf(*context);
+  call.caller = std::move(lane);
   if (metrics_ != nullptr) metrics_->CallerCalls(call.caller, 1);
   call.deadline = DeadlineOf(*context);
   call.done = [reactor](Outcome outcome) { reactor->Complete(outcome); };
@@ -264,11 +310,30 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
     return refuse(
         absl::StrCat("a batch holds 1 to ", kMaxBatchItems, " items; this one has ", items));
   }
+  std::string caller = LaneOf(*context);
+  const size_t cost = overload::MemoryBudget::CostOf(raw_request->Length(), items);
+  if (options_.memory != nullptr) {
+    const overload::MemoryBudget::Refusal refused = options_.memory->TryHold(caller, cost);
+    if (refused != overload::MemoryBudget::Refusal::kNone) {
+      MappedStatus mapped = MapOutcome(MemoryRefusal(refused, *options_.memory));
+      if (metrics_ != nullptr) {
+        metrics_->Rejected("memory");
+        metrics_->ObserveRpc("BatchSetMsgRead", CodeName(mapped.status.error_code()),
+                             absl::ZeroDuration());
+      }
+      if (mapped.retry_after_ms.has_value()) {
+        context->AddTrailingMetadata(kRetryAfterTrailer, absl::StrCat(*mapped.retry_after_ms));
+      }
+      auto* reactor = context->DefaultReactor();
+      reactor->Finish(mapped.status);
+      return reactor;
+    }
+  }
   dispatch::CallId first_id =
       next_id_.fetch_add(static_cast<dispatch::CallId>(items), std::memory_order_relaxed);
   auto* reactor = new BatchReactor(response, loop_, first_id, items, active_, metrics_);
+  if (options_.memory != nullptr) reactor->HoldUntilDone(options_.memory, caller, cost);
   absl::Time now = clock_.Now();
-  std::string caller = LaneOf(*context);
   if (metrics_ != nullptr) metrics_->CallerCalls(caller, items);
   absl::Duration deadline = DeadlineOf(*context);
   std::vector<dispatch::Call> calls;

@@ -11,12 +11,15 @@
 #include "lib/common/clock.h"
 #include "lib/dispatch/dispatch_loop.h"
 #include "lib/metrics/metrics.h"
+#include "lib/overload/memory_budget.h"
 
 namespace imgw::gateway {
 
 inline constexpr int kMaxBatchItems = 500;
 inline constexpr char kCallerHeader[] = "imgw-caller";
 inline constexpr size_t kMaxCallerBytes = 64;
+// The retry-after of a call refused for memory: calls held are answered within their deadlines.
+inline constexpr absl::Duration kMemoryRetryAfter = absl::Seconds(1);
 
 // The raw-callback form of imgw.v1.MsgReadService: requests arrive as bytes and are read
 // through imgw.gateway.wire (proto/imgw/gateway/wire.proto), so that an account that is not
@@ -39,6 +42,10 @@ class MsgReadService final : public MsgReadServiceBase {
     // caller's calls go to the one lane config::kUndeclaredCaller, so that inventing names
     // buys nothing.
     absl::flat_hash_set<std::string> callers;
+    // What each call is charged against from its arrival until gRPC has sent its answer;
+    // a call it cannot hold is refused RESOURCE_EXHAUSTED at once. Null: no bound (tests).
+    // Borrowed.
+    overload::MemoryBudget* memory = nullptr;
   };
 
   // `metrics` may be null (tests); borrowed.

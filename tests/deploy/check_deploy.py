@@ -423,6 +423,7 @@ def check_workload(where, objects, configmaps):
         if not tgps > grace:
             problem("%s: terminationGracePeriodSeconds %s must exceed --shutdown_grace (%gs)" % (name, tgps, grace))
         check_redis_flags(name, dep, c, flags, secret_files)
+        check_memory(name, c, flags)
         sdk_label = pod_labels.get("imgw-sdkappid")
         if sdk_label is not None and sdk_label != flags.get("sdkappid"):
             problem("%s: pod label imgw-sdkappid=%s differs from --sdkappid=%s" % (name, sdk_label, flags.get("sdkappid")))
@@ -461,6 +462,65 @@ def check_workload(where, objects, configmaps):
             name, grpc, flags.get("shutdown_grace"), tgps, key_file))
     if not found_sidecar:
         problem("%s: no Deployment with the imgw sidecar" % where)
+
+
+# The gateway's memory budget (README "Limits and abuse"): it keeps its RSS under --memory_limit,
+# whose default (auto) is the container's cgroup limit, i.e. resources.limits.memory; it refuses
+# a limit under 64 MiB (kMinMemoryLimit in lib/config/gateway_config.h).
+MIN_MEMORY_LIMIT = 64 << 20
+
+_QUANTITY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1}
+
+
+def parse_quantity(text):
+    """A Kubernetes memory quantity ("128Mi", "1G", "134217728") in bytes."""
+    m = re.match(r"^([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T|)$", str(text))
+    if not m:
+        raise ValueError("not a memory quantity: %r" % text)
+    return int(m.group(1)) * _QUANTITY[m.group(2)]
+
+
+def parse_size_flag(text):
+    """imgw's size flags (config::ParseBytes): Ki/Mi/Gi binary, K/M/G decimal, optional B."""
+    m = re.match(r"^([0-9]+)(KiB|MiB|GiB|Ki|Mi|Gi|KB|MB|GB|K|M|G|B|)$", text)
+    if not m:
+        raise ValueError("not a size: %r" % text)
+    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "Ki": 1 << 10, "Mi": 1 << 20,
+             "Gi": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "K": 10**3, "M": 10**6,
+             "G": 10**9, "B": 1, "": 1}
+    return int(m.group(1)) * units[m.group(2)]
+
+
+def check_memory(name, c, flags):
+    """The container's memory limit is the budget the gateway enforces (or holds a smaller
+    --memory_limit), and leaves the gateway room to run."""
+    res = c.get("resources", {}) or {}
+    try:
+        limit = parse_quantity((res.get("limits") or {}).get("memory"))
+        request = parse_quantity((res.get("requests") or {}).get("memory", "0"))
+    except ValueError as e:
+        problem("%s: imgw resources: %s" % (name, e))
+        return
+    if request > limit:
+        problem("%s: imgw requests.memory exceeds limits.memory" % name)
+    value = flags.get("memory_limit", "auto")
+    if value == "auto":
+        budget = limit
+    else:
+        try:
+            budget = parse_size_flag(value)
+        except ValueError as e:
+            problem("%s: --memory_limit: %s" % (name, e))
+            return
+        if budget > limit:
+            problem("%s: --memory_limit=%s is above the container's limits.memory (%d bytes): the "
+                    "kernel would kill the gateway before it refuses a call" % (name, value, limit))
+    if budget < MIN_MEMORY_LIMIT:
+        problem("%s: the gateway's memory budget (%d bytes, %s) is under the 64Mi it needs; it "
+                "would exit 2" % (name, budget, "limits.memory" if value == "auto" else "--memory_limit"))
+    print("ok: %s: memory budget %d MiB (%s) within limits.memory %d MiB" % (
+        name, budget >> 20, "auto" if value == "auto" else "--memory_limit", limit >> 20))
 
 
 def check_redis_flags(name, dep, c, flags, secret_files):

@@ -91,6 +91,15 @@ TEST_F(MetricsE2eTest, CountersAndHistogramsFollowTheTrafficAndPassPromtool) {
   EXPECT_EQ(s["imgw_rate_limit_calls_per_second"], 198);
   EXPECT_EQ(s["imgw_circuit_breaker_open"], 0);
   EXPECT_GT(s["imgw_usersig_expiry_seconds"], 12 * 3600);
+  // The memory watch: the limit (the cgroup's, else 128 MiB), a live RSS under it, nothing
+  // held once every call was answered.
+  EXPECT_GE(s["imgw_memory_limit_bytes"], 64 << 20);
+  EXPECT_GT(s["imgw_memory_rss_bytes"], 1 << 20);
+  EXPECT_LT(s["imgw_memory_rss_bytes"], s["imgw_memory_limit_bytes"]);
+  EXPECT_EQ(s["imgw_memory_held_bytes"], 0);
+  EXPECT_EQ(s["imgw_memory_overloaded"], 0);
+  EXPECT_EQ(s.count("imgw_memory_trims_total"), 1u);
+  EXPECT_EQ(s.count("imgw_rejected_calls_total{reason=\"memory\"}"), 1u);
   EXPECT_EQ(s["imgw_build_info{version=\"0.1.0\"}"], 1);
   // No user data in labels.
   EXPECT_FALSE(absl::StrContains(*text, "alice"));

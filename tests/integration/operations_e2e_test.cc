@@ -541,11 +541,18 @@ TEST_F(OperationsE2eTest, OversizedMessagesAreRefusedClearlyAndTheGatewayKeepsSe
   EXPECT_FALSE(batch.status.error_message().empty());
   EXPECT_EQ(Stats().requests, 0u);
 
-  // An over-long account well under the transport's limit is the gateway's to refuse.
-  Answer long_account = Invoke(*stub_, Request(std::string(100000, 'a'), "bob"));
+  // Past --max_message_bytes (64 KiB by default; a full valid batch is about 45 KB): gRPC
+  // refuses it on its wire size, before anything reads it.
+  Answer over_max = Invoke(*stub_, Request(std::string(100000, 'a'), "bob"));
+  EXPECT_EQ(over_max.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << Describe(over_max.status);
+  EXPECT_THAT(over_max.status.error_message(), HasSubstr("larger than max"));
+
+  // An over-long account under that limit is the gateway's to refuse.
+  Answer long_account = Invoke(*stub_, Request(std::string(30000, 'a'), "bob"));
   EXPECT_EQ(long_account.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << Describe(long_account.status);
-  EXPECT_THAT(long_account.status.error_message(), HasSubstr("100000 bytes"));
+  EXPECT_THAT(long_account.status.error_message(), HasSubstr("30000 bytes"));
 
   // Same channel, same process: still serving.
   Answer after = Invoke(*stub_, Request("alice", "bob"));
@@ -977,6 +984,26 @@ TEST_F(OperationsE2eTest, ASecondSigtermEndsTheGraceAtOnce) {
     unavailable += calls.call(i).status.error_code() == grpc::StatusCode::UNAVAILABLE ? 1 : 0;
   }
   EXPECT_GT(unavailable, kCalls / 2) << "most calls were still queued at 5/s";
+}
+
+// Compressed requests are refused as soon as their headers arrive, before anything is inflated:
+// gRPC 1.51 inflates a message whole before it checks its size, so a 1 MB gzip bomb became 1 GB
+// (issue 11, finding 3). The refusal names the algorithm; the same channel, uncompressed, is
+// served. (The memory suite sends a real bomb and measures RSS.)
+TEST_F(OperationsE2eTest, CompressedRequestsAreRefusedBeforeInflating) {
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  for (grpc_compression_algorithm algorithm : {GRPC_COMPRESS_GZIP, GRPC_COMPRESS_DEFLATE}) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + kCallDeadline));
+    context.set_compression_algorithm(algorithm);
+    v1::SetMsgReadResponse response;
+    grpc::Status status = stub_->SetMsgRead(&context, Request("zip", "bob"), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << Describe(status);
+    EXPECT_THAT(status.error_message(), HasSubstr("is disabled")) << Describe(status);
+  }
+  EXPECT_EQ(Stats().requests, 0u);
+  Answer plain = Invoke(*stub_, Request("zip", "bob"));
+  EXPECT_TRUE(plain.status.ok()) << Describe(plain.status);
 }
 
 // A ready file that cannot be written is a bad flag: one line, exit 2, before serving.

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <iostream>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -8,8 +9,10 @@
 #include "absl/status/statusor.h"
 #include "gtest/gtest.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
+#include "tests/testing/emulator_client.h"
 #include "tests/testing/grpc_client.h"
 #include "tests/testing/imgw_stack.h"
+#include "tests/testing/metric_samples.h"
 #include "tests/testing/process.h"
 
 namespace imgw::testing {
@@ -42,6 +45,15 @@ class StackTest : public ::testing::Test {
     absl::StatusOr<EmulatorStatsView> stats = stack_->Stats();
     EXPECT_TRUE(stats.ok()) << stats.status();
     return stats.ok() ? *std::move(stats) : EmulatorStatsView{};
+  }
+
+  // The first gateway's /metrics as samples ("name{labels}" -> value); empty (and a test
+  // failure) when it cannot be scraped.
+  std::map<std::string, double> Metrics() {
+    absl::StatusOr<std::string> text =
+        HttpsRequest("GET", "http://" + stack_->metrics_address() + "/metrics", "/dev/null");
+    EXPECT_TRUE(text.ok()) << text.status();
+    return text.ok() ? ParseMetricSamples(*text) : std::map<std::string, double>{};
   }
 
   std::unique_ptr<ImgwStack> stack_;

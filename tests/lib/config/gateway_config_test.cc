@@ -181,6 +181,49 @@ TEST(GatewayConfigTest, GrpcTlsMaterialIsCheckedAndRead) {
   ExpectError(g, "--grpc_client_ca: " + b->key_file + " holds no certificate");
 }
 
+TEST(GatewayConfigTest, SizesTakeBinaryAndDecimalSuffixes) {
+  EXPECT_EQ(ParseBytes("134217728").value(), 134217728u);
+  EXPECT_EQ(ParseBytes("128Mi").value(), size_t{128} << 20);
+  EXPECT_EQ(ParseBytes("128MiB").value(), size_t{128} << 20);
+  EXPECT_EQ(ParseBytes("1Gi").value(), size_t{1} << 30);
+  EXPECT_EQ(ParseBytes("512Ki").value(), size_t{512} << 10);
+  EXPECT_EQ(ParseBytes("100M").value(), 100000000u);
+  EXPECT_EQ(ParseBytes("2G").value(), 2000000000u);
+  EXPECT_EQ(ParseBytes("64B").value(), 64u);
+  for (const char* bad : {"", "Mi", "-1Mi", "1.5Gi", "12Qi", "1 Gi", "99999999999999Gi"}) {
+    EXPECT_FALSE(ParseBytes(bad).ok()) << bad;
+  }
+}
+
+// --memory_limit: auto takes the cgroup's limit, else 128 MiB; a size wins; under 64 MiB the
+// gateway could not run its own threads and buffers, so it is refused.
+TEST(GatewayConfigTest, MemoryLimitFromTheFlagTheCgroupOrTheDefault) {
+  GatewayFlags f = Valid();
+  absl::StatusOr<GatewayConfig> config = Resolve(f);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->memory_limit, kDefaultMemoryLimit);
+  EXPECT_EQ(config->memory_limit_source, "default");
+  EXPECT_EQ(config->max_message_bytes, 64u * 1024);
+  EXPECT_EQ(config->max_streams_per_connection, 1024);
+  f.cgroup_memory_limit = size_t{256} << 20;
+  config = Resolve(f);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->memory_limit, size_t{256} << 20);
+  EXPECT_EQ(config->memory_limit_source, "cgroup");
+  f.memory_limit = "96Mi";
+  config = Resolve(f);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->memory_limit, size_t{96} << 20);
+  EXPECT_EQ(config->memory_limit_source, "flag");
+  f.memory_limit = "32Mi";
+  ExpectError(f, "--memory_limit: must be at least 64Mi");
+  f.memory_limit = "lots";
+  ExpectError(f, "--memory_limit:");
+  f = Valid();
+  f.cgroup_memory_limit = size_t{32} << 20;
+  ExpectError(f, "--memory_limit: must be at least 64Mi (cgroup");
+}
+
 TEST(GatewayConfigTest, EachBadFlagIsNamed) {
   GatewayFlags f = Valid();
   f.region = "mars";
@@ -248,6 +291,18 @@ TEST(GatewayConfigTest, EachBadFlagIsNamed) {
   f = Valid();
   f.metrics_request_timeout = absl::Minutes(6);
   ExpectError(f, "--metrics_request_timeout");
+  f = Valid();
+  f.max_message_bytes = 1023;
+  ExpectError(f, "--max_message_bytes");
+  f = Valid();
+  f.max_message_bytes = 5 << 20;
+  ExpectError(f, "--max_message_bytes");
+  f = Valid();
+  f.max_streams_per_connection = 0;
+  ExpectError(f, "--max_streams_per_connection");
+  f = Valid();
+  f.max_streams_per_connection = 10001;
+  ExpectError(f, "--max_streams_per_connection");
 }
 
 TEST(GatewayConfigTest, TheBudgetIsLocalUnlessRedisIsAsked) {

@@ -1,0 +1,60 @@
+#include "lib/overload/process_memory.h"
+
+#include <malloc.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+
+namespace imgw::overload {
+namespace {
+
+// The first line of a small file, trimmed; nullopt when it cannot be read.
+std::optional<std::string> FirstLine(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line)) return std::nullopt;
+  return std::string(absl::StripAsciiWhitespace(line));
+}
+
+}  // namespace
+
+absl::StatusOr<size_t> ReadRssBytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return absl::UnavailableError("cannot open /proc/self/statm");
+  unsigned long size = 0;
+  unsigned long resident = 0;
+  const int read = std::fscanf(f, "%lu %lu", &size, &resident);
+  std::fclose(f);
+  if (read != 2) return absl::UnavailableError("cannot parse /proc/self/statm");
+  return static_cast<size_t>(resident) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+}
+
+std::optional<size_t> CgroupMemoryLimit(const std::string& root) {
+  uint64_t value = 0;
+  if (std::optional<std::string> v2 = FirstLine(root + "/memory.max"); v2.has_value()) {
+    if (*v2 == "max" || !absl::SimpleAtoi(*v2, &value) || value == 0) return std::nullopt;
+    return static_cast<size_t>(value);
+  }
+  if (std::optional<std::string> v1 = FirstLine(root + "/memory/memory.limit_in_bytes");
+      v1.has_value()) {
+    if (!absl::SimpleAtoi(*v1, &value) || value == 0 || value >= (uint64_t{1} << 60)) {
+      return std::nullopt;
+    }
+    return static_cast<size_t>(value);
+  }
+  return std::nullopt;
+}
+
+size_t MallocFreeBytes() {
+  struct mallinfo2 info = mallinfo2();
+  return info.fordblks + info.fsmblks;
+}
+
+void ReturnFreeMemory() { malloc_trim(0); }
+
+}  // namespace imgw::overload
