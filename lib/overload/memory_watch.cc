@@ -70,9 +70,7 @@ void MemoryWatch::Step(absl::Time now, size_t rss, size_t free_bytes) {
   free_floor_ = std::min(free_floor_, free_bytes);
   const size_t freed = free_bytes - free_floor_;
   // While overloaded, every interval: what malloc holds free may be what keeps RSS up.
-  const bool worth_it = stats_.state == State::kOverloaded ||
-                        (freed >= options_.trim_min_bytes &&
-                         static_cast<double>(freed) >= options_.trim_free_share * used);
+  const bool worth_it = stats_.state == State::kOverloaded || freed >= options_.trim_min_bytes;
   if (now - last_trim_ >= options_.trim_interval && worth_it) {
     Trim(now);
   }

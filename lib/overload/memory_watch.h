@@ -19,10 +19,10 @@ namespace imgw::overload {
 //     once and then every `trim_interval`; kOverloaded -> kNormal when RSS falls under `low`
 //     of the limit. Each transition
 //     is logged once and counted.
-//   - Memory given back after bursts: when malloc's free memory has grown, since the last
-//     trim, by more than `trim_free_share` of the RSS (and at least `trim_min_bytes`), at most
-//     once per `trim_interval`, it is returned to the system, so that RSS comes back down after a
-//     burst of calls or an attack instead of staying at its peak (glibc keeps freed memory
+//   - Memory given back after bursts: when malloc's free memory has grown by at least
+//     `trim_min_bytes` since the last trim, at most once per `trim_interval`, it is returned
+//     to the system (a trim of a few MiB costs about a millisecond), so that RSS comes back down
+//     after a burst of calls or an attack instead of staying at its peak (glibc keeps freed memory
 //     otherwise).
 // Step() holds the logic and takes its readings as arguments (tests drive it directly); the
 // thread Start() runs calls it every `interval` with the real readings.
@@ -36,7 +36,6 @@ class MemoryWatch final {
     size_t limit_bytes = 128u << 20;
     double high = 0.9;
     double low = 0.8;
-    double trim_free_share = 0.2;
     size_t trim_min_bytes = 4u << 20;
     absl::Duration trim_interval = absl::Seconds(1);
     absl::Duration interval = absl::Milliseconds(100);
