@@ -46,10 +46,12 @@ TextCheck CheckText(absl::string_view text) {
 
 std::string CapText(absl::string_view text, size_t max_bytes) {
   if (text.size() <= max_bytes) return std::string(text);
-  size_t cut = max_bytes;
+  const std::string mark = absl::StrCat(" ...(cut, ", text.size(), " bytes)");
+  // The mark counts toward max_bytes, so that a capped text is capped no further.
+  size_t cut = max_bytes > mark.size() ? max_bytes - mark.size() : 0;
   // Back up over continuation bytes (10xxxxxx) to the start of the character that would be cut.
   while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
-  return absl::StrCat(text.substr(0, cut), " ...(cut, ", text.size(), " bytes)");
+  return absl::StrCat(text.substr(0, cut), mark);
 }
 
 }  // namespace imgw

@@ -18,7 +18,8 @@ enum class TextCheck {
 TextCheck CheckText(absl::string_view text);
 
 // `text` when it is at most `max_bytes` long; else its first bytes, cut at a UTF-8 character
-// boundary, followed by " ...(cut, N bytes)" with N the original length. The rule for text a
+// boundary, followed by " ...(cut, N bytes)" with N the original length, the whole at most
+// `max_bytes` long when the mark fits in it (so capping twice changes nothing). The rule for text a
 // peer controls (the upstream's ErrorInfo) that reaches status messages, trailers and logs.
 std::string CapText(absl::string_view text, size_t max_bytes);
 

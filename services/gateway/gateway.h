@@ -76,7 +76,7 @@ class Gateway final {
   std::unique_ptr<upstream::RequestFactory> requests_;
   std::unique_ptr<dispatch::Dispatcher> dispatcher_;
   std::unique_ptr<dispatch::DispatchLoop> loop_;
-  // Before service_, which borrows the budget; the watch's thread stops in Shutdown().
+  // Before service_, which borrows the budget; the watch's thread stops when it is destroyed.
   std::unique_ptr<overload::MemoryBudget> memory_budget_;
   std::unique_ptr<overload::MemoryWatch> memory_watch_;
   std::unique_ptr<MsgReadService> service_;

@@ -193,7 +193,7 @@ Outcome MemoryRefusal(overload::MemoryBudget::Refusal why, const overload::Memor
                             "(--memory_limit): try again later");
       break;
     default:
-      detail = absl::StrCat("the calls held hold the ", memory.calls_bytes() >> 20,
+      detail = absl::StrCat("the calls the gateway holds take the ", memory.calls_bytes() >> 20,
                             " MiB of memory they may (--memory_limit): try again later");
       break;
   }

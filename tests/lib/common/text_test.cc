@@ -36,17 +36,28 @@ TEST(CapTextTest, ShortTextIsKept) {
 }
 
 TEST(CapTextTest, LongTextIsCutAtACharacterAndMarked) {
-  EXPECT_EQ(CapText(std::string(4000, 'x'), 10), "xxxxxxxxxx ...(cut, 4000 bytes)");
-  // "é" is two bytes: a cut that would split it keeps the text well-formed UTF-8.
-  std::string accented =
-      "ab\xC3\xA9"
-      "cd";  // a b é c d
-  EXPECT_EQ(CapText(accented, 3), "ab ...(cut, 6 bytes)");
-  EXPECT_EQ(CapText(accented, 4), "ab\xC3\xA9 ...(cut, 6 bytes)");
+  // The mark " ...(cut, 4000 bytes)" is 21 bytes: 19 of the text fit in 40.
+  EXPECT_EQ(CapText(std::string(4000, 'x'), 40), std::string(19, 'x') + " ...(cut, 4000 bytes)");
+  // A mark longer than the cap: the mark alone.
+  EXPECT_EQ(CapText(std::string(4000, 'x'), 10), " ...(cut, 4000 bytes)");
+  // "é" is two bytes: a cut that would split it keeps the text well-formed UTF-8. The text is
+  // 34 bytes, its mark " ...(cut, 34 bytes)" 19.
+  const std::string accented = "ab\xC3\xA9" + std::string(30, 'c');  // a b é c...
+  EXPECT_EQ(CapText(accented, 22), "ab ...(cut, 34 bytes)");
+  EXPECT_EQ(CapText(accented, 23), "ab\xC3\xA9 ...(cut, 34 bytes)");
   // Every cut of well-formed UTF-8 is well-formed UTF-8 (mixed 1-, 2-, 3- and 4-byte characters).
   const std::string mixed = "a\xC3\xA9\xE4\xB8\xAD\xF0\x9F\x98\x80z";
-  for (size_t max = 0; max < mixed.size(); ++max) {
+  for (size_t max = 0; max < mixed.size() + 20; ++max) {
     EXPECT_EQ(CheckText(CapText(mixed, max)), TextCheck::kOk) << "cut at " << max;
+  }
+}
+
+// Capping a capped text changes nothing (the upstream's text may be capped at several places).
+TEST(CapTextTest, CappingTwiceIsCappingOnce) {
+  for (size_t size : {300u, 4000u, 100000u}) {
+    const std::string once = CapText(std::string(size, 'y'), 256);
+    EXPECT_LE(once.size(), 256u);
+    EXPECT_EQ(CapText(once, 256), once) << size;
   }
 }
 
