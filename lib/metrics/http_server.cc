@@ -25,6 +25,7 @@
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
 #include "lib/common/log.h"
+#include "lib/net/listener.h"
 #include "prometheus/text_serializer.h"
 
 namespace imgw::metrics {
@@ -318,34 +319,6 @@ class Connection final : public std::enable_shared_from_this<Connection> {
   std::array<char, 4096> drain_;
 };
 
-// "host:port" with host an IPv4 literal, "[IPv6 literal]" or a name.
-struct ListenAddress {
-  std::string host;  // As written (brackets kept).
-  std::string bare_host;
-  uint16_t port = 0;
-};
-
-absl::StatusOr<ListenAddress> ParseListen(const std::string& listen) {
-  const size_t colon = listen.rfind(':');
-  ListenAddress address;
-  uint32_t port = 0;
-  if (colon == std::string::npos || colon == 0 ||
-      !absl::SimpleAtoi(absl::string_view(listen).substr(colon + 1), &port) || port > 65535 ||
-      listen.find_first_not_of("0123456789", colon + 1) != std::string::npos) {
-    return absl::InvalidArgumentError("not host:port");
-  }
-  address.host = listen.substr(0, colon);
-  address.bare_host = address.host;
-  address.port = static_cast<uint16_t>(port);
-  if (address.host.front() == '[') {
-    if (address.host.size() < 3 || address.host.back() != ']') {
-      return absl::InvalidArgumentError("an IPv6 address needs its closing bracket");
-    }
-    address.bare_host = address.host.substr(1, address.host.size() - 2);
-  }
-  return address;
-}
-
 }  // namespace
 
 struct HttpServer::Impl {
@@ -431,49 +404,15 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(const Options& op
     return fail(absl::StatusCode::kInvalidArgument,
                 absl::StrCat("threads must be in 1..", kMaxThreads));
   }
-  absl::StatusOr<ListenAddress> where = ParseListen(options.listen);
+  absl::StatusOr<net::ListenAddress> where = net::ParseListen(options.listen);
   if (!where.ok()) return fail(absl::StatusCode::kInvalidArgument, where.status().message());
 
   auto impl = std::make_unique<Impl>(options, std::move(metrics));
-  beast::error_code ec;
-  tcp::endpoint endpoint;
-  const asio::ip::address literal = asio::ip::make_address(where->bare_host, ec);
-  if (!ec && (literal.is_v6() || where->host.front() != '[')) {
-    endpoint = tcp::endpoint(literal, where->port);
-  } else if (where->host.front() == '[') {
-    return fail(absl::StatusCode::kInvalidArgument, "not an IPv6 address in brackets");
-  } else {
-    // A name ("localhost"): its first address. Blocks while it resolves, once, at start-up.
-    tcp::resolver resolver(impl->ioc);
-    auto endpoints = resolver.resolve(where->bare_host, std::to_string(where->port),
-                                      tcp::resolver::numeric_service, ec);
-    if (ec || endpoints.empty()) {
-      return fail(absl::StatusCode::kUnavailable,
-                  absl::StrCat("cannot resolve ", where->bare_host, ": ",
-                               ec ? ec.message() : "no address"));
-    }
-    endpoint = endpoints.begin()->endpoint();
-  }
-
-  tcp::acceptor& acceptor = impl->acceptor;
-  auto listen_error = [&](const char* step) {
-    return fail(absl::StatusCode::kUnavailable, absl::StrCat(step, ": ", ec.message()));
-  };
-  acceptor.open(endpoint.protocol(), ec);
-  if (ec) return listen_error("socket");
-  // SO_REUSEADDR (a restart need not wait out TIME_WAIT), never SO_REUSEPORT: a second
-  // process on this port must fail here instead of sharing the probes.
-  acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-  if (ec) return listen_error("SO_REUSEADDR");
-  acceptor.bind(endpoint, ec);
-  if (ec) return listen_error("bind");
-  acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) return listen_error("listen");
-  const uint16_t port = acceptor.local_endpoint(ec).port();
-  if (ec) return listen_error("local address");
+  absl::StatusOr<uint16_t> port = net::Listen(impl->acceptor, *where);
+  if (!port.ok()) return fail(port.status().code(), port.status().message());
 
   auto server = std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
-  server->address_ = absl::StrCat(where->host, ":", port);
+  server->address_ = absl::StrCat(where->host, ":", *port);
   // Start: the listener first, then the threads that serve it.
   server->impl_->Accept();
   server->threads_.reserve(static_cast<size_t>(options.threads));

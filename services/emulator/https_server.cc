@@ -36,6 +36,7 @@
 #include "boost/beast/http.hpp"
 #include "boost/beast/ssl.hpp"
 #include "lib/common/log.h"
+#include "lib/net/listener.h"
 
 namespace imgw::emulator {
 
@@ -896,33 +897,18 @@ absl::StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(const HttpsServ
     return absl::InvalidArgumentError("the private key does not match the certificate");
   }
 
-  tcp::resolver resolver(impl->ioc);
-  auto endpoints =
-      resolver.resolve(options.host, std::to_string(options.port), tcp::resolver::passive, ec);
-  if (ec || endpoints.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot resolve ", options.host, ": ", ec ? ec.message() : "no address"));
+  const bool v6 = options.host.find(':') != std::string::npos;
+  absl::StatusOr<uint16_t> port = net::Listen(
+      impl->acceptor, net::ListenAddress{v6 ? absl::StrCat("[", options.host, "]") : options.host,
+                                         options.host, options.port});
+  if (!port.ok()) {
+    return absl::Status(port.status().code(),
+                        absl::StrCat("cannot listen on ", options.host, ":", options.port, " (",
+                                     port.status().message(), ")"));
   }
-  const tcp::endpoint endpoint = endpoints.begin()->endpoint();
-  const std::string where = absl::StrCat(options.host, ":", options.port);
-  tcp::acceptor& acceptor = impl->acceptor;
-  auto listen_error = [&](const char* step) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", where, " (", step, "): ", ec.message()));
-  };
-  acceptor.open(endpoint.protocol(), ec);
-  if (ec) return listen_error("socket");
-  acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-  if (ec) return listen_error("SO_REUSEADDR");
-  acceptor.bind(endpoint, ec);
-  if (ec) return listen_error("bind");
-  acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) return listen_error("listen");
-  const uint16_t port = acceptor.local_endpoint(ec).port();
-  if (ec) return absl::InternalError(absl::StrCat("local_endpoint: ", ec.message()));
 
   auto server = std::unique_ptr<HttpsServer>(new HttpsServer(std::move(impl)));
-  server->port_ = port;
+  server->port_ = *port;
   return server;
 }
 

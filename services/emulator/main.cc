@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "lib/common/clock.h"
 #include "lib/common/log.h"
+#include "lib/net/listener.h"
 #include "services/emulator/emulator_core.h"
 #include "services/emulator/https_server.h"
 
@@ -111,23 +112,6 @@ bool FindUnknownFlag(int argc, char** argv, std::string* unknown) {
     return true;
   }
   return false;
-}
-
-bool ParseListen(const std::string& text, std::string* host, uint16_t* port) {
-  const size_t colon = text.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  *host = text.substr(0, colon);
-  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
-    *host = host->substr(1, host->size() - 2);
-  }
-  const std::string port_text = text.substr(colon + 1);
-  uint32_t value = 0;
-  if (port_text.empty() || port_text.find_first_not_of("0123456789") != std::string::npos ||
-      !absl::SimpleAtoi(port_text, &value) || value > 65535) {
-    return false;
-  }
-  *port = static_cast<uint16_t>(value);
-  return !host->empty();
 }
 
 bool ParseNonNegativeInt(const std::string& text, int* value) {
@@ -256,9 +240,13 @@ int main(int argc, char** argv) {
   if (positional.size() > 1) return UsageError(absl::StrCat("unexpected argument ", positional[1]));
 
   imgw::emulator::HttpsServerOptions server_options;
-  if (!ParseListen(absl::GetFlag(FLAGS_listen), &server_options.host, &server_options.port)) {
+  absl::StatusOr<imgw::net::ListenAddress> listen =
+      imgw::net::ParseListen(absl::GetFlag(FLAGS_listen));
+  if (!listen.ok() || listen->bare_host.empty()) {
     return UsageError("--listen must be host:port, e.g. 127.0.0.1:8443");
   }
+  server_options.host = listen->bare_host;
+  server_options.port = listen->port;
   server_options.cert_chain_file = absl::GetFlag(FLAGS_cert_file);
   server_options.private_key_file = absl::GetFlag(FLAGS_key_file);
   if (server_options.cert_chain_file.empty()) return UsageError("--cert_file is required");
