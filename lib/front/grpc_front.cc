@@ -1,0 +1,342 @@
+#include "lib/front/grpc_front.h"
+
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <array>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "boost/asio/executor_work_guard.hpp"
+#include "boost/asio/io_context.hpp"
+#include "boost/asio/ip/tcp.hpp"
+#include "boost/asio/local/stream_protocol.hpp"
+#include "boost/asio/post.hpp"
+#include "boost/asio/steady_timer.hpp"
+#include "boost/asio/write.hpp"
+#include "lib/net/listener.h"
+
+namespace imgw::front {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using Local = asio::local::stream_protocol;
+using ErrorCode = boost::system::error_code;
+
+namespace {
+
+// Bytes read from one side before they are written to the other.
+constexpr size_t kPumpBuffer = 8192;
+// The send buffer of the front's end of a socket pair (the kernel doubles it): what can wait
+// for gRPC to read it, judged already, when a connection is closed.
+constexpr int kPairSendBuffer = 16 * 1024;
+
+std::string PeerName(const tcp::endpoint& endpoint) {
+  const asio::ip::address address = endpoint.address();
+  return address.is_v4() ? absl::StrCat("ipv4:", address.to_string(), ":", endpoint.port())
+                         : absl::StrCat("ipv6:[", address.to_string(), "]:", endpoint.port());
+}
+
+}  // namespace
+
+class Connection;
+
+struct GrpcFront::Impl {
+  Impl(const Options& options, const Clock& clock)
+      : options(options),
+        clock(clock),
+        work(asio::make_work_guard(ioc)),
+        acceptor(ioc),
+        flush_timer(ioc) {}
+
+  void Accept();
+  void Admit(tcp::socket client);
+  void Forget(Connection* connection, int grpc_fd);
+  void CloseAll();
+
+  const Options options;
+  const Clock& clock;
+  asio::io_context ioc;
+  asio::executor_work_guard<asio::io_context::executor_type> work;
+  tcp::acceptor acceptor;
+  asio::steady_timer flush_timer;
+  // The io thread's: every open connection, and whether Stop() waits for them.
+  absl::flat_hash_map<Connection*, std::weak_ptr<Connection>> connections;
+  bool stopping = false;
+  // Until when (the clock's monotonic time) every connection is judged strictly.
+  absl::Duration strict_until = absl::ZeroDuration();
+
+  mutable absl::Mutex mu;
+  Stats stats ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<int, std::string> peers ABSL_GUARDED_BY(mu);  // gRPC's fd -> peer.
+};
+
+// One client connection and the socket pair that carries it to gRPC: two pumps, each reading
+// from one side and writing what it read to the other, one buffer at a time, so that a side
+// that does not read slows the other down instead of filling memory. Lives on the io thread,
+// owned by its pending operations.
+class Connection final : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(GrpcFront::Impl& front, tcp::socket client, Local::socket grpc, int grpc_fd)
+      : front_(front),
+        client_(std::move(client)),
+        grpc_(std::move(grpc)),
+        grpc_fd_(grpc_fd),
+        preface_timer_(front.ioc),
+        from_client_(FrameScanner::Direction::kFromClient),
+        from_grpc_(FrameScanner::Direction::kFromServer),
+        ledger_(front.options.streams) {}
+
+  void Start() {
+    preface_timer_.expires_after(absl::ToChronoNanoseconds(front_.options.preface_timeout));
+    preface_timer_.async_wait([self = shared_from_this()](const ErrorCode& ec) {
+      if (ec || self->from_client_.frames() > 0) return;
+      self->Count(&GrpcFront::Stats::closed_for_preface);
+      self->Close(/*abort=*/true);
+    });
+    ReadClient();
+    ReadGrpc();
+  }
+
+  // Closes both sides at once (abort: the client gets a reset, its unread bytes dropped).
+  void Close(bool abort) {
+    if (closed_) return;
+    closed_ = true;
+    // Counted before the peer can see the close.
+    front_.Forget(this, grpc_fd_);
+    ErrorCode ignored;
+    preface_timer_.cancel();
+    if (abort) client_.set_option(asio::socket_base::linger(true, 0), ignored);
+    client_.close(ignored);
+    grpc_.close(ignored);
+  }
+
+ private:
+  void Count(int64_t GrpcFront::Stats::*counter) {
+    absl::MutexLock lock(&front_.mu);
+    ++(front_.stats.*counter);
+  }
+
+  void ReadClient() {
+    client_.async_read_some(asio::buffer(up_),
+                            [self = shared_from_this()](const ErrorCode& ec, size_t n) {
+                              if (self->closed_) return;
+                              if (ec) {
+                                // The client is done sending: pass that on and let gRPC close when
+                                // it has answered (then ReadGrpc closes both).
+                                ErrorCode ignored;
+                                if (ec == asio::error::eof) {
+                                  self->grpc_.shutdown(Local::socket::shutdown_send, ignored);
+                                } else {
+                                  self->Close(/*abort=*/true);
+                                }
+                                return;
+                              }
+                              self->FromClient(n);
+                            });
+  }
+
+  void FromClient(size_t n) {
+    const absl::Duration now = front_.clock.Monotonic();
+    const bool http2 =
+        from_client_.Feed(absl::string_view(up_.data(), n),
+                          [&](const FrameHeader& f) { ledger_.OnClientFrame(f, now); });
+    if (!http2) {
+      Count(&GrpcFront::Stats::closed_for_preface);
+      return Close(/*abort=*/true);
+    }
+    const bool strict = now < front_.strict_until;
+    if (ledger_.too_many_unanswered()) {
+      Count(&GrpcFront::Stats::closed_for_streams);
+      return Close(/*abort=*/true);
+    }
+    if (strict ? ledger_.AbusiveAfter(front_.options.strict_judge_after) : ledger_.abusive()) {
+      Count(&GrpcFront::Stats::closed_for_resets);
+      front_.strict_until = now + front_.options.strict_for;
+      return Close(/*abort=*/true);
+    }
+    asio::async_write(grpc_, asio::buffer(up_.data(), n),
+                      [self = shared_from_this()](const ErrorCode& ec, size_t) {
+                        if (self->closed_) return;
+                        if (ec) return self->Close(/*abort=*/true);
+                        self->ReadClient();
+                      });
+  }
+
+  void ReadGrpc() {
+    grpc_.async_read_some(
+        asio::buffer(down_), [self = shared_from_this()](const ErrorCode& ec, size_t n) {
+          if (self->closed_) return;
+          // gRPC closed the connection (after its GOAWAY, or on an error): everything it
+          // wrote has been passed on; close gracefully, the client gets what was sent.
+          if (ec) return self->Close(/*abort=*/false);
+          self->from_grpc_.Feed(absl::string_view(self->down_.data(), n),
+                                [&](const FrameHeader& f) { self->ledger_.OnServerFrame(f); });
+          asio::async_write(self->client_, asio::buffer(self->down_.data(), n),
+                            [self](const ErrorCode& ec, size_t) {
+                              if (self->closed_) return;
+                              if (ec) return self->Close(/*abort=*/true);
+                              self->ReadGrpc();
+                            });
+        });
+  }
+
+  GrpcFront::Impl& front_;
+  tcp::socket client_;
+  Local::socket grpc_;
+  const int grpc_fd_;
+  asio::steady_timer preface_timer_;
+  FrameScanner from_client_;
+  FrameScanner from_grpc_;
+  StreamLedger ledger_;
+  std::array<char, kPumpBuffer> up_;
+  std::array<char, kPumpBuffer> down_;
+  bool closed_ = false;
+};
+
+void GrpcFront::Impl::Accept() {
+  acceptor.async_accept(ioc, [this](const ErrorCode& ec, tcp::socket client) {
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+    if (!ec) Admit(std::move(client));
+    Accept();
+  });
+}
+
+void GrpcFront::Impl::Admit(tcp::socket client) {
+  ErrorCode ignored;
+  const bool full = connections.size() >= static_cast<size_t>(options.max_connections);
+  if (full || (options.refuse_new && options.refuse_new())) {
+    {
+      absl::MutexLock lock(&mu);
+      ++stats.refused;
+    }
+    client.set_option(asio::socket_base::linger(true, 0), ignored);
+    client.close(ignored);
+    return;
+  }
+  int pair[2];
+  // Non-blocking: gRPC polls its end and expects it so.
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) != 0) {
+    {
+      absl::MutexLock lock(&mu);
+      ++stats.refused;
+    }
+    client.set_option(asio::socket_base::linger(true, 0), ignored);
+    client.close(ignored);
+    return;
+  }
+  const int send_buffer = kPairSendBuffer;
+  ::setsockopt(pair[0], SOL_SOCKET, SO_SNDBUF, &send_buffer, sizeof(send_buffer));
+  client.set_option(tcp::no_delay(true), ignored);
+  const tcp::endpoint remote = client.remote_endpoint(ignored);
+  Local::socket grpc(ioc);
+  grpc.assign(Local(), pair[0], ignored);
+  auto connection =
+      std::make_shared<Connection>(*this, std::move(client), std::move(grpc), pair[1]);
+  connections.emplace(connection.get(), connection);
+  {
+    absl::MutexLock lock(&mu);
+    ++stats.accepted;
+    ++stats.open;
+    peers[pair[1]] = ignored ? std::string() : PeerName(remote);
+  }
+  options.hand_off(pair[1]);
+  connection->Start();
+}
+
+void GrpcFront::Impl::Forget(Connection* connection, int grpc_fd) {
+  connections.erase(connection);
+  {
+    absl::MutexLock lock(&mu);
+    --stats.open;
+    peers.erase(grpc_fd);
+  }
+  if (stopping && connections.empty()) flush_timer.cancel();
+}
+
+void GrpcFront::Impl::CloseAll() {
+  // Close() erases from `connections`: close from a copy.
+  std::vector<std::shared_ptr<Connection>> open;
+  for (auto& [raw, weak] : connections) {
+    if (auto connection = weak.lock()) open.push_back(std::move(connection));
+  }
+  for (auto& connection : open) connection->Close(/*abort=*/false);
+}
+
+absl::StatusOr<std::unique_ptr<GrpcFront>> GrpcFront::Create(const Options& options,
+                                                             const Clock& clock) {
+  auto fail = [&](absl::StatusCode code, absl::string_view reason) {
+    return absl::Status(
+        code, absl::StrCat("--grpc_listen: cannot listen on ", options.listen, ": ", reason));
+  };
+  if (!options.hand_off) return fail(absl::StatusCode::kInvalidArgument, "no hand_off");
+  if (options.max_connections < 1) {
+    return fail(absl::StatusCode::kInvalidArgument, "max_connections must be at least 1");
+  }
+  absl::StatusOr<net::ListenAddress> where = net::ParseListen(options.listen);
+  if (!where.ok()) return fail(absl::StatusCode::kInvalidArgument, where.status().message());
+  auto impl = std::make_unique<Impl>(options, clock);
+  absl::StatusOr<uint16_t> port = net::Listen(impl->acceptor, *where);
+  if (!port.ok()) return fail(port.status().code(), port.status().message());
+  auto front = std::unique_ptr<GrpcFront>(new GrpcFront(std::move(impl)));
+  front->address_ = absl::StrCat(where->host, ":", *port);
+  return front;
+}
+
+GrpcFront::GrpcFront(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+GrpcFront::~GrpcFront() { Stop(absl::ZeroDuration()); }
+
+void GrpcFront::Start() {
+  if (started_ || stopped_) return;
+  started_ = true;
+  impl_->Accept();
+  thread_ = std::thread([impl = impl_.get()] { impl->ioc.run(); });
+}
+
+void GrpcFront::StopAccepting() {
+  asio::post(impl_->ioc, [impl = impl_.get()] {
+    ErrorCode ignored;
+    impl->acceptor.close(ignored);
+  });
+}
+
+void GrpcFront::Stop(absl::Duration flush) {
+  if (stopped_) return;
+  stopped_ = true;
+  if (!started_) return;
+  asio::post(impl_->ioc, [impl = impl_.get(), flush] {
+    ErrorCode ignored;
+    impl->acceptor.close(ignored);
+    impl->stopping = true;
+    if (impl->connections.empty()) return;
+    impl->flush_timer.expires_after(absl::ToChronoNanoseconds(flush));
+    impl->flush_timer.async_wait([impl](const ErrorCode&) { impl->CloseAll(); });
+  });
+  impl_->work.reset();
+  thread_.join();
+}
+
+GrpcFront::Stats GrpcFront::stats() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->stats;
+}
+
+std::string GrpcFront::PeerOf(absl::string_view grpc_peer) const {
+  int fd = 0;
+  if (!absl::ConsumePrefix(&grpc_peer, "fd:") || !absl::SimpleAtoi(grpc_peer, &fd)) {
+    return std::string(grpc_peer);
+  }
+  absl::MutexLock lock(&impl_->mu);
+  auto it = impl_->peers.find(fd);
+  return it == impl_->peers.end() || it->second.empty() ? absl::StrCat("fd:", fd) : it->second;
+}
+
+}  // namespace imgw::front
