@@ -386,6 +386,14 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
     return Bad("max_streams_per_connection", "must be 1..10000");
   }
   config.max_streams_per_connection = flags.max_streams_per_connection;
+  if (flags.max_grpc_connections < 1 || flags.max_grpc_connections > 10000) {
+    return Bad("max_grpc_connections", "must be 1..10000");
+  }
+  config.max_grpc_connections = flags.max_grpc_connections;
+  if (flags.premature_reset_streams < 10 || flags.premature_reset_streams > 100000) {
+    return Bad("premature_reset_streams", "must be 10..100000");
+  }
+  config.premature_reset_streams = flags.premature_reset_streams;
   if (flags.max_queued < 1) return Bad("max_queued", "must be at least 1");
   config.max_queued = static_cast<size_t>(flags.max_queued);
   if (flags.max_connections < 1 || flags.max_connections > 1024) {

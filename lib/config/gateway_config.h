@@ -62,6 +62,10 @@ struct GatewayFlags {
   std::optional<size_t> cgroup_memory_limit;  // What the caller read from the cgroup, if any.
   int64_t max_message_bytes = 64 * 1024;
   int max_streams_per_connection = 1024;
+  // The gRPC front (lib/front/grpc_front.h): connections at once, and the closed streams after
+  // which a connection resetting half of them as soon as they open is closed (rapid reset).
+  int max_grpc_connections = 256;
+  int premature_reset_streams = 100;
 };
 
 // The checked settings the gateway is built from.
@@ -110,6 +114,8 @@ struct GatewayConfig {
   std::string memory_limit_source = "default";  // "flag", "cgroup" or "default".
   size_t max_message_bytes = 64 * 1024;
   int max_streams_per_connection = 1024;
+  int max_grpc_connections = 256;
+  int premature_reset_streams = 100;
 };
 
 // A size: digits with an optional suffix Ki, Mi, Gi (powers of 1024) or K, M, G (of 1000),

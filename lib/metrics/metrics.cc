@@ -156,6 +156,22 @@ Metrics::Metrics(absl::string_view version)
                        .Help("Times free malloc memory was given back to the system.")
                        .Register(*registry_)
                        .Add({});
+  grpc_connections_open_ =
+      gauge("imgw_grpc_connections_open", "gRPC connections open (--max_grpc_connections).");
+  auto& grpc_connections =
+      prometheus::BuildCounter()
+          .Name("imgw_grpc_connections_total")
+          .Help(
+              "gRPC connections by what became of them: accepted, refused at accept (at "
+              "--max_grpc_connections or while memory is overloaded), closed for resetting "
+              "their streams as soon as they opened them (rapid_reset), or for sending no "
+              "HTTP/2 preface in time (no_preface).")
+          .Register(*registry_);
+  grpc_connections_accepted_ = &grpc_connections.Add({{"result", "accepted"}});
+  grpc_connections_refused_ = &grpc_connections.Add({{"result", "refused"}});
+  grpc_connections_rapid_reset_ = &grpc_connections.Add({{"result", "rapid_reset"}});
+  grpc_connections_too_many_streams_ = &grpc_connections.Add({{"result", "too_many_streams"}});
+  grpc_connections_no_preface_ = &grpc_connections.Add({{"result", "no_preface"}});
   prometheus::BuildGauge()
       .Name("imgw_build_info")
       .Help("The gateway's version, as a label; always 1.")
@@ -282,6 +298,16 @@ void Metrics::SetWarmups(double kept, double not_kept, double failed) {
   Mirror(*warmups_kept_, kept);
   Mirror(*warmups_not_kept_, not_kept);
   Mirror(*warmups_failed_, failed);
+}
+
+void Metrics::SetGrpcConnections(double open, double accepted, double refused, double rapid_reset,
+                                 double too_many_streams, double no_preface) {
+  grpc_connections_open_->Set(open);
+  Mirror(*grpc_connections_accepted_, accepted);
+  Mirror(*grpc_connections_refused_, refused);
+  Mirror(*grpc_connections_rapid_reset_, rapid_reset);
+  Mirror(*grpc_connections_too_many_streams_, too_many_streams);
+  Mirror(*grpc_connections_no_preface_, no_preface);
 }
 
 void Metrics::SetRoundTrips(absl::Duration fastest, absl::Duration median, absl::Duration high) {

@@ -76,6 +76,9 @@ class Metrics final {
   // Counters mirrored from the curl client's own counts.
   void SetConnectionsCreated(double total);
   void SetWarmups(double kept, double not_kept, double failed);
+  // The gRPC front's connections (lib/front): open now, and counted by what became of them.
+  void SetGrpcConnections(double open, double accepted, double refused, double rapid_reset,
+                          double too_many_streams, double no_preface);
 
  private:
   using CounterCache = std::vector<std::pair<std::string, prometheus::Counter*>>;
@@ -122,6 +125,12 @@ class Metrics final {
   prometheus::Gauge* memory_held_;
   prometheus::Gauge* memory_overloaded_;
   prometheus::Counter* memory_trims_;
+  prometheus::Gauge* grpc_connections_open_;
+  prometheus::Counter* grpc_connections_accepted_;
+  prometheus::Counter* grpc_connections_refused_;
+  prometheus::Counter* grpc_connections_rapid_reset_;
+  prometheus::Counter* grpc_connections_too_many_streams_;
+  prometheus::Counter* grpc_connections_no_preface_;
   // Children looked up on every call, cached: Family::Add builds a label map and takes the
   // family's lock each time. RPC latency series are created on first use, as before.
   std::array<std::atomic<prometheus::Histogram*>, kRpcMethods * kRpcCodes> rpc_latency_cache_{};

@@ -15,6 +15,7 @@
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "grpcpp/server_posix.h"
 #include "lib/common/log.h"
 
 namespace imgw::gateway {
@@ -184,6 +185,10 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   service_options.default_deadline = config.default_deadline;
   service_options.memory = gw->memory_budget_.get();
   service_options.callers.insert(caller_names.begin(), caller_names.end());
+  // Set before gRPC serves, never changed after: calls read front_ without a lock.
+  service_options.peer_of = [raw = gw.get()](absl::string_view peer) {
+    return raw->front_ != nullptr ? raw->front_->PeerOf(peer) : std::string(peer);
+  };
   gw->service_ =
       std::make_unique<MsgReadService>(service_options, *gw->loop_, clock, gw->metrics_.get());
 
@@ -207,6 +212,13 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
         memory.state == overload::MemoryWatch::State::kOverloaded ? 1 : 0);
     raw->metrics_->SetMemoryTrims(static_cast<double>(memory.trims));
     raw->metrics_->memory_held_bytes().Set(static_cast<double>(raw->memory_budget_->held()));
+    if (raw->front_ != nullptr) {
+      const front::GrpcFront::Stats c = raw->front_->stats();
+      raw->metrics_->SetGrpcConnections(
+          static_cast<double>(c.open), static_cast<double>(c.accepted),
+          static_cast<double>(c.refused), static_cast<double>(c.closed_for_resets),
+          static_cast<double>(c.closed_for_streams), static_cast<double>(c.closed_for_preface));
+    }
     raw->metrics_->usersig_expiry_seconds().Set(
         absl::ToDoubleSeconds(raw->usersigs_->ExpiresAt() - raw->clock_->Now()));
   };
@@ -239,18 +251,47 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   grpc::ResourceQuota quota("imgw-grpc");
   quota.Resize(config.memory_limit / 8);
   builder.SetResourceQuota(quota);
-  builder.AddListeningPort(config.grpc_listen, ListenerCredentials(config), &port);
+  // Plaintext gRPC goes through the front, which bounds connections and closes those that
+  // reset their streams as soon as they open them (gRPC 1.51 has no defence against rapid
+  // reset). With TLS, gRPC listens itself: the front does not terminate TLS (README "Limits
+  // and abuse" says what that leaves open).
+  const bool fronted = config.grpc_tls_cert_pem.empty();
+  if (fronted) {
+    front::GrpcFront::Options front_options;
+    front_options.listen = config.grpc_listen;
+    front_options.max_connections = config.max_grpc_connections;
+    front_options.streams.judge_after = config.premature_reset_streams;
+    front_options.streams.max_unanswered =
+        static_cast<size_t>(config.max_streams_per_connection) + 64;
+    front_options.hand_off = [raw](int fd) {
+      grpc::AddInsecureChannelFromFd(raw->server_.get(), fd);
+    };
+    front_options.refuse_new = [raw] {
+      return raw->memory_watch_->stats().state == overload::MemoryWatch::State::kOverloaded;
+    };
+    absl::StatusOr<std::unique_ptr<front::GrpcFront>> front =
+        front::GrpcFront::Create(front_options, clock);
+    if (!front.ok()) return front.status();
+    gw->front_ = *std::move(front);
+  } else {
+    builder.AddListeningPort(config.grpc_listen, ListenerCredentials(config), &port);
+  }
   builder.RegisterService(gw->service_.get());
   gw->loop_->Start();
   gw->memory_watch_->Start();
   gw->server_ = builder.BuildAndStart();
-  if (gw->server_ == nullptr || port == 0) {
+  if (gw->server_ == nullptr || (!fronted && port == 0)) {
     gw->loop_->Stop(absl::ZeroDuration());
     return absl::UnavailableError(
         absl::StrCat("--grpc_listen: cannot listen on ", config.grpc_listen));
   }
-  gw->grpc_address_ =
-      absl::StrCat(config.grpc_listen.substr(0, config.grpc_listen.rfind(':')), ":", port);
+  if (fronted) {
+    gw->front_->Start();
+    gw->grpc_address_ = gw->front_->address();
+  } else {
+    gw->grpc_address_ =
+        absl::StrCat(config.grpc_listen.substr(0, config.grpc_listen.rfind(':')), ":", port);
+  }
   gw->serving_.store(true);
   if (config.insecure_skip_verify) {
     Log(LogLevel::kWarning,
@@ -289,6 +330,8 @@ void Gateway::Shutdown() {
   absl::Time flush_by = absl::Now() + absl::Seconds(2);
   while (service_->active() > 0 && absl::Now() < flush_by) absl::SleepFor(absl::Milliseconds(5));
   server_->Shutdown(std::chrono::system_clock::now());
+  // gRPC has closed its ends: the front passes on what it wrote, then closes the rest.
+  if (front_ != nullptr) front_->Stop(absl::Seconds(1));
   // The probes and /metrics last: a scrape during the drain still reads live objects.
   http_.reset();
   const dispatch::DispatcherStats& s = dispatcher_->stats();  // The loop thread has ended.

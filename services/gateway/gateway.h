@@ -10,6 +10,7 @@
 #include "lib/config/gateway_config.h"
 #include "lib/dispatch/dispatch_loop.h"
 #include "lib/dispatch/dispatcher.h"
+#include "lib/front/grpc_front.h"
 #include "lib/metrics/http_server.h"
 #include "lib/metrics/metrics.h"
 #include "lib/metrics/shared_budget_metrics.h"
@@ -81,6 +82,9 @@ class Gateway final {
   std::unique_ptr<overload::MemoryWatch> memory_watch_;
   std::unique_ptr<MsgReadService> service_;
   std::unique_ptr<grpc::Server> server_;
+  // The gRPC listener with plaintext gRPC (null with TLS); hands connections to server_, so
+  // declared after it and stopped first.
+  std::unique_ptr<front::GrpcFront> front_;
   std::string grpc_address_;
   std::string metrics_address_;
   bool shut_down_ = false;

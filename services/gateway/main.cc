@@ -57,6 +57,11 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 * 1024,
           "larger one is RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_streams_per_connection, 1024,
           "Concurrent gRPC calls (HTTP/2 streams) on one connection; clients queue the rest.");
+ABSL_FLAG(int, max_grpc_connections, 256,
+          "gRPC connections open at once; one more is closed as soon as it is accepted.");
+ABSL_FLAG(int, premature_reset_streams, 100,
+          "Closed streams after which a gRPC connection that reset at least half of them "
+          "within a second of opening them, unanswered, is closed (rapid reset).");
 ABSL_FLAG(int, max_connections, 64,
           "Upstream requests in flight at most: connections over HTTP/1.1, streams over HTTP/2. "
           "The default carries 200 calls/s over HTTP/1.1 to an upstream 250 ms away.");
@@ -192,6 +197,8 @@ int main(int argc, char** argv) {
   flags.cgroup_memory_limit = imgw::overload::CgroupMemoryLimit();
   flags.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   flags.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
+  flags.max_grpc_connections = absl::GetFlag(FLAGS_max_grpc_connections);
+  flags.premature_reset_streams = absl::GetFlag(FLAGS_premature_reset_streams);
   absl::StatusOr<imgw::config::GatewayConfig> config = imgw::config::Resolve(flags);
   if (!config.ok()) Die(std::string(config.status().message()));
 

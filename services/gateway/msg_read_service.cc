@@ -204,12 +204,12 @@ Outcome MemoryRefusal(overload::MemoryBudget::Refusal why, const overload::Memor
 
 }  // namespace
 
-std::string MsgReadService::CallerOf(const grpc::CallbackServerContext& context) {
+std::string MsgReadService::CallerOf(const grpc::CallbackServerContext& context) const {
   const auto& metadata = context.client_metadata();
   if (auto it = metadata.find(kCallerHeader); it != metadata.end() && !it->second.empty()) {
     return std::string(it->second.data(), std::min(it->second.size(), kMaxCallerBytes));
   }
-  std::string peer = context.peer();
+  std::string peer = options_.peer_of ? options_.peer_of(context.peer()) : context.peer();
   size_t colon = peer.rfind(':');
   // "ipv4:127.0.0.1:5000" and "ipv6:[::1]:5000" lose the port; "unix:/path" has none.
   if (colon != std::string::npos && peer.compare(0, 5, "unix:") != 0 && peer.find(':') != colon) {

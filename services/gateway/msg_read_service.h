@@ -2,9 +2,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
@@ -46,6 +48,9 @@ class MsgReadService final : public MsgReadServiceBase {
     // a call it cannot hold is refused RESOURCE_EXHAUSTED at once. Null: no bound (tests).
     // Borrowed.
     overload::MemoryBudget* memory = nullptr;
+    // The peer's address for gRPC's name of a connection ("fd:17" for a connection the front
+    // handed to gRPC); null: gRPC's name as it is.
+    std::function<std::string(absl::string_view grpc_peer)> peer_of;
   };
 
   // `metrics` may be null (tests); borrowed.
@@ -65,7 +70,7 @@ class MsgReadService final : public MsgReadServiceBase {
 
   // Who calls: its `imgw-caller` metadata (cut to 64 bytes), else the peer's address without
   // its port ("ipv4:127.0.0.1").
-  static std::string CallerOf(const grpc::CallbackServerContext& context);
+  std::string CallerOf(const grpc::CallbackServerContext& context) const;
   // The fair-share lane of a call: its caller when declared, else config::kUndeclaredCaller.
   std::string LaneOf(const grpc::CallbackServerContext& context) const;
 

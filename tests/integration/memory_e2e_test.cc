@@ -336,7 +336,9 @@ TEST_F(MemoryE2eTest, CompressionBombIsRefusedWithoutExpanding) {
 }
 
 // 3,000 BatchSetMsgRead of 500 items on one connection whose reader never opens its window
-// (528 MB): streams beyond the budget are refused at once, the rest stay bounded.
+// (528 MB), past the 1,024 streams the gateway allows one connection: the connection is closed
+// once it has more unanswered streams than that (gRPC 1.51 would only refuse them one by one),
+// or its streams are refused; the rest stays bounded.
 TEST_F(MemoryE2eTest, StreamsNobodyReadsAreBoundedAndTheRestRefused) {
   ASSERT_NO_FATAL_FAILURE(StartGateway({"--latency_ms=200"}));
   ASSERT_NO_FATAL_FAILURE(WarmUp());
@@ -349,22 +351,46 @@ TEST_F(MemoryE2eTest, StreamsNobodyReadsAreBoundedAndTheRestRefused) {
   std::cout << attacks::Describe(*r);
   const auto it = r->grpc_status.find(grpc::StatusCode::RESOURCE_EXHAUSTED);
   const int resource_exhausted = it == r->grpc_status.end() ? 0 : it->second;
+  std::map<std::string, double> m = Metrics();
+  const double closed = m["imgw_grpc_connections_total{result=\"too_many_streams\"}"];
+  EXPECT_TRUE(r->refused_stream + resource_exhausted > 0 || closed > 0)
+      << "no stream was refused (REFUSED_STREAM or RESOURCE_EXHAUSTED) and the connection was "
+         "not closed for its streams";
+  EXPECT_EQ(r->answered, resource_exhausted)
+      << "with a window of 0, an answer can only be a refusal (RESOURCE_EXHAUSTED)";
+  ExpectBounded(f);
+}
+
+// The same within the rules: three connections of 1,000 unread batches each, under the 1,024
+// streams allowed one connection. Nothing is closed; what the budget cannot hold is refused.
+TEST_F(MemoryE2eTest, StreamsNobodyReadsWithinTheStreamLimitAreRefusedPastTheBudget) {
+  ASSERT_NO_FATAL_FAILURE(StartGateway({"--latency_ms=200"}));
+  ASSERT_NO_FATAL_FAILURE(WarmUp());
+  absl::StatusOr<attacks::UnreadStreamsResult> r;
+  const Figures f = Measure("unread streams within the limit", [&] {
+    r = attacks::UnreadStreams(stack_->gateway_address(), 3, 1000, kUnreadItems, kUnreadHold);
+  });
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::cout << attacks::Describe(*r);
+  const auto it = r->grpc_status.find(grpc::StatusCode::RESOURCE_EXHAUSTED);
+  const int resource_exhausted = it == r->grpc_status.end() ? 0 : it->second;
   EXPECT_GT(r->refused_stream + resource_exhausted, 0)
       << "no stream was refused (REFUSED_STREAM or RESOURCE_EXHAUSTED)";
   EXPECT_EQ(r->answered, resource_exhausted)
       << "with a window of 0, an answer can only be a refusal (RESOURCE_EXHAUSTED)";
-  // Open: the victim can be refused while RSS is over 90% of the limit (the requests of 1,024
-  // streams arrive before any is refused), and RSS settles some MiB above 120% of before.
+  std::map<std::string, double> m = Metrics();
+  EXPECT_EQ(m["imgw_grpc_connections_total{result=\"too_many_streams\"}"], 0);
+  // Open: the victim can be refused while RSS is over 90% of the limit (the requests of 1,000
+  // streams arrive before any is refused), and RSS can settle above 120% of before.
   ExpectBounded(f, Open{/*victim=*/true, /*recovery=*/true});
 }
 
-// HEADERS + DATA + RST_STREAM 120,000 times on one connection (1.07 GB).
-// OPEN (issue 11, finding 3): gRPC 1.51 queues a call for every stream it reads, reset or not,
-// faster than two cores finish them, with no bound of its own (no max_pending_requests, no
-// premature-reset limit before gRPC 1.57); RSS reached 2.4 GB under --memory_limit=128Mi. The
-// fix needs an HTTP/2-aware front that closes connections resetting most of their streams, as
-// Envoy and newer gRPC do. Disabled until then; run it with --gtest_also_run_disabled_tests.
-TEST_F(MemoryE2eTest, DISABLED_RapidResetStaysBounded) {
+// HEADERS + DATA + RST_STREAM 120,000 times on one connection (1.07 GB; 2.1 GB on gRPC 1.51
+// alone: it keeps what every reset stream cost until it has read all its peer sent). The front
+// closes a connection once half of 100 closed streams were reset unanswered within a second,
+// and the next ones after 10 for a second after that; the attacker reconnects each time (up
+// to 2,000 times) until its 120,000 streams are written, and gets little each time.
+TEST_F(MemoryE2eTest, RapidResetStaysBounded) {
   ASSERT_NO_FATAL_FAILURE(StartGateway({}));
   ASSERT_NO_FATAL_FAILURE(WarmUp());
   absl::StatusOr<attacks::RapidResetResult> r;
@@ -374,6 +400,16 @@ TEST_F(MemoryE2eTest, DISABLED_RapidResetStaysBounded) {
   ASSERT_TRUE(r.ok()) << r.status();
   std::cout << attacks::Describe(*r);
   EXPECT_GT(r->streams, 0);
+  EXPECT_GT(r->connections, 1) << "the attacker's connection was never closed";
+  EXPECT_EQ(r->streams, kRapidResets)
+      << "the attack ended early (" << r->connections << " connections)";
+  std::map<std::string, double> m = Metrics();
+  std::cout << "connections closed for rapid reset: "
+            << m["imgw_grpc_connections_total{result=\"rapid_reset\"}"]
+            << ", calls cancelled: " << m["imgw_calls_cancelled_total"] << "\n";
+  EXPECT_EQ(m["imgw_grpc_connections_total{result=\"rapid_reset\"}"], r->connections);
+  // Far fewer calls than streams ever reached the service.
+  EXPECT_LT(m["imgw_calls_cancelled_total"], r->streams / 10);
   ExpectBounded(f);
 }
 

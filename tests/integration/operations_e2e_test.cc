@@ -1087,6 +1087,40 @@ TEST_F(OperationsE2eTest, RapidResetIsCountedCancelledNotInvalidArgument) {
   EXPECT_TRUE(answer.status.ok()) << Describe(answer.status);
 }
 
+// gRPC 1.51 takes any number of connections: the front takes --max_grpc_connections at once
+// and closes one more as soon as it is accepted, so that its caller fails fast (UNAVAILABLE)
+// instead of hanging; once a connection goes away, a new one is taken again.
+TEST_F(OperationsE2eTest, GrpcConnectionsPastTheLimitAreRefusedAtOnce) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--max_grpc_connections=3"}));
+  // stub_ holds one connection; two more fill the limit.
+  ASSERT_TRUE(Invoke(*stub_, Request("first", "conn")).status.ok());
+  std::vector<std::unique_ptr<v1::MsgReadService::Stub>> stubs;
+  for (int i = 0; i < 2; ++i) {
+    stubs.push_back(testing::NewStub(stack_->gateway_address()));
+    Answer answer = Invoke(*stubs.back(), Request(absl::StrCat("fill", i), "conn"));
+    ASSERT_TRUE(answer.status.ok()) << Describe(answer.status);
+  }
+  auto extra = testing::NewStub(stack_->gateway_address());
+  const absl::Time start = absl::Now();
+  Answer refused = Invoke(*extra, Request("extra", "conn"));
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE) << Describe(refused.status);
+  EXPECT_LT(took, absl::Seconds(5)) << "the refused caller waited for its deadline";
+  std::map<std::string, double> m = Metrics();
+  EXPECT_GE(m["imgw_grpc_connections_total{result=\"refused\"}"], 1);
+  EXPECT_EQ(m["imgw_grpc_connections_open"], 3);
+  // One caller leaves: the next connection is taken.
+  stubs.clear();
+  Answer after;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    auto stub = testing::NewStub(stack_->gateway_address());
+    after = Invoke(*stub, Request("after", "conn"));
+    if (after.status.ok()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(after.status.ok()) << Describe(after.status);
+}
+
 // The probe port against idle and slowly-sending peers (issue 11, finding 1): two idle
 // connections used to stop /healthz, /readyz and /metrics for about 30 s. With 100 idle and 100
 // slowloris connections held open on the gateway's own port, the probes and a scrape are

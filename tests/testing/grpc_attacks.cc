@@ -50,7 +50,9 @@ constexpr uint16_t kSettingsMaxConcurrentStreams = 0x3;
 constexpr size_t kMaxOutBuffer = 1 << 20;
 // How often a poll loop looks at the clock and its stop condition.
 constexpr absl::Duration kPollSlice = absl::Milliseconds(20);
-constexpr int kMaxRapidResetConnections = 100;
+// Connections the rapid-reset attack opens at most (a new one each time the server closes the
+// last): enough for all its streams when each connection gets a few hundred before it is closed.
+constexpr int kMaxRapidResetConnections = 2000;
 
 // ---------------------------------------------------------------------------------------------
 // Sockets.
