@@ -19,6 +19,7 @@
 #include "boost/asio/ip/tcp.hpp"
 #include "boost/asio/local/stream_protocol.hpp"
 #include "boost/asio/post.hpp"
+#include "boost/asio/ssl.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "boost/asio/write.hpp"
 #include "lib/net/listener.h"
@@ -28,6 +29,7 @@ namespace imgw::front {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 using Local = asio::local::stream_protocol;
+namespace ssl = asio::ssl;
 using ErrorCode = boost::system::error_code;
 
 namespace {
@@ -42,6 +44,45 @@ std::string PeerName(const tcp::endpoint& endpoint) {
   const asio::ip::address address = endpoint.address();
   return address.is_v4() ? absl::StrCat("ipv4:", address.to_string(), ":", endpoint.port())
                          : absl::StrCat("ipv6:[", address.to_string(), "]:", endpoint.port());
+}
+
+// ALPN: gRPC speaks HTTP/2 only, and gRPC clients insist on "h2" (a client that offers no ALPN
+// gets none, and gRPC closes it if it is not HTTP/2).
+int SelectH2(SSL* /*ssl*/, const unsigned char** out, unsigned char* out_size,
+             const unsigned char* in, unsigned int in_size, void* /*arg*/) {
+  // The client's list: length-prefixed names; a malformed tail is ignored.
+  for (unsigned int i = 0; i < in_size;) {
+    const unsigned int size = in[i];
+    if (size == 0 || i + 1 + size > in_size) break;
+    if (absl::string_view(reinterpret_cast<const char*>(in + i + 1), size) == "h2") {
+      *out = in + i + 1;
+      *out_size = static_cast<unsigned char>(size);
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + size;
+  }
+  return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+absl::StatusOr<std::unique_ptr<ssl::context>> TlsContext(const GrpcFront::Tls& tls) {
+  auto context = std::make_unique<ssl::context>(ssl::context::tls_server);
+  ErrorCode ec;
+  context->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                           ssl::context::no_sslv3 | ssl::context::no_tlsv1 |
+                           ssl::context::no_tlsv1_1 | ssl::context::single_dh_use,
+                       ec);
+  if (ec) return absl::InternalError(absl::StrCat("TLS options: ", ec.message()));
+  context->use_certificate_chain(asio::buffer(tls.cert_chain_pem), ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("TLS certificate: ", ec.message()));
+  context->use_private_key(asio::buffer(tls.key_pem), ssl::context::pem, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("TLS key: ", ec.message()));
+  if (!tls.client_ca_pem.empty()) {
+    context->add_certificate_authority(asio::buffer(tls.client_ca_pem), ec);
+    if (ec) return absl::InvalidArgumentError(absl::StrCat("client CA: ", ec.message()));
+    context->set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+  }
+  SSL_CTX_set_alpn_select_cb(context->native_handle(), &SelectH2, nullptr);
+  return context;
 }
 
 }  // namespace
@@ -63,6 +104,7 @@ struct GrpcFront::Impl {
 
   const Options options;
   const Clock& clock;
+  std::unique_ptr<ssl::context> tls;  // With Options::tls.
   asio::io_context ioc;
   asio::executor_work_guard<asio::io_context::executor_type> work;
   tcp::acceptor acceptor;
@@ -86,23 +128,36 @@ class Connection final : public std::enable_shared_from_this<Connection> {
  public:
   Connection(GrpcFront::Impl& front, tcp::socket client, Local::socket grpc, int grpc_fd)
       : front_(front),
-        client_(std::move(client)),
+        plain_(std::move(client)),
         grpc_(std::move(grpc)),
         grpc_fd_(grpc_fd),
         preface_timer_(front.ioc),
         from_client_(FrameScanner::Direction::kFromClient),
         from_grpc_(FrameScanner::Direction::kFromServer),
-        ledger_(front.options.streams) {}
+        ledger_(front.options.streams) {
+    if (front.tls != nullptr) {
+      tls_ = std::make_unique<ssl::stream<tcp::socket>>(std::move(plain_), *front.tls);
+    }
+  }
 
   void Start() {
+    // The TLS handshake, if any, and the preface must both be over within preface_timeout.
     preface_timer_.expires_after(absl::ToChronoNanoseconds(front_.options.preface_timeout));
     preface_timer_.async_wait([self = shared_from_this()](const ErrorCode& ec) {
       if (ec || self->from_client_.frames() > 0) return;
       self->Count(&GrpcFront::Stats::closed_for_preface);
       self->Close(/*abort=*/true);
     });
-    ReadClient();
-    ReadGrpc();
+    if (tls_ == nullptr) return Pump();
+    tls_->async_handshake(ssl::stream_base::server,
+                          [self = shared_from_this()](const ErrorCode& ec) {
+                            if (self->closed_) return;
+                            if (ec) {
+                              self->Count(&GrpcFront::Stats::closed_for_tls);
+                              return self->Close(/*abort=*/true);
+                            }
+                            self->Pump();
+                          });
   }
 
   // Closes both sides at once (abort: the client gets a reset, its unread bytes dropped).
@@ -113,34 +168,54 @@ class Connection final : public std::enable_shared_from_this<Connection> {
     front_.Forget(this, grpc_fd_);
     ErrorCode ignored;
     preface_timer_.cancel();
-    if (abort) client_.set_option(asio::socket_base::linger(true, 0), ignored);
-    client_.close(ignored);
+    if (abort) Socket().set_option(asio::socket_base::linger(true, 0), ignored);
+    Socket().close(ignored);
     grpc_.close(ignored);
   }
 
  private:
+  // The client's TCP socket, under TLS or not.
+  tcp::socket& Socket() { return tls_ != nullptr ? tls_->next_layer() : plain_; }
+
+  void Pump() {
+    ReadClient();
+    ReadGrpc();
+  }
+
+  template <class Handler>
+  void ReadFromClient(Handler&& handler) {
+    if (tls_ != nullptr) return tls_->async_read_some(asio::buffer(up_), handler);
+    plain_.async_read_some(asio::buffer(up_), handler);
+  }
+
+  template <class Handler>
+  void WriteToClient(size_t n, Handler&& handler) {
+    if (tls_ != nullptr) return asio::async_write(*tls_, asio::buffer(down_.data(), n), handler);
+    asio::async_write(plain_, asio::buffer(down_.data(), n), handler);
+  }
+
   void Count(int64_t GrpcFront::Stats::*counter) {
     absl::MutexLock lock(&front_.mu);
     ++(front_.stats.*counter);
   }
 
   void ReadClient() {
-    client_.async_read_some(asio::buffer(up_),
-                            [self = shared_from_this()](const ErrorCode& ec, size_t n) {
-                              if (self->closed_) return;
-                              if (ec) {
-                                // The client is done sending: pass that on and let gRPC close when
-                                // it has answered (then ReadGrpc closes both).
-                                ErrorCode ignored;
-                                if (ec == asio::error::eof) {
-                                  self->grpc_.shutdown(Local::socket::shutdown_send, ignored);
-                                } else {
-                                  self->Close(/*abort=*/true);
-                                }
-                                return;
-                              }
-                              self->FromClient(n);
-                            });
+    ReadFromClient([self = shared_from_this()](const ErrorCode& ec, size_t n) {
+      if (self->closed_) return;
+      if (ec) {
+        // The client is done sending: pass that on and let gRPC close when
+        // it has answered (then ReadGrpc closes both).
+        ErrorCode ignored;
+        // (Under TLS, a close without close_notify is an end too.)
+        if (ec == asio::error::eof || ec == ssl::error::stream_truncated) {
+          self->grpc_.shutdown(Local::socket::shutdown_send, ignored);
+        } else {
+          self->Close(/*abort=*/true);
+        }
+        return;
+      }
+      self->FromClient(n);
+    });
   }
 
   void FromClient(size_t n) {
@@ -179,17 +254,17 @@ class Connection final : public std::enable_shared_from_this<Connection> {
           if (ec) return self->Close(/*abort=*/false);
           self->from_grpc_.Feed(absl::string_view(self->down_.data(), n),
                                 [&](const FrameHeader& f) { self->ledger_.OnServerFrame(f); });
-          asio::async_write(self->client_, asio::buffer(self->down_.data(), n),
-                            [self](const ErrorCode& ec, size_t) {
-                              if (self->closed_) return;
-                              if (ec) return self->Close(/*abort=*/true);
-                              self->ReadGrpc();
-                            });
+          self->WriteToClient(n, [self](const ErrorCode& ec, size_t) {
+            if (self->closed_) return;
+            if (ec) return self->Close(/*abort=*/true);
+            self->ReadGrpc();
+          });
         });
   }
 
   GrpcFront::Impl& front_;
-  tcp::socket client_;
+  tcp::socket plain_;  // Moved into tls_ under TLS.
+  std::unique_ptr<ssl::stream<tcp::socket>> tls_;
   Local::socket grpc_;
   const int grpc_fd_;
   asio::steady_timer preface_timer_;
@@ -283,6 +358,11 @@ absl::StatusOr<std::unique_ptr<GrpcFront>> GrpcFront::Create(const Options& opti
   absl::StatusOr<net::ListenAddress> where = net::ParseListen(options.listen);
   if (!where.ok()) return fail(absl::StatusCode::kInvalidArgument, where.status().message());
   auto impl = std::make_unique<Impl>(options, clock);
+  if (options.tls.has_value()) {
+    absl::StatusOr<std::unique_ptr<ssl::context>> tls = TlsContext(*options.tls);
+    if (!tls.ok()) return fail(absl::StatusCode::kInvalidArgument, tls.status().message());
+    impl->tls = *std::move(tls);
+  }
   absl::StatusOr<uint16_t> port = net::Listen(impl->acceptor, *where);
   if (!port.ok()) return fail(port.status().code(), port.status().message());
   auto front = std::unique_ptr<GrpcFront>(new GrpcFront(std::move(impl)));

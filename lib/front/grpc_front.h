@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -36,8 +37,16 @@ class Connection;
 // quick. Create, Start and Stop are called from one owner thread; the rest is thread-safe.
 class GrpcFront final {
  public:
+  // TLS on the client's side (the front terminates it; gRPC sees plaintext): PEM text.
+  struct Tls {
+    std::string cert_chain_pem;
+    std::string key_pem;
+    std::string client_ca_pem;  // Non-empty: clients must present a certificate it signed.
+  };
+
   struct Options {
     std::string listen;  // "host:port"; port 0 = any free port.
+    std::optional<Tls> tls;
     int max_connections = 1024;
     absl::Duration preface_timeout = absl::Seconds(10);
     StreamLedger::Limits streams;
@@ -55,6 +64,7 @@ class GrpcFront final {
     int64_t refused = 0;             // Closed at accept: at max_connections, or refuse_new.
     int64_t closed_for_resets = 0;   // Closed by the rapid-reset rule.
     int64_t closed_for_streams = 0;  // More unanswered streams than allowed.
+    int64_t closed_for_tls = 0;      // The TLS handshake failed.
     int64_t closed_for_preface = 0;  // No HTTP/2 preface in time, or not HTTP/2.
     int64_t open = 0;
   };

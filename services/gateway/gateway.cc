@@ -13,7 +13,6 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/resource_quota.h"
-#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/server_posix.h"
 #include "lib/common/log.h"
@@ -21,17 +20,6 @@
 namespace imgw::gateway {
 
 namespace {
-
-std::shared_ptr<grpc::ServerCredentials> ListenerCredentials(const config::GatewayConfig& config) {
-  if (config.grpc_tls_cert_pem.empty()) return grpc::InsecureServerCredentials();
-  grpc::SslServerCredentialsOptions options(
-      config.grpc_client_ca_pem.empty()
-          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  options.pem_root_certs = config.grpc_client_ca_pem;
-  options.pem_key_cert_pairs.push_back({config.grpc_tls_key_pem, config.grpc_tls_cert_pem});
-  return grpc::SslServerCredentials(options);
-}
 
 // Whether something already listens on `address` ("host:port"; port 0 is always free): a bind
 // with SO_REUSEADDR only, as a listener would, on every address the host resolves to. gRPC
@@ -232,10 +220,6 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  int port = 0;
-  // No SO_REUSEPORT: a second gateway on the same port would have the kernel split the calls
-  // between two processes with two budgets. It must fail to listen instead.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // What one peer can make gRPC hold: messages up to --max_message_bytes (checked on the wire
   // size); no compressed messages at all, since gRPC 1.51 inflates a message whole before it
   // checks its size (a 1 MB bomb became 1 GB): a compressed request is UNIMPLEMENTED
@@ -251,14 +235,18 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   grpc::ResourceQuota quota("imgw-grpc");
   quota.Resize(config.memory_limit / 8);
   builder.SetResourceQuota(quota);
-  // Plaintext gRPC goes through the front, which bounds connections and closes those that
-  // reset their streams as soon as they open them (gRPC 1.51 has no defence against rapid
-  // reset). With TLS, gRPC listens itself: the front does not terminate TLS (README "Limits
-  // and abuse" says what that leaves open).
-  const bool fronted = config.grpc_tls_cert_pem.empty();
-  if (fronted) {
+  // gRPC listens on nothing itself: it goes through the front (binding without SO_REUSEPORT,
+  // so a second gateway on the port fails instead of sharing it), which bounds connections and
+  // closes those that reset their streams as soon as they open them (gRPC 1.51 has no defence
+  // against rapid reset); with
+  // --grpc_tls_cert the front terminates TLS, and gRPC sees plaintext.
+  {
     front::GrpcFront::Options front_options;
     front_options.listen = config.grpc_listen;
+    if (!config.grpc_tls_cert_pem.empty()) {
+      front_options.tls = front::GrpcFront::Tls{config.grpc_tls_cert_pem, config.grpc_tls_key_pem,
+                                                config.grpc_client_ca_pem};
+    }
     front_options.max_connections = config.max_grpc_connections;
     front_options.streams.judge_after = config.premature_reset_streams;
     front_options.streams.max_unanswered =
@@ -273,25 +261,17 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
         front::GrpcFront::Create(front_options, clock);
     if (!front.ok()) return front.status();
     gw->front_ = *std::move(front);
-  } else {
-    builder.AddListeningPort(config.grpc_listen, ListenerCredentials(config), &port);
   }
   builder.RegisterService(gw->service_.get());
   gw->loop_->Start();
   gw->memory_watch_->Start();
   gw->server_ = builder.BuildAndStart();
-  if (gw->server_ == nullptr || (!fronted && port == 0)) {
+  if (gw->server_ == nullptr) {
     gw->loop_->Stop(absl::ZeroDuration());
-    return absl::UnavailableError(
-        absl::StrCat("--grpc_listen: cannot listen on ", config.grpc_listen));
+    return absl::InternalError("gRPC did not start");
   }
-  if (fronted) {
-    gw->front_->Start();
-    gw->grpc_address_ = gw->front_->address();
-  } else {
-    gw->grpc_address_ =
-        absl::StrCat(config.grpc_listen.substr(0, config.grpc_listen.rfind(':')), ":", port);
-  }
+  gw->front_->Start();
+  gw->grpc_address_ = gw->front_->address();
   gw->serving_.store(true);
   if (config.insecure_skip_verify) {
     Log(LogLevel::kWarning,

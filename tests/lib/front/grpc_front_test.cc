@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -17,7 +19,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "boost/asio/connect.hpp"
+#include "boost/asio/io_context.hpp"
+#include "boost/asio/ip/tcp.hpp"
+#include "boost/asio/ssl.hpp"
+#include "boost/asio/write.hpp"
 #include "gtest/gtest.h"
+#include "tests/testing/process.h"
+#include "tests/testing/tls_files.h"
 
 namespace imgw::front {
 namespace {
@@ -346,6 +355,120 @@ TEST_F(GrpcFrontTest, CreateRefusesABusyPortAndBadOptions) {
   options.max_connections = 1;
   options.hand_off = nullptr;
   EXPECT_FALSE(GrpcFront::Create(options, RealClock::Get()).ok());
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+namespace asio = boost::asio;
+namespace ssl = asio::ssl;
+
+// A TLS client of the front, offering ALPN "h2" as gRPC clients do.
+class TlsClient {
+ public:
+  explicit TlsClient(const std::string& ca_file) : context_(ssl::context::tls_client) {
+    context_.load_verify_file(ca_file);
+    context_.set_verify_mode(ssl::verify_peer);
+    static constexpr unsigned char kAlpn[] = {2, 'h', '2'};
+    SSL_CTX_set_alpn_protos(context_.native_handle(), kAlpn, sizeof(kAlpn));
+    stream_ = std::make_unique<ssl::stream<asio::ip::tcp::socket>>(ioc_, context_);
+  }
+
+  boost::system::error_code Connect(uint16_t port) {
+    boost::system::error_code ec;
+    stream_->next_layer().connect({asio::ip::make_address("127.0.0.1"), port}, ec);
+    if (!ec) stream_->handshake(ssl::stream_base::client, ec);
+    return ec;
+  }
+
+  std::string Alpn() {
+    const unsigned char* name = nullptr;
+    unsigned int size = 0;
+    SSL_get0_alpn_selected(stream_->native_handle(), &name, &size);
+    return std::string(reinterpret_cast<const char*>(name), size);
+  }
+
+  void Write(absl::string_view bytes) {
+    asio::write(*stream_, asio::buffer(bytes.data(), bytes.size()));
+  }
+
+  // Whether the front ends the connection within kWait (bytes before the end discarded).
+  bool Closed() {
+    const int fd = stream_->next_layer().native_handle();
+    const absl::Time until = absl::Now() + kWait;
+    while (absl::Now() < until) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      char buffer[4096];
+      boost::system::error_code ec;
+      stream_->read_some(asio::buffer(buffer), ec);
+      if (ec) return true;
+    }
+    return false;
+  }
+
+ private:
+  asio::io_context ioc_;
+  ssl::context context_;
+  std::unique_ptr<ssl::stream<asio::ip::tcp::socket>> stream_;
+};
+
+class GrpcFrontTlsTest : public GrpcFrontTest {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<testing::TempDir> dir = testing::TempDir::Create("imgw-front-tls");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = std::make_unique<testing::TempDir>(*std::move(dir));
+    absl::StatusOr<testing::TlsFiles> files = testing::GenerateSelfSignedCert(dir_->path());
+    ASSERT_TRUE(files.ok()) << files.status();
+    files_ = *files;
+  }
+
+  GrpcFront::Tls Tls(bool require_client_certificate) {
+    return GrpcFront::Tls{ReadFile(files_.cert_file), ReadFile(files_.key_file),
+                          require_client_certificate ? ReadFile(files_.cert_file) : ""};
+  }
+
+  std::unique_ptr<testing::TempDir> dir_;
+  testing::TlsFiles files_;
+};
+
+TEST_F(GrpcFrontTlsTest, TerminatesTlsWithH2AndJudgesTheFramesInside) {
+  GrpcFront::Options options;
+  options.tls = Tls(/*require_client_certificate=*/false);
+  options.streams.judge_after = 20;
+  ASSERT_NO_FATAL_FAILURE(StartFront(options));
+  TlsClient client(files_.cert_file);
+  ASSERT_FALSE(client.Connect(port_)) << "TLS handshake failed";
+  EXPECT_EQ(client.Alpn(), "h2");
+  const std::string hello = absl::StrCat(kPreface, Settings());
+  client.Write(hello);
+  const int grpc = Handed(0);
+  ASSERT_GE(grpc, 0);
+  EXPECT_EQ(ReadFrom(grpc, hello.size()).bytes, hello) << "gRPC gets the plaintext";
+  std::string resets;
+  for (uint32_t stream = 1; stream < 2 * 20; stream += 2) resets += Headers(stream) + Reset(stream);
+  client.Write(resets);
+  EXPECT_TRUE(client.Closed());
+  EXPECT_EQ(front_->stats().closed_for_resets, 1);
+}
+
+TEST_F(GrpcFrontTlsTest, RefusesPlaintextAndClientsWithoutTheRequiredCertificate) {
+  GrpcFront::Options options;
+  options.tls = Tls(/*require_client_certificate=*/true);
+  ASSERT_NO_FATAL_FAILURE(StartFront(options));
+  TlsClient anonymous(files_.cert_file);
+  const boost::system::error_code ec = anonymous.Connect(port_);
+  // TLS 1.3: the server's refusal may only show on the first read after the handshake.
+  EXPECT_TRUE(ec || anonymous.Closed());
+  const int plain = Connect();
+  WriteAll(plain, kPreface);
+  EXPECT_TRUE(ClosedWithin(plain));
+  EXPECT_EQ(front_->stats().closed_for_tls, 2);
 }
 
 }  // namespace
