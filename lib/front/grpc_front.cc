@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <future>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -382,10 +383,14 @@ void GrpcFront::Start() {
 }
 
 void GrpcFront::StopAccepting() {
-  asio::post(impl_->ioc, [impl = impl_.get()] {
+  if (!started_ || stopped_) return;
+  std::promise<void> done;
+  asio::post(impl_->ioc, [impl = impl_.get(), &done] {
     ErrorCode ignored;
     impl->acceptor.close(ignored);
+    done.set_value();
   });
+  done.get_future().wait();
 }
 
 void GrpcFront::Stop(absl::Duration flush) {

@@ -79,7 +79,8 @@ class GrpcFront final {
   GrpcFront& operator=(const GrpcFront&) = delete;
 
   void Start();
-  // Stops accepting; connections stay until their peers or gRPC close them.
+  // Stops accepting (once it returns, nothing more is handed off); connections stay until
+  // their peers or gRPC close them.
   void StopAccepting();
   // Stops accepting, waits up to `flush` for the connections to end by themselves, closes the
   // rest and joins the thread. Idempotent.

@@ -164,13 +164,15 @@ Metrics::Metrics(absl::string_view version)
           .Help(
               "gRPC connections by what became of them: accepted, refused at accept (at "
               "--max_grpc_connections or while memory is overloaded), closed for resetting "
-              "their streams as soon as they opened them (rapid_reset), or for sending no "
-              "HTTP/2 preface in time (no_preface).")
+              "their streams as soon as they opened them (rapid_reset), for opening more "
+              "streams than allowed (too_many_streams), for a failed TLS handshake "
+              "(tls_failed), or for sending no HTTP/2 preface in time (no_preface).")
           .Register(*registry_);
   grpc_connections_accepted_ = &grpc_connections.Add({{"result", "accepted"}});
   grpc_connections_refused_ = &grpc_connections.Add({{"result", "refused"}});
   grpc_connections_rapid_reset_ = &grpc_connections.Add({{"result", "rapid_reset"}});
   grpc_connections_too_many_streams_ = &grpc_connections.Add({{"result", "too_many_streams"}});
+  grpc_connections_tls_failed_ = &grpc_connections.Add({{"result", "tls_failed"}});
   grpc_connections_no_preface_ = &grpc_connections.Add({{"result", "no_preface"}});
   prometheus::BuildGauge()
       .Name("imgw_build_info")
@@ -300,14 +302,14 @@ void Metrics::SetWarmups(double kept, double not_kept, double failed) {
   Mirror(*warmups_failed_, failed);
 }
 
-void Metrics::SetGrpcConnections(double open, double accepted, double refused, double rapid_reset,
-                                 double too_many_streams, double no_preface) {
-  grpc_connections_open_->Set(open);
-  Mirror(*grpc_connections_accepted_, accepted);
-  Mirror(*grpc_connections_refused_, refused);
-  Mirror(*grpc_connections_rapid_reset_, rapid_reset);
-  Mirror(*grpc_connections_too_many_streams_, too_many_streams);
-  Mirror(*grpc_connections_no_preface_, no_preface);
+void Metrics::SetGrpcConnections(const GrpcConnections& c) {
+  grpc_connections_open_->Set(static_cast<double>(c.open));
+  Mirror(*grpc_connections_accepted_, static_cast<double>(c.accepted));
+  Mirror(*grpc_connections_refused_, static_cast<double>(c.refused));
+  Mirror(*grpc_connections_rapid_reset_, static_cast<double>(c.rapid_reset));
+  Mirror(*grpc_connections_too_many_streams_, static_cast<double>(c.too_many_streams));
+  Mirror(*grpc_connections_tls_failed_, static_cast<double>(c.tls_failed));
+  Mirror(*grpc_connections_no_preface_, static_cast<double>(c.no_preface));
 }
 
 void Metrics::SetRoundTrips(absl::Duration fastest, absl::Duration median, absl::Duration high) {

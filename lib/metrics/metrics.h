@@ -2,6 +2,7 @@
 
 #include <array>
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -77,8 +78,16 @@ class Metrics final {
   void SetConnectionsCreated(double total);
   void SetWarmups(double kept, double not_kept, double failed);
   // The gRPC front's connections (lib/front): open now, and counted by what became of them.
-  void SetGrpcConnections(double open, double accepted, double refused, double rapid_reset,
-                          double too_many_streams, double no_preface);
+  struct GrpcConnections {
+    int64_t open = 0;
+    int64_t accepted = 0;
+    int64_t refused = 0;
+    int64_t rapid_reset = 0;
+    int64_t too_many_streams = 0;
+    int64_t tls_failed = 0;
+    int64_t no_preface = 0;
+  };
+  void SetGrpcConnections(const GrpcConnections& c);
 
  private:
   using CounterCache = std::vector<std::pair<std::string, prometheus::Counter*>>;
@@ -130,6 +139,7 @@ class Metrics final {
   prometheus::Counter* grpc_connections_refused_;
   prometheus::Counter* grpc_connections_rapid_reset_;
   prometheus::Counter* grpc_connections_too_many_streams_;
+  prometheus::Counter* grpc_connections_tls_failed_;
   prometheus::Counter* grpc_connections_no_preface_;
   // Children looked up on every call, cached: Family::Add builds a label map and takes the
   // family's lock each time. RPC latency series are created on first use, as before.

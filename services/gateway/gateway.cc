@@ -173,12 +173,40 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   service_options.default_deadline = config.default_deadline;
   service_options.memory = gw->memory_budget_.get();
   service_options.callers.insert(caller_names.begin(), caller_names.end());
-  // Set before gRPC serves, never changed after: calls read front_ without a lock.
+  // front_ is set before any thread that reads it starts, and never changed after.
   service_options.peer_of = [raw = gw.get()](absl::string_view peer) {
-    return raw->front_ != nullptr ? raw->front_->PeerOf(peer) : std::string(peer);
+    return raw->front_->PeerOf(peer);
   };
   gw->service_ =
       std::make_unique<MsgReadService>(service_options, *gw->loop_, clock, gw->metrics_.get());
+
+  // gRPC listens on nothing itself: calls come through the front (bound here, without
+  // SO_REUSEPORT, so that a second gateway on the port fails instead of sharing it), which
+  // bounds connections and closes those that reset their streams as soon as they open them
+  // (gRPC 1.51 has no defence against rapid reset). With --grpc_tls_cert the front terminates
+  // TLS and gRPC sees plaintext. Created before any thread that reads front_ starts.
+  {
+    front::GrpcFront::Options front_options;
+    front_options.listen = config.grpc_listen;
+    if (!config.grpc_tls_cert_pem.empty()) {
+      front_options.tls = front::GrpcFront::Tls{config.grpc_tls_cert_pem, config.grpc_tls_key_pem,
+                                                config.grpc_client_ca_pem};
+    }
+    front_options.max_connections = config.max_grpc_connections;
+    front_options.streams.judge_after = config.premature_reset_streams;
+    front_options.streams.max_unanswered =
+        static_cast<size_t>(config.max_streams_per_connection) + 64;
+    front_options.hand_off = [raw = gw.get()](int fd) {
+      grpc::AddInsecureChannelFromFd(raw->server_.get(), fd);
+    };
+    front_options.refuse_new = [raw = gw.get()] {
+      return raw->memory_watch_->stats().state == overload::MemoryWatch::State::kOverloaded;
+    };
+    absl::StatusOr<std::unique_ptr<front::GrpcFront>> front =
+        front::GrpcFront::Create(front_options, clock);
+    if (!front.ok()) return front.status();
+    gw->front_ = *std::move(front);
+  }
 
   // The probes and /metrics listen before gRPC does: /readyz says "starting" until it serves.
   gw->metrics_->rate_limit_max().Set(config.rate_limit);
@@ -200,13 +228,10 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
         memory.state == overload::MemoryWatch::State::kOverloaded ? 1 : 0);
     raw->metrics_->SetMemoryTrims(static_cast<double>(memory.trims));
     raw->metrics_->memory_held_bytes().Set(static_cast<double>(raw->memory_budget_->held()));
-    if (raw->front_ != nullptr) {
-      const front::GrpcFront::Stats c = raw->front_->stats();
-      raw->metrics_->SetGrpcConnections(
-          static_cast<double>(c.open), static_cast<double>(c.accepted),
-          static_cast<double>(c.refused), static_cast<double>(c.closed_for_resets),
-          static_cast<double>(c.closed_for_streams), static_cast<double>(c.closed_for_preface));
-    }
+    const front::GrpcFront::Stats c = raw->front_->stats();
+    raw->metrics_->SetGrpcConnections({c.open, c.accepted, c.refused, c.closed_for_resets,
+                                       c.closed_for_streams, c.closed_for_tls,
+                                       c.closed_for_preface});
     raw->metrics_->usersig_expiry_seconds().Set(
         absl::ToDoubleSeconds(raw->usersigs_->ExpiresAt() - raw->clock_->Now()));
   };
@@ -235,33 +260,6 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   grpc::ResourceQuota quota("imgw-grpc");
   quota.Resize(config.memory_limit / 8);
   builder.SetResourceQuota(quota);
-  // gRPC listens on nothing itself: it goes through the front (binding without SO_REUSEPORT,
-  // so a second gateway on the port fails instead of sharing it), which bounds connections and
-  // closes those that reset their streams as soon as they open them (gRPC 1.51 has no defence
-  // against rapid reset); with
-  // --grpc_tls_cert the front terminates TLS, and gRPC sees plaintext.
-  {
-    front::GrpcFront::Options front_options;
-    front_options.listen = config.grpc_listen;
-    if (!config.grpc_tls_cert_pem.empty()) {
-      front_options.tls = front::GrpcFront::Tls{config.grpc_tls_cert_pem, config.grpc_tls_key_pem,
-                                                config.grpc_client_ca_pem};
-    }
-    front_options.max_connections = config.max_grpc_connections;
-    front_options.streams.judge_after = config.premature_reset_streams;
-    front_options.streams.max_unanswered =
-        static_cast<size_t>(config.max_streams_per_connection) + 64;
-    front_options.hand_off = [raw](int fd) {
-      grpc::AddInsecureChannelFromFd(raw->server_.get(), fd);
-    };
-    front_options.refuse_new = [raw] {
-      return raw->memory_watch_->stats().state == overload::MemoryWatch::State::kOverloaded;
-    };
-    absl::StatusOr<std::unique_ptr<front::GrpcFront>> front =
-        front::GrpcFront::Create(front_options, clock);
-    if (!front.ok()) return front.status();
-    gw->front_ = *std::move(front);
-  }
   builder.RegisterService(gw->service_.get());
   gw->loop_->Start();
   gw->memory_watch_->Start();
@@ -309,9 +307,11 @@ void Gateway::Shutdown() {
   loop_->Stop(config_.shutdown_grace);
   absl::Time flush_by = absl::Now() + absl::Seconds(2);
   while (service_->active() > 0 && absl::Now() < flush_by) absl::SleepFor(absl::Milliseconds(5));
+  // No connection is handed to gRPC once it has begun its shutdown.
+  front_->StopAccepting();
   server_->Shutdown(std::chrono::system_clock::now());
   // gRPC has closed its ends: the front passes on what it wrote, then closes the rest.
-  if (front_ != nullptr) front_->Stop(absl::Seconds(1));
+  front_->Stop(absl::Seconds(1));
   // The probes and /metrics last: a scrape during the drain still reads live objects.
   http_.reset();
   const dispatch::DispatcherStats& s = dispatcher_->stats();  // The loop thread has ended.
