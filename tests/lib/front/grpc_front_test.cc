@@ -25,6 +25,7 @@
 #include "boost/asio/ssl.hpp"
 #include "boost/asio/write.hpp"
 #include "gtest/gtest.h"
+#include "tests/testing/h2_frames.h"
 #include "tests/testing/process.h"
 #include "tests/testing/tls_files.h"
 
@@ -35,19 +36,7 @@ constexpr absl::string_view kPreface("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24);
 constexpr absl::Duration kWait = absl::Seconds(5);
 
 std::string Frame(uint8_t type, uint32_t stream, absl::string_view payload = "") {
-  std::string frame;
-  const uint32_t n = static_cast<uint32_t>(payload.size());
-  frame.push_back(static_cast<char>(n >> 16));
-  frame.push_back(static_cast<char>(n >> 8));
-  frame.push_back(static_cast<char>(n));
-  frame.push_back(static_cast<char>(type));
-  frame.push_back(0);
-  frame.push_back(static_cast<char>(stream >> 24));
-  frame.push_back(static_cast<char>(stream >> 16));
-  frame.push_back(static_cast<char>(stream >> 8));
-  frame.push_back(static_cast<char>(stream));
-  frame.append(payload.data(), payload.size());
-  return frame;
+  return testing::h2::Serialize(type, 0, stream, std::string(payload));
 }
 
 std::string Headers(uint32_t stream) { return Frame(kFrameHeaders, stream, "hpack"); }
