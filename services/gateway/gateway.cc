@@ -22,9 +22,9 @@ namespace imgw::gateway {
 namespace {
 
 // Whether something already listens on `address` ("host:port"; port 0 is always free): a bind
-// with SO_REUSEADDR only, as a listener would, on every address the host resolves to. gRPC
-// would report the same failure later, after its own error lines; this says it in one line,
-// before anything starts. (The listener itself binds without SO_REUSEPORT, so a race with
+// with SO_REUSEADDR only, as a listener would, on every address the host resolves to. The
+// listeners would report the same failure later, after other things started; this says it in
+// one line, before anything starts. (The listener itself binds without SO_REUSEPORT, so a race with
 // another process still fails rather than sharing the port.)
 absl::Status CheckPortFree(const std::string& flag, const std::string& address) {
   const size_t colon = address.rfind(':');
