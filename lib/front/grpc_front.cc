@@ -288,20 +288,12 @@ void GrpcFront::Impl::Accept() {
 void GrpcFront::Impl::Admit(tcp::socket client) {
   ErrorCode ignored;
   const bool full = connections.size() >= static_cast<size_t>(options.max_connections);
-  if (full || (options.refuse_new && options.refuse_new())) {
-    {
-      absl::MutexLock lock(&mu);
-      ++stats.refused;
-    }
-    client.set_option(asio::socket_base::linger(true, 0), ignored);
-    client.close(ignored);
-    return;
-  }
   int pair[2];
   // Non-blocking: gRPC polls its end and expects it so.
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) != 0) {
+  if (full || (options.refuse_new && options.refuse_new()) ||
+      ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) != 0) {
     {
-      absl::MutexLock lock(&mu);
+      absl::MutexLock lock(&mu);  // Counted before the client can see the reset.
       ++stats.refused;
     }
     client.set_option(asio::socket_base::linger(true, 0), ignored);

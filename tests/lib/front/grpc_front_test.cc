@@ -88,6 +88,15 @@ void WriteAll(int fd, absl::string_view bytes) {
   }
 }
 
+// connect(2) of `fd` to 127.0.0.1:`port`: 0, or -1 with errno.
+int ConnectTo(int fd, uint16_t port) {
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+}
+
 class GrpcFrontTest : public ::testing::Test {
  protected:
   ~GrpcFrontTest() override {
@@ -116,11 +125,7 @@ class GrpcFrontTest : public ::testing::Test {
   // A connected client socket (port: its local port).
   int Connect(uint16_t* local_port = nullptr) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(port_);
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    EXPECT_EQ(ConnectTo(fd, port_), 0);
     if (local_port != nullptr) {
       sockaddr_in local{};
       socklen_t size = sizeof(local);
@@ -322,11 +327,7 @@ TEST_F(GrpcFrontTest, StopClosesTheConnectionsLeftAfterTheFlush) {
   EXPECT_TRUE(ClosedWithin(client));
   // Nothing listens any more.
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(port_);
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_NE(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  EXPECT_NE(ConnectTo(fd, port_), 0);
   ::close(fd);
 }
 
