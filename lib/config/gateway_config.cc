@@ -394,6 +394,11 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
     return Bad("premature_reset_streams", "must be 10..100000");
   }
   config.premature_reset_streams = flags.premature_reset_streams;
+  if (flags.grpc_handshake_timeout <= absl::ZeroDuration() ||
+      flags.grpc_handshake_timeout > absl::Minutes(5)) {
+    return Bad("grpc_handshake_timeout", "must be above 0 and at most 5m");
+  }
+  config.grpc_handshake_timeout = flags.grpc_handshake_timeout;
   if (flags.max_queued < 1) return Bad("max_queued", "must be at least 1");
   config.max_queued = static_cast<size_t>(flags.max_queued);
   if (flags.max_connections < 1 || flags.max_connections > 1024) {

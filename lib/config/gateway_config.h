@@ -66,6 +66,7 @@ struct GatewayFlags {
   // which a connection resetting half of them as soon as they open is closed (rapid reset).
   int max_grpc_connections = 256;
   int premature_reset_streams = 100;
+  absl::Duration grpc_handshake_timeout = absl::Seconds(10);
 };
 
 // The checked settings the gateway is built from.
@@ -116,6 +117,8 @@ struct GatewayConfig {
   int max_streams_per_connection = 1024;
   int max_grpc_connections = 256;
   int premature_reset_streams = 100;
+  // From accept to the HTTP/2 preface (the TLS handshake included).
+  absl::Duration grpc_handshake_timeout = absl::Seconds(10);
 };
 
 // A size: digits with an optional suffix Ki, Mi, Gi (powers of 1024) or K, M, G (of 1000),

@@ -193,6 +193,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
                                                 config.grpc_client_ca_pem};
     }
     front_options.max_connections = config.max_grpc_connections;
+    front_options.preface_timeout = config.grpc_handshake_timeout;
     front_options.streams.judge_after = config.premature_reset_streams;
     front_options.streams.max_unanswered =
         static_cast<size_t>(config.max_streams_per_connection) + 64;

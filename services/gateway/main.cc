@@ -62,6 +62,9 @@ ABSL_FLAG(int, max_grpc_connections, 256,
 ABSL_FLAG(int, premature_reset_streams, 100,
           "Closed streams after which a gRPC connection that reset at least half of them "
           "within a second of opening them, unanswered, is closed (rapid reset).");
+ABSL_FLAG(absl::Duration, grpc_handshake_timeout, absl::Seconds(10),
+          "Time a gRPC connection has, from accept, to finish its TLS handshake (with "
+          "--grpc_tls_cert) and send the HTTP/2 preface; past it the connection is closed.");
 ABSL_FLAG(int, max_connections, 64,
           "Upstream requests in flight at most: connections over HTTP/1.1, streams over HTTP/2. "
           "The default carries 200 calls/s over HTTP/1.1 to an upstream 250 ms away.");
@@ -199,6 +202,7 @@ int main(int argc, char** argv) {
   flags.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
   flags.max_grpc_connections = absl::GetFlag(FLAGS_max_grpc_connections);
   flags.premature_reset_streams = absl::GetFlag(FLAGS_premature_reset_streams);
+  flags.grpc_handshake_timeout = absl::GetFlag(FLAGS_grpc_handshake_timeout);
   absl::StatusOr<imgw::config::GatewayConfig> config = imgw::config::Resolve(flags);
   if (!config.ok()) Die(std::string(config.status().message()));
 

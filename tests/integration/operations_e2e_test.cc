@@ -1,11 +1,12 @@
 // Operating the gateway, end to end: the real imgw-gateway in front of the real imgw-emulator
-// (tests/testing/imgw_stack.h), driven by gRPC clients and imgw-cli. Covers issue 4 items 4-7:
+// (tests/testing/imgw_stack.h), driven by gRPC clients and imgw-cli. Covers:
 // bad input is refused INVALID_ARGUMENT without spending an upstream call; SIGTERM with hundreds
 // of calls queued answers every one and exits in time, health going NOT_SERVING first; neither
 // the secret key nor the UserSig ever reaches the logs; TLS and mutual TLS on the gRPC listener.
 // Only 127.0.0.1, every port chosen by the kernel, every wait bounded.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -348,7 +349,7 @@ class OperationsE2eTest : public testing::StackTest {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Bad input (issue 4 item 4).
+// Bad input.
 
 struct BadCase {
   std::string name;
@@ -564,7 +565,7 @@ TEST_F(OperationsE2eTest, OversizedMessagesAreRefusedClearlyAndTheGatewayKeepsSe
 }
 
 // ---------------------------------------------------------------------------------------------
-// Graceful shutdown (issue 4 item 5).
+// Graceful shutdown.
 
 TEST_F(OperationsE2eTest, SigtermWithHundredsQueuedAnswersEveryCallAndExitsInTime) {
   constexpr absl::Duration kGrace = absl::Seconds(3);
@@ -660,7 +661,7 @@ TEST_F(OperationsE2eTest, SigtermWithHundredsQueuedAnswersEveryCallAndExitsInTim
 }
 
 // ---------------------------------------------------------------------------------------------
-// Secrets (issue 4 item 6).
+// Secrets.
 
 TEST(UserSigScanTest, FindsUserSigLikeRunsOnly) {
   // A UserSig as lib/usersig signs them (tests/fuzz/corpus/usersig_decode_fuzzer/sign_admin).
@@ -770,7 +771,7 @@ TEST_F(OperationsE2eTest, NeitherTheKeyNorTheUserSigEverReachesTheLogs) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// TLS on the gRPC listener (issue 4 item 7).
+// TLS on the gRPC listener.
 
 std::shared_ptr<grpc::ChannelCredentials> TlsCredentials(const std::string& ca_file,
                                                          const TlsFiles* client = nullptr) {
@@ -942,7 +943,7 @@ TEST_F(OperationsE2eTest, UnusableTlsMaterialExitsTwoNamingTheFlag) {
 
 // A second gateway on a port the first one serves must not share it (gRPC would set
 // SO_REUSEPORT and the kernel split the calls between two budgets): it says so on one line and
-// exits 2 before serving, for the gRPC port and for the metrics port (issue 11, finding 2).
+// exits 2 before serving, for the gRPC port and for the metrics port.
 TEST_F(OperationsE2eTest, ASecondGatewayOnTheSamePortsExitsTwo) {
   ASSERT_NO_FATAL_FAILURE(Start({}));
   const TlsFiles unused = MakeCert("imgw-same-port");  // Only for its directory.
@@ -957,7 +958,7 @@ TEST_F(OperationsE2eTest, ASecondGatewayOnTheSamePortsExitsTwo) {
 }
 
 // A second SIGTERM during the grace period ends it at once: what is still queued is answered
-// UNAVAILABLE and the process exits, instead of waiting out the grace (issue 11, finding 8).
+// UNAVAILABLE and the process exits, instead of waiting out the grace.
 TEST_F(OperationsE2eTest, ASecondSigtermEndsTheGraceAtOnce) {
   constexpr int kCalls = 100;
   ASSERT_NO_FATAL_FAILURE(Start({"--rate_limit=5", "--shutdown_grace=20s"}));
@@ -988,7 +989,7 @@ TEST_F(OperationsE2eTest, ASecondSigtermEndsTheGraceAtOnce) {
 
 // Compressed requests are refused as soon as their headers arrive, before anything is inflated:
 // gRPC 1.51 inflates a message whole before it checks its size, so a 1 MB gzip bomb became 1 GB
-// (issue 11, finding 3). The refusal names the algorithm; the same channel, uncompressed, is
+//. The refusal names the algorithm; the same channel, uncompressed, is
 // served. (The memory suite sends a real bomb and measures RSS.)
 TEST_F(OperationsE2eTest, CompressedRequestsAreRefusedBeforeInflating) {
   ASSERT_NO_FATAL_FAILURE(Start({}));
@@ -1039,7 +1040,7 @@ TEST_F(OperationsE2eTest, ScrapesThroughShutdownReadNothingFreed) {
 
 // "Rapid reset": streams opened, sent a request and reset at once, over and over, on one raw
 // HTTP/2 connection. A stream reset before its request was read is a cancellation, not a bad
-// request: it must not count as invalid_argument (120,000 of them did; issue 11, finding 8).
+// request: it must not count as invalid_argument (120,000 of them did).
 TEST_F(OperationsE2eTest, RapidResetIsCountedCancelledNotInvalidArgument) {
   namespace h2 = testing::h2;
   constexpr int kStreams = 300;
@@ -1121,7 +1122,30 @@ TEST_F(OperationsE2eTest, GrpcConnectionsPastTheLimitAreRefusedAtOnce) {
   EXPECT_TRUE(after.status.ok()) << Describe(after.status);
 }
 
-// The probe port against idle and slowly-sending peers (issue 11, finding 1): two idle
+// A connection that says nothing holds one of --max_grpc_connections until it is closed at
+// --grpc_handshake_timeout; ordinary callers are served meanwhile.
+TEST_F(OperationsE2eTest, SilentGrpcConnectionsAreClosedAtTheHandshakeTimeout) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--grpc_handshake_timeout=500ms"}));
+  const int fd = ConnectLoopback(PortOf(stack_->gateway_address()));
+  ASSERT_GE(fd, 0);
+  const absl::Time start = absl::Now();
+  // gRPC's SETTINGS arrive first; then the end.
+  bool closed = false;
+  while (!closed && absl::Now() - start < absl::Seconds(5)) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 100) != 1) continue;
+    char buffer[256];
+    closed = recv(fd, buffer, sizeof(buffer), 0) <= 0;
+  }
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_TRUE(closed) << "the silent connection was not closed within 5 s";
+  close(fd);
+  EXPECT_GE(took, absl::Milliseconds(400));
+  EXPECT_TRUE(Invoke(*stub_, Request("after", "silence")).status.ok());
+  EXPECT_EQ(Metrics()["imgw_grpc_connections_total{result=\"no_preface\"}"], 1);
+}
+
+// The probe port against idle and slowly-sending peers: two idle
 // connections used to stop /healthz, /readyz and /metrics for about 30 s. With 100 idle and 100
 // slowloris connections held open on the gateway's own port, the probes and a scrape are
 // answered (the time is printed, never asserted: kubelet's 2 s is the bound), and the slow

@@ -205,6 +205,9 @@ TEST(GatewayConfigTest, MemoryLimitFromTheFlagTheCgroupOrTheDefault) {
   EXPECT_EQ(config->memory_limit_source, "default");
   EXPECT_EQ(config->max_message_bytes, 64u * 1024);
   EXPECT_EQ(config->max_streams_per_connection, 1024);
+  EXPECT_EQ(config->max_grpc_connections, 256);
+  EXPECT_EQ(config->premature_reset_streams, 100);
+  EXPECT_EQ(config->grpc_handshake_timeout, absl::Seconds(10));
   f.cgroup_memory_limit = size_t{256} << 20;
   config = Resolve(f);
   ASSERT_TRUE(config.ok()) << config.status();
@@ -303,6 +306,24 @@ TEST(GatewayConfigTest, EachBadFlagIsNamed) {
   f = Valid();
   f.max_streams_per_connection = 10001;
   ExpectError(f, "--max_streams_per_connection");
+  f = Valid();
+  f.max_grpc_connections = 0;
+  ExpectError(f, "--max_grpc_connections");
+  f = Valid();
+  f.max_grpc_connections = 10001;
+  ExpectError(f, "--max_grpc_connections");
+  f = Valid();
+  f.premature_reset_streams = 9;
+  ExpectError(f, "--premature_reset_streams");
+  f = Valid();
+  f.premature_reset_streams = 100001;
+  ExpectError(f, "--premature_reset_streams");
+  f = Valid();
+  f.grpc_handshake_timeout = absl::ZeroDuration();
+  ExpectError(f, "--grpc_handshake_timeout");
+  f = Valid();
+  f.grpc_handshake_timeout = absl::Minutes(6);
+  ExpectError(f, "--grpc_handshake_timeout");
 }
 
 TEST(GatewayConfigTest, TheBudgetIsLocalUnlessRedisIsAsked) {
