@@ -24,7 +24,7 @@
 
 namespace imgw::ratelimit {
 
-// The upstream budget shared by every replica of the gateway through one Redis (issue 7).
+// The upstream budget shared by every replica of the gateway through one Redis.
 //
 // Redis holds, under `<prefix>{<sdkappid>:<api>}:` (one hash slot): `spans`, a sorted set of
 // this budget's requests scored by when they ended (in flight: when they will have ended at

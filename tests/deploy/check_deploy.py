@@ -524,7 +524,7 @@ def check_memory(name, c, flags):
 
 
 def check_redis_flags(name, dep, c, flags, secret_files):
-    """The shared budget (--ratelimit_backend=redis, issue 7): an address, the password as a file
+    """The shared budget (--ratelimit_backend=redis): an address, the password as a file
     of a mounted Secret (never a literal in the environment), and the fallback's N equal to the
     Deployment's replica count when the manifest fixes it."""
     backend = flags.get("ratelimit_backend", "local")

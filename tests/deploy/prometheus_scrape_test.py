@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A real Prometheus scrapes a real gateway: issue 5, item 2 and the "returns data" part of item 6.
+"""A real Prometheus scrapes a real gateway, and the dashboard's queries return data.
 
   prometheus_scrape_test.py SOURCE_DIR BIN_DIR --prometheus=PATH [--redis_server=PATH]
 

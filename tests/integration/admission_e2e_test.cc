@@ -223,8 +223,8 @@ TEST_F(AdmissionE2eTest, LightCallerIsServedDespiteAHeavyBacklog) {
 }
 
 // A caller that invents a new imgw-caller name for every call gets no lane of its own: every
-// undeclared name shares one, so a declared caller keeps its share (issue 11, finding 5: 300
-// calls under rotating names took 183 OK while a well-behaved caller got 3).
+// undeclared name shares one, so a declared caller keeps its share (before: 300 calls
+// under rotating names took 183 OK while a well-behaved caller got 3).
 TEST_F(AdmissionE2eTest, RotatingCallerNamesBuyNothing) {
   ImgwStackOptions options;
   options.emulator_rate_limit = 50;
@@ -348,7 +348,7 @@ TEST_F(AdmissionE2eTest, MaxQueuedRefusesTheExcessWithRetryAfter) {
   Figure("resource_exhausted", absl::StrCat(exhausted));
 }
 
-// Calls past the memory budget (issue 11, finding 3): with --memory_limit=96Mi, 40% is for
+// Calls past the memory budget: with --memory_limit=96Mi, 40% is for
 // the calls held, and one lane (every undeclared caller shares one) may take three quarters of
 // that, about 1,700 calls. A burst of 3,000 undeclared calls with long deadlines over three
 // connections (each takes --max_streams_per_connection, 1,024, at once), more than the budget

@@ -1,4 +1,4 @@
-// The budget at a real distance (issue 10): the real imgw-emulator 100 ms away (--latency_ms=100
+// The budget at a real distance: the real imgw-emulator 100 ms away (--latency_ms=100
 // --jitter_ms=10: half of each round trip before it counts a call, half before it answers; a
 // new connection costs two more), at its real 200 calls per sliding second, in front of one
 // gateway, or of three sharing their budget through Debian's redis-server, over HTTP/1.1 (and

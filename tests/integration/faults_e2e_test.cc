@@ -517,7 +517,7 @@ TEST_F(FaultsE2eTest, KilledUpstreamNoCallWaitsForItsDeadline) {
 
 // An upstream that refuses every call for frequency: the gateway answers each call before its
 // deadline, RESOURCE_EXHAUSTED with the upstream's code and a retry-after hint, instead of
-// retrying until the caller's own timer ends it without trailers (issue 11, finding 4).
+// retrying until the caller's own timer ends it without trailers.
 TEST_F(FaultsE2eTest, RefusedForFrequencyToTheEndIsAnsweredBeforeTheDeadline) {
   ASSERT_NO_FATAL_FAILURE(Start());
   ASSERT_EQ(One(absl::Seconds(5)).code, grpc::StatusCode::OK);

@@ -1,4 +1,4 @@
-// End to end shared budget (issue 7): Debian's redis-server on loopback with a password, the
+// End to end shared budget: Debian's redis-server on loopback with a password, the
 // real imgw-emulator at its real 200 calls per sliding second, and three imgw-gateway replicas
 // with --ratelimit_backend=redis sharing one budget through that Redis. All three are driven
 // together at 5x the limit (open loop, distinct pairs, short deadlines) while Redis is up,

@@ -12,7 +12,7 @@
 
 // Hostile gRPC peers of the gateway, for tests and for measuring by hand (tests/tools/
 // imgw_attack.cc): a compression bomb, streams whose reader never opens its flow-control
-// window, "rapid reset" and tens of thousands of concurrent calls (issue 11, finding 3). Every
+// window, "rapid reset" and tens of thousands of concurrent calls. Every
 // attack reaches loopback addresses only (127.0.0.0/8, ::1, localhost; anything else is
 // INVALID_ARGUMENT), in plaintext (h2c, as the gateway listens in the tests), and is bounded in
 // count and in time. The HTTP/2 attacks speak through Debian's libnghttp2 (a correct framing,

@@ -1,7 +1,7 @@
 // imgw-attack: plays one hostile gRPC peer (tests/testing/grpc_attacks.h) against a gateway on
 // a loopback address and prints what came back; with --pid, also the resident memory of that
 // process before, at its peak during (sampled every --sample_period) and after the attack.
-// For measuring by hand (issue 11, finding 3); the tests use the same library.
+// For measuring by hand; the tests use the same library.
 //
 //   imgw-attack --target=127.0.0.1:50051 --pid=$(pidof imgw-gateway) --attack=compression_bomb
 //

@@ -631,7 +631,7 @@ TEST_F(DispatcherTest, FrequencyLimitTheDeadlineCannotAbsorbIsTheAnswer) {
 
 // An upstream that refuses everything for frequency (60007, or HTTP 429): a call is answered
 // by the gateway before its deadline, with the refusal and a hint, once the next retry could
-// not come back in time; it is never left to the caller's own timer (issue 11, finding 4).
+// not come back in time; it is never left to the caller's own timer.
 TEST_F(DispatcherTest, RefusedForFrequencyToTheEndIsAnsweredBeforeTheDeadline) {
   Dispatcher::Options options;
   options.round_trips.min_samples = 1;
@@ -663,7 +663,7 @@ TEST_F(DispatcherTest, RefusedForFrequencyToTheEndIsAnsweredBeforeTheDeadline) {
 
 // A connect timeout that fires long before the deadline (a handshake that never completes) is
 // the upstream's failure, retried or answered UNAVAILABLE, not DEADLINE_EXCEEDED, even when
-// the request's own timeout had been cut short to the deadline (issue 11, finding 4).
+// the request's own timeout had been cut short to the deadline.
 TEST_F(DispatcherTest, AnEarlyTimeoutIsTheUpstreamsFailureNotTheDeadline) {
   Dispatcher::Options options;
   options.max_attempts = 1;

@@ -323,8 +323,8 @@ TEST(RedisRateLimiterPasswordTest, AuthenticatesAndAWrongPasswordIsACountedFallb
 }
 
 // The stats reach the metrics while a fallback lasts, not when it ends: with a password Redis
-// refuses, the errors and the local admissions keep moving in what on_stats delivers (issue 11,
-// finding 6: they stayed at 1 and 0 through a whole outage).
+// refuses, the errors and the local admissions keep moving in what on_stats delivers
+// (finding 6: they stayed at 1 and 0 through a whole outage).
 TEST(RedisRateLimiterPasswordTest, StatsStayCurrentWhileRedisRefusesUs) {
   absl::StatusOr<std::unique_ptr<testing::RedisServer>> redis =
       testing::RedisServer::Start({"the-right-one"});
