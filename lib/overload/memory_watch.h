@@ -36,7 +36,7 @@ class MemoryWatch final {
     size_t limit_bytes = 128u << 20;
     double high = 0.9;
     double low = 0.8;
-    size_t trim_min_bytes = 4u << 20;
+    size_t trim_min_bytes = 1u << 20;
     absl::Duration trim_interval = absl::Seconds(1);
     absl::Duration interval = absl::Milliseconds(100);
     // The readings and the action; the defaults are the real ones (process_memory.h).

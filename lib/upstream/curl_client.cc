@@ -45,6 +45,7 @@ struct CurlClient::Transfer {
   Callback done;
   std::chrono::steady_clock::time_point started;
   bool warmup = false;  // OPTIONS * opening a connection ahead of need; no callback.
+  bool shrink = false;  // A warm-up started to make libcurl close idle connections.
   bool closes = false;  // The answer said "Connection: close".
   bool too_large = false;
   char errbuf[CURL_ERROR_SIZE] = {0};
@@ -298,6 +299,7 @@ void CurlClient::Start(HttpRequest request, Callback done) {
   curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, MaxIdleSeconds());
   // The request's time counts from the moment it has a connection: one that must open a
   // connection first gets the connect timeout on top, within what the caller has left.
   absl::Duration timeout = t->request.timeout;
@@ -340,10 +342,16 @@ size_t CurlClient::WarmCapacity() {
 
 void CurlClient::Anticipate(size_t requests) {
   anticipated_.store(static_cast<int64_t>(requests));
+  const auto now = std::chrono::steady_clock::now();
+  const int64_t needed =
+      !protocol_known_ || http2_.load()
+          ? 1
+          : std::max(static_cast<int64_t>(requests), static_cast<int64_t>(in_flight_.load()));
+  ShrinkSpare(needed, now);
   if (!options_.warm_connections || !options_.reuse_connections || options_.warm_origin.empty()) {
     return;
   }
-  if (std::chrono::steady_clock::now() < warm_paused_until_) return;
+  if (now < warm_paused_until_) return;
   const int64_t open = open_sockets_.load();
   const int64_t warming = warmups_in_flight_.load();
   int64_t deficit;
@@ -363,13 +371,53 @@ void CurlClient::Anticipate(size_t requests) {
   for (int64_t i = 0; i < deficit; ++i) StartWarmup();
 }
 
-void CurlClient::StartWarmup() {
+long CurlClient::MaxIdleSeconds() const {
+  const absl::Duration idle = spare_since_ != std::chrono::steady_clock::time_point::max()
+                                  ? std::min(options_.spare_idle, options_.max_idle)
+                                  : options_.max_idle;
+  return std::max<long>(1, static_cast<long>(absl::ToInt64Seconds(idle)));
+}
+
+void CurlClient::ShrinkSpare(int64_t needed, std::chrono::steady_clock::time_point now) {
+  constexpr auto kNever = std::chrono::steady_clock::time_point::max();
+  const int64_t open = open_sockets_.load();
+  if (warmups_in_flight_.load() > 0 || open <= needed) {
+    spare_since_ = kNever;
+    shrink_at_ = kNever;
+    return;
+  }
+  if (spare_since_ == kNever) spare_since_ = now;
+  // libcurl counts idle time in whole seconds and closes past MaxIdleSeconds(): every
+  // connection idle since the spell began and the last transfer ended is past it a second
+  // after spare_idle.
+  const auto due = std::max(spare_since_, last_done_) + std::chrono::seconds(MaxIdleSeconds() + 1);
+  if (now < due) {
+    shrink_at_ = due;
+    return;
+  }
+  while (static_cast<int64_t>(idle_easy_.size()) > needed) {
+    curl_easy_cleanup(idle_easy_.back());
+    idle_easy_.pop_back();
+  }
+  // Transfers start often enough under traffic for libcurl to close what is idle by itself;
+  // without any, one is started (where warm-ups may go). Either way, look again a spare_idle
+  // later.
+  if (in_flight_.load() == 0 && options_.warm_connections && options_.reuse_connections &&
+      !options_.warm_origin.empty() && now >= warm_paused_until_) {
+    StartWarmup(/*shrink=*/true, MaxIdleSeconds());
+  }
+  spare_since_ = now;
+  shrink_at_ = kNever;
+}
+
+void CurlClient::StartWarmup(bool shrink, long max_idle_seconds) {
   CURL* e = curl_easy_init();
   if (e == nullptr) return;
   ConfigureHandle(e);
   auto* t = new Transfer();
   t->client = this;
   t->warmup = true;
+  t->shrink = shrink;
   t->easy = e;
   t->started = std::chrono::steady_clock::now();
   t->request.url = options_.warm_origin + "/";
@@ -377,7 +425,11 @@ void CurlClient::StartWarmup() {
   curl_easy_setopt(e, CURLOPT_URL, t->request.url.c_str());
   curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "OPTIONS");
   curl_easy_setopt(e, CURLOPT_REQUEST_TARGET, "*");
-  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+  if (shrink) {
+    curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, max_idle_seconds);
+  } else {
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+  }
   curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
@@ -397,15 +449,20 @@ void CurlClient::LearnProtocol(long version) {
 void CurlClient::CompleteWarmup(Transfer* t, int curl_code) {
   long status = 0;
   long version = 0;
+  bool opened = true;
   if (curl_code >= 0) {
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &version);
     long connects = 0;
     curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
     connections_made_.fetch_add(connects);
+    opened = connects > 0;
   }
   const auto now = std::chrono::steady_clock::now();
-  if (curl_code != CURLE_OK || status == 0) {
+  if (t->shrink && !opened && curl_code == CURLE_OK && status != 0) {
+    // A shrink that found a connection to keep opened none: not a warm-up to count.
+    LearnProtocol(version);
+  } else if (curl_code != CURLE_OK || status == 0) {
     // Unreachable, or the server would not answer: a second's pause, so that a dead upstream
     // does not get a stream of handshakes from us.
     warmups_failed_.fetch_add(1);
@@ -430,6 +487,7 @@ void CurlClient::CompleteWarmup(Transfer* t, int curl_code) {
     curl_easy_cleanup(t->easy);
   }
   warmups_in_flight_.fetch_sub(1);
+  last_done_ = now;
   transfers_.erase(t);
   delete t;
 }
@@ -491,6 +549,7 @@ void CurlClient::Complete(Transfer* t, int curl_code) {
     }
   }
   in_flight_.fetch_sub(1);
+  last_done_ = std::chrono::steady_clock::now();
   transfers_.erase(t);
   Callback done = std::move(t->done);
   HttpResponse response = std::move(t->response);
@@ -502,6 +561,12 @@ void CurlClient::Poll(absl::Duration max_wait) {
   int timeout_ms = static_cast<int>(std::min<int64_t>(
       absl::ToInt64Milliseconds(absl::Ceil(max_wait, absl::Milliseconds(1))), 60000));
   if (timeout_ms < 0) timeout_ms = 0;
+  if (shrink_at_ != std::chrono::steady_clock::time_point::max()) {
+    const auto until = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           shrink_at_ - std::chrono::steady_clock::now())
+                           .count();
+    timeout_ms = static_cast<int>(std::clamp<int64_t>(until + 1, 0, timeout_ms));
+  }
   curl_multi_poll(multi_, nullptr, 0, timeout_ms, nullptr);
   int running = 0;
   curl_multi_perform(multi_, &running);

@@ -44,7 +44,12 @@ namespace imgw::upstream {
 // answer says which protocol the server speaks. A server that
 // closes the connection after answering it (three times in a row) makes the client stop
 // warming for ten minutes, with a warning; a failed warm-up pauses warming for a second.
-// Connections beyond the need go idle and close after `max_idle`.
+// The pool shrinks back after a burst: while more connections are open than the last
+// Anticipate() needs (over HTTP/2: one), every connection idle for `spare_idle` is closed,
+// with or without traffic (libcurl closes idle connections only when a transfer starts, so
+// without traffic the client starts one: `OPTIONS *` on a connection it keeps); the easy
+// handles kept for reuse shrink to the need with them. Any connection idle for `max_idle`
+// is closed before it would be reused.
 //
 // Per-request costs are kept off the hot path: the trusted certificates are loaded once, into
 // one store every connection shares (libcurl would otherwise parse the whole system bundle
@@ -57,6 +62,7 @@ class CurlClient final : public HttpTransport {
     bool reuse_connections = true;  // false: a new connection per request (benchmarks).
     absl::Duration connect_timeout = absl::Seconds(2);
     absl::Duration max_idle = absl::Seconds(55);
+    absl::Duration spare_idle = absl::Seconds(10);  // Whole seconds, at least one.
     absl::Duration max_lifetime = absl::Minutes(5);
     absl::Duration tcp_keepalive_idle = absl::Seconds(30);
     std::string ca_file;  // Extra PEM certificates to trust, in addition to the system store.
@@ -75,7 +81,8 @@ class CurlClient final : public HttpTransport {
   size_t Capacity() override;
   size_t WarmCapacity() override;
   void Anticipate(size_t requests) override;
-  // Loop thread only. Waits up to `max_wait` for activity, then completes what finished.
+  // Loop thread only. Waits up to `max_wait` (less when the pool is due to shrink) for
+  // activity, then completes what finished.
   void Poll(absl::Duration max_wait);
   // Loop thread only. Fails every unfinished request with kCancelled.
   void CancelAll();
@@ -108,8 +115,14 @@ class CurlClient final : public HttpTransport {
   void ConfigureHandle(CURL* easy);
   // An easy handle with every option that does not change between requests set.
   CURL* TakeEasyHandle();
-  // Starts a warm-up: OPTIONS * on a new connection.
-  void StartWarmup();
+  // Starts a warm-up: OPTIONS * on a new connection, or, for a shrink, on an open one once
+  // libcurl has closed those idle for more than `max_idle_seconds`.
+  void StartWarmup(bool shrink = false, long max_idle_seconds = 0);
+  // While connections beyond the need are open: shrinks the pool when they have been for
+  // `spare_idle`, else says when to look again (shrink_at_).
+  void ShrinkSpare(int64_t needed, std::chrono::steady_clock::time_point now);
+  // The idle time past which a transfer starting now makes libcurl close a connection.
+  long MaxIdleSeconds() const;
   size_t InFlightTotal() const;
 
   const Options options_;
@@ -136,6 +149,10 @@ class CurlClient final : public HttpTransport {
   bool protocol_known_ = false;  // An answer said whether the server speaks HTTP/2.
   int warmups_not_kept_in_a_row_ = 0;
   std::chrono::steady_clock::time_point warm_paused_until_;
+  // Since when more connections are open than needed (max(): not so); when to shrink them.
+  std::chrono::steady_clock::time_point spare_since_ = std::chrono::steady_clock::time_point::max();
+  std::chrono::steady_clock::time_point shrink_at_ = std::chrono::steady_clock::time_point::max();
+  std::chrono::steady_clock::time_point last_done_;  // When a transfer last ended.
 
   friend struct CurlCallbacks;
 };

@@ -55,21 +55,21 @@ TEST_F(MemoryWatchTest, OverloadedFromTheHighMarkToTheLowMark) {
   EXPECT_EQ(watch.stats().peak_rss, 95 * kMiB);
 }
 
-// Free malloc memory grown by 4 MiB since the last trim goes back, at most once a second. A
+// Free malloc memory grown by 1 MiB since the last trim goes back, at most once a second. A
 // trim leaves the chunks free (their pages go back), so the same free bytes are not trimmed
 // again and again.
 TEST_F(MemoryWatchTest, TrimsWhatWasFreedSinceTheLastTrimAtMostOnceASecond) {
   MemoryWatch watch(options_, budget_);
-  watch.Step(t0_, 50 * kMiB, 3 * kMiB);
-  EXPECT_EQ(trims_, 0) << "under 4 MiB free is not worth a trim";
+  watch.Step(t0_, 50 * kMiB, kMiB / 2);
+  EXPECT_EQ(trims_, 0) << "under 1 MiB free is not worth a trim";
   watch.Step(t0_ + absl::Milliseconds(100), 50 * kMiB, 11 * kMiB);
   EXPECT_EQ(trims_, 1);
   watch.Step(t0_ + absl::Milliseconds(600), 50 * kMiB, 30 * kMiB);
   EXPECT_EQ(trims_, 1) << "not twice within a second";
   watch.Step(t0_ + absl::Milliseconds(1100), 50 * kMiB, 30 * kMiB);
   EXPECT_EQ(trims_, 2) << "19 MiB freed since the last trim";
-  watch.Step(t0_ + absl::Seconds(3), 50 * kMiB, 33 * kMiB);
-  EXPECT_EQ(trims_, 2) << "3 MiB freed since";
+  watch.Step(t0_ + absl::Seconds(3), 50 * kMiB, 30 * kMiB + 3 * kMiB / 4);
+  EXPECT_EQ(trims_, 2) << "768 KiB freed since";
   watch.Step(t0_ + absl::Seconds(4), 50 * kMiB, 5 * kMiB);   // Reused...
   watch.Step(t0_ + absl::Seconds(5), 50 * kMiB, 10 * kMiB);  // ...and freed again.
   EXPECT_EQ(trims_, 3);

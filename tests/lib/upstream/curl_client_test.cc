@@ -398,6 +398,50 @@ TEST_F(CurlClientTest, IdleConnectionsBeyondTheNeedClose) {
   EXPECT_LE(client->open_connections(), 1) << "idle connections were kept";
 }
 
+// After a burst the pool shrinks by itself, without traffic: connections beyond the need
+// close once idle for spare_idle (libcurl only closes idle connections when a transfer
+// starts, so the client starts one, OPTIONS *, which is no API call), and Poll() wakes up for
+// it however long it was asked to wait.
+TEST_F(CurlClientTest, SpareConnectionsCloseWithoutTraffic) {
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  options.warm_origin = base_url_;
+  options.spare_idle = absl::Seconds(1);
+  auto client = MakeClient(options);
+  client->Anticipate(4);
+  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
+  client->Anticipate(4);
+  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
+  ASSERT_EQ(client->open_connections(), 4);
+  const int64_t made = client->connections_made();
+  const absl::Time start = absl::Now();
+  // The need falls to one; each Poll() is asked to wait far longer than the shrink takes.
+  while ((client->open_connections() > 1 || client->warmups_in_flight() > 0) &&
+         absl::Now() - start < absl::Seconds(20)) {
+    client->Anticipate(1);
+    client->Poll(absl::Seconds(30));
+  }
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(client->open_connections(), 1) << "spare connections were kept";
+  EXPECT_LT(took, absl::Seconds(10)) << "Poll() slept past the shrink";
+  EXPECT_LE(client->connections_made() - made, 1) << "at most one connection replaced them";
+  EXPECT_EQ(core_->Stats().requests, 0u) << "the shrink made an API request";
+  // The one kept serves the next request.
+  std::vector<HttpResponse> r = Run(*client, {Request("after-shrink")});
+  ASSERT_EQ(r[0].error, HttpResponse::Error::kNone) << r[0].error_detail;
+  EXPECT_EQ(client->open_connections(), 1);
+  // A need that stays met keeps its connections: nothing is spare.
+  client->Anticipate(4);
+  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
+  ASSERT_EQ(client->open_connections(), 4);
+  const absl::Time held = absl::Now() + absl::Seconds(3);
+  while (absl::Now() < held) {
+    client->Anticipate(4);
+    client->Poll(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(client->open_connections(), 4) << "needed connections were closed";
+}
+
 // Over HTTP/2 one connection carries every stream: one warm-up, however many are expected.
 TEST_F(CurlClientTest, AnticipateWarmsOneConnectionOverHttp2) {
   emulator::HttpsServerOptions server_options;
