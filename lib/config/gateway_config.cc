@@ -399,6 +399,11 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
     return Bad("grpc_handshake_timeout", "must be above 0 and at most 5m");
   }
   config.grpc_handshake_timeout = flags.grpc_handshake_timeout;
+  if (flags.grpc_idle_eviction < absl::Milliseconds(100) ||
+      flags.grpc_idle_eviction > absl::Hours(1)) {
+    return Bad("grpc_idle_eviction", "must be 100ms..1h");
+  }
+  config.grpc_idle_eviction = flags.grpc_idle_eviction;
   if (flags.max_queued < 1) return Bad("max_queued", "must be at least 1");
   config.max_queued = static_cast<size_t>(flags.max_queued);
   if (flags.max_connections < 1 || flags.max_connections > 1024) {

@@ -67,6 +67,7 @@ struct GatewayFlags {
   int max_grpc_connections = 256;
   int premature_reset_streams = 100;
   absl::Duration grpc_handshake_timeout = absl::Seconds(10);
+  absl::Duration grpc_idle_eviction = absl::Seconds(5);
 };
 
 // The checked settings the gateway is built from.
@@ -119,6 +120,9 @@ struct GatewayConfig {
   int premature_reset_streams = 100;
   // From accept to the HTTP/2 preface (the TLS handshake included).
   absl::Duration grpc_handshake_timeout = absl::Seconds(10);
+  // When the connections are at their limit, one without a call for this long is closed
+  // for a new one.
+  absl::Duration grpc_idle_eviction = absl::Seconds(5);
 };
 
 // A size: digits with an optional suffix Ki, Mi, Gi (powers of 1024) or K, M, G (of 1000),

@@ -100,6 +100,8 @@ struct GrpcFront::Impl {
 
   void Accept();
   void Admit(tcp::socket client);
+  // Closes the connection idle longest, if one has been for evict_idle_after: whether it did.
+  bool EvictIdle();
   void Forget(Connection* connection, int grpc_fd);
   void CloseAll();
 
@@ -160,6 +162,10 @@ class Connection final : public std::enable_shared_from_this<Connection> {
                             self->Pump();
                           });
   }
+
+  // Since when no stream has been waiting for an answer (the clock's monotonic time);
+  // InfiniteFuture while one is, or before the preface (the preface timeout bounds that).
+  absl::Duration idle_since() const { return idle_since_; }
 
   // Closes both sides at once (abort: the client gets a reset, its unread bytes dropped).
   void Close(bool abort) {
@@ -228,6 +234,7 @@ class Connection final : public std::enable_shared_from_this<Connection> {
       Count(&GrpcFront::Stats::closed_for_preface);
       return Close(/*abort=*/true);
     }
+    if (from_client_.frames() > 0) NoteStreams(now);
     const bool strict = now < front_.strict_until;
     if (ledger_.too_many_unanswered()) {
       Count(&GrpcFront::Stats::closed_for_streams);
@@ -246,6 +253,14 @@ class Connection final : public std::enable_shared_from_this<Connection> {
                       });
   }
 
+  void NoteStreams(absl::Duration now) {
+    if (ledger_.unanswered() > 0) {
+      idle_since_ = absl::InfiniteDuration();
+    } else if (idle_since_ == absl::InfiniteDuration()) {
+      idle_since_ = now;
+    }
+  }
+
   void ReadGrpc() {
     grpc_.async_read_some(
         asio::buffer(down_), [self = shared_from_this()](const ErrorCode& ec, size_t n) {
@@ -255,6 +270,7 @@ class Connection final : public std::enable_shared_from_this<Connection> {
           if (ec) return self->Close(/*abort=*/false);
           self->from_grpc_.Feed(absl::string_view(self->down_.data(), n),
                                 [&](const FrameHeader& f) { self->ledger_.OnServerFrame(f); });
+          if (self->from_client_.frames() > 0) self->NoteStreams(self->front_.clock.Monotonic());
           self->WriteToClient(n, [self](const ErrorCode& ec, size_t) {
             if (self->closed_) return;
             if (ec) return self->Close(/*abort=*/true);
@@ -274,6 +290,7 @@ class Connection final : public std::enable_shared_from_this<Connection> {
   StreamLedger ledger_;
   std::array<char, kPumpBuffer> up_;
   std::array<char, kPumpBuffer> down_;
+  absl::Duration idle_since_ = absl::InfiniteDuration();
   bool closed_ = false;
 };
 
@@ -287,7 +304,8 @@ void GrpcFront::Impl::Accept() {
 
 void GrpcFront::Impl::Admit(tcp::socket client) {
   ErrorCode ignored;
-  const bool full = connections.size() >= static_cast<size_t>(options.max_connections);
+  const bool full =
+      connections.size() >= static_cast<size_t>(options.max_connections) && !EvictIdle();
   int pair[2];
   // Non-blocking: gRPC polls its end and expects it so.
   if (full || (options.refuse_new && options.refuse_new()) ||
@@ -319,6 +337,25 @@ void GrpcFront::Impl::Admit(tcp::socket client) {
   connection->Start();
 }
 
+bool GrpcFront::Impl::EvictIdle() {
+  const absl::Duration idle_by = clock.Monotonic() - options.evict_idle_after;
+  std::shared_ptr<Connection> longest;
+  for (auto& [raw, weak] : connections) {
+    std::shared_ptr<Connection> connection = weak.lock();
+    if (connection != nullptr && connection->idle_since() <= idle_by &&
+        (longest == nullptr || connection->idle_since() < longest->idle_since())) {
+      longest = std::move(connection);
+    }
+  }
+  if (longest == nullptr) return false;
+  {
+    absl::MutexLock lock(&mu);  // Counted before the client can see the close.
+    ++stats.evicted_idle;
+  }
+  longest->Close(/*abort=*/false);
+  return true;
+}
+
 void GrpcFront::Impl::Forget(Connection* connection, int grpc_fd) {
   connections.erase(connection);
   {
@@ -347,6 +384,9 @@ absl::StatusOr<std::unique_ptr<GrpcFront>> GrpcFront::Create(const Options& opti
   if (!options.hand_off) return fail(absl::StatusCode::kInvalidArgument, "no hand_off");
   if (options.max_connections < 1) {
     return fail(absl::StatusCode::kInvalidArgument, "max_connections must be at least 1");
+  }
+  if (options.evict_idle_after <= absl::ZeroDuration()) {
+    return fail(absl::StatusCode::kInvalidArgument, "evict_idle_after must be positive");
   }
   absl::StatusOr<net::ListenAddress> where = net::ParseListen(options.listen);
   if (!where.ok()) return fail(absl::StatusCode::kInvalidArgument, where.status().message());

@@ -22,7 +22,10 @@ class Connection;
 // the connections itself and hands gRPC one end of a socket pair per connection, pumping the
 // bytes between the two and reading every HTTP/2 frame header that passes:
 // - connections: at most `max_connections` at once, and none while `refuse_new` says so (the
-//   memory watch is overloaded); one past that is closed as soon as it is accepted;
+//   memory watch is overloaded); one past that is closed as soon as it is accepted, unless an
+//   open one has had no stream waiting for an answer for `evict_idle_after`: the one idle
+//   longest is then closed for it (its gRPC client reconnects when it next calls), so that
+//   idle connections cannot keep new callers out;
 // - rapid reset (CVE-2023-44487): gRPC 1.51 keeps what each reset stream cost until it has
 //   read everything its peer sent, so a connection whose streams are mostly reset as soon as
 //   they open (StreamLedger) is closed at once, and gRPC frees what it held for it; for
@@ -49,6 +52,9 @@ class GrpcFront final {
     std::optional<Tls> tls;
     int max_connections = 1024;
     absl::Duration preface_timeout = absl::Seconds(10);
+    // When max_connections are open, a new connection closes the one that has had no stream
+    // waiting for an answer for longest, if for at least this long; else it is refused.
+    absl::Duration evict_idle_after = absl::Seconds(5);
     StreamLedger::Limits streams;
     absl::Duration strict_for = absl::Seconds(1);
     int64_t strict_judge_after = 10;
@@ -66,6 +72,7 @@ class GrpcFront final {
     int64_t closed_for_streams = 0;  // More unanswered streams than allowed.
     int64_t closed_for_tls = 0;      // The TLS handshake failed.
     int64_t closed_for_preface = 0;  // No HTTP/2 preface in time, or not HTTP/2.
+    int64_t evicted_idle = 0;        // Closed, idle, to make room for a new one.
     int64_t open = 0;
   };
 

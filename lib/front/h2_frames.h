@@ -78,6 +78,8 @@ class StreamLedger final {
   // Whether it is abusive for opening more than max_unanswered streams (rather than for its
   // resets): a peer past SETTINGS_MAX_CONCURRENT_STREAMS, which gRPC clients never exceed.
   bool too_many_unanswered() const { return too_many_; }
+  // Streams opened and not answered yet.
+  size_t unanswered() const { return unanswered_.size(); }
   int64_t opened() const { return opened_; }
   int64_t closed() const { return closed_; }
   int64_t premature_resets() const { return premature_; }

@@ -166,7 +166,8 @@ Metrics::Metrics(absl::string_view version)
               "--max_grpc_connections or while memory is overloaded), closed for resetting "
               "their streams as soon as they opened them (rapid_reset), for opening more "
               "streams than allowed (too_many_streams), for a failed TLS handshake "
-              "(tls_failed), or for sending no HTTP/2 preface in time (no_preface).")
+              "(tls_failed), for sending no HTTP/2 preface in time (no_preface), or, idle, "
+              "for a new one at --max_grpc_connections (evicted_idle).")
           .Register(*registry_);
   grpc_connections_accepted_ = &grpc_connections.Add({{"result", "accepted"}});
   grpc_connections_refused_ = &grpc_connections.Add({{"result", "refused"}});
@@ -174,6 +175,7 @@ Metrics::Metrics(absl::string_view version)
   grpc_connections_too_many_streams_ = &grpc_connections.Add({{"result", "too_many_streams"}});
   grpc_connections_tls_failed_ = &grpc_connections.Add({{"result", "tls_failed"}});
   grpc_connections_no_preface_ = &grpc_connections.Add({{"result", "no_preface"}});
+  grpc_connections_evicted_idle_ = &grpc_connections.Add({{"result", "evicted_idle"}});
   prometheus::BuildGauge()
       .Name("imgw_build_info")
       .Help("The gateway's version, as a label; always 1.")
@@ -310,6 +312,7 @@ void Metrics::SetGrpcConnections(const GrpcConnections& c) {
   Mirror(*grpc_connections_too_many_streams_, static_cast<double>(c.too_many_streams));
   Mirror(*grpc_connections_tls_failed_, static_cast<double>(c.tls_failed));
   Mirror(*grpc_connections_no_preface_, static_cast<double>(c.no_preface));
+  Mirror(*grpc_connections_evicted_idle_, static_cast<double>(c.evicted_idle));
 }
 
 void Metrics::SetRoundTrips(absl::Duration fastest, absl::Duration median, absl::Duration high) {

@@ -86,6 +86,7 @@ class Metrics final {
     int64_t too_many_streams = 0;
     int64_t tls_failed = 0;
     int64_t no_preface = 0;
+    int64_t evicted_idle = 0;
   };
   void SetGrpcConnections(const GrpcConnections& c);
 
@@ -141,6 +142,7 @@ class Metrics final {
   prometheus::Counter* grpc_connections_too_many_streams_;
   prometheus::Counter* grpc_connections_tls_failed_;
   prometheus::Counter* grpc_connections_no_preface_;
+  prometheus::Counter* grpc_connections_evicted_idle_;
   // Children looked up on every call, cached: Family::Add builds a label map and takes the
   // family's lock each time. RPC latency series are created on first use, as before.
   std::array<std::atomic<prometheus::Histogram*>, kRpcMethods * kRpcCodes> rpc_latency_cache_{};

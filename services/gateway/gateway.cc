@@ -194,6 +194,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
     }
     front_options.max_connections = config.max_grpc_connections;
     front_options.preface_timeout = config.grpc_handshake_timeout;
+    front_options.evict_idle_after = config.grpc_idle_eviction;
     front_options.streams.judge_after = config.premature_reset_streams;
     front_options.streams.max_unanswered =
         static_cast<size_t>(config.max_streams_per_connection) + 64;
@@ -231,8 +232,8 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
     raw->metrics_->memory_held_bytes().Set(static_cast<double>(raw->memory_budget_->held()));
     const front::GrpcFront::Stats c = raw->front_->stats();
     raw->metrics_->SetGrpcConnections({c.open, c.accepted, c.refused, c.closed_for_resets,
-                                       c.closed_for_streams, c.closed_for_tls,
-                                       c.closed_for_preface});
+                                       c.closed_for_streams, c.closed_for_tls, c.closed_for_preface,
+                                       c.evicted_idle});
     raw->metrics_->usersig_expiry_seconds().Set(
         absl::ToDoubleSeconds(raw->usersigs_->ExpiresAt() - raw->clock_->Now()));
   };

@@ -58,13 +58,18 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 * 1024,
 ABSL_FLAG(int, max_streams_per_connection, 1024,
           "Concurrent gRPC calls (HTTP/2 streams) on one connection; clients queue the rest.");
 ABSL_FLAG(int, max_grpc_connections, 256,
-          "gRPC connections open at once; one more is closed as soon as it is accepted.");
+          "gRPC connections open at once; one more is closed as soon as it is accepted, unless "
+          "an open one has had no call for --grpc_idle_eviction: that one is closed for it.");
 ABSL_FLAG(int, premature_reset_streams, 100,
           "Closed streams after which a gRPC connection that reset at least half of them "
           "within a second of opening them, unanswered, is closed (rapid reset).");
 ABSL_FLAG(absl::Duration, grpc_handshake_timeout, absl::Seconds(10),
           "Time a gRPC connection has, from accept, to finish its TLS handshake (with "
           "--grpc_tls_cert) and send the HTTP/2 preface; past it the connection is closed.");
+ABSL_FLAG(absl::Duration, grpc_idle_eviction, absl::Seconds(5),
+          "With --max_grpc_connections open, a connection without a call in progress for this "
+          "long is closed for a new one (the one idle longest); its client reconnects when it "
+          "next calls.");
 ABSL_FLAG(int, max_connections, 64,
           "Upstream requests in flight at most: connections over HTTP/1.1, streams over HTTP/2. "
           "The default carries 200 calls/s over HTTP/1.1 to an upstream 250 ms away.");
@@ -203,6 +208,7 @@ int main(int argc, char** argv) {
   flags.max_grpc_connections = absl::GetFlag(FLAGS_max_grpc_connections);
   flags.premature_reset_streams = absl::GetFlag(FLAGS_premature_reset_streams);
   flags.grpc_handshake_timeout = absl::GetFlag(FLAGS_grpc_handshake_timeout);
+  flags.grpc_idle_eviction = absl::GetFlag(FLAGS_grpc_idle_eviction);
   absl::StatusOr<imgw::config::GatewayConfig> config = imgw::config::Resolve(flags);
   if (!config.ok()) Die(std::string(config.status().message()));
 

@@ -1122,6 +1122,32 @@ TEST_F(OperationsE2eTest, GrpcConnectionsPastTheLimitAreRefusedAtOnce) {
   EXPECT_TRUE(after.status.ok()) << Describe(after.status);
 }
 
+// Idle connections cannot keep new callers out: at the limit, a new connection closes the one
+// idle longest (no call in progress for --grpc_idle_eviction), and a gRPC client whose
+// connection was closed so reconnects when it next calls.
+TEST_F(OperationsE2eTest, IdleGrpcConnectionsMakeRoomForNewCallersAtTheLimit) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--max_grpc_connections=3", "--grpc_idle_eviction=300ms"}));
+  ASSERT_TRUE(Invoke(*stub_, Request("first", "idle")).status.ok());
+  std::vector<std::unique_ptr<v1::MsgReadService::Stub>> stubs;
+  for (int i = 0; i < 2; ++i) {
+    stubs.push_back(testing::NewStub(stack_->gateway_address()));
+    Answer answer = Invoke(*stubs.back(), Request(absl::StrCat("fill", i), "idle"));
+    ASSERT_TRUE(answer.status.ok()) << Describe(answer.status);
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  auto newcomer = testing::NewStub(stack_->gateway_address());
+  Answer served = Invoke(*newcomer, Request("newcomer", "idle"));
+  EXPECT_TRUE(served.status.ok()) << Describe(served.status);
+  std::map<std::string, double> m = Metrics();
+  EXPECT_EQ(m["imgw_grpc_connections_total{result=\"evicted_idle\"}"], 1);
+  EXPECT_EQ(m["imgw_grpc_connections_total{result=\"refused\"}"], 0);
+  EXPECT_EQ(m["imgw_grpc_connections_open"], 3);
+  // The first caller's connection was the one idle longest; its next call reconnects.
+  absl::SleepFor(absl::Milliseconds(500));
+  Answer again = Invoke(*stub_, Request("first-again", "idle"));
+  EXPECT_TRUE(again.status.ok()) << Describe(again.status);
+}
+
 // A connection that says nothing holds one of --max_grpc_connections until it is closed at
 // --grpc_handshake_timeout; ordinary callers are served meanwhile.
 TEST_F(OperationsE2eTest, SilentGrpcConnectionsAreClosedAtTheHandshakeTimeout) {

@@ -208,6 +208,7 @@ TEST(GatewayConfigTest, MemoryLimitFromTheFlagTheCgroupOrTheDefault) {
   EXPECT_EQ(config->max_grpc_connections, 256);
   EXPECT_EQ(config->premature_reset_streams, 100);
   EXPECT_EQ(config->grpc_handshake_timeout, absl::Seconds(10));
+  EXPECT_EQ(config->grpc_idle_eviction, absl::Seconds(5));
   f.cgroup_memory_limit = size_t{256} << 20;
   config = Resolve(f);
   ASSERT_TRUE(config.ok()) << config.status();
@@ -324,6 +325,12 @@ TEST(GatewayConfigTest, EachBadFlagIsNamed) {
   f = Valid();
   f.grpc_handshake_timeout = absl::Minutes(6);
   ExpectError(f, "--grpc_handshake_timeout");
+  f = Valid();
+  f.grpc_idle_eviction = absl::Milliseconds(99);
+  ExpectError(f, "--grpc_idle_eviction");
+  f = Valid();
+  f.grpc_idle_eviction = absl::Hours(1) + absl::Seconds(1);
+  ExpectError(f, "--grpc_idle_eviction");
 }
 
 TEST(GatewayConfigTest, TheBudgetIsLocalUnlessRedisIsAsked) {

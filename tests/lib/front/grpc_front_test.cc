@@ -290,6 +290,56 @@ TEST_F(GrpcFrontTest, RefusesConnectionsPastTheLimitAndTakesOnesAgainWhenRoomIsM
   EXPECT_FALSE(ClosedWithin(d, absl::Milliseconds(200)));
 }
 
+// At the limit, a new connection closes the one idle longest (no stream waiting for an
+// answer for evict_idle_after), never one with a call in progress nor one idle for less.
+TEST_F(GrpcFrontTest, AtTheLimitANewConnectionClosesTheOneIdleLongest) {
+  GrpcFront::Options options;
+  options.max_connections = 3;
+  options.evict_idle_after = absl::Seconds(1);
+  ASSERT_NO_FATAL_FAILURE(StartFront(options));
+  // busy: a stream open, unanswered. older and newer: a call each, answered.
+  const int busy = Connect();
+  WriteAll(busy, absl::StrCat(kPreface, Headers(1)));
+  ASSERT_EQ(ReadFrom(Handed(0), kPreface.size() + 14).bytes.size(), kPreface.size() + 14);
+  const int older = Connect();
+  WriteAll(older, absl::StrCat(kPreface, Headers(1)));
+  ASSERT_EQ(ReadFrom(Handed(1), kPreface.size() + 14).bytes.size(), kPreface.size() + 14);
+  WriteAll(Handed(1), Headers(1));
+  ASSERT_EQ(ReadFrom(older, 14).bytes.size(), 14u);
+  absl::SleepFor(absl::Milliseconds(100));
+  const int newer = Connect();
+  WriteAll(newer, absl::StrCat(kPreface, Headers(1)));
+  ASSERT_EQ(ReadFrom(Handed(2), kPreface.size() + 14).bytes.size(), kPreface.size() + 14);
+  WriteAll(Handed(2), Headers(1));
+  ASSERT_EQ(ReadFrom(newer, 14).bytes.size(), 14u);
+
+  // Nobody idle for a second yet: refused.
+  EXPECT_TRUE(ClosedWithin(Connect()));
+  EXPECT_EQ(front_->stats().refused, 1);
+  EXPECT_EQ(front_->stats().evicted_idle, 0);
+
+  absl::SleepFor(absl::Milliseconds(1100));
+  const int first = Connect();
+  WriteAll(first, kPreface);
+  EXPECT_GE(Handed(3), 0) << "the new connection was not handed to gRPC";
+  EXPECT_TRUE(ClosedWithin(older)) << "the connection idle longest was kept";
+  EXPECT_EQ(front_->stats().evicted_idle, 1);
+  EXPECT_FALSE(ClosedWithin(busy, absl::Milliseconds(100)));
+  EXPECT_FALSE(ClosedWithin(newer, absl::Milliseconds(100)));
+
+  // The next one takes the other idle connection's place, then the busy one is all that is
+  // left to close, and it is not closed: refused.
+  const int second = Connect();
+  WriteAll(second, kPreface);
+  EXPECT_GE(Handed(4), 0);
+  EXPECT_TRUE(ClosedWithin(newer));
+  EXPECT_EQ(front_->stats().evicted_idle, 2);
+  EXPECT_TRUE(ClosedWithin(Connect()));
+  EXPECT_EQ(front_->stats().refused, 2);
+  EXPECT_FALSE(ClosedWithin(busy, absl::Milliseconds(100)));
+  EXPECT_EQ(front_->stats().open, 3);
+}
+
 TEST_F(GrpcFrontTest, RefuseNewRefusesEveryNewConnection) {
   GrpcFront::Options options;
   std::atomic<bool> refuse{true};
