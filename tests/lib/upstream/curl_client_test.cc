@@ -75,6 +75,15 @@ class CurlClientTest : public ::testing::Test {
     EXPECT_TRUE(done()) << "gave up waiting";
   }
 
+  // Four connections warmed (the first warm-up learns the protocol, then three more).
+  void WarmFour(CurlClient& client) {
+    for (int round = 0; round < 2; ++round) {
+      client.Anticipate(4);
+      PollUntil(client, [&] { return client.warmups_in_flight() == 0; });
+    }
+    ASSERT_EQ(client.open_connections(), 4);
+  }
+
   std::unique_ptr<CurlClient> MakeClient(CurlClient::Options options) {
     auto client = CurlClient::Create(options);
     EXPECT_TRUE(client.ok()) << client.status();
@@ -387,11 +396,7 @@ TEST_F(CurlClientTest, IdleConnectionsBeyondTheNeedClose) {
   options.warm_origin = base_url_;
   options.max_idle = absl::Seconds(1);
   auto client = MakeClient(options);
-  client->Anticipate(4);
-  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
-  client->Anticipate(4);
-  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
-  ASSERT_EQ(client->open_connections(), 4);
+  ASSERT_NO_FATAL_FAILURE(WarmFour(*client));
   absl::SleepFor(absl::Milliseconds(2100));
   std::vector<HttpResponse> r = Run(*client, {Request("after-idle")});
   ASSERT_EQ(r[0].error, HttpResponse::Error::kNone) << r[0].error_detail;
@@ -408,11 +413,7 @@ TEST_F(CurlClientTest, SpareConnectionsCloseWithoutTraffic) {
   options.warm_origin = base_url_;
   options.spare_idle = absl::Seconds(1);
   auto client = MakeClient(options);
-  client->Anticipate(4);
-  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
-  client->Anticipate(4);
-  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
-  ASSERT_EQ(client->open_connections(), 4);
+  ASSERT_NO_FATAL_FAILURE(WarmFour(*client));
   const int64_t made = client->connections_made();
   const absl::Time start = absl::Now();
   // The need falls to one; each Poll() is asked to wait far longer than the shrink takes.
@@ -431,9 +432,7 @@ TEST_F(CurlClientTest, SpareConnectionsCloseWithoutTraffic) {
   ASSERT_EQ(r[0].error, HttpResponse::Error::kNone) << r[0].error_detail;
   EXPECT_EQ(client->open_connections(), 1);
   // A need that stays met keeps its connections: nothing is spare.
-  client->Anticipate(4);
-  PollUntil(*client, [&] { return client->warmups_in_flight() == 0; });
-  ASSERT_EQ(client->open_connections(), 4);
+  ASSERT_NO_FATAL_FAILURE(WarmFour(*client));
   const absl::Time held = absl::Now() + absl::Seconds(3);
   while (absl::Now() < held) {
     client->Anticipate(4);
