@@ -12,10 +12,10 @@ MemoryBudget::MemoryBudget(const Options& options)
 
 MemoryBudget::Refusal MemoryBudget::TryHold(absl::string_view lane, size_t bytes) {
   absl::MutexLock lock(&mu_);
-  if (overloaded_) return Refusal::kOverloaded;
-  if (held_ + bytes > options_.calls_bytes) return Refusal::kFull;
   auto it = lanes_.find(lane);
   const size_t lane_held = it == lanes_.end() ? 0 : it->second;
+  if (overloaded_ && lane_held + bytes > lane_reserve_bytes()) return Refusal::kOverloaded;
+  if (held_ + bytes > options_.calls_bytes) return Refusal::kFull;
   if (lane_held + bytes > lane_bytes_) return Refusal::kLaneFull;
   held_ += bytes;
   if (it == lanes_.end()) {

@@ -16,7 +16,10 @@ namespace imgw::overload {
 // past `calls_bytes`, or its lane past `lane_share` of them, or that arrives while the process
 // is over its memory (SetOverloaded, from the RSS the MemoryWatch samples), is refused at once.
 // The share per lane keeps one lane (all undeclared callers share one) from holding everything
-// while the others wait.
+// while the others wait; for the same reason, while overloaded, a lane that holds less than
+// its reserve (1/64 of `calls_bytes`, about 45 calls of 48 MiB) is still served up to it, so
+// that the callers who did not cause the overload keep a trickle of service. Lanes are bounded
+// (the declared callers and one more), so the reserves are too.
 //
 // Thread-safe: handlers of several gRPC threads call TryHold and Release.
 class MemoryBudget final {
@@ -52,6 +55,7 @@ class MemoryBudget final {
   size_t held() const;
   size_t calls_bytes() const { return options_.calls_bytes; }
   size_t lane_bytes() const { return lane_bytes_; }
+  size_t lane_reserve_bytes() const { return options_.calls_bytes / 64; }
 
  private:
   const Options options_;

@@ -38,14 +38,23 @@ TEST(MemoryBudgetTest, OneLaneHoldsAtMostItsShare) {
   EXPECT_EQ(budget.TryHold("chat", 100), Refusal::kNone);
 }
 
-TEST(MemoryBudgetTest, OverloadedRefusesEveryCallUntilCleared) {
-  MemoryBudget budget(Options(1000, 1.0));
+// Overloaded, a lane is served only within its reserve (1/64 of the budget): the lane that
+// holds the memory is refused, one that holds little keeps a trickle; until cleared.
+TEST(MemoryBudgetTest, OverloadedRefusesEveryLaneBeyondItsReserveUntilCleared) {
+  MemoryBudget budget(Options(6400, 1.0));
+  EXPECT_EQ(budget.lane_reserve_bytes(), 100u);
+  ASSERT_EQ(budget.TryHold("attacker", 500), Refusal::kNone);
   budget.SetOverloaded(true);
   EXPECT_TRUE(budget.overloaded());
-  EXPECT_EQ(budget.TryHold("a", 1), Refusal::kOverloaded);
-  EXPECT_EQ(budget.held(), 0u);
+  EXPECT_EQ(budget.TryHold("attacker", 1), Refusal::kOverloaded);
+  EXPECT_EQ(budget.TryHold("victim", 60), Refusal::kNone);
+  EXPECT_EQ(budget.TryHold("victim", 60), Refusal::kOverloaded) << "past its reserve";
+  EXPECT_EQ(budget.TryHold("victim", 40), Refusal::kNone);
+  EXPECT_EQ(budget.TryHold("other", 101), Refusal::kOverloaded) << "larger than a reserve";
+  EXPECT_EQ(budget.held(), 600u);
   budget.SetOverloaded(false);
-  EXPECT_EQ(budget.TryHold("a", 1), Refusal::kNone);
+  EXPECT_EQ(budget.TryHold("attacker", 1), Refusal::kNone);
+  EXPECT_EQ(budget.TryHold("victim", 60), Refusal::kNone);
 }
 
 TEST(MemoryBudgetTest, CostGrowsWithTheRequestAndItsItems) {
