@@ -69,14 +69,10 @@ TEST_F(MetricsE2eTest, CountersAndHistogramsFollowTheTrafficAndPassPromtool) {
   // call that arrives while that connection still carries its warm-up must open a second one,
   // so the calls wait until the warm-up is answered and the connection kept (bounded); from
   // then on every call reuses it.
-  const absl::Time warm_by = absl::Now() + absl::Seconds(10);
-  for (;;) {
-    absl::StatusOr<std::string> text = Get(stack_->metrics_address(), "/metrics");
-    ASSERT_TRUE(text.ok()) << text.status();
-    if (Samples(*text)["imgw_upstream_connection_warmups_total{outcome=\"kept\"}"] == 1) break;
-    ASSERT_LT(absl::Now(), warm_by) << "no connection opened ahead of need";
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  ASSERT_EQ(
+      AwaitMetric("imgw_upstream_connection_warmups_total{outcome=\"kept\"}", 1, absl::Seconds(10)),
+      1)
+      << "no connection opened ahead of need";
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(Call(*stub_, "alice" + std::to_string(i), "bob").ok());
   EXPECT_EQ(Call(*stub_, "alice", "ghost").error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(Call(*stub_, "alice", "alice").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -109,15 +105,8 @@ TEST_F(MetricsE2eTest, CountersAndHistogramsFollowTheTrafficAndPassPromtool) {
   EXPECT_GE(s["imgw_memory_limit_bytes"], 64 << 20);
   EXPECT_GT(s["imgw_memory_rss_bytes"], 1 << 20);
   EXPECT_LT(s["imgw_memory_rss_bytes"], s["imgw_memory_limit_bytes"]);
-  double held = s["imgw_memory_held_bytes"];
-  for (const absl::Time give_up = absl::Now() + absl::Seconds(5);
-       held != 0 && absl::Now() < give_up;) {
-    absl::SleepFor(absl::Milliseconds(10));
-    absl::StatusOr<std::string> again = Get(stack_->metrics_address(), "/metrics");
-    ASSERT_TRUE(again.ok()) << again.status();
-    held = Samples(*again)["imgw_memory_held_bytes"];
-  }
-  EXPECT_EQ(held, 0) << "memory still charged 5 s after every call was answered";
+  EXPECT_EQ(AwaitMetric("imgw_memory_held_bytes", 0, absl::Seconds(5)), 0)
+      << "memory still charged 5 s after every call was answered";
   EXPECT_EQ(s["imgw_memory_overloaded"], 0);
   EXPECT_EQ(s.count("imgw_memory_trims_total"), 1u);
   EXPECT_EQ(s.count("imgw_rejected_calls_total{reason=\"memory\"}"), 1u);

@@ -7,6 +7,8 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
 #include "tests/testing/emulator_client.h"
@@ -54,6 +56,17 @@ class StackTest : public ::testing::Test {
         HttpsRequest("GET", "http://" + stack_->metrics_address() + "/metrics", "/dev/null");
     EXPECT_TRUE(text.ok()) << text.status();
     return text.ok() ? ParseMetricSamples(*text) : std::map<std::string, double>{};
+  }
+
+  // Scrapes every 10 ms until `sample` reads `want` or `within` passed: the last value read.
+  double AwaitMetric(const std::string& sample, double want, absl::Duration within) {
+    const absl::Time give_up = absl::Now() + within;
+    double value = Metrics()[sample];
+    while (value != want && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(10));
+      value = Metrics()[sample];
+    }
+    return value;
   }
 
   std::unique_ptr<ImgwStack> stack_;
