@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -56,5 +57,14 @@ size_t MallocFreeBytes() {
 }
 
 void ReturnFreeMemory() { malloc_trim(0); }
+
+bool FixMallocThresholds() {
+  for (const char* name : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"}) {
+    if (std::getenv(name) != nullptr) return false;
+  }
+  constexpr int kThreshold = 128 * 1024;  // glibc's initial value of both.
+  // mallopt answers 1 on success (a sanitizer's allocator answers otherwise).
+  return mallopt(M_MMAP_THRESHOLD, kThreshold) == 1 && mallopt(M_TRIM_THRESHOLD, kThreshold) == 1;
+}
 
 }  // namespace imgw::overload

@@ -164,6 +164,8 @@ int main(int argc, char** argv) {
     Die("--log_level: must be debug, info, warning or error");
   }
   imgw::SetMinLogLevel(level);
+  // Before the gateway allocates: a burst must not raise glibc's thresholds (RSS after it).
+  imgw::overload::FixMallocThresholds();
 
   imgw::config::GatewayFlags flags;
   flags.grpc_listen = absl::GetFlag(FLAGS_grpc_listen);

@@ -1,5 +1,7 @@
 #include "lib/overload/memory_watch.h"
 
+#include <malloc.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -122,6 +124,29 @@ TEST(ProcessMemoryTest, FreedMemoryGoesBackWhenTrimmed) {
   std::free(blocks.back());
   ASSERT_TRUE(before.ok() && after.ok());
   EXPECT_LE(*after + 32 * kMiB, *before) << "RSS " << *before << " -> " << *after;
+}
+
+TEST(ProcessMemoryTest, FreeingALargeBlockDoesNotRaiseTheMmapThreshold) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "the sanitizer's allocator replaces glibc's malloc, whose thresholds this checks";
+#endif
+  if (std::getenv("MALLOC_MMAP_THRESHOLD_") != nullptr || std::getenv("GLIBC_TUNABLES")) {
+    GTEST_SKIP() << "the environment sets malloc's thresholds";
+  }
+  ASSERT_TRUE(FixMallocThresholds());
+  // Unless fixed, glibc raises its mmap threshold to the size of an mmapped block it frees:
+  // the next block of 1 MiB would then come from the heap, and stay resident there.
+  char* large = static_cast<char*>(std::malloc(4 * kMiB));
+  ASSERT_NE(large, nullptr);
+  std::memset(large, 1, 4 * kMiB);
+  std::free(large);
+  const size_t mapped_before = mallinfo2().hblks;
+  char* block = static_cast<char*>(std::malloc(kMiB));
+  ASSERT_NE(block, nullptr);
+  std::memset(block, 1, kMiB);
+  const size_t mapped_with_block = mallinfo2().hblks;
+  std::free(block);
+  EXPECT_EQ(mapped_with_block, mapped_before + 1) << "the 1 MiB block was not mmapped";
 }
 
 class CgroupTest : public ::testing::Test {
