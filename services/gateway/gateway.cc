@@ -15,6 +15,7 @@
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/server_posix.h"
+#include "imgw/v1/msg_read.grpc.pb.h"
 #include "lib/common/log.h"
 
 namespace imgw::gateway {
@@ -234,6 +235,9 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
     raw->metrics_->SetGrpcConnections({c.open, c.accepted, c.refused, c.closed_for_resets,
                                        c.closed_for_streams, c.closed_for_tls, c.closed_for_preface,
                                        c.evicted_idle});
+    // Renewed first when due (microseconds), as a call would: an idle gateway's UserSig is
+    // not "expiring" just because no call asked for it.
+    raw->usersigs_->Get();
     raw->metrics_->usersig_expiry_seconds().Set(
         absl::ToDoubleSeconds(raw->usersigs_->ExpiresAt() - raw->clock_->Now()));
   };
@@ -269,6 +273,12 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   if (gw->server_ == nullptr) {
     gw->loop_->Stop(absl::ZeroDuration());
     return absl::InternalError("gRPC did not start");
+  }
+  // grpc.health.v1 answers for the whole server ("", SERVING from the start) and for each
+  // service by name, in step with /readyz: SERVING from here until Shutdown().
+  for (const char* name :
+       {v1::MsgReadService::service_full_name(), "grpc.reflection.v1alpha.ServerReflection"}) {
+    gw->server_->GetHealthCheckService()->SetServingStatus(name, true);
   }
   gw->front_->Start();
   gw->grpc_address_ = gw->front_->address();
@@ -334,9 +344,11 @@ void Gateway::Shutdown() {
 }
 
 std::string Gateway::NotReadyBecause() const {
+  // Only what a restart or a reschedule could fix. The key was loaded and checked before
+  // anything listened; the upstream's health (the breaker, errors, an expiring UserSig) is for
+  // the metrics and the alerts: a native sidecar's readiness counts toward its pod's, and a
+  // Tencent outage must not take the app's pods out of their Service.
   if (!serving_.load()) return "starting or draining";
-  if (usersigs_->ExpiresAt() <= clock_->Now()) return "no valid UserSig";
-  if (metrics_->circuit_breaker_open().Value() != 0) return "the upstream keeps failing";
   return "";
 }
 

@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -40,6 +41,7 @@
 #include "tests/testing/async_calls.h"
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/grpc_client.h"
+#include "tests/testing/grpc_raw.h"
 #include "tests/testing/imgw_stack.h"
 #include "tests/testing/stack_test.h"
 
@@ -451,6 +453,18 @@ TEST_F(FaultsE2eTest, BreakerFailsFastWhileUpstreamFailsAndRecoversByItself) {
       "[breaker] open: %d calls answered %s, max latency %s, retry-after up to %d ms\n",
       fast.size(), FormatDistribution(Distribution(fast)), absl::FormatDuration(MaxLatency(fast)),
       last_hint_ms);
+  // The upstream's failure is not the pod's: still ready (a native sidecar's readiness counts
+  // toward its pod's), gRPC health still SERVING, the breaker said by the metrics.
+  absl::StatusOr<std::string> ready = testing::HttpsRequest(
+      "GET", absl::StrCat("http://", stack_->metrics_address(), "/readyz"), "/dev/null");
+  EXPECT_TRUE(ready.ok()) << "not ready while the upstream fails: " << ready.status();
+  EXPECT_EQ(Metrics()["imgw_circuit_breaker_open"], 1);
+  std::shared_ptr<grpc::Channel> channel = testing::NewChannel(stack_->gateway_address());
+  for (const std::string name : {"", "imgw.v1.MsgReadService"}) {
+    testing::Health health = testing::CheckHealth(channel, absl::Seconds(5), name);
+    EXPECT_TRUE(health.status.ok()) << "\"" << name << "\": " << health.status.error_message();
+    EXPECT_EQ(health.serving_status, testing::kServing) << "\"" << name << "\"";
+  }
 
   // The upstream heals: the gateway finds out by itself (a probe) and serves again.
   ASSERT_NO_FATAL_FAILURE(SetFaults("{}"));

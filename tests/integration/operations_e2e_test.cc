@@ -48,6 +48,7 @@
 #include "tests/testing/async_calls.h"
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/grpc_client.h"
+#include "tests/testing/grpc_raw.h"
 #include "tests/testing/h2_frames.h"
 #include "tests/testing/imgw_stack.h"
 #include "tests/testing/metric_samples.h"
@@ -59,16 +60,22 @@ namespace imgw {
 namespace {
 
 using ::imgw::testing::AsyncCalls;
+using ::imgw::testing::CheckHealth;
 using ::imgw::testing::EmulatorStatsView;
+using ::imgw::testing::Health;
 using ::imgw::testing::ImgwStack;
 using ::imgw::testing::ImgwStackOptions;
+using ::imgw::testing::kNotServing;
+using ::imgw::testing::kServing;
 using ::imgw::testing::NewChannel;
 using ::imgw::testing::NewStub;
 using ::imgw::testing::PinCallbackThreads;
+using ::imgw::testing::RawAnswer;
 using ::imgw::testing::Subprocess;
 using ::imgw::testing::SubprocessOptions;
 using ::imgw::testing::TempDir;
 using ::imgw::testing::TlsFiles;
+using ::imgw::testing::ToString;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
@@ -126,69 +133,6 @@ BatchAnswer InvokeBatch(v1::MsgReadService::Stub& stub, const v1::BatchSetMsgRea
   context.set_deadline(absl::ToChronoTime(absl::Now() + kCallDeadline));
   answer.status = stub.BatchSetMsgRead(&context, request, &answer.response);
   return answer;
-}
-
-std::string ToString(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  std::string out;
-  if (!buffer.Dump(&slices).ok()) return out;
-  for (const grpc::Slice& slice : slices) {
-    out.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  return out;
-}
-
-struct RawAnswer {
-  grpc::Status status;
-  std::string body;
-};
-
-// One unary call to `method` with a hand-serialized request, through grpc::GenericStub (no
-// generated code for grpc.health.v1 here). The context's deadline bounds the wait.
-RawAnswer RawUnary(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
-                   const std::string& request, absl::Duration deadline) {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-  grpc::CompletionQueue cq;
-  grpc::Slice slice(request);
-  grpc::ByteBuffer request_buffer(&slice, 1);
-  grpc::ByteBuffer response_buffer;
-  RawAnswer answer;
-  auto call = stub.PrepareUnaryCall(&context, method, request_buffer, &cq);
-  call->StartCall();
-  call->Finish(&response_buffer, &answer.status, reinterpret_cast<void*>(1));
-  void* tag = nullptr;
-  bool ok = false;
-  EXPECT_TRUE(cq.Next(&tag, &ok));
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
-  if (answer.status.ok()) answer.body = ToString(response_buffer);
-  return answer;
-}
-
-// grpc.health.v1.Health/Check for the whole server (service ""): the request is the empty
-// message; the answer is field 1 (varint): 1 SERVING, 2 NOT_SERVING (0 UNKNOWN is encoded as
-// nothing). The status, or -1 when the call failed or the bytes are not such an answer.
-struct Health {
-  grpc::Status status;
-  int serving_status = -1;
-};
-constexpr int kServing = 1;
-constexpr int kNotServing = 2;
-
-Health CheckHealth(const std::shared_ptr<grpc::Channel>& channel, absl::Duration deadline) {
-  RawAnswer raw = RawUnary(channel, "/grpc.health.v1.Health/Check", "", deadline);
-  Health health{raw.status, -1};
-  if (!raw.status.ok()) return health;
-  if (raw.body.empty()) {
-    health.serving_status = 0;
-  } else if (raw.body.size() == 2 && raw.body[0] == '\x08' &&
-             static_cast<unsigned char>(raw.body[1]) < 0x80) {
-    health.serving_status = raw.body[1];
-  }
-  return health;
 }
 
 // grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo with one request,
@@ -573,9 +517,17 @@ TEST_F(OperationsE2eTest, SigtermWithHundredsQueuedAnswersEveryCallAndExitsInTim
   ASSERT_NO_FATAL_FAILURE(Start({"--rate_limit=20", "--shutdown_grace=3s"}));
   // Health and new calls during the drain go over a connection of their own, made now.
   std::shared_ptr<grpc::Channel> side = NewChannel(stack_->gateway_address());
-  Health before = CheckHealth(side, absl::Seconds(5));
-  ASSERT_TRUE(before.status.ok()) << Describe(before.status);
-  EXPECT_EQ(before.serving_status, kServing);
+  // The whole server ("") and every service it serves, by name; a name it does not serve is
+  // NOT_FOUND.
+  const std::vector<std::string> names = {"", "imgw.v1.MsgReadService",
+                                          "grpc.reflection.v1alpha.ServerReflection"};
+  for (const std::string& name : names) {
+    Health before = CheckHealth(side, absl::Seconds(5), name);
+    ASSERT_TRUE(before.status.ok()) << "\"" << name << "\": " << Describe(before.status);
+    EXPECT_EQ(before.serving_status, kServing) << "\"" << name << "\"";
+  }
+  EXPECT_EQ(CheckHealth(side, absl::Seconds(5), "imgw.v1.NoSuchService").status.error_code(),
+            grpc::StatusCode::NOT_FOUND);
   RawAnswer reflection = ReflectionListServices(side, absl::Seconds(5));
   EXPECT_TRUE(reflection.status.ok()) << Describe(reflection.status);
   EXPECT_THAT(reflection.body, HasSubstr("imgw.v1.MsgReadService"));
@@ -606,6 +558,11 @@ TEST_F(OperationsE2eTest, SigtermWithHundredsQueuedAnswersEveryCallAndExitsInTim
   EXPECT_EQ(during.serving_status, kNotServing)
       << "health after " << health_after << " of draining";
   EXPECT_LT(health_after, absl::Seconds(1));
+  for (const std::string& name : names) {
+    Health named = CheckHealth(side, absl::Milliseconds(500), name);
+    EXPECT_TRUE(named.status.ok()) << "\"" << name << "\": " << Describe(named.status);
+    EXPECT_EQ(named.serving_status, kNotServing) << "\"" << name << "\" while draining";
+  }
 
   // A new call during the drain is refused at once.
   auto side_stub = v1::MsgReadService::NewStub(side);
