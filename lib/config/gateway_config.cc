@@ -4,12 +4,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include <sys/stat.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
-#include <fstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -18,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "lib/common/files.h"
 #include "lib/common/text.h"
 
 namespace imgw::config {
@@ -45,31 +41,6 @@ bool ValidPort(absl::string_view text) {
 // Secrets are short; PEM files hold a few certificates (a CA bundle a few hundred).
 constexpr size_t kMaxSecretBytes = 4096;
 constexpr size_t kMaxPemBytes = 1 << 20;
-
-// Reads the file a flag names: a regular file (or a link to one, as Kubernetes mounts
-// Secrets) of at most `max_bytes`. A directory, a device (/dev/zero would never end), a FIFO
-// or a larger file is refused in one line naming the flag.
-absl::StatusOr<std::string> ReadBoundedFile(absl::string_view flag, const std::string& path,
-                                            size_t max_bytes) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) {
-    return Bad(flag, absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
-  }
-  if (S_ISDIR(st.st_mode)) return Bad(flag, absl::StrCat(path, " is a directory, not a file"));
-  if (!S_ISREG(st.st_mode)) return Bad(flag, absl::StrCat(path, " is not a regular file"));
-  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
-    return Bad(flag, absl::StrCat(path, " is larger than ", max_bytes, " bytes"));
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Bad(flag, absl::StrCat("cannot read ", path));
-  std::string content(max_bytes + 1, '\0');
-  in.read(content.data(), static_cast<std::streamsize>(content.size()));
-  content.resize(static_cast<size_t>(in.gcount()));
-  if (content.size() > max_bytes) {  // It grew after stat().
-    return Bad(flag, absl::StrCat(path, " is larger than ", max_bytes, " bytes"));
-  }
-  return content;
-}
 
 absl::StatusOr<std::string> ReadFile(absl::string_view flag, const std::string& path) {
   absl::StatusOr<std::string> content = ReadBoundedFile(flag, path, kMaxPemBytes);

@@ -4,16 +4,13 @@
 // Exit status: 0 when the call (every item of a batch) answered OK, 1 when it answered an
 // error, 2 on bad usage.
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -22,6 +19,8 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
+#include "lib/common/files.h"
+#include "lib/common/flags.h"
 #include "services/gateway/grpc_code_name.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "The gateway's gRPC address.");
@@ -45,15 +44,15 @@ constexpr char kUsage[] =
     "imgw-cli set-msg-read|batch-set-msg-read --report ACCOUNT --peer ACCOUNT[,ACCOUNT...] "
     "[--time UNIX_SECONDS] [--target host:port] [--deadline 10s] [--caller NAME]";
 
-bool ReadFile(const std::string& path, std::string* out, std::string* error) {
-  std::ifstream in(path);
-  if (!in) {
-    *error = "cannot read " + path;
+// Reads the PEM file `flag` names into `out` (at most 1 MiB, a regular file); false with the
+// one-line error in `error`.
+bool ReadFile(const char* flag, const std::string& path, std::string* out, std::string* error) {
+  absl::StatusOr<std::string> content = imgw::ReadBoundedFile(flag, path, 1 << 20);
+  if (!content.ok()) {
+    *error = std::string(content.status().message());
     return false;
   }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  *out = buffer.str();
+  *out = *std::move(content);
   return true;
 }
 
@@ -76,9 +75,9 @@ std::string Trailer(const grpc::ClientContext& context, const char* key) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(kUsage);
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  std::string command = args.size() == 2 ? args[1] : "";
+  const std::vector<std::string> args =
+      imgw::ParseFlagsOrExit(argc, argv, "imgw-cli", kUsage, {"services/cli/main.cc"});
+  const std::string command = args.size() == 1 ? args[0] : "";
   if (command != "set-msg-read" && command != "batch-set-msg-read") {
     std::fprintf(stderr, "usage: %s\n", kUsage);
     return 2;
@@ -97,11 +96,11 @@ int main(int argc, char** argv) {
   if (!absl::GetFlag(FLAGS_tls_ca).empty()) {
     grpc::SslCredentialsOptions tls;
     std::string error;
-    if (!ReadFile(absl::GetFlag(FLAGS_tls_ca), &tls.pem_root_certs, &error) ||
+    if (!ReadFile("tls_ca", absl::GetFlag(FLAGS_tls_ca), &tls.pem_root_certs, &error) ||
         (!absl::GetFlag(FLAGS_tls_cert).empty() &&
-         !ReadFile(absl::GetFlag(FLAGS_tls_cert), &tls.pem_cert_chain, &error)) ||
+         !ReadFile("tls_cert", absl::GetFlag(FLAGS_tls_cert), &tls.pem_cert_chain, &error)) ||
         (!absl::GetFlag(FLAGS_tls_key).empty() &&
-         !ReadFile(absl::GetFlag(FLAGS_tls_key), &tls.pem_private_key, &error))) {
+         !ReadFile("tls_key", absl::GetFlag(FLAGS_tls_key), &tls.pem_private_key, &error))) {
       std::fprintf(stderr, "imgw-cli: %s\n", error.c_str());
       return 2;
     }

@@ -12,19 +12,16 @@
 #include <iostream>
 #include <optional>
 #include <random>
-#include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/reflection.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "lib/common/clock.h"
+#include "lib/common/files.h"
+#include "lib/common/flags.h"
 #include "lib/common/log.h"
 #include "lib/net/listener.h"
 #include "services/emulator/emulator_core.h"
@@ -93,27 +90,6 @@ std::vector<std::string> NonEmpty(const std::vector<std::string>& items) {
   return out;
 }
 
-// Abseil exits with 1 on an unknown flag; find those first so that every usage error is 2.
-bool FindUnknownFlag(int argc, char** argv, std::string* unknown) {
-  static const std::set<std::string> kBuiltin = {
-      "help",    "helpfull", "helpshort", "helppackage", "helpon",  "helpmatch",
-      "version", "flagfile", "fromenv",   "tryfromenv",  "undefok", "only_check_args"};
-  auto known = [](const std::string& name) {
-    return kBuiltin.count(name) > 0 || absl::FindCommandLineFlag(name) != nullptr;
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--") break;
-    if (arg.size() < 2 || arg[0] != '-') continue;
-    std::string name = arg.substr(arg[1] == '-' ? 2 : 1);
-    name = name.substr(0, name.find('='));
-    if (known(name) || (name.rfind("no", 0) == 0 && known(name.substr(2)))) continue;
-    *unknown = arg;
-    return true;
-  }
-  return false;
-}
-
 bool ParseNonNegativeInt(const std::string& text, int* value) {
   return !text.empty() && text.find_first_not_of("0123456789") == std::string::npos &&
          absl::SimpleAtoi(text, value);
@@ -149,7 +125,7 @@ std::optional<std::string> ParseFaultFlags(imgw::emulator::FaultConfig* faults, 
   };
   for (const auto& p : probabilities) {
     if (!ParseProbability(p.text, p.field)) {
-      return absl::StrCat(p.flag, " must be a probability in [0,1], not \"", p.text, "\"");
+      return absl::StrCat(p.flag, ": must be a probability in [0,1], not \"", p.text, "\"");
     }
   }
   const std::string latency_text = absl::GetFlag(FLAGS_fault_latency_ms);
@@ -157,7 +133,7 @@ std::optional<std::string> ParseFaultFlags(imgw::emulator::FaultConfig* faults, 
   int64_t latency_ms = 0;
   if (latency_text.empty() || latency_text.find_first_not_of("0123456789") != std::string::npos ||
       !absl::SimpleAtoi(latency_text, &latency_ms) || latency_ms > max_ms) {
-    return absl::StrCat("--fault_latency_ms must be an integer in 0..", max_ms);
+    return absl::StrCat("--fault_latency_ms: must be an integer in 0..", max_ms);
   }
   faults->latency = absl::Milliseconds(latency_ms);
   const std::string seed_text = absl::GetFlag(FLAGS_fault_seed);
@@ -166,7 +142,7 @@ std::optional<std::string> ParseFaultFlags(imgw::emulator::FaultConfig* faults, 
     *seed = (static_cast<uint64_t>(random()) << 32) ^ random();
   } else if (seed_text.find_first_not_of("0123456789") != std::string::npos ||
              !absl::SimpleAtoi(seed_text, seed)) {
-    return "--fault_seed must be an integer in 0..18446744073709551615";
+    return "--fault_seed: must be an integer in 0..18446744073709551615";
   }
   if (absl::Status valid = imgw::emulator::ValidateFaults(*faults); !valid.ok()) {
     return std::string(valid.message());  // Unreachable after the checks above; kept honest.
@@ -186,17 +162,17 @@ std::optional<std::string> ParsePathFlags(uint64_t fault_seed,
   };
   int64_t latency_ms = 0;
   if (!parse_ms(absl::GetFlag(FLAGS_latency_ms), max_ms, &latency_ms)) {
-    return absl::StrCat("--latency_ms must be an integer in 0..", max_ms, ", not \"",
+    return absl::StrCat("--latency_ms: must be an integer in 0..", max_ms, ", not \"",
                         absl::GetFlag(FLAGS_latency_ms), "\"");
   }
   int64_t jitter_ms = 0;
   if (!parse_ms(absl::GetFlag(FLAGS_jitter_ms), latency_ms, &jitter_ms)) {
-    return absl::StrCat("--jitter_ms must be an integer in 0..", latency_ms,
+    return absl::StrCat("--jitter_ms: must be an integer in 0..", latency_ms,
                         " (at most --latency_ms), not \"", absl::GetFlag(FLAGS_jitter_ms), "\"");
   }
   const std::string http2 = absl::GetFlag(FLAGS_http2);
   if (http2 != "true" && http2 != "false") {
-    return absl::StrCat("--http2 must be true or false, not \"", http2, "\"");
+    return absl::StrCat("--http2: must be true or false, not \"", http2, "\"");
   }
   server->path_latency = absl::Milliseconds(latency_ms);
   server->path_jitter = absl::Milliseconds(jitter_ms);
@@ -230,62 +206,58 @@ bool WriteFileAtomically(const std::string& path, const std::string& content) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "imgw-emulator --cert_file=F --key_file=F --sdkappid=N "
-      "[--secret_key_file=F | IMGW_SECRET_KEY=...] [--listen=H:P]");
-  if (std::string unknown; FindUnknownFlag(argc, argv, &unknown)) {
-    return UsageError(absl::StrCat("unknown flag ", unknown));
-  }
-  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
-  if (positional.size() > 1) return UsageError(absl::StrCat("unexpected argument ", positional[1]));
+  const std::vector<std::string> positional =
+      imgw::ParseFlagsOrExit(argc, argv, "imgw-emulator",
+                             "imgw-emulator --cert_file=F --key_file=F --sdkappid=N "
+                             "[--secret_key_file=F | IMGW_SECRET_KEY=...] [--listen=H:P]",
+                             {"services/emulator/main.cc"});
+  if (!positional.empty()) return UsageError(absl::StrCat("unexpected argument ", positional[0]));
 
   imgw::emulator::HttpsServerOptions server_options;
   absl::StatusOr<imgw::net::ListenAddress> listen =
       imgw::net::ParseListen(absl::GetFlag(FLAGS_listen));
   if (!listen.ok() || listen->bare_host.empty()) {
-    return UsageError("--listen must be host:port, e.g. 127.0.0.1:8443");
+    return UsageError("--listen: must be host:port, e.g. 127.0.0.1:8443");
   }
   server_options.host = listen->bare_host;
   server_options.port = listen->port;
   server_options.cert_chain_file = absl::GetFlag(FLAGS_cert_file);
   server_options.private_key_file = absl::GetFlag(FLAGS_key_file);
-  if (server_options.cert_chain_file.empty()) return UsageError("--cert_file is required");
-  if (server_options.private_key_file.empty()) return UsageError("--key_file is required");
+  if (server_options.cert_chain_file.empty()) return UsageError("--cert_file: required");
+  if (server_options.private_key_file.empty()) return UsageError("--key_file: required");
   if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_threads), &server_options.threads) ||
       server_options.threads < 1 || server_options.threads > 256) {
-    return UsageError("--threads must be an integer in 1..256");
+    return UsageError("--threads: must be an integer in 1..256");
   }
 
   imgw::emulator::EmulatorOptions options;
   const std::string sdkappid_text = absl::GetFlag(FLAGS_sdkappid);
-  if (sdkappid_text.empty()) return UsageError("--sdkappid is required");
+  if (sdkappid_text.empty()) return UsageError("--sdkappid: required");
   if (sdkappid_text.find_first_not_of("0123456789") != std::string::npos ||
       !absl::SimpleAtoi(sdkappid_text, &options.sdkappid) || options.sdkappid == 0) {
-    return UsageError("--sdkappid must be a positive decimal integer");
+    return UsageError("--sdkappid: must be a positive decimal integer");
   }
   const std::string key_file = absl::GetFlag(FLAGS_secret_key_file);
   if (!key_file.empty()) {
-    std::ifstream in(key_file);
-    if (!in) return UsageError(absl::StrCat("cannot read --secret_key_file ", key_file));
-    std::stringstream content;
-    content << in.rdbuf();
-    options.secret_key = std::string(absl::StripTrailingAsciiWhitespace(content.str()));
+    absl::StatusOr<std::string> content = imgw::ReadBoundedFile("secret_key_file", key_file, 4096);
+    if (!content.ok()) return UsageError(std::string(content.status().message()));
+    options.secret_key = std::string(absl::StripTrailingAsciiWhitespace(*content));
     if (options.secret_key.empty()) {
-      return UsageError(absl::StrCat("--secret_key_file ", key_file, " is empty"));
+      return UsageError(absl::StrCat("--secret_key_file: ", key_file, " is empty"));
     }
   } else if (const char* env = std::getenv("IMGW_SECRET_KEY"); env != nullptr && *env != '\0') {
     options.secret_key = std::string(absl::StripTrailingAsciiWhitespace(env));
   }
   if (options.secret_key.empty()) {
-    return UsageError("a secret key is required: --secret_key_file or IMGW_SECRET_KEY");
+    return UsageError("--secret_key_file: required (or IMGW_SECRET_KEY)");
   }
   options.admins = NonEmpty(absl::GetFlag(FLAGS_admins));
-  if (options.admins.empty()) return UsageError("--admins must name at least one identifier");
+  if (options.admins.empty()) return UsageError("--admins: must name at least one identifier");
   for (std::string& account : NonEmpty(absl::GetFlag(FLAGS_missing_accounts))) {
     options.missing_accounts.insert(std::move(account));
   }
   if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_rate_limit), &options.rate_limit)) {
-    return UsageError("--rate_limit must be a non-negative integer (0 = unlimited)");
+    return UsageError("--rate_limit: must be a non-negative integer (0 = unlimited)");
   }
   if (std::optional<std::string> error = ParseFaultFlags(&options.faults, &options.fault_seed)) {
     return UsageError(*error);

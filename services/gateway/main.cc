@@ -8,12 +8,11 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "grpc/support/log.h"
 #include "lib/common/clock.h"
+#include "lib/common/flags.h"
 #include "lib/common/log.h"
 #include "lib/config/gateway_config.h"
 #include "lib/overload/process_memory.h"
@@ -154,10 +153,11 @@ int main(int argc, char** argv) {
   // global lock-order graph: about 2% of the gateway's CPU under load (perf). Unit tests, which
   // link Abseil without this line, keep it.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  absl::SetProgramUsageMessage(
-      "imgw-gateway --region=REGION --sdkappid=N --identifier=ADMIN --secret_key_file=FILE");
-  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
-  if (rest.size() > 1) Die(absl::StrCat("unexpected argument \"", rest[1], "\""));
+  const std::vector<std::string> rest = imgw::ParseFlagsOrExit(
+      argc, argv, "imgw-gateway",
+      "imgw-gateway --region=REGION --sdkappid=N --identifier=ADMIN --secret_key_file=FILE",
+      {"services/gateway/main.cc"});
+  if (!rest.empty()) Die(absl::StrCat("unexpected argument \"", rest[0], "\""));
 
   imgw::LogLevel level;
   if (!imgw::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {

@@ -10,11 +10,10 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/security/credentials.h"
+#include "lib/common/flags.h"
 #include "lib/loadgen/pairs.h"
 #include "lib/loadgen/report.h"
 #include "services/loadgen/driver.h"
@@ -63,14 +62,15 @@ namespace {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  const std::vector<std::string> rest = imgw::ParseFlagsOrExit(
+      argc, argv, "imgw-loadgen",
       "imgw-loadgen --target=HOST:PORT [--rpc=set|batch] [--mode=open --rate=N | --mode=closed "
       "--concurrency=N] [--pairs=distinct|uniform|zipf] [--duration=10s] [--format=text|json]\n"
       "Offers load to an imgw.v1.MsgReadService and prints calls sent and answered, the answered "
       "rate, latency percentiles and status counts. Exits 0 when it ran (whatever the statuses), "
-      "2 on bad flags, 1 when it cannot connect.");
-  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
-  if (rest.size() > 1) BadFlag(absl::StrCat("unexpected argument \"", rest[1], "\""));
+      "2 on bad flags, 1 when it cannot connect.",
+      {"services/loadgen/main.cc"});
+  if (!rest.empty()) BadFlag(absl::StrCat("unexpected argument \"", rest[0], "\""));
 
   imgw::loadgen::DriverOptions options;
   options.target = absl::GetFlag(FLAGS_target);
