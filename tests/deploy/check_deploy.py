@@ -19,6 +19,8 @@ Exits 0 when all is well; otherwise prints one line per problem and exits 1.
 """
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -468,6 +470,20 @@ def check_workload(where, objects, configmaps):
 # whose default (auto) is the container's cgroup limit, i.e. resources.limits.memory; it refuses
 # a limit under 64 MiB (kMinMemoryLimit in lib/config/gateway_config.h).
 MIN_MEMORY_LIMIT = 64 << 20
+# The calls it holds may take 40% of the budget (lib/overload/memory_budget.h), each about
+# 17.7 KiB of RSS (measured, README "Limits and abuse"), so --max_queued past what that holds
+# would never be reached: the memory budget would refuse first.
+CALLS_SHARE = 0.4
+RSS_PER_HELD_CALL = int(17.7 * 1024)
+# Idle, the gateway's RSS is about 27 MiB (README "Performance"): a request under 32Mi would
+# let the scheduler pack pods on memory the sidecar uses from the start.
+MIN_MEMORY_REQUEST = 32 << 20
+MAX_QUEUED_DEFAULT = 10000
+
+
+def calls_held_within(budget):
+    """The calls a memory budget of `budget` bytes holds at once."""
+    return int(CALLS_SHARE * budget) // RSS_PER_HELD_CALL
 
 _QUANTITY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
              "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1}
@@ -495,6 +511,7 @@ def parse_size_flag(text):
 def check_memory(name, c, flags):
     """The container's memory limit is the budget the gateway enforces (or holds a smaller
     --memory_limit), and leaves the gateway room to run."""
+    problems_before = len(PROBLEMS)
     res = c.get("resources", {}) or {}
     try:
         limit = parse_quantity((res.get("limits") or {}).get("memory"))
@@ -519,8 +536,52 @@ def check_memory(name, c, flags):
     if budget < MIN_MEMORY_LIMIT:
         problem("%s: the gateway's memory budget (%d bytes, %s) is under the 64Mi it needs; it "
                 "would exit 2" % (name, budget, "limits.memory" if value == "auto" else "--memory_limit"))
-    print("ok: %s: memory budget %d MiB (%s) within limits.memory %d MiB" % (
-        name, budget >> 20, "auto" if value == "auto" else "--memory_limit", limit >> 20))
+    if request < MIN_MEMORY_REQUEST:
+        problem("%s: imgw requests.memory (%d MiB) is under its idle RSS and margin (%d MiB)" % (
+            name, request >> 20, MIN_MEMORY_REQUEST >> 20))
+    held = calls_held_within(budget)
+    try:
+        max_queued = int(flags.get("max_queued", str(MAX_QUEUED_DEFAULT)))
+    except ValueError:
+        problem("%s: --max_queued=%s is not a number" % (name, flags.get("max_queued")))
+        return
+    if max_queued > held:
+        problem("%s: --max_queued=%d is more calls than the memory budget (%d MiB) holds, about %d "
+                "(40%% of it at 17.7 KiB a call): lower --max_queued or raise limits.memory" % (
+                    name, max_queued, budget >> 20, held))
+    if len(PROBLEMS) > problems_before:
+        return
+    print("ok: %s: memory budget %d MiB (%s) within limits.memory %d MiB; --max_queued=%d within "
+          "the %d calls it holds; requests.memory %d MiB" % (
+              name, budget >> 20, "auto" if value == "auto" else "--memory_limit", limit >> 20,
+              max_queued, held, request >> 20))
+
+
+def check_memory_rules():
+    """The memory rules above refuse what they must: synthetic containers, one fault each."""
+    def container(limit, request="32Mi"):
+        return {"resources": {"limits": {"memory": limit}, "requests": {"memory": request}}}
+    cases = [
+        ("consistent", container("128Mi"), {"max_queued": "2900"}, 0),
+        ("default --max_queued at 128Mi", container("128Mi"), {}, 1),
+        ("--max_queued one past", container("128Mi"),
+         {"max_queued": str(calls_held_within(128 << 20) + 1)}, 1),
+        ("raised limit holds the default", container("512Mi"), {}, 0),
+        ("--memory_limit above the limit", container("128Mi"),
+         {"memory_limit": "256Mi", "max_queued": "100"}, 1),
+        ("budget under 64Mi", container("48Mi"), {"max_queued": "100"}, 1),
+        ("request under the idle RSS", container("128Mi", "16Mi"), {"max_queued": "100"}, 1),
+    ]
+    for what, c, flags, want in cases:
+        before = len(PROBLEMS)
+        with contextlib.redirect_stdout(io.StringIO()):
+            check_memory("selftest " + what, c, flags)
+        got = len(PROBLEMS) - before
+        del PROBLEMS[before:]
+        if got != want:
+            problem("memory rules: %s: %d problems, want %d" % (what, got, want))
+    print("ok: the memory rules refuse each of %d faulty containers and pass the others" % sum(
+        1 for case in cases if case[3]))
 
 
 def check_redis_flags(name, dep, c, flags, secret_files):
@@ -957,6 +1018,7 @@ def main():
     root = os.path.abspath(a.source_dir)
     if a.check == "parse":
         check_parse(root)
+        check_memory_rules()
     elif a.check == "manifests":
         kubectl = a.kubectl if a.kubectl and not a.kubectl.endswith("-NOTFOUND") else ""
         check_manifests(root, kubectl)
