@@ -18,6 +18,7 @@
 #include "boost/json.hpp"
 #include "gmock/gmock.h"
 #include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"

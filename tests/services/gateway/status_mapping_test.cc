@@ -3,6 +3,7 @@
 #include <string>
 
 #include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "gtest/gtest.h"
 #include "lib/upstream/set_msg_read.h"
 
