@@ -102,12 +102,7 @@ class SetMsgReadReactor final : public CountedReactor {
       response.set_error_info(outcome.error_info);
       Encode(response, response_);
     }
-    if (mapped.error_code.has_value()) {
-      context_->AddTrailingMetadata(kErrorCodeTrailer, absl::StrCat(*mapped.error_code));
-    }
-    if (mapped.retry_after_ms.has_value()) {
-      context_->AddTrailingMetadata(kRetryAfterTrailer, absl::StrCat(*mapped.retry_after_ms));
-    }
+    AddRefusalTrailers(mapped, *context_);
     FinishAndCount(mapped.status);
   }
 
@@ -281,13 +276,15 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerContext* context,
                                                           const grpc::ByteBuffer* raw_request,
                                                           grpc::ByteBuffer* response) {
-  auto refuse = [this, context](std::string why) {
+  // `field`: the request field at fault, for the BadRequest detail ("" for none).
+  auto refuse = [this, context](const std::string& why, const std::string& field) {
     if (metrics_ != nullptr) {
       metrics_->Rejected("invalid_argument");
       metrics_->ObserveRpc("BatchSetMsgRead", "INVALID_ARGUMENT", absl::ZeroDuration());
     }
     auto* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(why)));
+    reactor->Finish(
+        WithDetails(grpc::StatusCode::INVALID_ARGUMENT, why, nullptr, std::nullopt, field));
     return reactor;
   };
   if (ResetBeforeTheRequest(context, raw_request)) {
@@ -302,13 +299,14 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
   }
   wire::BatchSetMsgReadRequest decoded;
   if (!Decode(raw_request, &decoded)) {
-    return refuse("the request is not a valid imgw.v1.BatchSetMsgReadRequest");
+    return refuse("the request is not a valid imgw.v1.BatchSetMsgReadRequest", "");
   }
   const wire::BatchSetMsgReadRequest* request = &decoded;
   int items = request->items_size();
   if (items == 0 || items > kMaxBatchItems) {
     return refuse(
-        absl::StrCat("a batch holds 1 to ", kMaxBatchItems, " items; this one has ", items));
+        absl::StrCat("a batch holds 1 to ", kMaxBatchItems, " items; this one has ", items),
+        "items");
   }
   std::string caller = LaneOf(*context);
   const size_t cost = overload::MemoryBudget::CostOf(raw_request->Length(), items);
@@ -321,9 +319,7 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
         metrics_->ObserveRpc("BatchSetMsgRead", CodeName(mapped.status.error_code()),
                              absl::ZeroDuration());
       }
-      if (mapped.retry_after_ms.has_value()) {
-        context->AddTrailingMetadata(kRetryAfterTrailer, absl::StrCat(*mapped.retry_after_ms));
-      }
+      AddRefusalTrailers(mapped, *context);
       auto* reactor = context->DefaultReactor();
       reactor->Finish(mapped.status);
       return reactor;

@@ -2,7 +2,9 @@
 
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 
@@ -57,25 +59,65 @@ grpc::StatusCode CodeForFailure(const Outcome& outcome) {
   return grpc::StatusCode::UNKNOWN;
 }
 
+// The request field a validation message names: they start with it (lib/upstream/set_msg_read);
+// "" when none does.
+std::string FieldOf(absl::string_view message) {
+  if (absl::StartsWith(message, "report_account and peer_account")) return "peer_account";
+  for (absl::string_view field : {"report_account", "peer_account", "msg_read_time", "items"}) {
+    if (absl::StartsWith(message, field)) return std::string(field);
+  }
+  return "";
+}
+
 }  // namespace
+
+grpc::Status WithDetails(grpc::StatusCode code, const std::string& message,
+                         const google::rpc::ErrorInfo* info, std::optional<int64_t> retry_after_ms,
+                         const std::string& bad_field) {
+  google::rpc::Status details;
+  details.set_code(static_cast<int>(code));
+  details.set_message(message);
+  if (info != nullptr) details.add_details()->PackFrom(*info);
+  if (retry_after_ms.has_value()) {
+    google::rpc::RetryInfo retry;
+    retry.mutable_retry_delay()->set_seconds(*retry_after_ms / 1000);
+    retry.mutable_retry_delay()->set_nanos(static_cast<int32_t>(*retry_after_ms % 1000) * 1000000);
+    details.add_details()->PackFrom(retry);
+  }
+  if (!bad_field.empty()) {
+    google::rpc::BadRequest bad;
+    google::rpc::BadRequest::FieldViolation* violation = bad.add_field_violations();
+    violation->set_field(bad_field);
+    violation->set_description(message);
+    details.add_details()->PackFrom(bad);
+  }
+  return grpc::Status(code, message, details.SerializeAsString());
+}
 
 MappedStatus MapOutcome(const Outcome& outcome) {
   MappedStatus mapped;
-  if (outcome.kind != Outcome::Kind::kAnswered) {
-    mapped.status = grpc::Status(CodeForFailure(outcome), outcome.detail);
-    if (outcome.retry_after > absl::ZeroDuration()) {
-      mapped.retry_after_ms =
-          absl::ToInt64Milliseconds(absl::Ceil(outcome.retry_after, absl::Milliseconds(1)));
-    }
-    return mapped;
-  }
-  grpc::StatusCode code = CodeForAnswer(outcome.disposition);
-  if (code == grpc::StatusCode::OK) return mapped;
-  mapped.error_code = outcome.error_code;
   if (outcome.retry_after > absl::ZeroDuration()) {  // A refusal no retry could absorb in time.
     mapped.retry_after_ms =
         absl::ToInt64Milliseconds(absl::Ceil(outcome.retry_after, absl::Milliseconds(1)));
   }
+  if (outcome.kind != Outcome::Kind::kAnswered) {
+    const grpc::StatusCode code = CodeForFailure(outcome);
+    // Cancelled and late calls are not answered to anyone who reads details.
+    if (code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      mapped.status = grpc::Status(code, outcome.detail);
+      return mapped;
+    }
+    mapped.status =
+        WithDetails(code, outcome.detail, nullptr, mapped.retry_after_ms,
+                    outcome.kind == Outcome::Kind::kInvalidArgument ? FieldOf(outcome.detail) : "");
+    return mapped;
+  }
+  grpc::StatusCode code = CodeForAnswer(outcome.disposition);
+  if (code == grpc::StatusCode::OK) {
+    mapped.retry_after_ms.reset();
+    return mapped;
+  }
+  mapped.error_code = outcome.error_code;
   std::string message =
       absl::StrCat("upstream ErrorCode ", outcome.error_code, ": ",
                    outcome.error_info.empty() ? "(no ErrorInfo)" : outcome.error_info);
@@ -84,12 +126,19 @@ MappedStatus MapOutcome(const Outcome& outcome) {
   info.set_domain(kErrorInfoDomain);
   (*info.mutable_metadata())["error_code"] = absl::StrCat(outcome.error_code);
   (*info.mutable_metadata())["action_status"] = outcome.action_status;
-  google::rpc::Status details;
-  details.set_code(static_cast<int>(code));
-  details.set_message(message);
-  details.add_details()->PackFrom(info);
-  mapped.status = grpc::Status(code, message, details.SerializeAsString());
+  mapped.status = WithDetails(code, message, &info, mapped.retry_after_ms, "");
   return mapped;
+}
+
+void AddRefusalTrailers(const MappedStatus& mapped, grpc::ServerContextBase& context) {
+  if (mapped.error_code.has_value()) {
+    context.AddTrailingMetadata(kErrorCodeTrailer, absl::StrCat(*mapped.error_code));
+  }
+  if (mapped.retry_after_ms.has_value()) {
+    const std::string ms = absl::StrCat(*mapped.retry_after_ms);
+    context.AddTrailingMetadata(kRetryAfterTrailer, ms);
+    context.AddTrailingMetadata(kRetryPushbackTrailer, ms);
+  }
 }
 
 }  // namespace imgw::gateway

@@ -2,7 +2,10 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 
+#include "google/rpc/error_details.pb.h"
+#include "grpcpp/server_context.h"
 #include "grpcpp/support/status.h"
 #include "lib/upstream/outcome.h"
 
@@ -20,10 +23,24 @@ struct MappedStatus {
 };
 
 // The one place where outcomes become gRPC statuses; README.md "Status mapping" documents it.
+// Every status but OK, CANCELLED and DEADLINE_EXCEEDED carries details (google.rpc.Status in
+// grpc-status-details-bin): ErrorInfo when the upstream answered, RetryInfo when a retry-after
+// is known, BadRequest naming the field on INVALID_ARGUMENT.
 MappedStatus MapOutcome(const upstream::Outcome& outcome);
+
+// A status whose details carry `info` (if any), RetryInfo (if `retry_after_ms`) and a BadRequest
+// violation of `bad_field` (if not empty).
+grpc::Status WithDetails(grpc::StatusCode code, const std::string& message,
+                         const google::rpc::ErrorInfo* info, std::optional<int64_t> retry_after_ms,
+                         const std::string& bad_field);
+
+// Adds the trailers of `mapped` to the call: imgw-error-code, and with a retry-after both
+// imgw-retry-after-ms and grpc-retry-pushback-ms (which a client's gRPC retry policy obeys).
+void AddRefusalTrailers(const MappedStatus& mapped, grpc::ServerContextBase& context);
 
 inline constexpr char kErrorCodeTrailer[] = "imgw-error-code";
 inline constexpr char kRetryAfterTrailer[] = "imgw-retry-after-ms";
+inline constexpr char kRetryPushbackTrailer[] = "grpc-retry-pushback-ms";
 inline constexpr char kErrorInfoDomain[] = "imgw.upstream";
 
 }  // namespace imgw::gateway

@@ -30,6 +30,8 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -453,6 +455,33 @@ TEST_F(FaultsE2eTest, BreakerFailsFastWhileUpstreamFailsAndRecoversByItself) {
       "[breaker] open: %d calls answered %s, max latency %s, retry-after up to %d ms\n",
       fast.size(), FormatDistribution(Distribution(fast)), absl::FormatDuration(MaxLatency(fast)),
       last_hint_ms);
+  // A client reads the hint three ways: imgw-retry-after-ms, grpc-retry-pushback-ms (which its
+  // gRPC retry policy obeys) and a google.rpc.RetryInfo in the status details.
+  {
+    auto stub = testing::NewStub(stack_->gateway_address());
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    v1::SetMsgReadRequest request;
+    request.set_report_account("pushback_r");
+    request.set_peer_account("pushback_p");
+    v1::SetMsgReadResponse response;
+    grpc::Status status = stub->SetMsgRead(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+    std::map<std::string, std::string> trailers;
+    for (const auto& [key, value] : context.GetServerTrailingMetadata()) {
+      trailers[std::string(key.data(), key.size())] = std::string(value.data(), value.size());
+    }
+    EXPECT_FALSE(trailers["imgw-retry-after-ms"].empty());
+    EXPECT_EQ(trailers["grpc-retry-pushback-ms"], trailers["imgw-retry-after-ms"]);
+    google::rpc::Status details;
+    ASSERT_TRUE(details.ParseFromString(status.error_details()));
+    google::rpc::RetryInfo retry;
+    ASSERT_EQ(details.details_size(), 1);
+    ASSERT_TRUE(details.details(0).UnpackTo(&retry));
+    EXPECT_EQ(
+        absl::StrCat(retry.retry_delay().seconds() * 1000 + retry.retry_delay().nanos() / 1000000),
+        trailers["imgw-retry-after-ms"]);
+  }
   // The upstream's failure is not the pod's: still ready (a native sidecar's readiness counts
   // toward its pod's), gRPC health still SERVING, the breaker said by the metrics.
   absl::StatusOr<std::string> ready = testing::HttpsRequest(

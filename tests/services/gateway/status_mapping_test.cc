@@ -140,5 +140,80 @@ TEST(StatusMappingTest, AdmissionRefusalsCarryARetryAfterHint) {
   EXPECT_FALSE(MapOutcome(Answer(60007)).retry_after_ms.has_value());
 }
 
+// The details of a status: its google.rpc.Status, parsed (a test failure when it is not one).
+google::rpc::Status DetailsOf(const grpc::Status& status) {
+  google::rpc::Status details;
+  EXPECT_TRUE(details.ParseFromString(status.error_details())) << status.error_message();
+  EXPECT_EQ(details.code(), static_cast<int>(status.error_code()));
+  EXPECT_EQ(details.message(), status.error_message());
+  return details;
+}
+
+template <class Message>
+bool Find(const google::rpc::Status& details, Message* out) {
+  for (const auto& any : details.details()) {
+    if (any.Is<Message>()) return any.UnpackTo(out);
+  }
+  return false;
+}
+
+TEST(StatusMappingTest, RefusalsWithARetryAfterCarryRetryInfo) {
+  Outcome full = Outcome::Failed(Outcome::Kind::kQueueFull, "no room");
+  full.retry_after = absl::Milliseconds(1250);
+  Outcome breaker = Outcome::Failed(Outcome::Kind::kUnavailable, "failing fast");
+  breaker.retry_after = absl::Seconds(3);
+  Outcome throttled = Answer(60007);
+  throttled.retry_after = absl::Milliseconds(40);
+  for (const Outcome& outcome : {full, breaker, throttled}) {
+    MappedStatus mapped = MapOutcome(outcome);
+    SCOPED_TRACE(mapped.status.error_message());
+    google::rpc::RetryInfo retry;
+    ASSERT_TRUE(Find(DetailsOf(mapped.status), &retry)) << "no RetryInfo";
+    ASSERT_TRUE(mapped.retry_after_ms.has_value());
+    EXPECT_EQ(retry.retry_delay().seconds() * 1000 + retry.retry_delay().nanos() / 1000000,
+              *mapped.retry_after_ms);
+  }
+  EXPECT_EQ(MapOutcome(full).status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(MapOutcome(breaker).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  // The upstream's refusal keeps its ErrorInfo beside the RetryInfo.
+  google::rpc::ErrorInfo info;
+  EXPECT_TRUE(Find(DetailsOf(MapOutcome(throttled).status), &info));
+  // No hint, no RetryInfo.
+  google::rpc::RetryInfo none;
+  EXPECT_FALSE(Find(DetailsOf(MapOutcome(Answer(60007)).status), &none));
+  EXPECT_FALSE(
+      Find(DetailsOf(MapOutcome(Outcome::Failed(Outcome::Kind::kUnavailable, "x")).status), &none));
+}
+
+TEST(StatusMappingTest, InvalidArgumentsCarryABadRequestNamingTheField) {
+  const struct {
+    const char* message;
+    const char* field;
+  } rows[] = {
+      {"report_account is empty", "report_account"},
+      {"peer_account is not valid UTF-8", "peer_account"},
+      {"report_account and peer_account are the same account", "peer_account"},
+      {"msg_read_time 99999999999 is more than 1h in the future", "msg_read_time"},
+  };
+  for (const auto& row : rows) {
+    MappedStatus mapped = MapOutcome(Outcome::Failed(Outcome::Kind::kInvalidArgument, row.message));
+    EXPECT_EQ(mapped.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    google::rpc::BadRequest bad;
+    ASSERT_TRUE(Find(DetailsOf(mapped.status), &bad)) << row.message;
+    ASSERT_EQ(bad.field_violations_size(), 1);
+    EXPECT_EQ(bad.field_violations(0).field(), row.field);
+    EXPECT_EQ(bad.field_violations(0).description(), row.message);
+  }
+}
+
+TEST(StatusMappingTest, CancelledAndLateCallsCarryNoDetails) {
+  EXPECT_TRUE(MapOutcome(Outcome::Failed(Outcome::Kind::kCancelled, "gone"))
+                  .status.error_details()
+                  .empty());
+  EXPECT_TRUE(MapOutcome(Outcome::Failed(Outcome::Kind::kDeadlineExceeded, "late"))
+                  .status.error_details()
+                  .empty());
+}
+
 }  // namespace
 }  // namespace imgw::gateway
