@@ -101,6 +101,16 @@ absl::Status CheckAccount(absl::string_view name, absl::string_view account) {
     case TextCheck::kControlCharacter:
       return absl::InvalidArgumentError(absl::StrCat(name, " contains a control character"));
   }
+  // Tencent's UserID rule (API.md): letters, digits, '_' and '-'. Anything else would cost an
+  // upstream call for an account that cannot exist.
+  for (size_t i = 0; i < account.size(); ++i) {
+    const char c = account[i];
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " may hold only A-Z, a-z, 0-9, '_' and '-' (a UserID); byte ", i + 1,
+                       " is not one of them"));
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -35,6 +35,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/completion_queue.h"
@@ -350,18 +352,31 @@ TEST_F(OperationsE2eTest, BadSingleCallsAreInvalidArgumentAndSpendNothing) {
   EXPECT_EQ(stats.calls, 0u);
   EXPECT_TRUE(stats.pairs.empty());
 
-  // The limits are inclusive and count bytes: 32 bytes pass, ASCII or not.
-  const std::string long32(32, 'a');
+  // Tencent's UserID rule, at its boundary: 1 to 32 bytes of [A-Za-z0-9_-] pass; any other
+  // character is refused with a BadRequest naming the field, and spends nothing.
+  const std::string long32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ_-0189";
   std::string accented32;  // 16 two-byte characters.
   for (int i = 0; i < 16; ++i) accented32 += "\xc3\xa9";
-  Answer ascii = Invoke(*stub_, Request(long32, "bob"));
+  for (const std::string& peer :
+       {std::string("john.doe"), std::string("\xe7\x94\xa8\xe6\x88\xb7\xe4\xb8\x80"),
+        std::string("a&usersig=x"), accented32}) {
+    SCOPED_TRACE(peer);
+    Answer refused = Invoke(*stub_, Request("alice", peer));
+    EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << Describe(refused.status);
+    google::rpc::Status details;
+    ASSERT_TRUE(details.ParseFromString(refused.status.error_details()));
+    google::rpc::BadRequest bad;
+    ASSERT_EQ(details.details_size(), 1);
+    ASSERT_TRUE(details.details(0).UnpackTo(&bad));
+    ASSERT_EQ(bad.field_violations_size(), 1);
+    EXPECT_EQ(bad.field_violations(0).field(), "peer_account");
+  }
+  Answer ascii = Invoke(*stub_, Request(long32, "bob-_9"));
   EXPECT_TRUE(ascii.status.ok()) << Describe(ascii.status);
-  Answer utf8 = Invoke(*stub_, Request("alice", accented32));
-  EXPECT_TRUE(utf8.status.ok()) << Describe(utf8.status);
   stats = Stats();
-  EXPECT_EQ(stats.PairTime(long32, "bob"), std::optional<int64_t>(kBaseTime));
-  EXPECT_EQ(stats.PairTime("alice", accented32), std::optional<int64_t>(kBaseTime));
-  EXPECT_EQ(stats.requests, 2u);
+  EXPECT_EQ(stats.PairTime(long32, "bob-_9"), std::optional<int64_t>(kBaseTime));
+  EXPECT_EQ(stats.requests, 1u);
 }
 
 // Accounts that are not UTF-8. The proto declares them `string`, and the C++ protobuf runtime

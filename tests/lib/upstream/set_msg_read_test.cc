@@ -232,8 +232,12 @@ TEST(ClassifyTest, FollowsTheTableOfApiMd) {
 TEST(ValidateTest, AcceptsOrdinaryCalls) {
   absl::Time now = absl::FromUnixSeconds(1700000000);
   EXPECT_TRUE(Validate({"dramon1", "dramon2", {}}, now, absl::Minutes(10)).ok());
+  EXPECT_TRUE(Validate({"user_1-x", "-_", 1700000000}, now, absl::Minutes(10)).ok());
+  // Every character a UserID may hold, 32 bytes at most.
   EXPECT_TRUE(
-      Validate({"user_1-x", "\xe7\x94\xa8\xe6\x88\xb7", 1700000000}, now, absl::Minutes(10)).ok());
+      Validate({"ABCDEFGHIJKLMNOPQRSTUVWXYZ_-0123", "abcdefghijklmnopqrstuvwxyz456789", 1700000600},
+               now, absl::Minutes(10))
+          .ok());
   EXPECT_TRUE(Validate({std::string(32, 'a'), "b", 1700000600}, now, absl::Minutes(10)).ok());
 }
 
@@ -255,6 +259,12 @@ TEST(ValidateTest, RejectsBadInputSayingWhatIsWrong) {
       {{"a", std::string("b\0c", 3), {}}, "control character"},
       {{"a", "b\xc2\x85", {}}, "control character"},  // C1 NEL
       {{"same", "same", {}}, "the same account"},
+      // Tencent's UserID rule: [A-Za-z0-9_-] only.
+      {{"john.doe", "b", {}}, "report_account may hold only A-Z, a-z, 0-9, '_' and '-'"},
+      {{"a", "\xe7\x94\xa8\xe6\x88\xb7\xe4\xb8\x80", {}}, "peer_account may hold only"},
+      {{"a&usersig=x", "b", {}}, "byte 2 is not one of them"},
+      {{"a b", "b", {}}, "byte 2 is not one of them"},
+      {{"a", "b+c", {}}, "peer_account may hold only"},
       {{"a", "b", 0}, "must be positive"},
       {{"a", "b", -5}, "must be positive"},
       {{"a", "b", 1700000601}, "too far in the future"},
