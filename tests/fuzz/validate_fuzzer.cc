@@ -1,6 +1,6 @@
 // libFuzzer target: the local validation of SetMsgRead parameters (Validate), compared with an
 // independent reading of its contract. Aborts when the two disagree or an accepted account is
-// outside 1..32 bytes or holds a control byte.
+// not 1..32 bytes of [A-Za-z0-9_-].
 //
 // Input layout: byte 0 = L | M << 6, where L (0..63) is the length of report_account and M
 // selects the read time (0: none; 1..3: the next 8 bytes, little-endian, as an int64); then
@@ -25,12 +25,13 @@ using fuzz::Check;
 constexpr int64_t kNow = 1700000000;
 constexpr int64_t kMaxFutureSeconds = 86400;
 
+// Tencent's UserID rule (API.md): 1 to 32 bytes of [A-Za-z0-9_-].
 bool AccountOk(absl::string_view account) {
   if (account.empty() || account.size() > kMaxAccountBytes) return false;
-  std::u32string code_points;
-  if (!fuzz::WellFormedUtf8(account, &code_points)) return false;
-  for (char32_t cp : code_points) {
-    if (cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp <= 0x9F)) return false;  // C0, DEL, C1
+  for (char c : account) {
+    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '-';
+    if (!ok) return false;
   }
   return true;
 }
