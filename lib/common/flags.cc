@@ -20,7 +20,9 @@ namespace imgw {
 namespace {
 
 constexpr int kMaxFlagfileDepth = 8;
-constexpr size_t kMaxFlagfileBytes = 1 << 20;
+// Flagfiles read in all: nesting alone does not bound them ("--flagfile=a,a" in each of 8 levels
+// would read 256).
+constexpr int kMaxFlagfiles = 64;
 
 // On one line, whatever the peer typed.
 std::string OneLine(absl::string_view text) {
@@ -46,7 +48,7 @@ bool IsUnsupported(absl::string_view name) {
 
 // The flags of one flagfile: its lines, trimmed, without blank lines and '#' comments.
 absl::StatusOr<std::vector<std::string>> ReadFlagfile(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadBoundedFile("flagfile", OneLine(path), kMaxFlagfileBytes);
+  absl::StatusOr<std::string> text = ReadBoundedFile("flagfile", path, kMaxTextFileBytes);
   if (!text.ok()) return text.status();
   std::vector<std::string> lines;
   for (absl::string_view line : absl::StrSplit(*text, '\n')) {
@@ -98,6 +100,7 @@ class Parser {
         if (!value.has_value() && !take_next()) return Error(name, "missing value");
         if (depth >= kMaxFlagfileDepth) return Error(name, "nested more than 8 deep");
         for (absl::string_view path : absl::StrSplit(*value, ',', absl::SkipEmpty())) {
+          if (++flagfiles_read_ > kMaxFlagfiles) return Error(name, "more than 64 files read");
           absl::StatusOr<std::vector<std::string>> lines = ReadFlagfile(std::string(path));
           if (!lines.ok()) return lines.status();
           absl::Status status = Parse(*lines, std::string(path), depth + 1);
@@ -144,6 +147,7 @@ class Parser {
 
  private:
   CommandLine line_;
+  int flagfiles_read_ = 0;
 };
 
 // `text` wrapped at `width` columns, each line indented by `indent`.
@@ -211,7 +215,7 @@ std::vector<std::string> ParseFlagsOrExit(int argc, char** argv, absl::string_vi
   absl::StatusOr<CommandLine> line = ParseFlags(args);
   if (!line.ok()) {
     std::fprintf(stderr, "%.*s: %s\n", static_cast<int>(program.size()), program.data(),
-                 std::string(line.status().message()).c_str());
+                 OneLine(line.status().message()).c_str());
     std::exit(2);
   }
   if (line->help) {

@@ -20,9 +20,9 @@ struct CommandLine {
 // Parses `args` (argv without argv[0]) and sets the flags they name, as Abseil does:
 // --name=value, --name value, a single dash too; --name and --noname for a bool; "--" ends the
 // flags; --flagfile=F[,G] reads each file's lines in place, one flag per line ('#' comments and
-// blank lines skipped), nested at most 8 deep, at most 1 MiB each. Errors: "--name: what is
-// wrong" (an unknown flag, a value that does not parse, a missing value or file). Flags set
-// before an error keep their value.
+// blank lines skipped), nested at most 8 deep, at most 1 MiB each and 64 in all. Errors:
+// "--name: what is wrong" (an unknown flag, a value that does not parse, a missing value or
+// file). Flags set before an error keep their value.
 absl::StatusOr<CommandLine> ParseFlags(const std::vector<std::string>& args);
 
 // `usage`, then each flag defined in a file whose path ends with one of `files`, by name, with

@@ -38,12 +38,8 @@ bool ValidPort(absl::string_view text) {
   return !text.empty() && text.size() <= 5 && absl::SimpleAtoi(text, &port) && port <= 65535;
 }
 
-// Secrets are short; PEM files hold a few certificates (a CA bundle a few hundred).
-constexpr size_t kMaxSecretBytes = 4096;
-constexpr size_t kMaxPemBytes = 1 << 20;
-
 absl::StatusOr<std::string> ReadFile(absl::string_view flag, const std::string& path) {
-  absl::StatusOr<std::string> content = ReadBoundedFile(flag, path, kMaxPemBytes);
+  absl::StatusOr<std::string> content = ReadBoundedFile(flag, path, kMaxTextFileBytes);
   if (!content.ok()) return content.status();
   if (content->find("-----BEGIN ") == std::string::npos) {
     return Bad(flag, absl::StrCat(path, " holds no PEM block"));
@@ -94,7 +90,7 @@ absl::StatusOr<std::string> ReadSecretKey(const GatewayFlags& flags) {
   std::string key;
   if (!flags.secret_key_file.empty()) {
     absl::StatusOr<std::string> content =
-        ReadBoundedFile("secret_key_file", flags.secret_key_file, kMaxSecretBytes);
+        ReadBoundedFile("secret_key_file", flags.secret_key_file, kMaxSecretFileBytes);
     if (!content.ok()) return content.status();
     key = *std::move(content);
   } else if (!flags.secret_key_env.empty()) {
@@ -178,7 +174,7 @@ absl::Status ResolveRedis(const GatewayFlags& flags, GatewayConfig& config) {
   config.redis_port = static_cast<int>(port);
   if (!flags.redis_password_file.empty()) {
     absl::StatusOr<std::string> content =
-        ReadBoundedFile("redis_password_file", flags.redis_password_file, kMaxSecretBytes);
+        ReadBoundedFile("redis_password_file", flags.redis_password_file, kMaxSecretFileBytes);
     if (!content.ok()) return content.status();
     config.redis_password = std::string(absl::StripTrailingAsciiWhitespace(*content));
     if (config.redis_password.empty()) {

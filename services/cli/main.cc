@@ -47,7 +47,7 @@ constexpr char kUsage[] =
 // Reads the PEM file `flag` names into `out` (at most 1 MiB, a regular file); false with the
 // one-line error in `error`.
 bool ReadFile(const char* flag, const std::string& path, std::string* out, std::string* error) {
-  absl::StatusOr<std::string> content = imgw::ReadBoundedFile(flag, path, 1 << 20);
+  absl::StatusOr<std::string> content = imgw::ReadBoundedFile(flag, path, imgw::kMaxTextFileBytes);
   if (!content.ok()) {
     *error = std::string(content.status().message());
     return false;

@@ -239,7 +239,8 @@ int main(int argc, char** argv) {
   }
   const std::string key_file = absl::GetFlag(FLAGS_secret_key_file);
   if (!key_file.empty()) {
-    absl::StatusOr<std::string> content = imgw::ReadBoundedFile("secret_key_file", key_file, 4096);
+    absl::StatusOr<std::string> content =
+        imgw::ReadBoundedFile("secret_key_file", key_file, imgw::kMaxSecretFileBytes);
     if (!content.ok()) return UsageError(std::string(content.status().message()));
     options.secret_key = std::string(absl::StripTrailingAsciiWhitespace(*content));
     if (options.secret_key.empty()) {

@@ -114,6 +114,14 @@ TEST_F(FlagsTest, FlagfilesAreReadInPlaceAndBounded) {
   Write("loop", "--flagfile=" + loop + "\n");
   EXPECT_EQ(ErrorOf({"--flagfile=" + loop}), "--flagfile: nested more than 8 deep");
   EXPECT_THAT(ErrorOf({"--flagfile=/dev/zero"}), HasSubstr("is not a regular file"));
+  // Fan-out within the depth bound: each of 4 levels names the next 4 times (341 reads).
+  for (int level = 0; level < 4; ++level) {
+    const std::string next = dir_ + "/fan" + std::to_string(level + 1);
+    Write("fan" + std::to_string(level),
+          "--flagfile=" + next + "," + next + "," + next + "," + next + "\n");
+  }
+  Write("fan4", "--test_count=1\n");
+  EXPECT_EQ(ErrorOf({"--flagfile=" + dir_ + "/fan0"}), "--flagfile: more than 64 files read");
   const std::string big = Write("big", std::string(2 << 20, '#'));
   EXPECT_EQ(ErrorOf({"--flagfile=" + big}), "--flagfile: " + big + " is larger than 1048576 bytes");
 }
