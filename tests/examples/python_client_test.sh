@@ -2,8 +2,8 @@
 # examples/python/imgw_client.py against the real gateway and emulator (loopback, free ports):
 #   python_client_test.sh BIN_DIR PYTHON3
 # The stubs are generated first (examples/python/generate.sh). The gateway runs at
-# --rate_limit=5 so that the client's burst is refused in part, with retry-after hints it must
-# honour. Exits with the client's status.
+# --rate_limit=5 and --max_queued=4 so that the client's bursts are refused in part, with
+# retry-after hints it must honour, by hand and through the README's retry policy. Exits with the client's status.
 set -euo pipefail
 bin=$1
 python=$2
@@ -38,13 +38,14 @@ openssl rand -hex 32 >"$work/secret_key"
 pids+=($!)
 port=$(wait_ready "$work/emulator.ready" emulator "$work/emulator.log" | sed 's/[^0-9]//g')
 "$bin/imgw-gateway" --grpc_listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
-  --endpoint="https://127.0.0.1:$port" --ca_file="$work/cert.pem" --rate_limit=5 \
+  --endpoint="https://127.0.0.1:$port" --ca_file="$work/cert.pem" --rate_limit=5 --max_queued=4 \
   --sdkappid=1400000000 --identifier=administrator --secret_key_file="$work/secret_key" \
   --ready_file="$work/gateway.ready" 2>"$work/gateway.log" &
 pids+=($!)
 ready=$(wait_ready "$work/gateway.ready" gateway "$work/gateway.log")
 target=$(sed 's/.*"grpc_listen":"\([^"]*\)".*/\1/' <<<"$ready")
+metrics=$(sed 's/.*"metrics_listen":"\([^"]*\)".*/\1/' <<<"$ready")
 
 PYTHON=$python "$src/examples/python/generate.sh" "$work/gen"
 PYTHONPATH="$work/gen" timeout 120 "$python" "$src/examples/python/imgw_client.py" \
-  --target="$target" --missing=ghost
+  --target="$target" --missing=ghost --metrics="http://$metrics/metrics"
