@@ -87,20 +87,15 @@ absl::Status CheckKeyPair(const GatewayFlags& flags, const std::string& cert_pem
 }
 
 absl::StatusOr<std::string> ReadSecretKey(const GatewayFlags& flags) {
-  std::string key;
   if (!flags.secret_key_file.empty()) {
     absl::StatusOr<std::string> content =
         ReadBoundedFile("secret_key_file", flags.secret_key_file, kMaxSecretFileBytes);
     if (!content.ok()) return content.status();
-    key = *std::move(content);
-  } else if (!flags.secret_key_env.empty()) {
-    key = flags.secret_key_env;
-  } else {
-    return Bad("secret_key_file", "missing: give --secret_key_file or set IMGW_SECRET_KEY");
+    return SecretKeyFromFile(flags.secret_key_file, *content);
   }
-  key = std::string(absl::StripAsciiWhitespace(key));
-  if (key.empty()) return Bad("secret_key_file", "the secret key is empty");
-  return key;
+  if (!flags.secret_key_env.empty())
+    return SecretKeyFromFile("IMGW_SECRET_KEY", flags.secret_key_env);
+  return Bad("secret_key_file", "missing: give --secret_key_file or set IMGW_SECRET_KEY");
 }
 
 // "name:weight,name,...": names of 1 to 64 bytes of printable UTF-8 without ','; the weight
@@ -176,10 +171,11 @@ absl::Status ResolveRedis(const GatewayFlags& flags, GatewayConfig& config) {
     absl::StatusOr<std::string> content =
         ReadBoundedFile("redis_password_file", flags.redis_password_file, kMaxSecretFileBytes);
     if (!content.ok()) return content.status();
-    config.redis_password = std::string(absl::StripTrailingAsciiWhitespace(*content));
-    if (config.redis_password.empty()) {
-      return Bad("redis_password_file", absl::StrCat(flags.redis_password_file, " is empty"));
-    }
+    absl::StatusOr<std::string> password =
+        RedisPasswordFromFile(flags.redis_password_file, *content);
+    if (!password.ok()) return password.status();
+    config.redis_password = *std::move(password);
+    config.redis_password_file = flags.redis_password_file;
   } else {
     config.redis_password = flags.redis_password_env;  // Empty: no AUTH.
   }
@@ -273,6 +269,27 @@ absl::StatusOr<size_t> ParseBytes(absl::string_view text) {
   return static_cast<size_t>(value * unit);
 }
 
+absl::StatusOr<std::string> SecretKeyFromFile(absl::string_view path, absl::string_view content) {
+  const absl::string_view key = absl::StripAsciiWhitespace(content);
+  if (key.empty()) return Bad("secret_key_file", absl::StrCat(path, ": the secret key is empty"));
+  for (char c : key) {
+    if (c <= ' ' || c > '~') {
+      return Bad("secret_key_file",
+                 absl::StrCat(path,
+                              ": the secret key holds a space, a line break or a byte that "
+                              "is not printable ASCII (one key, on one line)"));
+    }
+  }
+  return std::string(key);
+}
+
+absl::StatusOr<std::string> RedisPasswordFromFile(absl::string_view path,
+                                                  absl::string_view content) {
+  const absl::string_view password = absl::StripTrailingAsciiWhitespace(content);
+  if (password.empty()) return Bad("redis_password_file", absl::StrCat(path, " is empty"));
+  return std::string(password);
+}
+
 absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
   GatewayConfig config;
   if (absl::Status s = CheckListenAddress("grpc_listen", flags.grpc_listen); !s.ok()) return s;
@@ -320,6 +337,7 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
   absl::StatusOr<std::string> key = ReadSecretKey(flags);
   if (!key.ok()) return key.status();
   config.secret_key = *std::move(key);
+  config.secret_key_file = flags.secret_key_file;
   if (!(flags.rate_limit > 0) || flags.rate_limit > 1e6) {
     return Bad("rate_limit", "must be a positive number of calls per second");
   }
@@ -391,6 +409,11 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
     return Bad("usersig_lifetime", "must be at least 1h (Tencent advises 24h or more)");
   }
   config.usersig_lifetime = flags.usersig_lifetime;
+  if (flags.secret_reload_interval != absl::ZeroDuration() &&
+      flags.secret_reload_interval < absl::Milliseconds(100)) {
+    return Bad("secret_reload_interval", "must be 0 (off) or at least 100ms");
+  }
+  config.secret_reload_interval = flags.secret_reload_interval;
   if (flags.shutdown_grace < absl::ZeroDuration()) {
     return Bad("shutdown_grace", "must not be negative");
   }

@@ -41,6 +41,8 @@ struct GatewayFlags {
   absl::Duration default_deadline = absl::Seconds(10);
   absl::Duration request_timeout = absl::Seconds(5);
   absl::Duration usersig_lifetime = absl::Hours(24);
+  // How often --secret_key_file and --redis_password_file are read again (0: never).
+  absl::Duration secret_reload_interval = absl::Seconds(10);
   absl::Duration shutdown_grace = absl::Seconds(25);
   int max_attempts = 3;
   std::string grpc_tls_cert;  // Paths.
@@ -81,7 +83,8 @@ struct GatewayConfig {
   bool insecure_skip_verify = false;
   uint64_t sdkappid = 0;
   std::string identifier;
-  std::string secret_key;  // Never logged.
+  std::string secret_key;       // Never logged.
+  std::string secret_key_file;  // Watched for a new key; empty when the key came from the env.
   double rate_limit = 200;
   double rate_burst = 2;
   double rate_headroom = 0.01;
@@ -92,6 +95,7 @@ struct GatewayConfig {
   absl::Duration default_deadline;
   absl::Duration request_timeout;
   absl::Duration usersig_lifetime;
+  absl::Duration secret_reload_interval;  // Zero: the files are read at start only.
   absl::Duration shutdown_grace;
   int max_attempts = 3;
   // TLS on the gRPC listener: PEM contents, empty for plaintext. With a client CA, clients must
@@ -103,7 +107,8 @@ struct GatewayConfig {
   bool redis_budget = false;
   std::string redis_host;
   int redis_port = 0;
-  std::string redis_password;  // Never logged.
+  std::string redis_password;       // Never logged.
+  std::string redis_password_file;  // Watched for a new password; may be empty.
   std::string redis_key_prefix;
   absl::Duration redis_timeout;     // Of one Redis command; slower means the local fallback.
   int redis_fallback_replicas = 4;  // N for the fallback before Redis ever said it.
@@ -143,6 +148,15 @@ absl::StatusOr<std::string> ParseEndpoint(absl::string_view endpoint);
 
 // "host:port" or "[v6]:port", port 0..65535.
 absl::Status CheckListenAddress(absl::string_view flag, absl::string_view address);
+
+// The secret key in what --secret_key_file holds (or IMGW_SECRET_KEY), at start and at each
+// reload: surrounding whitespace dropped, then one word of printable ASCII (Tencent's keys
+// are hex). Errors name the flag and the path, never the content.
+absl::StatusOr<std::string> SecretKeyFromFile(absl::string_view path, absl::string_view content);
+// The Redis password in what --redis_password_file holds: trailing whitespace dropped, not
+// empty.
+absl::StatusOr<std::string> RedisPasswordFromFile(absl::string_view path,
+                                                  absl::string_view content);
 
 // Checks every flag and reads the secret key and the Redis password. Errors are one line
 // naming the flag, and never contain the key or the password.

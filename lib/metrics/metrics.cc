@@ -1,5 +1,7 @@
 #include "lib/metrics/metrics.h"
 
+#include "lib/metrics/process_stats.h"
+
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "lib/upstream/outcome.h"
@@ -38,7 +40,7 @@ int IndexOf(absl::Span<const absl::string_view> names, absl::string_view name) {
 
 }  // namespace
 
-Metrics::Metrics(absl::string_view version)
+Metrics::Metrics(absl::string_view version, uint64_t sdkappid)
     : registry_(std::make_shared<prometheus::Registry>()),
       rpc_latency_(prometheus::BuildHistogram()
                        .Name("imgw_grpc_server_handling_seconds")
@@ -180,8 +182,40 @@ Metrics::Metrics(absl::string_view version)
       .Name("imgw_build_info")
       .Help("The gateway's version, as a label; always 1.")
       .Register(*registry_)
-      .Add({{"version", std::string(version)}})
+      .Add({{"version", std::string(version)}, {"sdkappid", absl::StrCat(sdkappid)}})
       .Set(1);
+  auto& reloads = prometheus::BuildCounter()
+                      .Name("imgw_secret_reloads_total")
+                      .Help(
+                          "Secrets read again from their changed files, by secret "
+                          "(secret_key, redis_password) and result: ok (in use from now on) or "
+                          "error (refused; the previous value stays in use).")
+                      .Register(*registry_);
+  auto& invalid = prometheus::BuildGauge()
+                      .Name("imgw_secret_file_invalid")
+                      .Help(
+                          "1 while the secret's file holds something the gateway refused (it "
+                          "serves with the previous value), else 0.")
+                      .Register(*registry_);
+  for (auto [name, series] :
+       {std::pair<const char*, SecretSeries*>{"secret_key", &secret_key_series_},
+        {"redis_password", &redis_password_series_}}) {
+    series->ok = &reloads.Add({{"secret", name}, {"result", "ok"}});
+    series->error = &reloads.Add({{"secret", name}, {"result", "error"}});
+    series->invalid = &invalid.Add({{"secret", name}});
+  }
+  // The standard names of Prometheus' process collector (client_golang, client_java).
+  process_cpu_ = &prometheus::BuildCounter()
+                      .Name("process_cpu_seconds_total")
+                      .Help("Total user and system CPU time spent in seconds.")
+                      .Register(*registry_)
+                      .Add({});
+  process_resident_ = gauge("process_resident_memory_bytes", "Resident memory size in bytes.");
+  process_virtual_ = gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.");
+  process_open_fds_ = gauge("process_open_fds", "Number of open file descriptors.");
+  process_max_fds_ = gauge("process_max_fds", "Maximum number of open file descriptors.");
+  process_start_time_ =
+      gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds.");
   // Series that exist from the start, so that rates over them are defined before the first
   // event.
   upstream_answer_ok_ = &upstream_answers_.Add({{"api", kApi}, {"error_code", "0"}});
@@ -297,6 +331,25 @@ void Metrics::CallerCalls(absl::string_view lane, double calls) {
 }
 
 void Metrics::SetMemoryTrims(double total) { Mirror(*memory_trims_, total); }
+
+void Metrics::SecretReload(absl::string_view secret, bool ok) {
+  SecretSeries& series = secret == "redis_password" ? redis_password_series_ : secret_key_series_;
+  (ok ? series.ok : series.error)->Increment();
+  series.invalid->Set(ok ? 0 : 1);
+}
+
+void Metrics::SecretFileValid(absl::string_view secret) {
+  (secret == "redis_password" ? redis_password_series_ : secret_key_series_).invalid->Set(0);
+}
+
+void Metrics::SetProcess(const ProcessStats& stats) {
+  Mirror(*process_cpu_, stats.cpu_seconds);
+  process_resident_->Set(stats.resident_bytes);
+  process_virtual_->Set(stats.virtual_bytes);
+  process_open_fds_->Set(stats.open_fds);
+  process_max_fds_->Set(stats.max_fds);
+  process_start_time_->Set(stats.start_time_seconds);
+}
 
 void Metrics::SetWarmups(double kept, double not_kept, double failed) {
   Mirror(*warmups_kept_, kept);

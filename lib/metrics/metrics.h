@@ -18,6 +18,8 @@
 
 namespace imgw::metrics {
 
+struct ProcessStats;  // lib/metrics/process_stats.h
+
 // Every metric the gateway exports, declared in this one place (README "Metrics" lists them).
 // Names follow Prometheus conventions: prefix imgw_, base units, _total for counters. Label
 // values come from small fixed sets; no account or other user data ever becomes a label.
@@ -26,7 +28,9 @@ class Metrics final {
  public:
   static constexpr char kApi[] = "admin_set_msg_read";
 
-  explicit Metrics(absl::string_view version);
+  // imgw_build_info carries both, so that a dashboard can tell versions and apps apart
+  // without relying on labels the scrape adds.
+  Metrics(absl::string_view version, uint64_t sdkappid);
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
@@ -74,6 +78,14 @@ class Metrics final {
   prometheus::Gauge& memory_held_bytes() { return *memory_held_; }
   prometheus::Gauge& memory_overloaded() { return *memory_overloaded_; }
   void SetMemoryTrims(double total);
+  // Secrets read again from their files (secret: "secret_key" or "redis_password"): a reload
+  // applied (ok) or refused (error; the gateway keeps the previous value), and whether the
+  // file holds something refused now (imgw_secret_file_invalid, for the alert).
+  void SecretReload(absl::string_view secret, bool ok);
+  // The file holds the value in use again, after something refused.
+  void SecretFileValid(absl::string_view secret);
+  // The standard process_* metrics, read from /proc/self (ProcessStats) at each scrape.
+  void SetProcess(const ProcessStats& stats);
   // Counters mirrored from the curl client's own counts.
   void SetConnectionsCreated(double total);
   void SetWarmups(double kept, double not_kept, double failed);
@@ -135,6 +147,19 @@ class Metrics final {
   prometheus::Gauge* memory_held_;
   prometheus::Gauge* memory_overloaded_;
   prometheus::Counter* memory_trims_;
+  struct SecretSeries {
+    prometheus::Counter* ok;
+    prometheus::Counter* error;
+    prometheus::Gauge* invalid;
+  };
+  SecretSeries secret_key_series_;
+  SecretSeries redis_password_series_;
+  prometheus::Counter* process_cpu_;
+  prometheus::Gauge* process_resident_;
+  prometheus::Gauge* process_virtual_;
+  prometheus::Gauge* process_open_fds_;
+  prometheus::Gauge* process_max_fds_;
+  prometheus::Gauge* process_start_time_;
   prometheus::Gauge* grpc_connections_open_;
   prometheus::Counter* grpc_connections_accepted_;
   prometheus::Counter* grpc_connections_refused_;

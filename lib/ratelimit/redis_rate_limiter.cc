@@ -63,9 +63,10 @@ class RedisRateLimiter::Connection {
     ctx_ = nullptr;
   }
 
-  // Connects, authenticates and loads the script.
-  absl::Status Open() {
+  // Connects, authenticates (when the password is not empty) and loads the script.
+  absl::Status Open(std::string password) {
     Close();
+    password_ = std::move(password);
     ctx_ = redisConnectWithTimeout(options_.host.c_str(), options_.port,
                                    TimevalOf(options_.connect_timeout));
     if (ctx_ == nullptr) return absl::UnavailableError("connect: out of memory");
@@ -79,8 +80,8 @@ class RedisRateLimiter::Connection {
       Close();
       return absl::UnavailableError("cannot set the command timeout");
     }
-    if (!options_.password.empty()) {
-      absl::StatusOr<std::vector<Reply>> auth = Pipeline({{"AUTH", options_.password}});
+    if (!password_.empty()) {
+      absl::StatusOr<std::vector<Reply>> auth = Pipeline({{"AUTH", password_}});
       if (!auth.ok()) return Prefixed("AUTH", auth.status());
     }
     absl::StatusOr<std::vector<Reply>> load =
@@ -173,11 +174,12 @@ class RedisRateLimiter::Connection {
     return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
   }
   std::string Scrub(std::string text) const {
-    if (!options_.password.empty()) absl::StrReplaceAll({{options_.password, "***"}}, &text);
+    if (!password_.empty()) absl::StrReplaceAll({{password_, "***"}}, &text);
     return text;
   }
 
   const Options& options_;
+  std::string password_;  // Of the last Open(). Never logged.
   redisContext* ctx_ = nullptr;
   std::string sha_;
 };
@@ -223,7 +225,15 @@ RedisRateLimiter::RedisRateLimiter(const Options& options, Clock& clock)
       conn_(std::make_unique<Connection>(options_)),
       throttles_(options.throttle_share, options.min_throttles),
       local_bucket_(1, 1, clock.Monotonic()),
-      shared_rate_(pace_) {}
+      shared_rate_(pace_) {
+  absl::MutexLock lock(&password_mu_);
+  password_ = options.password;
+}
+
+void RedisRateLimiter::SetPassword(std::string password) {
+  absl::MutexLock lock(&password_mu_);
+  password_ = std::move(password);
+}
 
 RedisRateLimiter::~RedisRateLimiter() {
   {
@@ -518,7 +528,12 @@ void RedisRateLimiter::OnRedisFailure(absl::Duration now, const std::string& wha
 }
 
 bool RedisRateLimiter::ConnectAndSync(absl::Duration now) {
-  absl::Status s = conn_->Open();
+  std::string password;
+  {
+    absl::MutexLock lock(&password_mu_);
+    password = password_;
+  }
+  absl::Status s = conn_->Open(std::move(password));
   if (!s.ok()) {
     OnRedisFailure(now, std::string(s.message()));
     return false;

@@ -151,6 +151,10 @@ class RedisRateLimiter final : public RateLimiter {
   void OnEnded(uint64_t request_id, absl::Duration end) override ABSL_LOCKS_EXCLUDED(mu_);
 
   RedisLimiterStats Stats() const ABSL_LOCKS_EXCLUDED(mu_);
+  // AUTH with this password from the next connection on (a rotated password, read again from
+  // its file). The connection open now stays: Redis keeps a connection authenticated when its
+  // password changes; one it closes is reopened with the new password.
+  void SetPassword(std::string password) ABSL_LOCKS_EXCLUDED(password_mu_);
   const std::string& replica_id() const { return options_.replica_id; }
   // The steady shared pace: min(limit * (1 - headroom), limit - burst).
   double pace() const { return pace_; }
@@ -207,6 +211,8 @@ class RedisRateLimiter final : public RateLimiter {
   const double pace_;
   const std::string spans_key_, pace_key_, replicas_key_;
   std::unique_ptr<Connection> conn_;  // The thread's alone.
+  mutable absl::Mutex password_mu_;
+  std::string password_ ABSL_GUARDED_BY(password_mu_);  // Never logged.
 
   mutable absl::Mutex mu_;
   absl::CondVar wake_cv_;

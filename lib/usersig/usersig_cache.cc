@@ -25,7 +25,7 @@ absl::StatusOr<std::unique_ptr<UserSigCache>> UserSigCache::Create(const Options
 void UserSigCache::RenewLocked() {
   SignParams params{options_.sdkappid, options_.identifier, clock_.Now(), options_.lifetime};
   // Create() proved these options sign; only the time differs.
-  absl::StatusOr<std::string> sig = Sign(options_.secret_key, params);
+  absl::StatusOr<std::string> sig = Sign(secret_key_, params);
   if (sig.ok()) {
     current_ = *std::move(sig);
     signed_at_ = params.time;
@@ -40,6 +40,17 @@ std::string UserSigCache::Get() {
     RenewLocked();
   }
   return current_;
+}
+
+absl::Status UserSigCache::SetSecretKey(std::string secret_key) {
+  SignParams probe{options_.sdkappid, options_.identifier, clock_.Now(), options_.lifetime};
+  absl::StatusOr<std::string> sig = Sign(secret_key, probe);
+  if (!sig.ok()) return sig.status();
+  absl::MutexLock lock(&mu_);
+  secret_key_ = std::move(secret_key);
+  current_ = *std::move(sig);
+  signed_at_ = probe.time;
+  return absl::OkStatus();
 }
 
 void UserSigCache::Invalidate() {

@@ -34,16 +34,22 @@ class UserSigCache final {
   std::string Get() ABSL_LOCKS_EXCLUDED(mu_);
   // Drops the cached signature: the next Get() signs anew.
   void Invalidate() ABSL_LOCKS_EXCLUDED(mu_);
+  // Signs with this key from the next Get() on (a rotated key, read again from its file).
+  // Requests already signed keep their signature: they were made before the change. Fails,
+  // keeping the old key, when the key cannot sign.
+  absl::Status SetSecretKey(std::string secret_key) ABSL_LOCKS_EXCLUDED(mu_);
   // When the cached signature expires (for metrics and readiness).
   absl::Time ExpiresAt() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  UserSigCache(const Options& options, Clock& clock) : options_(options), clock_(clock) {}
+  UserSigCache(const Options& options, Clock& clock)
+      : options_(options), clock_(clock), secret_key_(options.secret_key) {}
   void RenewLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   Clock& clock_;
   mutable absl::Mutex mu_;
+  std::string secret_key_ ABSL_GUARDED_BY(mu_);
   std::string current_ ABSL_GUARDED_BY(mu_);
   absl::Time signed_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };

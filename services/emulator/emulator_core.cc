@@ -1,6 +1,7 @@
 #include "services/emulator/emulator_core.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <iterator>
@@ -89,7 +90,38 @@ struct Verdict {
 Verdict Fail(int code, std::string info) { return Verdict{code, std::move(info)}; }
 
 // The query-string and UserSig checks, in the order API.md's error table implies.
-Verdict CheckQuery(std::string_view query, const EmulatorOptions& options, absl::Time now) {
+// The keys in `text`, one per line, surrounding whitespace dropped, empty lines skipped.
+std::vector<std::string> KeysOf(std::string_view text) {
+  std::vector<std::string> keys;
+  for (size_t start = 0; start < text.size();) {
+    const size_t end = std::min(text.find('\n', start), text.size());
+    std::string_view key = text.substr(start, end - start);
+    start = end + 1;
+    while (!key.empty() && std::isspace(static_cast<unsigned char>(key.front())))
+      key.remove_prefix(1);
+    while (!key.empty() && std::isspace(static_cast<unsigned char>(key.back())))
+      key.remove_suffix(1);
+    if (!key.empty()) keys.emplace_back(key);
+  }
+  return keys;
+}
+
+// The UserSig against each key in force: valid with one of them is valid; otherwise the
+// verdict of the first (the key the app has, when a rotation is not under way).
+usersig::VerifyResult VerifyWithAny(absl::string_view sig, const std::vector<std::string>& keys,
+                                    uint64_t sdkappid, absl::string_view identifier,
+                                    absl::Time now) {
+  usersig::VerifyResult first = usersig::VerifyResult::kBadSignature;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    usersig::VerifyResult result = usersig::Verify(sig, keys[i], sdkappid, identifier, now);
+    if (result == usersig::VerifyResult::kOk) return result;
+    if (i == 0) first = result;
+  }
+  return first;
+}
+
+Verdict CheckQuery(std::string_view query, const EmulatorOptions& options,
+                   const std::vector<std::string>& keys, absl::Time now) {
   static constexpr std::string_view kKnown[] = {"sdkappid", "identifier", "usersig", "random",
                                                 "contenttype"};
   std::map<std::string, std::string, std::less<>> params;
@@ -141,7 +173,7 @@ Verdict CheckQuery(std::string_view query, const EmulatorOptions& options, absl:
   if (std::find(options.admins.begin(), options.admins.end(), identifier) == options.admins.end()) {
     return Fail(kNotAdmin, "identifier is not an App admin");
   }
-  switch (usersig::Verify(*get("usersig"), options.secret_key, options.sdkappid, identifier, now)) {
+  switch (VerifyWithAny(*get("usersig"), keys, options.sdkappid, identifier, now)) {
     case usersig::VerifyResult::kOk:
       return {};
     case usersig::VerifyResult::kMalformed:
@@ -351,12 +383,22 @@ std::string FaultsJson(const FaultConfig& faults, uint64_t seed) {
 
 EmulatorCore::EmulatorCore(EmulatorOptions options, Clock& clock)
     : options_(std::move(options)), clock_(clock) {
+  absl::MutexLock lock(&mu_);
+  secret_keys_ = std::make_shared<const std::vector<std::string>>(KeysOf(options_.secret_key));
   // An invalid start-up setting (main validates its flags) means no faults rather than
   // nonsense draws.
   if (ValidateFaults(options_.faults).ok()) faults_ = options_.faults;
   fault_seed_ = options_.fault_seed;
   rng_.seed(fault_seed_);
   for (const char* kind : kFaultKinds) faults_injected_[kind] = 0;
+}
+
+bool EmulatorCore::SetSecretKeys(std::string_view text) {
+  std::vector<std::string> keys = KeysOf(text);
+  if (keys.empty()) return false;
+  absl::MutexLock lock(&mu_);
+  secret_keys_ = std::make_shared<const std::vector<std::string>>(std::move(keys));
+  return true;
 }
 
 Response EmulatorCore::Handle(const Request& request) {
@@ -404,7 +446,12 @@ Response EmulatorCore::HandleApi(const Request& request) {
   const std::string_view query =
       question == std::string_view::npos ? std::string_view() : target.substr(question + 1);
   const absl::Time now = clock_.Now();
-  const Verdict auth = CheckQuery(query, options_, now);
+  std::shared_ptr<const std::vector<std::string>> keys;
+  {
+    absl::MutexLock lock(&mu_);
+    keys = secret_keys_;
+  }
+  const Verdict auth = CheckQuery(query, options_, *keys, now);
   ParsedBody body;
   const Verdict content = auth.code == kOk ? CheckBody(request.body, options_, &body) : Verdict{};
 

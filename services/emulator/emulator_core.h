@@ -3,10 +3,12 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -148,6 +150,8 @@ std::string FaultsJson(const FaultConfig& faults, uint64_t seed);
 
 struct EmulatorOptions {
   uint64_t sdkappid = 0;
+  // The app's secret key; several, one per line, are all accepted (a key rotation under way,
+  // so that a test can move the gateway to the new key without a failed call).
   std::string secret_key;
   // Identifiers accepted as App admins; any other identifier is answered 60010.
   std::vector<std::string> admins = {"administrator"};
@@ -210,6 +214,11 @@ class EmulatorCore final {
   EmulatorCore(const EmulatorCore&) = delete;
   EmulatorCore& operator=(const EmulatorCore&) = delete;
 
+  // The keys UserSigs are verified with from now on (EmulatorOptions::secret_key's format: one
+  // per line); the key file changed. Empty lines are ignored; with no key left it changes
+  // nothing and returns false.
+  bool SetSecretKeys(std::string_view keys) ABSL_LOCKS_EXCLUDED(mu_);
+
   // Routes one request:
   //   OPTIONS *               the HTTP ping (RFC 9110 section 9.3.7): HTTP 200, Allow:
   //                           POST, GET, OPTIONS, empty body and no Content-Type. Counted in
@@ -271,6 +280,8 @@ class EmulatorCore final {
   Clock& clock_;
 
   mutable absl::Mutex mu_;
+  // Swapped whole by SetSecretKeys(); a request verifies with the set it copied.
+  std::shared_ptr<const std::vector<std::string>> secret_keys_ ABSL_GUARDED_BY(mu_);
   uint64_t requests_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t calls_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t ok_ ABSL_GUARDED_BY(mu_) = 0;

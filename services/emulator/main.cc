@@ -10,9 +10,11 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -20,6 +22,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "lib/common/clock.h"
+#include "lib/common/file_watch.h"
 #include "lib/common/files.h"
 #include "lib/common/flags.h"
 #include "lib/common/log.h"
@@ -34,7 +37,11 @@ ABSL_FLAG(std::string, cert_file, "", "PEM certificate chain file (required)");
 ABSL_FLAG(std::string, key_file, "", "PEM private key file (required)");
 ABSL_FLAG(std::string, sdkappid, "", "the emulated app's SDKAppID (required)");
 ABSL_FLAG(std::string, secret_key_file, "",
-          "file holding the app's secret key (else the IMGW_SECRET_KEY environment variable)");
+          "file holding the app's secret key (else the IMGW_SECRET_KEY environment variable); "
+          "several keys on separate lines are all accepted (a key rotation under way)");
+ABSL_FLAG(std::string, secret_reload_ms, "1000",
+          "how often --secret_key_file is read again for new keys, in ms (0: never; else "
+          "100..3600000)");
 ABSL_FLAG(std::vector<std::string>, admins, {"administrator"},
           "comma-separated identifiers accepted as App admins");
 ABSL_FLAG(std::vector<std::string>, missing_accounts, {},
@@ -266,6 +273,11 @@ int main(int argc, char** argv) {
   if (std::optional<std::string> error = ParsePathFlags(options.fault_seed, &server_options)) {
     return UsageError(*error);
   }
+  int reload_ms = 0;
+  if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_secret_reload_ms), &reload_ms) ||
+      (reload_ms != 0 && (reload_ms < 100 || reload_ms > 3600000))) {
+    return UsageError("--secret_reload_ms: must be 0 or an integer in 100..3600000");
+  }
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
 
   // Block the stop signals before any thread starts, so that every thread inherits the mask
@@ -285,6 +297,27 @@ int main(int argc, char** argv) {
   if (!server.ok()) {
     std::cerr << "imgw-emulator: " << server.status().message() << "\n";
     return absl::IsInvalidArgument(server.status()) ? kExitUsage : 1;
+  }
+  // A changed key file changes the keys accepted from then on (a rotation, as the gateway's
+  // own watch of its key file follows it).
+  std::unique_ptr<imgw::FileWatch> key_watch;
+  if (!key_file.empty() && reload_ms > 0) {
+    imgw::FileWatch::File file{
+        "secret_key_file", key_file, imgw::kMaxSecretFileBytes,
+        [&core, first = true](const absl::StatusOr<std::string>& content) mutable {
+          const bool initial = std::exchange(first, false);
+          if (content.ok() && core.SetSecretKeys(*content)) {
+            if (!initial) imgw::Log(imgw::LogLevel::kInfo, "secret keys reloaded");
+          } else {
+            imgw::Log(imgw::LogLevel::kWarning, "secret key file refused; the keys stay",
+                      {{"error", content.ok() ? std::string("no key in it")
+                                              : std::string(content.status().message())}});
+          }
+        }};
+    std::vector<imgw::FileWatch::File> files;
+    files.push_back(std::move(file));
+    key_watch = std::make_unique<imgw::FileWatch>(std::move(files), absl::Milliseconds(reload_ms));
+    key_watch->Start();
   }
   (*server)->Start();
   const uint16_t port = (*server)->port();
@@ -309,6 +342,7 @@ int main(int argc, char** argv) {
   sigwait(&stop_signals, &signal_number);
   imgw::Log(imgw::LogLevel::kInfo, "stopping", {{"signal", std::to_string(signal_number)}});
   (*server)->Stop();
+  if (key_watch != nullptr) key_watch->Stop();
   const imgw::emulator::EmulatorStats stats = core.Stats();
   uint64_t faults_injected = 0;
   for (const auto& [kind, count] : stats.faults_injected) faults_injected += count;

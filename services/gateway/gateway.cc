@@ -16,7 +16,9 @@
 #include "grpcpp/server_builder.h"
 #include "grpcpp/server_posix.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
+#include "lib/common/files.h"
 #include "lib/common/log.h"
+#include "lib/metrics/process_stats.h"
 
 namespace imgw::gateway {
 
@@ -59,6 +61,48 @@ absl::Status CheckPortFree(const std::string& flag, const std::string& address) 
   return status;
 }
 
+// A secret's file, watched: what it holds is parsed as at start and, when it differs from the
+// value in use, handed to `apply`, counted (imgw_secret_reloads_total) and logged; FileWatch
+// reports a file only when its reading changes, so each change is logged once. Something
+// refused (unreadable, invalid, or refused by `apply`) leaves the value in use as it is and
+// raises imgw_secret_file_invalid until the file holds a usable value again.
+FileWatch::File WatchSecret(
+    const char* secret, const char* flag, const std::string& path, std::string in_use,
+    std::function<absl::StatusOr<std::string>(absl::string_view, absl::string_view)> parse,
+    std::function<absl::Status(std::string)> apply, metrics::Metrics* metrics) {
+  struct State {
+    std::string in_use;
+    bool invalid = false;
+  };
+  auto state = std::make_shared<State>(State{std::move(in_use)});
+  auto changed = [=](const absl::StatusOr<std::string>& content) {
+    absl::StatusOr<std::string> value = content.ok() ? parse(path, *content) : content.status();
+    absl::Status applied = absl::OkStatus();
+    if (value.ok() && *value != state->in_use) applied = apply(*value);
+    if (!value.ok() || !applied.ok()) {
+      const absl::Status& why = value.ok() ? applied : value.status();
+      Log(LogLevel::kWarning, "secret file refused; the value in use stays",
+          {{"secret", secret}, {"error", std::string(why.message())}});
+      metrics->SecretReload(secret, /*ok=*/false);
+      state->invalid = true;
+      return;
+    }
+    if (*value == state->in_use) {
+      if (state->invalid) {
+        Log(LogLevel::kInfo, "secret file holds the value in use again", {{"secret", secret}});
+        metrics->SecretFileValid(secret);
+        state->invalid = false;
+      }
+      return;
+    }
+    state->in_use = *std::move(value);
+    state->invalid = false;
+    Log(LogLevel::kInfo, "secret reloaded from its file", {{"secret", secret}, {"file", path}});
+    metrics->SecretReload(secret, /*ok=*/true);
+  };
+  return FileWatch::File{flag, path, kMaxSecretFileBytes, std::move(changed)};
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayConfig& config,
@@ -71,7 +115,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   }
   auto gw = std::unique_ptr<Gateway>(new Gateway(config));
   gw->clock_ = &clock;
-  gw->metrics_ = std::make_shared<metrics::Metrics>(IMGW_VERSION);
+  gw->metrics_ = std::make_shared<metrics::Metrics>(IMGW_VERSION, config.sdkappid);
 
   usersig::UserSigCache::Options sig_options;
   sig_options.secret_key = config.secret_key;
@@ -240,6 +284,9 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
     raw->usersigs_->Get();
     raw->metrics_->usersig_expiry_seconds().Set(
         absl::ToDoubleSeconds(raw->usersigs_->ExpiresAt() - raw->clock_->Now()));
+    if (absl::StatusOr<metrics::ProcessStats> process = metrics::ReadProcessStats(); process.ok()) {
+      raw->metrics_->SetProcess(*process);
+    }
   };
   http_options.ready = [raw] { return raw->NotReadyBecause(); };
   absl::StatusOr<std::unique_ptr<metrics::HttpServer>> http =
@@ -267,8 +314,33 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   quota.Resize(config.memory_limit / 8);
   builder.SetResourceQuota(quota);
   builder.RegisterService(gw->service_.get());
+  std::vector<FileWatch::File> secrets;
+  if (!config.secret_key_file.empty()) {
+    usersig::UserSigCache* usersigs = gw->usersigs_.get();
+    secrets.push_back(WatchSecret(
+        "secret_key", "secret_key_file", config.secret_key_file, config.secret_key,
+        config::SecretKeyFromFile,
+        [usersigs](std::string key) { return usersigs->SetSecretKey(std::move(key)); },
+        gw->metrics_.get()));
+  }
+  if (gw->redis_limiter_ != nullptr && !config.redis_password_file.empty()) {
+    ratelimit::RedisRateLimiter* limiter = gw->redis_limiter_;
+    secrets.push_back(WatchSecret(
+        "redis_password", "redis_password_file", config.redis_password_file, config.redis_password,
+        config::RedisPasswordFromFile,
+        [limiter](std::string password) {
+          limiter->SetPassword(std::move(password));
+          return absl::OkStatus();
+        },
+        gw->metrics_.get()));
+  }
+  if (!secrets.empty() && config.secret_reload_interval > absl::ZeroDuration()) {
+    gw->secret_watch_ =
+        std::make_unique<FileWatch>(std::move(secrets), config.secret_reload_interval);
+  }
   gw->loop_->Start();
   gw->memory_watch_->Start();
+  if (gw->secret_watch_ != nullptr) gw->secret_watch_->Start();
   gw->server_ = builder.BuildAndStart();
   if (gw->server_ == nullptr) {
     gw->loop_->Stop(absl::ZeroDuration());

@@ -7,6 +7,7 @@
 #include "absl/status/statusor.h"
 #include "grpcpp/server.h"
 #include "lib/common/clock.h"
+#include "lib/common/file_watch.h"
 #include "lib/config/gateway_config.h"
 #include "lib/dispatch/dispatch_loop.h"
 #include "lib/dispatch/dispatcher.h"
@@ -80,6 +81,9 @@ class Gateway final {
   // Before service_, which borrows the budget; the watch's thread stops when it is destroyed.
   std::unique_ptr<overload::MemoryBudget> memory_budget_;
   std::unique_ptr<overload::MemoryWatch> memory_watch_;
+  // Reads --secret_key_file and --redis_password_file again; its thread applies a new key to
+  // usersigs_ and a new password to the Redis limiter, so it is declared after both.
+  std::unique_ptr<FileWatch> secret_watch_;
   std::unique_ptr<MsgReadService> service_;
   std::unique_ptr<grpc::Server> server_;
   // The gRPC listener with plaintext gRPC (null with TLS); hands connections to server_, so

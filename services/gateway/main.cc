@@ -83,6 +83,9 @@ ABSL_FLAG(absl::Duration, upstream_timeout, absl::Seconds(5),
 ABSL_FLAG(int, max_attempts, 3, "Upstream requests per call for retryable failures.");
 ABSL_FLAG(absl::Duration, usersig_lifetime, absl::Hours(24),
           "Lifetime of the admin UserSig; it is renewed at half of it.");
+ABSL_FLAG(absl::Duration, secret_reload_interval, absl::Seconds(10),
+          "How often --secret_key_file and --redis_password_file are read again for a new "
+          "key or password (a Kubernetes Secret updated in place); 0: never.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(25),
           "On SIGTERM, time given to queued and in-flight calls (under Kubernetes' 30s).");
 ABSL_FLAG(std::string, grpc_tls_cert, "",
@@ -191,6 +194,7 @@ int main(int argc, char** argv) {
   flags.request_timeout = absl::GetFlag(FLAGS_upstream_timeout);
   flags.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   flags.usersig_lifetime = absl::GetFlag(FLAGS_usersig_lifetime);
+  flags.secret_reload_interval = absl::GetFlag(FLAGS_secret_reload_interval);
   flags.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   flags.grpc_tls_cert = absl::GetFlag(FLAGS_grpc_tls_cert);
   flags.grpc_tls_key = absl::GetFlag(FLAGS_grpc_tls_key);

@@ -110,7 +110,16 @@ TEST_F(MetricsE2eTest, CountersAndHistogramsFollowTheTrafficAndPassPromtool) {
   EXPECT_EQ(s["imgw_memory_overloaded"], 0);
   EXPECT_EQ(s.count("imgw_memory_trims_total"), 1u);
   EXPECT_EQ(s.count("imgw_rejected_calls_total{reason=\"memory\"}"), 1u);
-  EXPECT_EQ(s["imgw_build_info{version=\"0.1.0\"}"], 1);
+  EXPECT_EQ(s["imgw_build_info{sdkappid=\"1400000000\",version=\"0.1.0\"}"], 1);
+  // The standard process metrics, of this gateway's process.
+  EXPECT_GT(s["process_cpu_seconds_total"], 0);
+  EXPECT_GT(s["process_resident_memory_bytes"], 1 << 20);
+  EXPECT_GE(s["process_virtual_memory_bytes"], s["process_resident_memory_bytes"]);
+  EXPECT_GE(s["process_open_fds"], 5);  // stdio, the two listeners, at least one connection.
+  EXPECT_GT(s["process_max_fds"], s["process_open_fds"]);
+  EXPECT_NEAR(s["process_start_time_seconds"], absl::ToUnixSeconds(absl::Now()), 300);
+  EXPECT_EQ(s["imgw_secret_reloads_total{result=\"ok\",secret=\"secret_key\"}"], 0);
+  EXPECT_EQ(s.count("imgw_secret_file_invalid{secret=\"secret_key\"}"), 1u);
   // No user data in labels.
   EXPECT_FALSE(absl::StrContains(*text, "alice"));
   EXPECT_FALSE(absl::StrContains(*text, "ghost"));

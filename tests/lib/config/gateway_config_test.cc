@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/testing/process.h"
@@ -68,6 +69,35 @@ TEST(GatewayConfigTest, SecretKeyFileWinsAndIsTrimmed) {
   GatewayFlags flags = Valid();
   flags.secret_key_file = path;
   EXPECT_EQ(Resolve(flags)->secret_key, "from-file");
+}
+
+// One rule for the key at start and at each reload: one word of printable ASCII, surrounding
+// whitespace dropped; errors name the flag and the file, never the content.
+TEST(GatewayConfigTest, SecretKeyRuleIsTheSameAtStartAndOnReload) {
+  EXPECT_EQ(*SecretKeyFromFile("/k", "  abc123\n"), "abc123");
+  for (const char* bad : {"", " \n", "abc def", "abc\ndef", "ab\x01c", "ключ"}) {
+    absl::StatusOr<std::string> key = SecretKeyFromFile("/k", bad);
+    ASSERT_FALSE(key.ok()) << bad;
+    EXPECT_TRUE(absl::StartsWith(key.status().message(), "--secret_key_file: /k")) << key.status();
+    if (std::string(bad).size() > 2) {
+      EXPECT_FALSE(absl::StrContains(key.status().message(), bad)) << "the content leaked";
+    }
+  }
+  GatewayFlags flags = Valid();
+  flags.secret_key_file.clear();
+  flags.secret_key_env = "two words";
+  EXPECT_FALSE(Resolve(flags).ok());
+  EXPECT_EQ(*RedisPasswordFromFile("/p", "pass word\n"), "pass word");
+  EXPECT_FALSE(RedisPasswordFromFile("/p", "\n").ok());
+}
+
+TEST(GatewayConfigTest, SecretReloadIntervalIsOffOrAtLeast100ms) {
+  GatewayFlags flags = Valid();
+  EXPECT_EQ(Resolve(flags)->secret_reload_interval, absl::Seconds(10));
+  flags.secret_reload_interval = absl::ZeroDuration();
+  EXPECT_EQ(Resolve(flags)->secret_reload_interval, absl::ZeroDuration());
+  flags.secret_reload_interval = absl::Milliseconds(10);
+  EXPECT_FALSE(Resolve(flags).ok());
 }
 
 // A file flag reads a bounded regular file: /dev/zero would never end (it read 2.5 GB in 3 s),

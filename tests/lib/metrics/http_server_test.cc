@@ -238,7 +238,7 @@ class HttpServerTest : public ::testing::Test {
     return prometheus::TextSerializer().Serialize(metrics_->registry()->Collect());
   }
 
-  std::shared_ptr<Metrics> metrics_ = std::make_shared<Metrics>("9.8.7");
+  std::shared_ptr<Metrics> metrics_ = std::make_shared<Metrics>("9.8.7", 1400000000);
   std::atomic<int> refreshes_{0};
   Readiness readiness_;
 };
@@ -280,7 +280,8 @@ TEST_F(HttpServerTest, ServesTheProbesAndTheMetrics) {
   EXPECT_EQ(refreshes_.load(), refreshes_before + 1) << "/metrics runs refresh first";
   EXPECT_TRUE(absl::StrContains(scrape->head, "Content-Type: text/plain; version=0.0.4"))
       << scrape->head;
-  EXPECT_TRUE(absl::StrContains(scrape->body, "imgw_build_info{version=\"9.8.7\"} 1"));
+  EXPECT_TRUE(absl::StrContains(scrape->body,
+                                "imgw_build_info{sdkappid=\"1400000000\",version=\"9.8.7\"} 1"));
   // Set by refresh, so it shows only if refresh ran before the registry was read.
   EXPECT_TRUE(absl::StrContains(scrape->body, "imgw_rate_limit_max_calls_per_second 42"));
   EXPECT_EQ(scrape->body, ExpectedMetrics());

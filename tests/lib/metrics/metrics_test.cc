@@ -13,7 +13,7 @@ std::string Scrape(const Metrics& metrics) {
 }
 
 TEST(MetricsTest, ErrorCodesOutsideTheTableFoldIntoOther) {
-  Metrics metrics("test");
+  Metrics metrics("test", 1400000000);
   metrics.UpstreamAnswer(0);
   metrics.UpstreamAnswer(90008);
   metrics.UpstreamAnswer(12345);
@@ -28,13 +28,15 @@ TEST(MetricsTest, ErrorCodesOutsideTheTableFoldIntoOther) {
 }
 
 TEST(MetricsTest, SeriesThatAlertsWatchExistBeforeTheirFirstEvent) {
-  Metrics metrics("1.2.3");
+  Metrics metrics("1.2.3", 1400000000);
   std::string text = Scrape(metrics);
   for (const char* series : {
            "imgw_upstream_answers_total{api=\"admin_set_msg_read\",error_code=\"60007\"} 0",
            "imgw_rejected_calls_total{reason=\"overloaded\"} 0",
            "imgw_retries_total{reason=\"transient\"} 0",
-           "imgw_build_info{version=\"1.2.3\"} 1",
+           "imgw_build_info{sdkappid=\"1400000000\",version=\"1.2.3\"} 1",
+           "imgw_secret_reloads_total{result=\"error\",secret=\"secret_key\"} 0",
+           "imgw_secret_file_invalid{secret=\"redis_password\"} 0",
        }) {
     EXPECT_NE(text.find(series), std::string::npos) << series << "\n" << text;
   }
@@ -43,7 +45,7 @@ TEST(MetricsTest, SeriesThatAlertsWatchExistBeforeTheirFirstEvent) {
 // The children cached for the per-call paths are the family's own series: known and unknown
 // label values land on the same lines a Family::Add lookup would.
 TEST(MetricsTest, CachedSeriesCountWhereFamilyLookupsWould) {
-  Metrics metrics("test");
+  Metrics metrics("test", 1400000000);
   metrics.ObserveRpc("SetMsgRead", "OK", absl::Milliseconds(1));
   metrics.ObserveRpc("SetMsgRead", "OK", absl::Milliseconds(2));
   metrics.ObserveRpc("BatchSetMsgRead", "UNAVAILABLE", absl::Milliseconds(3));
@@ -74,7 +76,7 @@ TEST(MetricsTest, CachedSeriesCountWhereFamilyLookupsWould) {
 }
 
 TEST(MetricsTest, ConnectionsCreatedMirrorsAGrowingTotal) {
-  Metrics metrics("test");
+  Metrics metrics("test", 1400000000);
   metrics.SetConnectionsCreated(3);
   metrics.SetConnectionsCreated(2);  // Never goes back.
   metrics.SetConnectionsCreated(5);

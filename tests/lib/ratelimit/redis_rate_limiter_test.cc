@@ -186,6 +186,16 @@ absl::StatusOr<SpansInRedis> ReadSpans(int port, const std::string& key) {
   return out;
 }
 
+// Polls `done` every 5 ms until it holds or `timeout` passed: whether it held.
+bool WaitFor(const std::function<bool()>& done, absl::Duration timeout) {
+  absl::Time until = absl::Now() + timeout;
+  while (absl::Now() < until) {
+    if (done()) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return done();
+}
+
 class RedisRateLimiterTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -221,15 +231,6 @@ class RedisRateLimiterTest : public ::testing::Test {
       absl::SleepFor(absl::Milliseconds(10));
     }
     for (std::thread& t : threads) t.join();
-  }
-
-  static bool WaitFor(const std::function<bool()>& done, absl::Duration timeout) {
-    absl::Time until = absl::Now() + timeout;
-    while (absl::Now() < until) {
-      if (done()) return true;
-      absl::SleepFor(absl::Milliseconds(5));
-    }
-    return done();
   }
 
   std::unique_ptr<testing::RedisServer> redis_;
@@ -320,6 +321,25 @@ TEST(RedisRateLimiterPasswordTest, AuthenticatesAndAWrongPasswordIsACountedFallb
   EXPECT_NE(logs.find("falls back to a local share"), std::string::npos) << logs;
   EXPECT_EQ(logs.find("wrong-Qx7-password"), std::string::npos) << logs;
   EXPECT_EQ(logs.find(password), std::string::npos) << logs;
+}
+
+// A rotated password (read again from its file) is used from the next connection on: a
+// replica that fell back because Redis refused its password shares the budget again, with no
+// restart, once it is given the right one.
+TEST(RedisRateLimiterPasswordTest, ANewPasswordIsUsedWhenItReconnects) {
+  absl::StatusOr<std::unique_ptr<testing::RedisServer>> redis =
+      testing::RedisServer::Start({"the-new-one"});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  auto limiter =
+      RedisRateLimiter::Create(OptionsFor((*redis)->port(), 0, "the-old-one"), RealClock::Get());
+  ASSERT_TRUE(limiter.ok()) << limiter.status();
+  ASSERT_TRUE(WaitFor([&] { return (*limiter)->Stats().fallbacks == 1; }, absl::Seconds(5)));
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_FALSE((*limiter)->Stats().shared) << "the old password was refused";
+  (*limiter)->SetPassword("the-new-one");
+  EXPECT_TRUE(WaitFor([&] { return (*limiter)->Stats().shared; }, absl::Seconds(10)))
+      << (*limiter)->Stats().last_error;
+  EXPECT_TRUE((*limiter)->Stats().connected);
 }
 
 // The stats reach the metrics while a fallback lasts, not when it ends: with a password Redis

@@ -150,6 +150,28 @@ TEST(UserSigCacheTest, RenewsWhenTheWallClockStepsBack) {
   EXPECT_EQ(Decode(second)->time, absl::ToUnixSeconds(clock.Now()));
 }
 
+// A rotated key signs from the next Get() on, at once (not at the next renewal); a key that
+// cannot sign is refused and the old one stays.
+TEST(UserSigCacheTest, ANewSecretKeySignsFromTheNextGet) {
+  testing::FakeClock clock;
+  auto cache = UserSigCache::Create({kKey, 1400000000, "admin", absl::Hours(24), 0.5}, clock);
+  ASSERT_TRUE(cache.ok());
+  const std::string old_sig = (*cache)->Get();
+  const std::string new_key = "another key";
+  clock.Advance(absl::Seconds(1));
+  ASSERT_TRUE((*cache)->SetSecretKey(new_key).ok());
+  const std::string new_sig = (*cache)->Get();
+  EXPECT_EQ(Verify(new_sig, new_key, 1400000000, "admin", clock.Now()), VerifyResult::kOk);
+  EXPECT_EQ(Verify(new_sig, kKey, 1400000000, "admin", clock.Now()), VerifyResult::kBadSignature);
+  EXPECT_EQ(Verify(old_sig, kKey, 1400000000, "admin", clock.Now()), VerifyResult::kOk)
+      << "what was signed before stays valid under the old key";
+  EXPECT_EQ((*cache)->ExpiresAt(), clock.Now() + absl::Hours(24));
+
+  EXPECT_FALSE((*cache)->SetSecretKey("").ok());
+  clock.Advance(absl::Hours(13));  // Renewed: still with the key that signs.
+  EXPECT_EQ(Verify((*cache)->Get(), new_key, 1400000000, "admin", clock.Now()), VerifyResult::kOk);
+}
+
 TEST(UserSigCacheTest, CreateFailsOnOptionsThatCannotSign) {
   testing::FakeClock clock;
   EXPECT_FALSE(UserSigCache::Create({"", 1, "admin", absl::Hours(24), 0.5}, clock).ok());

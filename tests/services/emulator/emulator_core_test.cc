@@ -279,6 +279,25 @@ TEST_F(EmulatorCoreTest, NonAdminIdentifierIs60010) {
             kNotAdmin);
 }
 
+// A key rotation under way: every key listed (one per line) is accepted; once the list holds
+// only the new key, a UserSig of the old one is a wrong signature. An empty list changes
+// nothing.
+TEST_F(EmulatorCoreTest, AcceptsEachKeyListedAndFollowsTheirChanges) {
+  const std::string new_key = "0123456789abcdef";
+  auto signed_with = [&](const std::string& key) {
+    return With(Good(), "usersig", Sig(kAdmin, kAppId, key));
+  };
+  EXPECT_EQ(Code(Post(signed_with(new_key))), kUserSigBadSignature);
+  ASSERT_TRUE(core_->SetSecretKeys(std::string(kKey) + "\n  " + new_key + " \n\n"));
+  EXPECT_EQ(Code(Post(signed_with(kKey))), 0);
+  EXPECT_EQ(Code(Post(signed_with(new_key))), 0);
+  ASSERT_TRUE(core_->SetSecretKeys(new_key + "\n"));
+  EXPECT_EQ(Code(Post(signed_with(kKey))), kUserSigBadSignature);
+  EXPECT_EQ(Code(Post(signed_with(new_key))), 0);
+  EXPECT_FALSE(core_->SetSecretKeys(" \n"));
+  EXPECT_EQ(Code(Post(signed_with(new_key))), 0);
+}
+
 TEST_F(EmulatorCoreTest, UserSigFailuresMapToTheirCodes) {
   EXPECT_EQ(Code(Post(With(Good(), "usersig", "not-a-usersig"))), kUserSigIllegal);
   EXPECT_EQ(Code(Post(With(Good(), "usersig", Sig(kAdmin, kAppId + 1)))), kUserSigSdkAppIdMismatch);

@@ -1,0 +1,199 @@
+// The secret key rotated without a restart (README "Rotating the key"): the real emulator and
+// gateway, each watching its key file, under a steady load of calls whose upstream requests
+// are in flight when the files change. The gateway's file changes as a Kubernetes Secret
+// volume does: a new directory, then the `..data` symlink swapped over it.
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/stack_test.h"
+
+namespace imgw::testing {
+namespace {
+
+constexpr char kOldKey[] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+constexpr char kNewKey[] = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+// A directory laid out as the kubelet lays out a Secret volume: secret_key -> ..data/secret_key,
+// ..data -> ..<version>; Publish() writes a new version and swaps ..data in one rename.
+class SecretVolume {
+ public:
+  explicit SecretVolume(std::string dir) : dir_(std::move(dir)) {}
+
+  std::string key_path() const { return dir_ + "/secret_key"; }
+
+  void Publish(const std::string& content) {
+    const std::string version = absl::StrCat("..v", ++versions_);
+    ASSERT_EQ(mkdir((dir_ + "/" + version).c_str(), 0700), 0);
+    ASSERT_TRUE(WriteFile(dir_ + "/" + version + "/secret_key", content).ok());
+    const std::string tmp = dir_ + "/..data_tmp";
+    ASSERT_EQ(symlink(version.c_str(), tmp.c_str()), 0);
+    ASSERT_EQ(rename(tmp.c_str(), (dir_ + "/..data").c_str()), 0);
+    if (versions_ == 1) ASSERT_EQ(symlink("..data/secret_key", key_path().c_str()), 0);
+  }
+
+ private:
+  std::string dir_;
+  int versions_ = 0;
+};
+
+// Replaces a plain file in one rename, as an editor or a config tool does.
+void Replace(const std::string& path, const std::string& content) {
+  ASSERT_TRUE(WriteFile(path + ".tmp", content).ok());
+  ASSERT_EQ(rename((path + ".tmp").c_str(), path.c_str()), 0);
+}
+
+class SecretRotationE2eTest : public StackTest {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<TempDir> dir = TempDir::Create("imgw-rotation");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = std::make_unique<TempDir>(*std::move(dir));
+    emulator_keys_ = dir_->File("emulator.keys");
+    Replace(emulator_keys_, absl::StrCat(kOldKey, "\n"));
+    volume_ = std::make_unique<SecretVolume>(dir_->path());
+    ASSERT_NO_FATAL_FAILURE(volume_->Publish(absl::StrCat(kOldKey, "\n")));
+    ImgwStackOptions options;
+    // A far upstream (50 ms +- 20): requests signed with the old key are in flight when the
+    // gateway's file changes.
+    options.emulator_flags = {"--secret_key_file=" + emulator_keys_, "--secret_reload_ms=100",
+                              "--latency_ms=50", "--jitter_ms=20"};
+    options.gateway_flags = {"--secret_key_file=" + volume_->key_path(),
+                             "--secret_reload_interval=100ms"};
+    ASSERT_NO_FATAL_FAILURE(StartStack(options));
+  }
+
+  // Four callers calling SetMsgRead for new pairs one after the other (about 60 calls/s with
+  // the far upstream) until StopLoad(); bounded to 1,000 calls each.
+  void StartLoad() {
+    for (int t = 0; t < 4; ++t) {
+      load_.emplace_back([this, t] {
+        auto stub = NewStub(stack_->gateway_address());
+        for (int i = 0; i < 1000 && !stop_.load(); ++i) {
+          grpc::ClientContext context;
+          context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+          v1::SetMsgReadRequest request;
+          request.set_report_account(absl::StrCat("rot_", t, "_", i));
+          request.set_peer_account("rot_peer");
+          v1::SetMsgReadResponse response;
+          grpc::Status status = stub->SetMsgRead(&context, request, &response);
+          absl::MutexLock lock(&mu_);
+          ++calls_;
+          if (!status.ok()) {
+            failures_.push_back(absl::StrCat(request.report_account(), ": ", status.error_code(),
+                                             " ", status.error_message()));
+          }
+          absl::SleepFor(absl::Milliseconds(5));
+        }
+      });
+    }
+  }
+
+  void StopLoad() {
+    stop_.store(true);
+    for (std::thread& t : load_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+  void TearDown() override {
+    StopLoad();
+    StackTest::TearDown();
+  }
+
+  // One call, on its own, after everything settled.
+  grpc::Status OneCall(const std::string& report) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::SetMsgReadRequest request;
+    request.set_report_account(report);
+    request.set_peer_account("rot_peer");
+    v1::SetMsgReadResponse response;
+    return stub_->SetMsgRead(&context, request, &response);
+  }
+
+  std::unique_ptr<TempDir> dir_;
+  std::string emulator_keys_;
+  std::unique_ptr<SecretVolume> volume_;
+  std::vector<std::thread> load_;
+  std::atomic<bool> stop_{false};
+  absl::Mutex mu_;
+  int calls_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> failures_ ABSL_GUARDED_BY(mu_);
+};
+
+constexpr char kReloadsOk[] = "imgw_secret_reloads_total{result=\"ok\",secret=\"secret_key\"}";
+constexpr char kReloadsError[] =
+    "imgw_secret_reloads_total{result=\"error\",secret=\"secret_key\"}";
+constexpr char kInvalid[] = "imgw_secret_file_invalid{secret=\"secret_key\"}";
+
+// The order of a rotation without a failed call: the upstream accepts both keys, the Secret
+// gets the new one, the upstream drops the old one. Once the upstream takes only the new key,
+// a gateway still signing with the old one would fail every call (70009).
+TEST_F(SecretRotationE2eTest, ANewKeyInTheSecretIsUsedWithoutAFailedCall) {
+  StartLoad();
+  absl::SleepFor(absl::Milliseconds(500));
+  ASSERT_NO_FATAL_FAILURE(Replace(emulator_keys_, absl::StrCat(kOldKey, "\n", kNewKey, "\n")));
+  absl::SleepFor(absl::Milliseconds(500));  // Five of the emulator's reads.
+  ASSERT_NO_FATAL_FAILURE(volume_->Publish(absl::StrCat(kNewKey, "\n")));
+  EXPECT_EQ(AwaitMetric(kReloadsOk, 1, absl::Seconds(5)), 1);
+  absl::SleepFor(absl::Milliseconds(500));  // Requests signed with the old key come back.
+  ASSERT_NO_FATAL_FAILURE(Replace(emulator_keys_, absl::StrCat(kNewKey, "\n")));
+  absl::SleepFor(absl::Milliseconds(1500));  // Calls the old key could no longer carry.
+  StopLoad();
+
+  {
+    absl::MutexLock lock(&mu_);
+    EXPECT_GE(calls_, 100);
+    EXPECT_TRUE(failures_.empty()) << failures_.size() << " failed, first: " << failures_[0];
+  }
+  EXPECT_TRUE(OneCall("rot_after").ok()) << "the gateway does not sign with the new key";
+  std::map<std::string, double> m = Metrics();
+  EXPECT_EQ(m[kReloadsOk], 1);
+  EXPECT_EQ(m[kReloadsError], 0);
+  EXPECT_EQ(m[kInvalid], 0);
+  EmulatorStatsView stats = Stats();
+  EXPECT_EQ(stats.ErrorCount(70009), 0u);
+  EXPECT_EQ(stats.ok, stats.calls);
+}
+
+// A Secret changed to something unusable (empty, two words, gone) is refused, counted and
+// flagged once per change; the gateway keeps signing with the key it has, without a failed
+// call, and clears the flag when the file holds a usable key again.
+TEST_F(SecretRotationE2eTest, AnUnusableFileKeepsTheKeyInUseAndIsFlagged) {
+  StartLoad();
+  ASSERT_NO_FATAL_FAILURE(volume_->Publish("\n"));
+  EXPECT_EQ(AwaitMetric(kReloadsError, 1, absl::Seconds(5)), 1);
+  EXPECT_EQ(Metrics()[kInvalid], 1);
+  absl::SleepFor(absl::Milliseconds(500));  // Still refused, counted once.
+  EXPECT_EQ(Metrics()[kReloadsError], 1);
+  ASSERT_NO_FATAL_FAILURE(volume_->Publish(absl::StrCat(kNewKey, " ", kOldKey, "\n")));
+  EXPECT_EQ(AwaitMetric(kReloadsError, 2, absl::Seconds(5)), 2);
+  ASSERT_NO_FATAL_FAILURE(volume_->Publish(absl::StrCat(kOldKey, "\n")));  // Usable again.
+  EXPECT_EQ(AwaitMetric(kInvalid, 0, absl::Seconds(5)), 0);
+  absl::SleepFor(absl::Milliseconds(300));
+  StopLoad();
+
+  {
+    absl::MutexLock lock(&mu_);
+    EXPECT_GE(calls_, 30);
+    EXPECT_TRUE(failures_.empty()) << failures_.size() << " failed, first: " << failures_[0];
+  }
+  std::map<std::string, double> m = Metrics();
+  EXPECT_EQ(m[kReloadsOk], 0) << "the key in use never changed";
+  EXPECT_EQ(m[kReloadsError], 2);
+  EXPECT_TRUE(OneCall("rot_after").ok());
+  EXPECT_EQ(Stats().ErrorCount(70009), 0u);
+}
+
+}  // namespace
+}  // namespace imgw::testing
