@@ -6,10 +6,14 @@
   check_deploy.py SOURCE_DIR rules --promtool=PATH
   check_deploy.py SOURCE_DIR promql --prometheus=PATH
 
-parse:     every YAML file under deploy/ parses (all its documents), the dashboard JSON too.
+parse:     every YAML file under deploy/ parses (all its documents), the dashboard JSON too;
+           every alert has a runbook_url, the placeholder base plus the anchor of a heading of
+           deploy/kubernetes/README.md.
 manifests: the promises of deploy/kubernetes (native sidecar, probes, securityContext, resources,
            grace period, secret, loopback gRPC, PodMonitor, kustomizations), on the files
-           themselves and, when kubectl is at hand, on `kubectl kustomize` of the base and overlays.
+           themselves and, when kubectl is at hand, on `kubectl kustomize` of the base and overlays;
+           the base's PrometheusRule holds the groups of deploy/prometheus/imgw-rules.yaml, and
+           each overlay's rendering points every runbook_url at its runbook_base_url.
 rules:     `promtool check rules` on the alert rules, `promtool test rules` on
            tests/deploy/imgw-rules-test.yaml, `promtool check config` on the scrape example.
 promql:    a real Prometheus on loopback accepts every PromQL expression of the dashboard and the
@@ -77,6 +81,61 @@ def rules_path(root):
     return os.path.join(root, "deploy", "prometheus", "imgw-rules.yaml")
 
 
+# The base URL of every runbook_url in imgw-rules.yaml (and the base's PrometheusRule); the
+# overlays replace it with their runbook_base_url.
+RUNBOOK_PLACEHOLDER = "https://github.com/example/imgw/blob/main/deploy/kubernetes/README.md"
+
+
+def runbook_path(root):
+    return os.path.join(root, "deploy", "kubernetes", "README.md")
+
+
+def heading_anchors(path):
+    """The anchors GitHub gives the headings of a Markdown file: lower case, punctuation other
+    than - and _ dropped, spaces as -, a repeated one suffixed -1, -2, ..."""
+    anchors, seen, fence = set(), {}, False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("```"):
+                fence = not fence
+            m = None if fence else re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+            if not m:
+                continue
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            anchors.add(slug if n == 0 else "%s-%d" % (slug, n))
+    return anchors
+
+
+def alert_rules(groups):
+    return [r for g in groups or [] for r in g.get("rules", []) or [] if r.get("alert")]
+
+
+def check_runbook_urls(where, groups, base, anchors):
+    """Every alert of groups has runbook_url == base#<its name in lower case>, an anchor of the
+    runbook; none keeps the old repository-path annotation `runbook`."""
+    alerts = alert_rules(groups)
+    if not alerts:
+        problem("%s: no alert" % where)
+    for r in alerts:
+        name = r["alert"]
+        ann = r.get("annotations") or {}
+        url = ann.get("runbook_url")
+        want = "%s#%s" % (base, name.lower())
+        if "runbook" in ann:
+            problem("%s: alert %s still has the annotation runbook; runbook_url replaced it" % (where, name))
+        if url is None:
+            problem("%s: alert %s has no runbook_url" % (where, name))
+        elif url != want:
+            problem("%s: alert %s: runbook_url is %s, expected %s" % (where, name, url, want))
+        elif name.lower() not in anchors:
+            problem("%s: alert %s: runbook_url's anchor #%s is no heading of "
+                    "deploy/kubernetes/README.md (add a section \"### %s\" under \"Alerts\")"
+                    % (where, name, name.lower(), name))
+    return len(alerts)
+
+
 # ---------------------------------------------------------------------------------------------
 # parse
 
@@ -106,6 +165,11 @@ def check_parse(root):
                     problem("%s does not parse: %s" % (rel(root, path), e))
     if not os.path.exists(dashboard_path(root)):
         problem("missing %s" % rel(root, dashboard_path(root)))
+    # runbook_url of every alert: the placeholder base and an anchor of the runbook.
+    anchors = heading_anchors(runbook_path(root))
+    groups = load_yaml_docs(rules_path(root))[0].get("groups")
+    n = check_runbook_urls(rel(root, rules_path(root)), groups, RUNBOOK_PLACEHOLDER, anchors)
+    print("ok: %d alerts, each with runbook_url %s#<anchor of a runbook section>" % (n, RUNBOOK_PLACEHOLDER))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,6 +703,8 @@ def check_manifests(root, kubectl):
     check_workload("deploy/kubernetes/base", objects, dict(generated))
     for _, s in find_objects(objects, "Secret"):
         print("ok: base Secret %s is a placeholder (see its comment)" % s["metadata"]["name"])
+    check_prometheusrule_in_sync(root, objects)
+    anchors = heading_anchors(runbook_path(root))
 
     # Each overlay: references the base, its files exist, its patches keep the promises.
     for ov in overlays:
@@ -669,6 +735,7 @@ def check_manifests(root, kubectl):
                     ov_cms.setdefault(d["metadata"]["name"], {}).update(d.get("data") or {})
         patched = [(s, d) for s, d in objects if d.get("kind") != "Secret"]
         check_workload_overlay(rel(root, ov), patched, ov_cms, k, ov)
+        runbook_base_url(root, kpath, k)
 
     # The real renderer, when available (CI machines may not have it).
     if kubectl:
@@ -680,8 +747,82 @@ def check_manifests(root, kubectl):
             docs = [d for d in yaml.safe_load_all(r.stdout) if d]
             print("ok: kubectl kustomize %s: %d objects" % (rel(root, kdir), len(docs)))
             check_workload("kustomize build of %s" % rel(root, kdir), [("build", d) for d in docs], {})
+            # The runbook links as rendered: the base keeps the placeholder, an overlay has its own.
+            where = "kustomize build of %s" % rel(root, kdir)
+            if kdir == base:
+                want = RUNBOOK_PLACEHOLDER
+            else:
+                kpath, k = read_kustomization(kdir)
+                want = runbook_base_url(root, kpath, k, quiet=True)
+            rules = find_objects([("build", d) for d in docs], "PrometheusRule")
+            if len(rules) != 1:
+                problem("%s: %d PrometheusRules, expected the one of the base" % (where, len(rules)))
+            elif want:
+                n = check_runbook_urls(where, rules[0][1].get("spec", {}).get("groups"), want, anchors)
+                print("ok: %s: the PrometheusRule's %d runbook_url start with %s#" % (where, n, want))
+            if any(d.get("kind") == "ConfigMap" and d["metadata"]["name"] == "imgw-runbook" for d in docs):
+                problem("%s outputs the ConfigMap imgw-runbook; it must stay local-config" % where)
     else:
         print("note: kubectl not found; the kustomize builds were checked by the mini check only")
+
+
+def check_prometheusrule_in_sync(root, objects):
+    """The base's PrometheusRule holds exactly the groups of deploy/prometheus/imgw-rules.yaml."""
+    rules = find_objects(objects, "PrometheusRule")
+    path = os.path.join("deploy", "kubernetes", "base", "prometheusrule.yaml")
+    if len(rules) != 1:
+        problem("deploy/kubernetes/base: %d PrometheusRules; expected %s, listed in kustomization.yaml"
+                % (len(rules), path))
+        return
+    src, pr = rules[0]
+    if pr.get("apiVersion") != "monitoring.coreos.com/v1":
+        problem("%s: apiVersion must be monitoring.coreos.com/v1" % src)
+    want = load_yaml_docs(rules_path(root))[0].get("groups")
+    if (pr.get("spec") or {}).get("groups") != want:
+        problem("%s differs from deploy/prometheus/imgw-rules.yaml: run "
+                "deploy/prometheus/to-prometheusrule.py" % src)
+    else:
+        print("ok: %s holds the groups of deploy/prometheus/imgw-rules.yaml" % src)
+
+
+def runbook_base_url(root, kpath, k, quiet=False):
+    """The overlay's runbook_base_url (configMapGenerator imgw-runbook, local-config) and the
+    replacement that puts it before the "#" of every runbook_url. Returns the URL, or None."""
+    where = rel(root, kpath)
+    gens = [g for g in k.get("configMapGenerator", []) or [] if g.get("name") == "imgw-runbook"]
+    literals = dict(l.split("=", 1) for g in gens for l in g.get("literals", []) or [] if "=" in l)
+    url = literals.get("runbook_base_url")
+    if not quiet:
+        if not url:
+            problem("%s: no configMapGenerator imgw-runbook with a literal runbook_base_url=URL "
+                    "(where the alerts' runbook_url point)" % where)
+        elif not re.match(r"^https?://[^#\s]+$", url):
+            problem("%s: runbook_base_url %r is not an http(s) URL without #" % (where, url))
+        elif url == RUNBOOK_PLACEHOLDER:
+            problem("%s: runbook_base_url is the rules' placeholder; set your runbook's URL" % where)
+        for g in gens:
+            ann = (g.get("options") or {}).get("annotations") or {}
+            if ann.get("config.kubernetes.io/local-config") != "true":
+                problem("%s: the ConfigMap imgw-runbook must be annotated "
+                        "config.kubernetes.io/local-config: \"true\" (not applied)" % where)
+        ok = False
+        for rp in k.get("replacements", []) or []:
+            src = rp.get("source") or {}
+            if src.get("name") != "imgw-runbook" or src.get("fieldPath") != "data.runbook_base_url":
+                continue
+            for t in rp.get("targets", []) or []:
+                opts = t.get("options") or {}
+                if (t.get("select") or {}).get("kind") == "PrometheusRule" and \
+                        "spec.groups.*.rules.*.annotations.runbook_url" in (t.get("fieldPaths") or []) and \
+                        opts.get("delimiter") == "#" and opts.get("index") == 0:
+                    ok = True
+        if not ok:
+            problem("%s: no replacement of data.runbook_base_url of imgw-runbook into "
+                    "spec.groups.*.rules.*.annotations.runbook_url of the PrometheusRule "
+                    "(options: delimiter \"#\", index 0)" % where)
+        elif url:
+            print("ok: %s: runbook_url base %s" % (where, url))
+    return url
 
 
 def check_workload_overlay(where, objects, configmaps, k, ov):
