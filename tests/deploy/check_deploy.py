@@ -1000,9 +1000,17 @@ def check_dashboard_shape(dash):
     names = {v.get("name"): v for v in (dash.get("templating") or {}).get("list", [])}
     if (names.get("datasource") or {}).get("type") != "datasource" or names["datasource"].get("query") != "prometheus":
         problem("dashboard has no Prometheus datasource variable named datasource")
-    for v in ("namespace", "pod"):
+    for v in ("namespace", "pod", "sdkappid"):
         if v not in names:
             problem("dashboard has no %s variable" % v)
+    # The SDKAppID variable takes the scrape label imgw_sdkappid, the label the rules group by and
+    # every series of the target carries; the panels filter on that same label.
+    q = (names.get("sdkappid") or {}).get("query")
+    q = q.get("query") if isinstance(q, dict) else q
+    if names.get("sdkappid") and not re.match(r"^label_values\(imgw_build_info\{[^}]*\},\s*imgw_sdkappid\)$", q or ""):
+        problem("dashboard variable sdkappid must be label_values(imgw_build_info{...}, imgw_sdkappid), not %r" % q)
+    if names.get("sdkappid") and names["sdkappid"].get("allValue") != ".*":
+        problem("dashboard variable sdkappid needs allValue \".*\" (All matches series without the label)")
     titles, metrics = [], set()
 
     def walk(panels):
@@ -1013,13 +1021,36 @@ def check_dashboard_shape(dash):
                 if ds.get("uid") not in ("${datasource}", "$datasource"):
                     problem("dashboard panel %r does not use ${datasource}" % p.get("title"))
             for t in p.get("targets", []) or []:
-                metrics.update(re.findall(r"\b(imgw_[a-z_]+|up)\b", t.get("expr", "")))
+                expr = t.get("expr", "")
+                metrics.update(re.findall(r"\b(imgw_[a-z_]+|process_[a-z_]+|container_[a-z_]+|kube_[a-z_]+|up)\b", expr))
+                if "$namespace" in expr and not re.search(r'imgw_sdkappid=~"\$sdkappid"', expr):
+                    problem("dashboard panel %r (refId %s) is not filtered by the SDKAppID variable "
+                            "(imgw_sdkappid=~\"$sdkappid\", or a join on imgw_build_info filtered so)"
+                            % (p.get("title"), t.get("refId")))
+            all_panels.append(p)
             walk(p.get("panels"))
 
+    all_panels = []
     walk(dash.get("panels"))
-    ids = [p.get("id") for p in dash.get("panels", [])]
+    ids = [p.get("id") for p in all_panels]
     if len(ids) != len(set(ids)):
         problem("dashboard panel ids are not unique")
+    # Importable as laid out: every panel inside the 24-column grid, no two overlapping (rows
+    # collapsed or not, their panels are laid out on the same grid).
+    boxes = []
+    for p in all_panels:
+        g = p.get("gridPos") or {}
+        try:
+            x, y, w, h = (int(g[k]) for k in ("x", "y", "w", "h"))
+        except (KeyError, TypeError, ValueError):
+            problem("dashboard panel %r has no complete gridPos" % p.get("title"))
+            continue
+        if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > 24:
+            problem("dashboard panel %r: gridPos %s is outside the 24-column grid" % (p.get("title"), g))
+        for other, (ox, oy, ow, oh) in boxes:
+            if x < ox + ow and ox < x + w and y < oy + oh and oy < y + h:
+                problem("dashboard panels %r and %r overlap (gridPos)" % (other, p.get("title")))
+        boxes.append((p.get("title"), (x, y, w, h)))
     wanted = [
         "imgw_upstream_requests_total", "imgw_rate_limit_max_calls_per_second",
         "imgw_rate_limit_calls_per_second", "imgw_grpc_server_handling_seconds_bucket",
@@ -1033,6 +1064,15 @@ def check_dashboard_shape(dash):
         "imgw_shared_budget_active", "imgw_shared_budget_replicas", "imgw_shared_budget_rate",
         "imgw_shared_budget_local_rate", "imgw_shared_budget_fallbacks_total",
         "imgw_redis_errors_total", "imgw_redis_acquire_seconds",
+        # Row "Sidecar resources": the process, as imgw exports it, and the secret files.
+        "process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
+        "process_max_fds", "process_start_time_seconds", "imgw_memory_limit_bytes",
+        "imgw_secret_file_invalid", "imgw_secret_reloads_total",
+        # The container, from the cluster (cAdvisor, kube-state-metrics; the init-container
+        # series for the native sidecar).
+        "container_memory_working_set_bytes", "container_cpu_usage_seconds_total",
+        "kube_pod_init_container_status_restarts_total", "kube_pod_container_status_restarts_total",
+        "kube_pod_init_container_resource_limits", "kube_pod_container_resource_limits",
     ]
     for m in wanted:
         if m not in metrics:
