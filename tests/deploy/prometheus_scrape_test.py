@@ -14,9 +14,12 @@ about 3 s, and checks through Prometheus' HTTP API:
 
 - the target is up and the counters and histograms hold what the traffic implies, the shared
   budget's included (every upstream request admitted by a permit from Redis, no fallback);
+- the process_* series hold what /proc says of the gateway process, and the secret-file series
+  exist, at 0 (no file changed);
 - every PromQL expression of the dashboard and the rules (Grafana variables replaced as
   check_deploy.py does) is accepted, and returns data unless listed in MAY_BE_EMPTY with the
-  reason; an alert's expression without its final threshold returns data too;
+  reason, or unless it reads a series of CLUSTER_SERIES (the kubelet's and kube-state-metrics',
+  which no test here runs); an alert's expression without its thresholds returns data too;
 - the rules loaded and evaluate without error, and no alert is pending or firing.
 
 Prints a table of expression -> series returned. Exits 0 when all is well, else 1. Every wait is
@@ -75,7 +78,31 @@ MAY_BE_EMPTY = {
         "the only rejections are invalid_argument, which the alert leaves out",
     "rule ImgwSharedBudgetFallback": "Redis stays up: the gateway never leaves the shared budget",
     "rule ImgwRedisErrors": "Redis stays up and answers in time: no Redis error",
+    "rule ImgwCallerErrorRatio":
+        "every call answered OK, NOT_FOUND or INVALID_ARGUMENT (the last two the caller's own)",
+    "rule ImgwCallerLatencyHigh": "the calls are answered in milliseconds, far below 1 s",
+    "rule ImgwSecretFileInvalid": "the key and Redis password files stay valid and unchanged",
 }
+
+# Series the dashboard reads that imgw does not export: the cluster does, and this test runs no
+# kubelet and no kube-state-metrics. An expression reading one of them must be accepted but may
+# return nothing; every other series, the process_* and imgw_secret_* included, is the gateway's
+# and must be there.
+CLUSTER_SERIES = {
+    "container_memory_working_set_bytes": "the kubelet's cAdvisor",
+    "container_cpu_usage_seconds_total": "the kubelet's cAdvisor",
+    "kube_pod_container_resource_limits": "kube-state-metrics",
+    "kube_pod_init_container_resource_limits": "kube-state-metrics",
+    "kube_pod_container_status_restarts_total": "kube-state-metrics",
+    "kube_pod_init_container_status_restarts_total": "kube-state-metrics",
+}
+
+
+def cluster_series_in(expr):
+    """The CLUSTER_SERIES an expression reads, as "name (by source)"."""
+    return ["%s (by %s)" % (n, src) for n, src in sorted(CLUSTER_SERIES.items())
+            if re.search(r"\b%s\b" % n, expr)]
+
 
 # Panels the traffic must fill (a substring of the panel title): a guard against the dashboard
 # losing them or MAY_BE_EMPTY growing to cover them.
@@ -85,6 +112,10 @@ MUST_HAVE_DATA = [
     # The row "Shared budget (Redis)": the gateway runs with the budget in Redis.
     "Shared budget active", "Replicas sharing the budget", "Shared rate vs local",
     "Fallbacks and Redis errors", "Redis admission round trip", "Admissions: Redis permits",
+    # The row "Sidecar resources": what the gateway exports about its process and secret files.
+    "imgw memory: RSS", "imgw CPU", "imgw open file descriptors", "imgw process uptime",
+    "Secret files refused", "Secret file reloads", "Versions and SDKAppIDs",
+    "Pods whose label imgw-sdkappid differs",
 ]
 
 CHILDREN = []       # subprocess.Popen of the emulator and the gateway
@@ -284,7 +315,7 @@ def start_upstream_and_gateway(bin_dir, tmp, env, redis_port, redis_password):
                 "--redis_timeout=1s"], gw_log, env)
     ready = wait_ready_file(gw_ready, gw, "imgw-gateway", gw_log)
     wait_shared_budget(ready["metrics_listen"], gw_log)
-    return ready["grpc_listen"], ready["metrics_listen"], gw_log
+    return ready["grpc_listen"], ready["metrics_listen"], gw_log, gw.pid
 
 
 def start_prometheus(binary, tmp, metrics_addr, rules):
@@ -409,6 +440,11 @@ def expected_values():
         ('imgw_shared_budget_fallbacks_total{%s}' % job, 0),
         ('imgw_redis_errors_total{%s}' % job, 0),
         ('imgw_shared_budget_local_rate{%s}' % job, 0),
+        # The secret files: both watched (the key, and the Redis password with the Redis
+        # backend), neither refused, neither changed.
+        ('imgw_secret_file_invalid{%s,secret="secret_key"}' % job, 0),
+        ('imgw_secret_file_invalid{%s,secret="redis_password"}' % job, 0),
+        ('sum(imgw_secret_reloads_total{%s})' % job, 0),
     ]
 
 
@@ -458,9 +494,78 @@ def check_other_values(server):
             problem("imgw_build_info has %s=%r, expected %r (target label)" % (k, labels.get(k), v))
     if not labels.get("version"):
         problem("imgw_build_info has no version label: %s" % labels)
+    if labels.get("sdkappid") != SDKAPPID:
+        problem("imgw_build_info has sdkappid=%r, expected the gateway's --sdkappid %s"
+                % (labels.get("sdkappid"), SDKAPPID))
 
 
-THRESHOLD = re.compile(r"^(?P<lhs>.*\S)\s*(?:>=|<=|==|!=|>|<)\s*(?:bool\s+)?-?[0-9.eE+]+\s*$", re.S)
+def proc_facts(pid):
+    """What /proc says of a process: RSS and virtual size (bytes), CPU seconds, open fds, the
+    soft limit on fds, and its start (Unix seconds)."""
+    with open("/proc/%d/status" % pid) as f:
+        status = dict(ln.split(":", 1) for ln in f if ":" in ln)
+    with open("/proc/%d/stat" % pid) as f:
+        stat = f.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        btime = int([ln for ln in f if ln.startswith("btime ")][0].split()[1])
+    with open("/proc/%d/limits" % pid) as f:
+        soft = [ln for ln in f if ln.startswith("Max open files")][0].split()[3]
+    return {
+        "rss": int(status["VmRSS"].split()[0]) * 1024,
+        "vsize": int(status["VmSize"].split()[0]) * 1024,
+        "cpu": (int(stat[11]) + int(stat[12])) / tck,  # utime, stime (fields 14, 15)
+        "fds": len(os.listdir("/proc/%d/fd" % pid)),
+        "max_fds": float("inf") if soft == "unlimited" else int(soft),
+        "start": btime + int(stat[19]) / tck,  # starttime (field 22)
+    }
+
+
+def check_process_values(server, pid):
+    """The standard process_* series, against /proc of the gateway: the scrape is at most about a
+    second old, so the gauges that move are compared with a margin."""
+    job = 'job="imgw"'
+    facts = proc_facts(pid)
+    checks = [
+        ("process_resident_memory_bytes", facts["rss"] / 2, facts["rss"] * 2),
+        ("process_virtual_memory_bytes", facts["vsize"] / 2, facts["vsize"] * 2),
+        ("process_cpu_seconds_total", 0, facts["cpu"] + 1),
+        ("process_open_fds", max(1, facts["fds"] - 16), facts["fds"] + 16),
+        ("process_max_fds", facts["max_fds"], facts["max_fds"]),
+        ("process_start_time_seconds", facts["start"] - 2, facts["start"] + 2),
+    ]
+    for name, lo, hi in checks:
+        expr = "%s{%s}" % (name, job)
+        try:
+            got = value_of(server, expr)
+        except RuntimeError as e:
+            problem(str(e))
+            continue
+        if got is None:
+            problem("%s: no series; the gateway must export the standard process metrics" % expr)
+        elif math.isnan(got) or not lo <= got <= hi:
+            problem("%s = %s, expected %g to %g (from /proc/%d)" % (expr, got, lo, hi, pid))
+        else:
+            print("ok: %s = %.6g (/proc: %g to %g)" % (expr, got, lo, hi))
+
+
+def check_sdkappid_labels(root, server):
+    """The dashboard's label check counts no pod here: the target label imgw_sdkappid is the
+    gateway's --sdkappid."""
+    _, exprs = check_deploy.dashboard_exprs(root)
+    hits = [(w, e) for w, e in exprs if "differs from --sdkappid" in w]
+    if not hits:
+        problem("the dashboard has no panel \"Pods whose label imgw-sdkappid differs from --sdkappid\"")
+    for where, raw in hits:
+        got = value_of(server, check_deploy.substitute(raw))
+        if got != 0:
+            problem("%s = %s, expected 0 (imgw_sdkappid equals --sdkappid here)" % (where, got))
+        else:
+            print("ok: %s = 0" % where)
+
+
+# A comparison with a number: an alert's threshold, or a floor beside it (`... > 0.05 and ... >= 5`).
+THRESHOLD = re.compile(r"\s*(?:>=|<=|==|!=|>|<)\s*(?:bool\s+)?-?[0-9][0-9.eE+]*(?![\w.])")
 
 
 def check_expressions(root, server):
@@ -471,9 +576,9 @@ def check_expressions(root, server):
         known.add(where)
         expr = check_deploy.substitute(raw)
         variants = [(where, expr)]
-        m = THRESHOLD.match(expr.strip())
-        if where.startswith("rule ") and m:
-            variants.append((where + " without its threshold", m.group("lhs")))
+        bare = THRESHOLD.sub(" ", expr).strip()
+        if where.startswith("rule ") and bare != expr.strip():
+            variants.append((where + " without its thresholds", bare))
         for name, e in variants:
             st, data = query(server, e)
             if st != "success":
@@ -483,6 +588,9 @@ def check_expressions(root, server):
             s = samples(data)
             finite = [v for _, v in s if not math.isnan(v) and not math.isinf(v)]
             allowed = MAY_BE_EMPTY.get(name)
+            cluster = cluster_series_in(e)
+            if cluster and not allowed:
+                allowed = "reads %s, not exported by imgw" % ", ".join(cluster)
             if not s and allowed:
                 verdict = "empty, allowed: " + allowed
             elif not s:
@@ -569,8 +677,8 @@ def main():
     try:
         redis_port, redis_password = start_redis(a.redis_server, tmp, env)
         print("redis-server: 127.0.0.1:%d (%.1fs)" % (redis_port, time.monotonic() - t0))
-        target, metrics_addr, gw_log = start_upstream_and_gateway(bin_dir, tmp, env, redis_port,
-                                                                  redis_password)
+        target, metrics_addr, gw_log, gw_pid = start_upstream_and_gateway(
+            bin_dir, tmp, env, redis_port, redis_password)
         print("gateway: grpc %s, metrics http://%s (%.1fs)" % (target, metrics_addr, time.monotonic() - t0))
         server, tgt = start_prometheus(a.prometheus, tmp, metrics_addr,
                                        check_deploy.rules_path(root))
@@ -590,6 +698,8 @@ def main():
             for expr, want in expected_values():
                 print("  %s == %g" % (expr, want))
         check_other_values(server)
+        check_process_values(server, gw_pid)
+        check_sdkappid_labels(root, server)
         n = check_expressions(root, server)
         print("%d dashboard and rule expressions checked (%.1fs)" % (n, time.monotonic() - t0))
         check_rules_and_alerts(server)
