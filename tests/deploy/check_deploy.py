@@ -449,6 +449,11 @@ def check_workload(where, objects, configmaps):
             if "secret" in v:
                 if m.get("readOnly") is not True:
                     problem("%s: the secret volume %s must be mounted readOnly" % (name, v["name"]))
+                if m.get("subPath"):
+                    # The kubelet never updates a subPath mount: a rotated key would not reach
+                    # imgw's reload (README "Rotating the key and the Redis password").
+                    problem("%s: the secret volume %s is mounted with subPath, which is never "
+                            "updated when the Secret changes" % (name, v["name"]))
                 sname = v["secret"].get("secretName")
                 for i in v["secret"].get("items", []) or [{"key": "secret_key", "path": "secret_key"}]:
                     secret_files[mpath + "/" + i["path"]] = (sname, i["key"])
