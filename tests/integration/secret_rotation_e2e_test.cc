@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/redis_server.h"
 #include "tests/testing/stack_test.h"
 
 namespace imgw::testing {
@@ -193,6 +194,54 @@ TEST_F(SecretRotationE2eTest, AnUnusableFileKeepsTheKeyInUseAndIsFlagged) {
   EXPECT_EQ(m[kReloadsError], 2);
   EXPECT_TRUE(OneCall("rot_after").ok());
   EXPECT_EQ(Stats().ErrorCount(70009), 0u);
+}
+
+// The Redis password rotated as an ACL user's passwords are: the new one added, the Secret
+// changed, the old one removed. The gateway's connection is then cut, and it reconnects with
+// the password it read from the file, back to the shared budget without a restart.
+TEST(SecretRotationRedisE2eTest, ANewRedisPasswordIsUsedWhenTheGatewayReconnects) {
+  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start({"old-Pw-7x"});
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  absl::StatusOr<TempDir> dir = TempDir::Create("imgw-redis-rotation");
+  ASSERT_TRUE(dir.ok());
+  const std::string password_file = dir->File("password");
+  ASSERT_NO_FATAL_FAILURE(Replace(password_file, "old-Pw-7x\n"));
+
+  class Stack : public StackTest {
+   public:
+    void TestBody() override {}
+    using StackTest::AwaitMetric;
+    using StackTest::Metrics;
+    using StackTest::StartStack;
+  } stack;
+  ImgwStackOptions options;
+  options.gateway_flags = {
+      "--ratelimit_backend=redis", absl::StrCat("--redis_address=127.0.0.1:", (*redis)->port()),
+      "--redis_password_file=" + password_file, "--secret_reload_interval=100ms"};
+  ASSERT_NO_FATAL_FAILURE(stack.StartStack(options));
+  ASSERT_EQ(stack.AwaitMetric("imgw_shared_budget_active", 1, absl::Seconds(5)), 1);
+
+  ASSERT_TRUE((*redis)->Command({"ACL", "SETUSER", "default", ">new-Pw-9y"}).ok());
+  ASSERT_NO_FATAL_FAILURE(Replace(password_file, "new-Pw-9y\n"));
+  const std::string reloaded = "imgw_secret_reloads_total{result=\"ok\",secret=\"redis_password\"}";
+  ASSERT_EQ(stack.AwaitMetric(reloaded, 1, absl::Seconds(5)), 1);
+  ASSERT_TRUE((*redis)->Command({"ACL", "SETUSER", "default", "<old-Pw-7x"}).ok());
+  (*redis)->set_command_password("new-Pw-9y");
+  const double reconnects = stack.Metrics()["imgw_redis_reconnects_total"];
+  ASSERT_TRUE((*redis)->Command({"CLIENT", "KILL", "TYPE", "normal"}).ok());
+
+  // Back on the shared budget through a new connection, which only the new password opens.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  std::map<std::string, double> m = stack.Metrics();
+  while ((m["imgw_redis_reconnects_total"] <= reconnects || m["imgw_shared_budget_active"] != 1) &&
+         absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(20));
+    m = stack.Metrics();
+  }
+  EXPECT_GT(m["imgw_redis_reconnects_total"], reconnects);
+  EXPECT_EQ(m["imgw_shared_budget_active"], 1);
+  EXPECT_EQ(m["imgw_redis_connected"], 1);
+  EXPECT_EQ(m["imgw_secret_file_invalid{secret=\"redis_password\"}"], 0);
 }
 
 }  // namespace

@@ -144,7 +144,7 @@ absl::StatusOr<std::string> RedisServer::Command(const std::vector<std::string>&
     return text;
   };
   absl::StatusOr<std::string> out = std::string();
-  if (!options_.password.empty()) out = run({"AUTH", options_.password});
+  if (!command_password_.empty()) out = run({"AUTH", command_password_});
   if (out.ok()) out = run(args);
   redisFree(ctx);
   return out;

@@ -2,6 +2,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -36,13 +37,20 @@ class RedisServer final {
   // returns the reply as text, e.g. Command({"DEBUG", "SLEEP", "0.3"}).
   absl::StatusOr<std::string> Command(const std::vector<std::string>& args,
                                       absl::Duration timeout = absl::Seconds(5)) const;
+  // The password Command() authenticates with from now on (after the test changed Redis's
+  // own, e.g. with ACL SETUSER); Restart() still uses Options::password.
+  void set_command_password(std::string password) { command_password_ = std::move(password); }
 
  private:
   RedisServer(Options options, TempDir dir, int port)
-      : options_(std::move(options)), dir_(std::move(dir)), port_(port) {}
+      : options_(std::move(options)),
+        command_password_(options_.password),
+        dir_(std::move(dir)),
+        port_(port) {}
   absl::Status Launch();
 
   const Options options_;
+  std::string command_password_;
   TempDir dir_;
   const int port_;
   int launches_ = 0;
