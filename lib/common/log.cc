@@ -66,7 +66,8 @@ struct Budget {
   int64_t suppressed = 0;
 };
 
-// Returns false when the line must be dropped; else the number dropped before it (>= 0).
+// Sets *write to false when the line must be dropped (and returns 0); else sets it to true
+// and returns how many lines of this message were dropped since the last one written.
 int64_t Admit(absl::string_view msg, bool* write) {
   static absl::Mutex mu(absl::kConstInit);
   static auto* budgets = new absl::flat_hash_map<std::string, Budget>();
