@@ -39,7 +39,8 @@ struct Call {
   absl::AnyInvocable<void(upstream::Outcome)> done;
 };
 
-// Counters of what the dispatcher did; read on its thread (the metrics issue exports them).
+// Counters of what the dispatcher did; read on its thread, or once its loop has ended (the
+// gateway logs them on stop). The Prometheus series come from metrics::Metrics, not from here.
 struct DispatcherStats {
   uint64_t submitted = 0;
   uint64_t merged_queued = 0;     // Calls that joined a queued upstream call of their pair.

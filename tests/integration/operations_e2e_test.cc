@@ -381,7 +381,7 @@ TEST_F(OperationsE2eTest, BadSingleCallsAreInvalidArgumentAndSpendNothing) {
 
 // Accounts that are not UTF-8. The proto declares them `string`, and the C++ protobuf runtime
 // refuses to parse a proto3 string field holding invalid UTF-8, so such a request never reaches
-// the gateway's own check unless the gateway parses it some other way; the issue asks for
+// the gateway's own check unless the gateway parses it some other way; the caller must get
 // INVALID_ARGUMENT saying what is wrong, whatever layer refuses it.
 TEST_F(OperationsE2eTest, NonUtf8AccountsAreInvalidArgumentAndSpendNothing) {
   ASSERT_NO_FATAL_FAILURE(Start({}));

@@ -396,7 +396,7 @@ TEST_F(HttpServerTest, ClosesAConnectionThatSendsNoRequestInTime) {
   EXPECT_EQ(healthz->status, 200);
 }
 
-// The attack: 200 connections that send nothing and 200 that send one header byte
+// The slow-client attack: 200 connections that send nothing and 200 that send one header byte
 // every 200 ms, all held open, while the kubelet probes and Prometheus scrapes.
 TEST_F(HttpServerTest, ProbesAnswerWhileFourHundredConnectionsStall) {
   HttpServer::Options options = BaseOptions();  // max_connections 512: nobody is evicted.
