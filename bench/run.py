@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Runs every benchmark scenario of imgw on loopback and prints one Markdown table.
+"""Runs every benchmark scenario of imgw on loopback and prints Markdown: the scenario table, a
+note on how its Rate column is counted, then the targets met or missed.
 
 Called by bench/run, which builds the Release binaries first. Each scenario starts its own
 processes (imgw-emulator over HTTPS with a throwaway certificate, imgw-gateway, or
@@ -7,7 +8,7 @@ imgw-noop-server), drives them with imgw-loadgen, reads the emulator's counters 
 gateway's /proc entries, then stops them. Figures are printed, never asserted: the exit status
 is 0 whenever every scenario ran, whatever the figures (a target missed says "no" in the table).
 
-Scenarios (see README "Performance"):
+Scenarios (the distance rows are also in the README, "The upstream far away"):
   ceiling   the same closed-loop load against imgw-noop-server (the most any gRPC server can
             answer on this machine) and against imgw with its limit and the emulator's lifted
   pooling   the imgw ceiling again with --reuse_connections=false
@@ -591,6 +592,12 @@ def main():
     print("|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print("\nRate: in the budget and distance rows, upstream calls per second at the emulator "
+          "in the steady state (from 2 s after the load starts, 3 s with Redis or a far "
+          "emulator, to 0.2 s before it ends); in the ceiling, pooling, merging and latency "
+          "rows, calls answered (any status, answers after the end included) over the nominal "
+          "duration, start-up included, so not a steady-state figure. Server CPU per call is "
+          "the whole run's CPU over the calls answered.")
     if targets:
         print("\n| Target | Measured | Met |")
         print("|---|---|---|")
