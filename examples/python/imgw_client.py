@@ -90,7 +90,7 @@ def set_msg_read(stub, report, peer, when=None, timeout=5.0, attempts=10):
     raise AssertionError("unreachable")
 
 
-# The retry policy the README documents ("Retry policy"), word for word: gRPC itself retries
+# The retry policy the README documents ("Status mapping"), word for word: gRPC itself retries
 # a refused call after the gateway's grpc-retry-pushback-ms, within the call's deadline.
 RETRY_SERVICE_CONFIG = """{"methodConfig": [{
   "name": [{"service": "imgw.v1.MsgReadService"}],

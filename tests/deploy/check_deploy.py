@@ -544,7 +544,7 @@ MIN_MEMORY_LIMIT = 64 << 20
 # would never be reached: the memory budget would refuse first.
 CALLS_SHARE = 0.4
 RSS_PER_HELD_CALL = int(17.7 * 1024)
-# Idle, the gateway's RSS is about 27 MiB (README "Performance"): a request under 32Mi would
+# Idle, the gateway's RSS is about 27 MiB (README "Limits and abuse"): a request under 32Mi would
 # let the scheduler pack pods on memory the sidecar uses from the start.
 MIN_MEMORY_REQUEST = 32 << 20
 MAX_QUEUED_DEFAULT = 10000
