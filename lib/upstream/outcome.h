@@ -12,10 +12,7 @@ enum class Disposition {
   kOk,                // ErrorCode 0.
   kRetry,             // Transient upstream or network trouble: retry while the deadline allows.
   kRateLimited,       // A frequency limit (60007, 60011, 60018, 60019): back off, retry.
-  // 70050, signature failures plus frequency. API.md advises backing off for >= 60 s; the
-  // gateway keeps no such back-off: the answer slows the pace as kRateLimited does, but the
-  // call is not retried and gets RESOURCE_EXHAUSTED at once.
-  kRateLimitedLong,
+  kRateLimitedLong,   // 70050: slows the pace; not retried, no 60 s back-off (API.md advises one).
   kResign,            // 70001: the UserSig expired: sign anew, retry once.
   kResignThenConfig,  // 60004, 60005: sign anew once; if it persists, a configuration error.
   kConfigError,       // The gateway's configuration is wrong (key, admin, region, app).
