@@ -42,7 +42,7 @@ class Metrics final {
   void ObserveUpstreamLatency(absl::Duration latency);
   // An answer with this ErrorCode (codes outside API.md's table count as "other").
   void UpstreamAnswer(int32_t error_code);
-  // kind: connect, tls, timeout, protocol, http_5xx, http_429, http_other, malformed.
+  // kind: connect, tls, timeout, protocol, cancelled, http_5xx, http_429, http_other, malformed.
   void UpstreamFailure(absl::string_view kind);
 
   // Admission and the queue.
