@@ -5,6 +5,9 @@
 //    and signing each request) and of answering them all OK (parsing, interpreting, answering
 //    every waiter). The limiter grants everything, so the clock never needs to move.
 //  - RoundTrip: one call at a time through a long-lived dispatcher: submit, step, answer.
+//  - ExpireHotPair: N calls merged on one pair, waiting (the budget is spent), all reaching
+//    their deadlines in one Step(): the cost per call of answering them one by one. Linear per
+//    call when each answer walks the entry's waiters; flat when it does not.
 // Building and destroying a dispatcher is left out of the timings.
 
 #include <cstdint>
@@ -29,6 +32,15 @@ namespace {
 constexpr char kOk[] = R"({"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0})";
 constexpr int64_t kReadTime = 1700000000;
 
+// Grants nothing: calls wait in the queue until their deadline.
+class ClosedLimiter final : public ratelimit::RateLimiter {
+ public:
+  bool TryAcquire(absl::Duration) override { return false; }
+  absl::Duration TimeUntilAvailable(absl::Duration) override { return absl::ZeroDuration(); }
+  void OnAnswer(absl::Duration, bool) override {}
+  double CurrentRate(absl::Duration) override { return 1e9; }
+};
+
 // Grants every call: for measuring the dispatcher's own work, not the pace.
 class UnlimitedLimiter final : public ratelimit::RateLimiter {
  public:
@@ -50,12 +62,16 @@ const std::vector<std::string>& Accounts() {
 // A dispatcher and what it borrows, as the tests build it.
 class Rig {
  public:
-  explicit Rig(bool unlimited) {
+  enum class Budget { kPaced, kUnlimited, kClosed };
+  explicit Rig(bool unlimited) : Rig(unlimited ? Budget::kUnlimited : Budget::kPaced) {}
+  explicit Rig(Budget budget) {
     cache_ = *usersig::UserSigCache::Create(
         {"0123456789abcdef0123456789abcdef", 1400000000, "administrator", absl::Hours(24), 0.5},
         clock_);
-    if (unlimited) {
+    if (budget == Budget::kUnlimited) {
       limiter_ = std::make_unique<UnlimitedLimiter>();
+    } else if (budget == Budget::kClosed) {
+      limiter_ = std::make_unique<ClosedLimiter>();
     } else {
       limiter_ = std::make_unique<ratelimit::LocalRateLimiter>(
           ratelimit::LocalRateLimiter::Options{}, clock_.Monotonic());
@@ -69,12 +85,13 @@ class Rig {
   }
 
   // Deadlines are far enough for any queue these benchmarks build (none is refused).
-  void Submit(CallId id, const std::string& report, int64_t time) {
+  void Submit(CallId id, const std::string& report, int64_t time,
+              absl::Duration deadline = absl::Hours(1)) {
     Call call;
     call.id = id;
     call.caller = "caller";
     call.params = {report, "peer", time};
-    call.deadline = clock_.Monotonic() + absl::Hours(1);
+    call.deadline = clock_.Monotonic() + deadline;
     call.done = [this](upstream::Outcome outcome) {
       ++answered_;
       ok_ += outcome.kind == upstream::Outcome::Kind::kAnswered;
@@ -83,6 +100,7 @@ class Rig {
   }
 
   Dispatcher& dispatcher() { return *dispatcher_; }
+  testing::FakeClock& clock() { return clock_; }
   testing::FakeTransport& transport() { return transport_; }
   int64_t answered() const { return answered_; }
   int64_t ok() const { return ok_; }
@@ -176,6 +194,32 @@ void BM_DispatcherRoundTrip(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_DispatcherRoundTrip);
+
+// Args: N calls (up to the default --max_queued) on one pair, deadlines 1 µs apart (read times
+// rising, so that each answer changes the largest time left); one Step() after the last deadline
+// answers them all.
+void BM_DispatcherExpireHotPair(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  for (auto _ : state) {
+    state.PauseTiming();
+    auto rig = std::make_unique<Rig>(Rig::Budget::kClosed);
+    for (int64_t i = 0; i < n; ++i) {
+      rig->Submit(static_cast<CallId>(i + 1), "hot", kReadTime + n - i,
+                  absl::Hours(1) + absl::Microseconds(i));
+    }
+    rig->clock().Advance(absl::Hours(2));
+    state.ResumeTiming();
+    rig->dispatcher().Step();
+    state.PauseTiming();
+    if (rig->answered() != n || !rig->dispatcher().idle()) {
+      state.SkipWithError("not every call was answered at its deadline");
+    }
+    rig.reset();
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+BENCHMARK(BM_DispatcherExpireHotPair)->ArgName("calls")->Arg(1000)->Arg(3000)->Arg(10000);
 
 }  // namespace
 }  // namespace imgw::dispatch

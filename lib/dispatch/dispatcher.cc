@@ -43,15 +43,43 @@ Dispatcher::~Dispatcher() {
 }
 
 void Dispatcher::Submit(Call call) {
-  absl::Duration now = clock_.Monotonic();
+  const absl::Duration now = clock_.Monotonic();
   ++stats_.submitted;
+  if (RefusedOnArrival(call, now)) return;
+  const int64_t time = *call.params.msg_read_time;
+  PairKey key(call.params.report_account, call.params.peer_account);
+  PairSlots& slots = pairs_[key];
+  Placement place = Place(slots, call.caller, time, now);
+  // Refused when the answer cannot be expected back before the deadline: its turn, the
+  // upstream's round trip (a high percentile), and a margin for the way back to the caller,
+  // since an answer that arrives a hair late is as lost as a refusal but spent a token.
+  if (!ReturnsInTime(place.turn, call.deadline, now, now)) {
+    if (slots.active == 0 && slots.next == 0) pairs_.erase(key);
+    RefuseOverloaded(call, place.turn, now);
+    return;
+  }
+  if (place.target == 0) {
+    place.target = NewEntry(key, slots, call.caller, time, place.turn);
+  } else if (place.target == slots.next) {
+    ++stats_.merged_queued;
+    if (metrics_) metrics_->Merged(/*in_flight=*/false);
+  }
+  AddWaiter(place.target, std::move(call), now);
+}
+
+bool Dispatcher::RefusedOnArrival(Call& call, absl::Duration now) {
+  if (!call.params.msg_read_time.has_value()) {  // The service stamps it on arrival.
+    call.done(Outcome::Failed(Outcome::Kind::kInvalidArgument,
+                              "the call has no read time (the gateway stamps one on arrival)"));
+    return true;
+  }
   if (call.deadline <= now) {
     ++stats_.expired;
     ++stats_.expired_on_arrival;
     if (metrics_) metrics_->Expired();
     call.done(Outcome::Failed(Outcome::Kind::kDeadlineExceeded,
                               "the deadline passed before the call was queued"));
-    return;
+    return true;
   }
   if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
     ++stats_.rejected_circuit_open;
@@ -62,7 +90,7 @@ void Dispatcher::Submit(Call call) {
                      Millis(breaker_.open_until() - now), " before probing it again"));
     out.retry_after = breaker_.open_until() - now;
     call.done(std::move(out));
-    return;
+    return true;
   }
   if (waiters_.size() >= options_.max_queued) {
     ++stats_.rejected_queue_full;
@@ -73,77 +101,94 @@ void Dispatcher::Submit(Call call) {
     double rate = std::max(limiter_.CurrentRate(now), 1e-3);
     out.retry_after = absl::Seconds(static_cast<double>(queued_) / rate);
     call.done(std::move(out));
-    return;
+    return true;
   }
-  int64_t time = call.params.msg_read_time.value_or(absl::ToUnixSeconds(clock_.Now()));
-  PairKey key(call.params.report_account, call.params.peer_account);
-  PairSlots& slots = pairs_[key];
-  Entry* active = slots.active != 0 ? &entries_.at(slots.active) : nullptr;
+  return false;
+}
 
-  EntryId target = 0;
-  absl::Duration turn = now;  // When the call's upstream request is expected to go.
+Dispatcher::Placement Dispatcher::Place(const PairSlots& slots, const std::string& lane,
+                                        int64_t time, absl::Duration now) {
+  const Entry* active = slots.active != 0 ? &entries_.at(slots.active) : nullptr;
   if (active != nullptr && active->state == Entry::State::kInFlight && time <= active->sent_time) {
-    target = slots.active;  // The answer on its way covers this call.
-    ++stats_.merged_in_flight;
+    ++stats_.merged_in_flight;  // The answer on its way covers this call.
     if (metrics_) metrics_->Merged(/*in_flight=*/true);
-  } else if (active != nullptr && active->state != Entry::State::kInFlight) {
-    target = slots.active;  // Waiting for a retry: it will carry this call's time too.
-    ++stats_.merged_queued;
+    return {slots.active, now};
+  }
+  if (active != nullptr && active->state != Entry::State::kInFlight) {
+    ++stats_.merged_queued;  // Waiting for a retry: it will carry this call's time too.
     if (metrics_) metrics_->Merged(/*in_flight=*/false);
-  } else if (slots.next != 0) {
-    target = slots.next;
-    turn = entries_.at(target).estimated_start;
+    return {slots.active, now};
+  }
+  if (slots.next != 0) return {slots.next, entries_.at(slots.next).estimated_start};
+  absl::Duration turn = EstimateStart(lane, now);
+  // The pair's request in flight must come back first.
+  if (active != nullptr) turn = std::max(turn, active->sent_at + round_trips_.High(now));
+  return {0, turn};
+}
+
+void Dispatcher::RefuseOverloaded(Call& call, absl::Duration turn, absl::Duration now) {
+  ++stats_.rejected_overloaded;
+  if (metrics_) metrics_->Rejected("overloaded");
+  // The wait until an answer could come back: the turn and the upstream's round trip.
+  const absl::Duration round_trip = ExpectedRoundTrip(now, /*cold=*/false);
+  Outcome out = Outcome::Failed(
+      Outcome::Kind::kOverloaded,
+      absl::StrCat("the call's deadline (in ", Millis(call.deadline - now),
+                   ") would pass before its answer could come back: its turn for the upstream "
+                   "budget in about ",
+                   Millis(turn - now), ", then the upstream's round trip (p99 ", Millis(round_trip),
+                   ")"));
+  out.retry_after = std::max(absl::Milliseconds(1), turn - now + round_trip);
+  call.done(std::move(out));
+}
+
+Dispatcher::EntryId Dispatcher::NewEntry(const PairKey& key, PairSlots& slots,
+                                         const std::string& lane, int64_t time,
+                                         absl::Duration turn) {
+  const EntryId id = next_entry_++;
+  Entry& entry = entries_[id];
+  entry.pair = key;
+  entry.lane = lane;
+  entry.time = time;
+  entry.estimated_start = turn;
+  slots.next = id;
+  if (slots.active != 0) {
+    entry.state = Entry::State::kParked;  // Until the pair's active entry is done.
   } else {
-    turn = EstimateStart(call.caller, now);
-    // The pair's request in flight must come back first.
-    if (active != nullptr) turn = std::max(turn, active->sent_at + round_trips_.High(now));
+    Enqueue(id, entry, /*front=*/false);
   }
-  // Refused when the answer cannot be expected back before the deadline: its turn, the
-  // upstream's round trip (a high percentile), and a margin for the way back to the caller,
-  // since an answer that arrives a hair late is as lost as a refusal but spent a token.
-  if (!ReturnsInTime(turn, call.deadline, now, now)) {
-    ++stats_.rejected_overloaded;
-    if (metrics_) metrics_->Rejected("overloaded");
-    if (slots.active == 0 && slots.next == 0) pairs_.erase(key);
-    // The wait until an answer could come back: the turn and the upstream's round trip.
-    const absl::Duration round_trip = ExpectedRoundTrip(now, /*cold=*/false);
-    Outcome out = Outcome::Failed(
-        Outcome::Kind::kOverloaded,
-        absl::StrCat("the call's deadline (in ", Millis(call.deadline - now),
-                     ") would pass before its answer could come back: its turn for the upstream "
-                     "budget in about ",
-                     Millis(turn - now), ", then the upstream's round trip (p99 ",
-                     Millis(round_trip), ")"));
-    out.retry_after = std::max(absl::Milliseconds(1), turn - now + round_trip);
-    call.done(std::move(out));
-    return;
-  }
-  if (target == 0) {
-    target = next_entry_++;
-    Entry& entry = entries_[target];
-    entry.pair = key;
-    entry.lane = call.caller;
-    entry.time = time;
-    entry.estimated_start = turn;
-    slots.next = target;
-    if (active != nullptr) {
-      entry.state = Entry::State::kParked;
-    } else {
-      Enqueue(target, entry, /*front=*/false);
-    }
-  } else if (target == slots.next) {
-    ++stats_.merged_queued;
-    if (metrics_) metrics_->Merged(/*in_flight=*/false);
-  }
+  return id;
+}
+
+void Dispatcher::AddWaiter(EntryId target, Call call, absl::Duration now) {
   Entry& entry = entries_.at(target);
+  const int64_t time = *call.params.msg_read_time;
   if (entry.state != Entry::State::kInFlight) entry.time = std::max(entry.time, time);
-  entry.waiters.push_back(call.id);
-  deadlines_.emplace(call.deadline, call.id);
-  CallId id = call.id;
+  const CallId id = call.id;
+  deadlines_.emplace(call.deadline, id);
   // When it will be too late to send for it: the hopeless scan must run by then.
   next_hopeless_scan_ = std::min(
       next_hopeless_scan_, call.deadline - round_trips_.High(now) - Margin(call.deadline, now));
-  waiters_[id] = Waiter{std::move(call), target, now};
+  waiters_[id] = Waiter{std::move(call), target, /*index=*/0, now};
+  Attach(id, entry);
+}
+
+void Dispatcher::Attach(CallId id, Entry& entry) {
+  Waiter& waiter = waiters_.at(id);
+  waiter.index = entry.waiters.size();
+  entry.waiters.push_back(id);
+}
+
+void Dispatcher::Detach(CallId id, const Waiter& waiter, Entry& entry) {
+  // O(1): the last one takes its place. A hot pair's thousands of waiters leave one by one
+  // without a walk over the others.
+  std::vector<CallId>& list = entry.waiters;
+  const CallId last = list.back();
+  if (last != id) {
+    list[waiter.index] = last;
+    waiters_.at(last).index = waiter.index;
+  }
+  list.pop_back();
 }
 
 int Dispatcher::WeightOf(const std::string& lane) const {
@@ -309,7 +354,7 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
   if (metrics_) metrics_->UpstreamRequestSent();
   if (breaker_.OnRequestSent(now)) probe_ = id;
   entry.state = Entry::State::kInFlight;
-  entry.sent_time = entry.time;
+  entry.sent_time = TimeOf(entry);
   entry.sent_at = now;
   recent_sends_.push_back(now);
   ++entry.attempts;
@@ -343,7 +388,7 @@ absl::Duration Dispatcher::LatestDeadline(const Entry& entry) const {
 
 void Dispatcher::OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse response) {
   Entry& entry = entries_.at(id);
-  absl::Duration now = clock_.Monotonic();
+  const absl::Duration now = clock_.Monotonic();
   --in_flight_;
   EndInWindow(entry, send_id, response, now);
   // A timeout the caller's deadline imposed (shorter than --upstream_timeout) says nothing
@@ -353,101 +398,15 @@ void Dispatcher::OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse
                          entry.cut_short && now >= LatestDeadline(entry) - absl::Milliseconds(10);
   Outcome outcome = upstream::Interpret(response);
   outcome.attempts = entry.attempts;
-  if (metrics_) CountAnswer(response, outcome);
-  if (LogEnabled(LogLevel::kDebug)) {
-    Log(LogLevel::kDebug, "upstream answer",
-        {{"http_status", absl::StrCat(response.http_status)},
-         {"transport", upstream::ErrorName(response.error)},
-         {"error_code", absl::StrCat(outcome.error_code)},
-         {"elapsed_ms", absl::StrCat(absl::ToDoubleMilliseconds(response.elapsed))}});
-  }
-  bool throttled = outcome.disposition == Disposition::kRateLimited ||
-                   outcome.disposition == Disposition::kRateLimitedLong;
-  if (outcome.kind == Outcome::Kind::kAnswered || throttled) limiter_.OnAnswer(now, throttled);
-  if (throttled) {
-    ++stats_.throttled;
-    if (now - last_throttle_log_ >= absl::Seconds(10)) {
-      last_throttle_log_ = now;
-      Log(LogLevel::kWarning, "the upstream refuses calls for frequency: slowing down",
-          {{"error_code", absl::StrCat(outcome.error_code)},
-           {"rate", absl::StrCat(limiter_.CurrentRate(now))},
-           {"throttled_total", absl::StrCat(stats_.throttled)}});
-    }
-  }
-  // The upstream is unwell when it did not answer properly or answered an internal error;
-  // any other answer proves it alive.
-  bool opened = false;
-  if (cut_short) {
-    // Neither a failure nor a success.
-  } else if (outcome.disposition == Disposition::kRetry) {
-    opened = breaker_.OnFailure(now, id == probe_);
-    if (opened) {
-      ++stats_.circuit_opened;
-      Log(LogLevel::kWarning, "the upstream keeps failing: failing fast",
-          {{"last_error", outcome.detail}, {"probe_in", Millis(breaker_.open_until() - now)}});
-    }
-  } else {
-    breaker_.OnSuccess();
-  }
-  if (id == probe_) probe_ = 0;
+  LearnFromAnswer(response, outcome, now);
+  const bool opened = JudgeUpstream(id, outcome, cut_short, now);
   if (entry.waiters.empty()) {  // Everyone left while it was in flight.
     PairKey pair = entry.pair;
     entries_.erase(id);
     AfterActiveDone(pair);
     return;
   }
-  absl::Duration latest = LatestDeadline(entry);
-  switch (outcome.disposition) {
-    case Disposition::kResign:
-    case Disposition::kResignThenConfig:
-      if (!entry.resigned && now < latest) {
-        // Sign anew and try once more, ahead of the lane; not counted against max_attempts
-        // but paid for with a token like any request.
-        requests_.OnSignatureRejected();
-        ++stats_.resigns;
-        entry.resigned = true;
-        --entry.attempts;
-        entry.last = std::move(outcome);
-        MergeNextInto(id, entry);
-        Enqueue(id, entry, /*front=*/true);
-        return;
-      }
-      break;
-    case Disposition::kRetry:
-    case Disposition::kRateLimited: {
-      // A frequency limit is a matter of pace, which the limiter now slows: such a call goes
-      // back into the queue for as long as its deadline allows. Other failures are bounded by
-      // max_attempts and the retry budget.
-      // While the breaker is not closed a failed request is not retried: its retry would wait
-      // for the breaker, and the point of failing fast is not to.
-      bool throttled = outcome.disposition == Disposition::kRateLimited;
-      bool failing_fast = breaker_.state(now) != CircuitBreaker::State::kClosed;
-      if (!failing_fast && (throttled || entry.attempts < options_.max_attempts)) {
-        absl::Duration wait = Backoff(throttled ? 1 : entry.attempts);
-        if (auto hint = upstream::ParseRetryAfter(response.retry_after, clock_.Now())) {
-          wait = std::max(wait, *hint);
-        }
-        absl::Duration at = now + wait;
-        // Only a retry whose answer can be back before the deadline is worth its token.
-        const bool affordable = ReturnsInTime(at, latest, LatestArrival(entry), now);
-        // Otherwise the call is answered now with this failure, saying when to come back.
-        if (!affordable) outcome.retry_after = std::max(outcome.retry_after, wait);
-        if (affordable && !throttled && !retry_budget_.TryRetry(now)) {
-          ++stats_.retries_denied;
-        } else if (affordable) {
-          entry.state = Entry::State::kBackoff;
-          entry.retry_at = at;
-          entry.last = std::move(outcome);
-          retries_.emplace(at, id);
-          MergeNextInto(id, entry);
-          return;
-        }
-      }
-      break;
-    }
-    default:
-      break;
-  }
+  if (TryAgain(id, entry, outcome, response, now)) return;
   if (breaker_.state(now) != CircuitBreaker::State::kClosed &&
       outcome.disposition == Disposition::kRetry) {
     outcome.retry_after = breaker_.open_until() - now;
@@ -456,6 +415,102 @@ void Dispatcher::OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse
   // is due, even when libcurl's timer fired a millisecond before the deadline's own.
   FinishEntry(id, outcome, /*deadline_due=*/cut_short);
   if (opened) FailFast(now);
+}
+
+void Dispatcher::LearnFromAnswer(const upstream::HttpResponse& response, const Outcome& outcome,
+                                 absl::Duration now) {
+  if (metrics_) CountAnswer(response, outcome);
+  if (LogEnabled(LogLevel::kDebug)) {
+    Log(LogLevel::kDebug, "upstream answer",
+        {{"http_status", absl::StrCat(response.http_status)},
+         {"transport", upstream::ErrorName(response.error)},
+         {"error_code", absl::StrCat(outcome.error_code)},
+         {"elapsed_ms", absl::StrCat(absl::ToDoubleMilliseconds(response.elapsed))}});
+  }
+  const bool throttled = outcome.disposition == Disposition::kRateLimited ||
+                         outcome.disposition == Disposition::kRateLimitedLong;
+  if (outcome.kind == Outcome::Kind::kAnswered || throttled) limiter_.OnAnswer(now, throttled);
+  if (!throttled) return;
+  ++stats_.throttled;
+  if (now - last_throttle_log_ >= absl::Seconds(10)) {
+    last_throttle_log_ = now;
+    Log(LogLevel::kWarning, "the upstream refuses calls for frequency: slowing down",
+        {{"error_code", absl::StrCat(outcome.error_code)},
+         {"rate", absl::StrCat(limiter_.CurrentRate(now))},
+         {"throttled_total", absl::StrCat(stats_.throttled)}});
+  }
+}
+
+bool Dispatcher::JudgeUpstream(EntryId id, const Outcome& outcome, bool cut_short,
+                               absl::Duration now) {
+  // The upstream is unwell when it did not answer properly or answered an internal error;
+  // any other answer proves it alive. A cut-short timeout is neither.
+  bool opened = false;
+  if (!cut_short && outcome.disposition == Disposition::kRetry) {
+    opened = breaker_.OnFailure(now, id == probe_);
+    if (opened) {
+      ++stats_.circuit_opened;
+      Log(LogLevel::kWarning, "the upstream keeps failing: failing fast",
+          {{"last_error", outcome.detail}, {"probe_in", Millis(breaker_.open_until() - now)}});
+    }
+  } else if (!cut_short) {
+    breaker_.OnSuccess();
+  }
+  if (id == probe_) probe_ = 0;
+  return opened;
+}
+
+bool Dispatcher::TryAgain(EntryId id, Entry& entry, Outcome& outcome,
+                          const upstream::HttpResponse& response, absl::Duration now) {
+  const absl::Duration latest = LatestDeadline(entry);
+  switch (outcome.disposition) {
+    case Disposition::kResign:
+    case Disposition::kResignThenConfig:
+      if (entry.resigned || now >= latest) return false;
+      // Sign anew and try once more, ahead of the lane; not counted against max_attempts
+      // but paid for with a token like any request.
+      requests_.OnSignatureRejected();
+      ++stats_.resigns;
+      entry.resigned = true;
+      --entry.attempts;
+      entry.last = std::move(outcome);
+      MergeNextInto(id, entry);
+      Enqueue(id, entry, /*front=*/true);
+      return true;
+    case Disposition::kRetry:
+    case Disposition::kRateLimited:
+      break;
+    default:
+      return false;
+  }
+  // A frequency limit is a matter of pace, which the limiter now slows: such a call goes back
+  // into the queue for as long as its deadline allows. Other failures are bounded by
+  // max_attempts and the retry budget. While the breaker is not closed a failed request is not
+  // retried: its retry would wait for the breaker, and the point of failing fast is not to.
+  const bool throttled = outcome.disposition == Disposition::kRateLimited;
+  const bool failing_fast = breaker_.state(now) != CircuitBreaker::State::kClosed;
+  if (failing_fast || (!throttled && entry.attempts >= options_.max_attempts)) return false;
+  absl::Duration wait = Backoff(throttled ? 1 : entry.attempts);
+  if (auto hint = upstream::ParseRetryAfter(response.retry_after, clock_.Now())) {
+    wait = std::max(wait, *hint);
+  }
+  const absl::Duration at = now + wait;
+  // Only a retry whose answer can be back before the deadline is worth its token; otherwise
+  // the call is answered now with this failure, saying when to come back.
+  if (!ReturnsInTime(at, latest, LatestArrival(entry), now)) {
+    outcome.retry_after = std::max(outcome.retry_after, wait);
+    return false;
+  }
+  if (!throttled && !retry_budget_.TryRetry(now)) {
+    ++stats_.retries_denied;
+    return false;
+  }
+  entry.state = Entry::State::kBackoff;
+  entry.retry_at = at;
+  entry.last = std::move(outcome);
+  retries_.emplace(at, id);
+  MergeNextInto(id, entry);
+  return true;
 }
 
 void Dispatcher::CountAnswer(const upstream::HttpResponse& response, const Outcome& outcome) {
@@ -496,9 +551,9 @@ void Dispatcher::MergeNextInto(EntryId id, Entry& entry) {
   Entry& next = entries_.at(slots.next);
   for (CallId w : next.waiters) {
     waiters_.at(w).entry = id;
-    entry.waiters.push_back(w);
+    Attach(w, entry);
   }
-  entry.time = std::max(entry.time, next.time);
+  entry.time = std::max(TimeOf(entry), TimeOf(next));
   if (next.state == Entry::State::kQueued) Unqueue(next);
   entries_.erase(slots.next);
   slots.next = 0;
@@ -545,8 +600,7 @@ void Dispatcher::Answer(CallId id, Outcome outcome) {
   waiters_.erase(it);
   deadlines_.erase({waiter.call.deadline, id});
   if (auto entry = entries_.find(waiter.entry); entry != entries_.end()) {
-    std::vector<CallId>& list = entry->second.waiters;
-    list.erase(std::find(list.begin(), list.end(), id));
+    Detach(id, waiter, entry->second);
     DropIfAbandoned(waiter.entry);
   }
   waiter.call.done(std::move(outcome));
@@ -556,7 +610,9 @@ void Dispatcher::DropIfAbandoned(EntryId id) {
   Entry& entry = entries_.at(id);
   if (entry.state == Entry::State::kInFlight) return;  // OnResponse decides.
   if (!entry.waiters.empty()) {
-    RecomputeTime(entry);  // A cancelled call's time is not sent for it.
+    // A cancelled call's time is not sent for it: the largest time left is found when the
+    // entry is next sent or merged (once, not at each of many leaving calls).
+    entry.time_stale = true;
     return;
   }
   if (entry.state == Entry::State::kQueued) Unqueue(entry);
@@ -572,12 +628,15 @@ void Dispatcher::DropIfAbandoned(EntryId id) {
   }
 }
 
-void Dispatcher::RecomputeTime(Entry& entry) {
-  int64_t time = 0;
-  for (CallId w : entry.waiters) {
-    time = std::max(time, waiters_.at(w).call.params.msg_read_time.value_or(0));
+int64_t Dispatcher::TimeOf(Entry& entry) {
+  if (entry.time_stale) {
+    entry.time_stale = false;
+    entry.time = 0;
+    for (CallId w : entry.waiters) {
+      entry.time = std::max(entry.time, *waiters_.at(w).call.params.msg_read_time);
+    }
   }
-  entry.time = time;
+  return entry.time;
 }
 
 void Dispatcher::EndInWindow(const Entry& entry, uint64_t send_id,
@@ -718,6 +777,10 @@ absl::Duration Dispatcher::Backoff(int attempts) {
   // Full jitter: uniform in [0, min(max, base * 2^(attempts-1))].
   absl::Duration cap =
       std::min(options_.backoff_max, options_.backoff_base * (1 << std::min(attempts - 1, 20)));
+  if (options_.jitter) {
+    return absl::Microseconds(static_cast<int64_t>(std::clamp(options_.jitter(), 0.0, 1.0) *
+                                                   absl::ToDoubleMicroseconds(cap)));
+  }
   std::uniform_int_distribution<int64_t> pick(0, absl::ToInt64Microseconds(cap));
   return absl::Microseconds(pick(jitter_));
 }

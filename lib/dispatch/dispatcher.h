@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <random>
 #include <set>
@@ -33,7 +34,10 @@ using CallId = uint64_t;
 struct Call {
   CallId id = 0;       // Unique among the calls not yet answered; chosen by the caller.
   std::string caller;  // Fair-share lane: calls are served caller by caller in turn.
-  upstream::SetMsgReadParams params;  // msg_read_time set (stamped on arrival when absent).
+  // msg_read_time is required: the service stamps the arrival second when the caller gave
+  // none (time spent queued must never mark later messages read). A call without one is
+  // answered kInvalidArgument.
+  upstream::SetMsgReadParams params;
   absl::Duration deadline = absl::InfiniteDuration();  // On Clock::Monotonic().
   // Runs exactly once, on the dispatcher's thread, with the call's result.
   absl::AnyInvocable<void(upstream::Outcome)> done;
@@ -106,6 +110,9 @@ class Dispatcher final {
     RoundTrips::Options round_trips;
     RetryBudget::Options retry_budget;
     CircuitBreaker::Options breaker;
+    // A uniform draw in [0, 1] for the backoff's full jitter; empty: the dispatcher's own
+    // generator. Tests fix it to know which retries a deadline can afford.
+    std::function<double()> jitter;
     // (The limiter decides how a frequency-limit answer changes the pace.)
   };
 
@@ -146,9 +153,10 @@ class Dispatcher final {
     PairKey pair;
     std::string lane;
     State state = State::kQueued;
-    int64_t time = 0;        // Largest read time among the waiters: what the next request sends.
-    int64_t sent_time = 0;   // What the request in flight carries.
-    absl::Duration sent_at;  // When the last request was sent.
+    int64_t time = 0;         // Largest read time among the waiters: what the next request sends.
+    bool time_stale = false;  // A waiter left: `time` may be too large (TimeOf() fixes it).
+    int64_t sent_time = 0;    // What the request in flight carries.
+    absl::Duration sent_at;   // When the last request was sent.
     std::vector<CallId> waiters;
     int attempts = 0;
     bool resigned = false;
@@ -160,7 +168,14 @@ class Dispatcher final {
   struct Waiter {
     Call call;
     EntryId entry = 0;
+    size_t index = 0;  // In its entry's `waiters`.
     absl::Duration arrived;
+  };
+  // Where a new call goes: an entry of its pair (0: a new one) and when its request is
+  // expected to get its token.
+  struct Placement {
+    EntryId target = 0;
+    absl::Duration turn;
   };
   // The entries of a pair: the one sent at least once and not answered yet ("active": in
   // flight, in backoff or queued for a retry), and the one gathering later calls ("next":
@@ -175,6 +190,29 @@ class Dispatcher final {
     bool in_ring = false;
     int served = 0;  // Sent in the lane's current turn at the front of the ring.
   };
+  // Submit's steps. Answers the calls refused before anything is looked up (no read time, an
+  // expired deadline, the breaker open, the queue full): whether it did.
+  bool RefusedOnArrival(Call& call, absl::Duration now);
+  // The entry the call joins, counting the merge, or 0 with its expected turn.
+  Placement Place(const PairSlots& slots, const std::string& lane, int64_t time,
+                  absl::Duration now);
+  void RefuseOverloaded(Call& call, absl::Duration turn, absl::Duration now);
+  EntryId NewEntry(const PairKey& key, PairSlots& slots, const std::string& lane, int64_t time,
+                   absl::Duration turn);
+  void AddWaiter(EntryId target, Call call, absl::Duration now);
+  // A waiter into, and out of, its entry's list, in O(1).
+  void Attach(CallId id, Entry& entry);
+  void Detach(CallId id, const Waiter& waiter, Entry& entry);
+  // OnResponse's steps: the metrics, logs and pace an answer teaches; the circuit breaker's
+  // verdict (whether it opened); and the retry policy, which re-signs or schedules a retry
+  // (true) or leaves the outcome to be answered, with a retry-after when a retry could not be
+  // afforded.
+  void LearnFromAnswer(const upstream::HttpResponse& response, const upstream::Outcome& outcome,
+                       absl::Duration now);
+  bool JudgeUpstream(EntryId id, const upstream::Outcome& outcome, bool cut_short,
+                     absl::Duration now);
+  bool TryAgain(EntryId id, Entry& entry, upstream::Outcome& outcome,
+                const upstream::HttpResponse& response, absl::Duration now);
   // A lane's sends per turn (Options::lane_weights, else 1).
   int WeightOf(const std::string& lane) const;
 
@@ -213,7 +251,8 @@ class Dispatcher final {
   void AfterActiveDone(const PairKey& pair);
   void Answer(CallId id, upstream::Outcome outcome);
   void DropIfAbandoned(EntryId id);
-  void RecomputeTime(Entry& entry);
+  // The entry's largest read time among its waiters, found again if one left since.
+  int64_t TimeOf(Entry& entry);
   void FailFast(absl::Duration now);
   void CountAnswer(const upstream::HttpResponse& response, const upstream::Outcome& outcome);
   absl::Duration Backoff(int attempts);

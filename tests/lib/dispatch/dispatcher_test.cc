@@ -23,6 +23,16 @@ using upstream::Outcome;
 
 constexpr char kOk[] = R"({"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0})";
 
+std::string ReportOf(const upstream::HttpRequest& request) {
+  size_t start = request.body.find("\"Report_Account\":\"") + 18;
+  return request.body.substr(start, request.body.find('"', start) - start);
+}
+
+int64_t TimeOf(const upstream::HttpRequest& request) {
+  size_t start = request.body.find("\"MsgReadTime\":") + 14;
+  return std::stoll(request.body.substr(start));
+}
+
 std::string Fail(int code) {
   return "{\"ActionStatus\":\"FAIL\",\"ErrorInfo\":\"e\",\"ErrorCode\":" + std::to_string(code) +
          "}";
@@ -267,24 +277,97 @@ TEST_F(DispatcherTest, TransientFailuresAreRetriedWithBackoffUpToMaxAttempts) {
   EXPECT_EQ(outcomes_[1].attempts, 3);
 }
 
+// The backoff's jitter is fixed: at its longest (1 s) no retry fits in the 40 ms left, so the
+// call is answered at once with the failure and a retry-after, and nothing more is sent; at
+// its shortest the same failure is retried within the deadline.
 TEST_F(DispatcherTest, NoRetryThatTheDeadlineCannotAfford) {
-  Dispatcher::Options options;
-  options.backoff_base = absl::Seconds(1);
-  options.backoff_max = absl::Seconds(1);
-  Build(options, /*rate=*/1000);
-  Submit(1, absl::Milliseconds(50));
-  dispatcher_->Step();
-  clock_.Advance(absl::Milliseconds(10));
-  // Retry waits up to 1 s; the call has 40 ms left. It may still draw a short backoff, so
-  // run until answered, bounded.
-  transport_.Fail(HttpResponse::Error::kTimeout);
-  for (int i = 0; i < 10 && answers_[1] == 0; ++i) {
-    clock_.Advance(absl::Milliseconds(10));
+  for (const double jitter : {1.0, 0.0}) {
+    SCOPED_TRACE(jitter);
+    Dispatcher::Options options;
+    options.backoff_base = absl::Seconds(1);
+    options.backoff_max = absl::Seconds(1);
+    options.jitter = [jitter] { return jitter; };
+    answers_.clear();
+    outcomes_.clear();
+    Build(options, /*rate=*/1000);
+    Submit(1, absl::Milliseconds(50));
     dispatcher_->Step();
-    if (!transport_.pending().empty()) transport_.Fail(HttpResponse::Error::kTimeout);
+    clock_.Advance(absl::Milliseconds(10));
+    transport_.Fail(HttpResponse::Error::kTimeout);
+    dispatcher_->Step();
+    if (jitter == 1.0) {
+      EXPECT_EQ(answers_[1], 1) << "answered at once, not at its deadline";
+      EXPECT_EQ(outcomes_[1].kind, Outcome::Kind::kUnavailable);
+      EXPECT_EQ(outcomes_[1].retry_after, absl::Seconds(1));
+      EXPECT_EQ(dispatcher_->stats().retries, 0u);
+      EXPECT_TRUE(transport_.pending().empty());
+    } else {
+      EXPECT_EQ(answers_[1], 0);
+      EXPECT_EQ(dispatcher_->stats().retries, 1u);
+      ASSERT_EQ(transport_.pending().size(), 1u) << "retried at once";
+      transport_.Answer(kOk);
+      EXPECT_EQ(outcomes_[1].kind, Outcome::Kind::kAnswered);
+    }
+    dispatcher_.reset();
   }
+}
+
+// The read time is stamped in one place, the service, on arrival: a call without one is a
+// caller's bug, refused before anything is queued.
+TEST_F(DispatcherTest, ACallWithoutAReadTimeIsRefused) {
+  Build({}, /*rate=*/1000);
+  Call call;
+  call.id = 1;
+  call.caller = "c";
+  call.params = {"a", "b", std::nullopt};
+  call.deadline = clock_.Monotonic() + absl::Seconds(1);
+  call.done = [this](Outcome outcome) {
+    ++answers_[1];
+    outcomes_[1] = std::move(outcome);
+  };
+  dispatcher_->Submit(std::move(call));
   EXPECT_EQ(answers_[1], 1);
-  EXPECT_NE(outcomes_[1].kind, Outcome::Kind::kAnswered);
+  EXPECT_EQ(outcomes_[1].kind, Outcome::Kind::kInvalidArgument);
+  dispatcher_->Step();
+  EXPECT_TRUE(transport_.pending().empty());
+  EXPECT_TRUE(dispatcher_->idle());
+}
+
+// Thousands of calls merged on one pair leave one by one (cancelled, or their deadline passed
+// while they waited for the budget), in any order: each is answered once, and the request
+// finally sent carries the largest time of those left.
+TEST_F(DispatcherTest, ManyCallsOnOnePairLeaveInAnyOrderAndTheLargestTimeLeftIsSent) {
+  Build({}, /*rate=*/1, /*burst=*/1);
+  SubmitFor(100000, "other", 1, "c");  // Takes the one token: the next comes in 1 s.
+  dispatcher_->Step();
+  constexpr int kCalls = 3000;
+  // The calls that leave hold the largest times: what is sent must be found again.
+  auto time_of = [](int i) -> int64_t {
+    return 1000000 + (i * 7919) % kCalls + (i % 3 == 1 ? 0 : kCalls);
+  };
+  for (int i = 1; i <= kCalls; ++i) {
+    // Times rise and fall so that leaving calls keep changing the largest one. Every third
+    // call's deadline passes at 1.5 s, before the second token (checked after 1.6 s).
+    SubmitFor(i, "hot", time_of(i), "c", i % 3 == 0 ? absl::Milliseconds(1500) : absl::Seconds(10));
+  }
+  ASSERT_EQ(dispatcher_->calls(), static_cast<size_t>(kCalls + 1)) << "some were refused";
+  for (int i = kCalls - 1; i >= 2; i -= 3) dispatcher_->Cancel(i);
+  clock_.Advance(absl::Milliseconds(1600));
+  dispatcher_->Step();
+  int64_t largest_left = 0;
+  for (int i = 1; i <= kCalls; i += 3) largest_left = std::max(largest_left, time_of(i));
+  ASSERT_EQ(transport_.started(), 2);
+  EXPECT_EQ(TimeOf(transport_.pending().back().request), largest_left);
+  transport_.Answer(kOk);
+  transport_.Answer(kOk);
+  for (int i = 1; i <= kCalls; ++i) {
+    ASSERT_EQ(answers_[i], 1) << i;
+    const Outcome::Kind want = i % 3 == 1   ? Outcome::Kind::kAnswered
+                               : i % 3 == 2 ? Outcome::Kind::kCancelled
+                                            : Outcome::Kind::kDeadlineExceeded;
+    ASSERT_EQ(outcomes_[i].kind, want) << i << ": " << outcomes_[i].detail;
+  }
+  EXPECT_TRUE(dispatcher_->idle());
 }
 
 // A request cut short to the caller's deadline times out when that deadline does; libcurl's
@@ -364,16 +447,6 @@ TEST_F(DispatcherTest, PastDeadlineAtSubmitIsAnsweredAtOnce) {
   Submit(1, absl::ZeroDuration());
   EXPECT_EQ(answers_[1], 1);
   EXPECT_EQ(outcomes_[1].kind, Outcome::Kind::kDeadlineExceeded);
-}
-
-std::string ReportOf(const upstream::HttpRequest& request) {
-  size_t start = request.body.find("\"Report_Account\":\"") + 18;
-  return request.body.substr(start, request.body.find('"', start) - start);
-}
-
-int64_t TimeOf(const upstream::HttpRequest& request) {
-  size_t start = request.body.find("\"MsgReadTime\":") + 14;
-  return std::stoll(request.body.substr(start));
 }
 
 TEST_F(DispatcherTest, QueuedCallsForAPairBecomeOneRequestWithTheLargestTime) {
