@@ -154,7 +154,7 @@ TEST_F(SecretRotationE2eTest, ANewKeyInTheSecretIsUsedWithoutAFailedCall) {
 
   {
     absl::MutexLock lock(&mu_);
-    EXPECT_GE(calls_, 100);
+    EXPECT_GE(calls_, 40) << "too few calls across the rotation";
     EXPECT_TRUE(failures_.empty()) << failures_.size() << " failed, first: " << failures_[0];
   }
   EXPECT_TRUE(OneCall("rot_after").ok()) << "the gateway does not sign with the new key";
@@ -186,7 +186,7 @@ TEST_F(SecretRotationE2eTest, AnUnusableFileKeepsTheKeyInUseAndIsFlagged) {
 
   {
     absl::MutexLock lock(&mu_);
-    EXPECT_GE(calls_, 30);
+    EXPECT_GE(calls_, 15) << "too few calls across the changes";
     EXPECT_TRUE(failures_.empty()) << failures_.size() << " failed, first: " << failures_[0];
   }
   std::map<std::string, double> m = Metrics();
