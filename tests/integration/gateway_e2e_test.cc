@@ -457,8 +457,11 @@ void GatewayE2eTest::CheckSigterm(const std::string& name, bool keep_channel) {
   ASSERT_TRUE(status.has_value()) << "still running " << took << " after SIGTERM; "
                                   << Describe(*gateway);
   EXPECT_EQ(*status, 0) << Describe(*gateway);
-  // Nothing was in flight: the grace period is an upper bound (plus scheduling slack).
-  EXPECT_LE(took, kGrace + absl::Milliseconds(500))
+  // Nothing was in flight: the grace period is an upper bound, and that is the behaviour under
+  // test (the shutdown does not outlast it, a client connected or not). The 1 s of slack (was
+  // 500 ms) is for a busy machine's scheduling of the exit; a shutdown that outlasted the grace
+  // by more would still fail here, and one that ignored it would run into Wait's 5 s.
+  EXPECT_LE(took, kGrace + absl::Seconds(1))
       << "exit took " << took << " with --shutdown_grace=" << kGrace << "; " << Describe(*gateway);
 
   // The fixture's gateway still serves: the shutdown was that process's only.
