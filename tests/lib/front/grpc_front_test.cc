@@ -287,6 +287,8 @@ TEST_F(GrpcFrontTest, RefusesConnectionsPastTheLimitAndTakesOnesAgainWhenRoomIsM
   const int d = Connect();
   WriteAll(d, kPreface);
   EXPECT_GE(Handed(2), 0);
+  // Sound with a short wait: being handed to gRPC above shows the front thread has admitted
+  // d (a refusal closes before any hand-off).
   EXPECT_FALSE(ClosedWithin(d, absl::Milliseconds(200)));
 }
 
@@ -324,6 +326,9 @@ TEST_F(GrpcFrontTest, AtTheLimitANewConnectionClosesTheOneIdleLongest) {
   EXPECT_GE(Handed(3), 0) << "the new connection was not handed to gRPC";
   EXPECT_TRUE(ClosedWithin(older)) << "the connection idle longest was kept";
   EXPECT_EQ(front_->stats().evicted_idle, 1);
+  // Evictions are decided as a connection arrives, and evicted_idle == 1 shows the front
+  // thread has made the one for `first`: a short wait is enough to see busy or newer closed by
+  // it wrongly.
   EXPECT_FALSE(ClosedWithin(busy, absl::Milliseconds(100)));
   EXPECT_FALSE(ClosedWithin(newer, absl::Milliseconds(100)));
 
