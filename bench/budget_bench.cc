@@ -34,7 +34,7 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
-#include "services/gateway/grpc_code_name.h"
+#include "lib/common/grpc_codes.h"
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/imgw_stack.h"
 
@@ -129,7 +129,7 @@ void Send(v1::MsgReadService::Stub& stub, int64_t i, absl::Duration deadline,
                            });
 }
 
-using ::imgw::gateway::CodeName;
+using ::imgw::GrpcCodeName;
 
 int Run() {
   const double overload = absl::GetFlag(FLAGS_overload);
@@ -222,7 +222,7 @@ int Run() {
   for (const auto& [code, count] : codes) {
     if (code == grpc::StatusCode::OK || code == grpc::StatusCode::RESOURCE_EXHAUSTED) continue;
     other += count;
-    absl::StrAppend(&other_detail, other_detail.empty() ? " (" : ", ", CodeName(code), " ", count);
+    absl::StrAppend(&other_detail, other_detail.empty() ? " (" : ", ", GrpcCodeName(code), " ", count);
   }
   if (!other_detail.empty()) other_detail += ")";
 

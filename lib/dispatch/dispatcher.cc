@@ -83,7 +83,7 @@ bool Dispatcher::RefusedOnArrival(Call& call, absl::Duration now) {
   }
   if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
     ++stats_.rejected_circuit_open;
-    if (metrics_) metrics_->Rejected("circuit_open");
+    if (metrics_) metrics_->Rejected(metrics::RejectReason::kCircuitOpen);
     Outcome out = Outcome::Failed(
         Outcome::Kind::kUnavailable,
         absl::StrCat("the upstream keeps failing; the gateway fails fast for another ",
@@ -94,7 +94,7 @@ bool Dispatcher::RefusedOnArrival(Call& call, absl::Duration now) {
   }
   if (waiters_.size() >= options_.max_queued) {
     ++stats_.rejected_queue_full;
-    if (metrics_) metrics_->Rejected("queue_full");
+    if (metrics_) metrics_->Rejected(metrics::RejectReason::kQueueFull);
     Outcome out = Outcome::Failed(
         Outcome::Kind::kQueueFull,
         absl::StrCat("the gateway holds its maximum of ", options_.max_queued, " calls"));
@@ -128,7 +128,7 @@ Dispatcher::Placement Dispatcher::Place(const PairSlots& slots, const std::strin
 
 void Dispatcher::RefuseOverloaded(Call& call, absl::Duration turn, absl::Duration now) {
   ++stats_.rejected_overloaded;
-  if (metrics_) metrics_->Rejected("overloaded");
+  if (metrics_) metrics_->Rejected(metrics::RejectReason::kOverloaded);
   // The wait until an answer could come back: the turn and the upstream's round trip.
   const absl::Duration round_trip = ExpectedRoundTrip(now, /*cold=*/false);
   Outcome out = Outcome::Failed(
@@ -341,9 +341,10 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
   if (entry.attempts > 0 || entry.resigned) {
     ++stats_.retries;
     if (metrics_) {
-      metrics_->Retry(entry.resigned && entry.attempts == 0                 ? "resign"
-                      : entry.last.disposition == Disposition::kRateLimited ? "rate_limited"
-                                                                            : "transient");
+      metrics_->Retry(entry.resigned && entry.attempts == 0 ? metrics::RetryReason::kResign
+                      : entry.last.disposition == Disposition::kRateLimited
+                          ? metrics::RetryReason::kRateLimited
+                          : metrics::RetryReason::kTransient);
     }
   } else {
     retry_budget_.OnFirstAttempt(now);
@@ -514,15 +515,29 @@ bool Dispatcher::TryAgain(EntryId id, Entry& entry, Outcome& outcome,
 }
 
 void Dispatcher::CountAnswer(const upstream::HttpResponse& response, const Outcome& outcome) {
+  using metrics::FailureKind;
+  using Error = upstream::HttpResponse::Error;
   metrics_->ObserveUpstreamLatency(response.elapsed);
-  if (response.error != upstream::HttpResponse::Error::kNone) {
-    metrics_->UpstreamFailure(upstream::ErrorName(response.error));
-  } else if (response.http_status != 200) {
-    metrics_->UpstreamFailure(response.http_status == 429   ? "http_429"
-                              : response.http_status >= 500 ? "http_5xx"
-                                                            : "http_other");
+  switch (response.error) {
+    case Error::kNone:
+      break;
+    case Error::kConnect:
+      return metrics_->UpstreamFailure(FailureKind::kConnect);
+    case Error::kTls:
+      return metrics_->UpstreamFailure(FailureKind::kTls);
+    case Error::kTimeout:
+      return metrics_->UpstreamFailure(FailureKind::kTimeout);
+    case Error::kProtocol:
+      return metrics_->UpstreamFailure(FailureKind::kProtocol);
+    case Error::kCancelled:
+      return metrics_->UpstreamFailure(FailureKind::kCancelled);
+  }
+  if (response.http_status != 200) {
+    metrics_->UpstreamFailure(response.http_status == 429   ? FailureKind::kHttp429
+                              : response.http_status >= 500 ? FailureKind::kHttp5xx
+                                                            : FailureKind::kHttpOther);
   } else if (outcome.kind != Outcome::Kind::kAnswered) {
-    metrics_->UpstreamFailure("malformed");
+    metrics_->UpstreamFailure(FailureKind::kMalformed);
   } else {
     metrics_->UpstreamAnswer(outcome.error_code);
   }
@@ -535,7 +550,7 @@ void Dispatcher::FailFast(absl::Duration now) {
   }
   for (CallId id : ids) {
     ++stats_.rejected_circuit_open;
-    if (metrics_) metrics_->Rejected("circuit_open");
+    if (metrics_) metrics_->Rejected(metrics::RejectReason::kCircuitOpen);
     Outcome out = Outcome::Failed(
         Outcome::Kind::kUnavailable,
         absl::StrCat("the upstream keeps failing; the gateway fails fast for ",
@@ -751,7 +766,7 @@ void Dispatcher::AnswerLate(const std::vector<CallId>& late, absl::Duration now,
           Outcome::Kind::kOverloaded,
           absl::StrCat("the call's turn for the upstream budget came too late: ", why));
       ++stats_.rejected_overloaded;
-      if (metrics_) metrics_->Rejected("overloaded");
+      if (metrics_) metrics_->Rejected(metrics::RejectReason::kOverloaded);
     }
     out.retry_after =
         std::max(absl::Milliseconds(1), EstimateStart(entry.lane, now) - now + expected);
@@ -791,7 +806,7 @@ void Dispatcher::FailWaiting(const std::string& why) {
     if (entries_.at(waiter.entry).state != Entry::State::kInFlight) ids.push_back(id);
   }
   for (CallId id : ids) {
-    if (metrics_) metrics_->Rejected("shutting_down");
+    if (metrics_) metrics_->Rejected(metrics::RejectReason::kShuttingDown);
     Answer(id, Outcome::Failed(Outcome::Kind::kShuttingDown, why));
   }
 }

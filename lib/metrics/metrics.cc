@@ -1,9 +1,9 @@
 #include "lib/metrics/metrics.h"
 
+#include "lib/common/grpc_codes.h"
 #include "lib/metrics/process_stats.h"
 
 #include "absl/strings/str_cat.h"
-#include "absl/types/span.h"
 #include "lib/upstream/outcome.h"
 
 namespace imgw::metrics {
@@ -21,21 +21,6 @@ const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
 // answers.
 bool Known(int32_t code) {
   return upstream::ClassifyErrorCode(code) != upstream::Disposition::kUnknown;
-}
-
-constexpr absl::string_view kRpcMethodNames[] = {"SetMsgRead", "BatchSetMsgRead"};
-// gRPC's status code names, in code order (services/gateway/grpc_code_name.h).
-constexpr absl::string_view kRpcCodeNames[] = {
-    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
-    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
-    "DATA_LOSS", "UNAUTHENTICATED"};
-
-int IndexOf(absl::Span<const absl::string_view> names, absl::string_view name) {
-  for (size_t i = 0; i < names.size(); ++i) {
-    if (names[i] == name) return static_cast<int>(i);
-  }
-  return -1;
 }
 
 }  // namespace
@@ -220,47 +205,34 @@ Metrics::Metrics(absl::string_view version, uint64_t sdkappid)
   // event.
   upstream_answer_ok_ = &upstream_answers_.Add({{"api", kApi}, {"error_code", "0"}});
   upstream_answers_.Add({{"api", kApi}, {"error_code", "60007"}});
-  for (const char* reason : {"transient", "rate_limited", "resign"}) {
-    retries_cache_.emplace_back(reason, &retries_.Add({{"reason", reason}}));
+  for (size_t i = 0; i < kRetryReasonLabels.size(); ++i) {
+    retries_by_reason_[i] = &retries_.Add({{"reason", std::string(kRetryReasonLabels[i])}});
   }
-  for (const char* reason : {"invalid_argument", "queue_full", "overloaded", "circuit_open",
-                             "shutting_down", "memory"}) {
-    rejected_cache_.emplace_back(reason, &rejected_.Add({{"reason", reason}}));
+  for (size_t i = 0; i < kRejectReasonLabels.size(); ++i) {
+    rejected_by_reason_[i] = &rejected_.Add({{"reason", std::string(kRejectReasonLabels[i])}});
   }
-  for (const char* kind : {"connect", "tls", "timeout", "protocol", "cancelled", "http_5xx",
-                           "http_429", "http_other", "malformed"}) {
-    upstream_failures_cache_.emplace_back(kind,
-                                          &upstream_failures_.Add({{"api", kApi}, {"kind", kind}}));
+  for (size_t i = 0; i < kFailureKindLabels.size(); ++i) {
+    failures_by_kind_[i] =
+        &upstream_failures_.Add({{"api", kApi}, {"kind", std::string(kFailureKindLabels[i])}});
   }
   for (const char* method : {"SetMsgRead", "BatchSetMsgRead"}) {
     rpc_latency_.Add({{"method", method}, {"code", "OK"}}, LatencyBuckets());
   }
 }
 
-prometheus::Counter& Metrics::Child(prometheus::Family<prometheus::Counter>& family,
-                                    const CounterCache& cache, const char* name,
-                                    absl::string_view value, bool with_api) {
-  for (const auto& [known, child] : cache) {
-    if (known == value) return *child;
-  }
-  if (with_api) return family.Add({{"api", kApi}, {name, std::string(value)}});
-  return family.Add({{name, std::string(value)}});
-}
-
-void Metrics::ObserveRpc(absl::string_view method, absl::string_view code, absl::Duration latency) {
-  int m = IndexOf(kRpcMethodNames, method);
-  int c = IndexOf(kRpcCodeNames, code);
-  prometheus::Histogram* histogram = nullptr;
-  std::atomic<prometheus::Histogram*>* slot = nullptr;
-  if (m >= 0 && c >= 0) {
-    slot = &rpc_latency_cache_[static_cast<size_t>(m) * kRpcCodes + static_cast<size_t>(c)];
-    histogram = slot->load(std::memory_order_acquire);
-  }
+void Metrics::ObserveRpc(RpcMethod method, int code, absl::Duration latency) {
+  const absl::string_view code_name = GrpcCodeName(code);  // UNKNOWN outside 0..16.
+  if (code < 0 || code >= static_cast<int>(kRpcCodes)) code = 2;
+  std::atomic<prometheus::Histogram*>& slot =
+      rpc_latency_cache_[static_cast<size_t>(method) * kRpcCodes + static_cast<size_t>(code)];
+  prometheus::Histogram* histogram = slot.load(std::memory_order_acquire);
   if (histogram == nullptr) {
-    // Family::Add returns the existing child when there is one, so a race stores one pointer.
-    histogram = &rpc_latency_.Add({{"method", std::string(method)}, {"code", std::string(code)}},
+    // Made on first use (2 methods x 17 codes at most); Family::Add returns the existing child
+    // when there is one, so a race stores one pointer.
+    histogram = &rpc_latency_.Add({{"method", std::string(LabelOf(method, kRpcMethodLabels))},
+                                   {"code", std::string(code_name)}},
                                   LatencyBuckets());
-    if (slot != nullptr) slot->store(histogram, std::memory_order_release);
+    slot.store(histogram, std::memory_order_release);
   }
   histogram->Observe(absl::ToDoubleSeconds(latency));
 }
@@ -282,8 +254,8 @@ void Metrics::UpstreamAnswer(int32_t error_code) {
       .Increment();
 }
 
-void Metrics::UpstreamFailure(absl::string_view kind) {
-  Child(upstream_failures_, upstream_failures_cache_, "kind", kind, /*with_api=*/true).Increment();
+void Metrics::UpstreamFailure(FailureKind kind) {
+  failures_by_kind_[static_cast<size_t>(kind)]->Increment();
 }
 
 void Metrics::ObserveQueueWait(absl::Duration wait) {
@@ -294,12 +266,10 @@ void Metrics::Merged(bool in_flight) {
   (in_flight ? merged_in_flight_ : merged_queued_).Increment();
 }
 
-void Metrics::Retry(absl::string_view reason) {
-  Child(retries_, retries_cache_, "reason", reason, /*with_api=*/false).Increment();
-}
+void Metrics::Retry(RetryReason reason) { retries_by_reason_[static_cast<size_t>(reason)]->Increment(); }
 
-void Metrics::Rejected(absl::string_view reason) {
-  Child(rejected_, rejected_cache_, "reason", reason, /*with_api=*/false).Increment();
+void Metrics::Rejected(RejectReason reason) {
+  rejected_by_reason_[static_cast<size_t>(reason)]->Increment();
 }
 
 void Metrics::Expired() { expired_.Increment(); }

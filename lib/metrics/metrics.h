@@ -15,6 +15,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "lib/metrics/labels.h"
 
 namespace imgw::metrics {
 
@@ -34,24 +35,21 @@ class Metrics final {
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
-  // gRPC calls, by method and status code name ("OK", "NOT_FOUND", ...).
-  void ObserveRpc(absl::string_view method, absl::string_view code, absl::Duration latency);
+  // gRPC calls, by method and status code (0..16; the label is its name, "OK", "NOT_FOUND").
+  void ObserveRpc(RpcMethod method, int code, absl::Duration latency);
 
   // The upstream.
   void UpstreamRequestSent();
   void ObserveUpstreamLatency(absl::Duration latency);
   // An answer with this ErrorCode (codes outside API.md's table count as "other").
   void UpstreamAnswer(int32_t error_code);
-  // kind: connect, tls, timeout, protocol, cancelled, http_5xx, http_429, http_other, malformed.
-  void UpstreamFailure(absl::string_view kind);
+  void UpstreamFailure(FailureKind kind);
 
   // Admission and the queue.
   void ObserveQueueWait(absl::Duration wait);
   void Merged(bool in_flight);
-  // reason: transient, rate_limited, resign.
-  void Retry(absl::string_view reason);
-  // reason: invalid_argument, queue_full, overloaded, circuit_open, shutting_down, memory.
-  void Rejected(absl::string_view reason);
+  void Retry(RetryReason reason);
+  void Rejected(RejectReason reason);
   void Expired();
   void Cancelled();
   // Calls by fair-share lane: one series per declared caller and one for `undeclared`, made
@@ -104,11 +102,6 @@ class Metrics final {
 
  private:
   using CounterCache = std::vector<std::pair<std::string, prometheus::Counter*>>;
-  // A child of `family` by its one varying label; from `cache` (filled at construction with
-  // the label's known values) without taking the family's lock, else added.
-  static prometheus::Counter& Child(prometheus::Family<prometheus::Counter>& family,
-                                    const CounterCache& cache, const char* name,
-                                    absl::string_view value, bool with_api);
 
   static constexpr size_t kRpcMethods = 2;  // SetMsgRead, BatchSetMsgRead.
   static constexpr size_t kRpcCodes = 17;   // gRPC status codes 0..16, by name.
@@ -168,13 +161,14 @@ class Metrics final {
   prometheus::Counter* grpc_connections_tls_failed_;
   prometheus::Counter* grpc_connections_no_preface_;
   prometheus::Counter* grpc_connections_evicted_idle_;
-  // Children looked up on every call, cached: Family::Add builds a label map and takes the
-  // family's lock each time. RPC latency series are created on first use, as before.
+  // Children looked up on every call, by their enum (labels.h): Family::Add builds a label
+  // map and takes the family's lock each time. Counters are made at construction; RPC
+  // latency series on first use.
   std::array<std::atomic<prometheus::Histogram*>, kRpcMethods * kRpcCodes> rpc_latency_cache_{};
   prometheus::Counter* upstream_answer_ok_;  // error_code "0".
-  CounterCache upstream_failures_cache_;
-  CounterCache retries_cache_;
-  CounterCache rejected_cache_;
+  std::array<prometheus::Counter*, kFailureKindLabels.size()> failures_by_kind_{};
+  std::array<prometheus::Counter*, kRetryReasonLabels.size()> retries_by_reason_{};
+  std::array<prometheus::Counter*, kRejectReasonLabels.size()> rejected_by_reason_{};
   prometheus::Family<prometheus::Counter>& caller_calls_;
   CounterCache caller_calls_cache_;  // Filled once by DeclareCallers().
   prometheus::Counter* undeclared_calls_ = nullptr;

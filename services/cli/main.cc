@@ -19,9 +19,9 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
+#include "lib/common/grpc_codes.h"
 #include "lib/common/files.h"
 #include "lib/common/flags.h"
-#include "services/gateway/grpc_code_name.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "The gateway's gRPC address.");
 ABSL_FLAG(std::string, report, "", "report_account: whose messages become read.");
@@ -38,7 +38,7 @@ ABSL_FLAG(std::string, tls_key, "", "Client private key (PEM) for mutual TLS.");
 
 namespace {
 
-using imgw::gateway::CodeName;
+using imgw::GrpcCodeName;
 
 constexpr char kUsage[] =
     "imgw-cli set-msg-read|batch-set-msg-read --report ACCOUNT --peer ACCOUNT[,ACCOUNT...] "
@@ -123,7 +123,7 @@ int main(int argc, char** argv) {
                   response.error_code());
       return 0;
     }
-    std::printf("%s: %s%s%s\n", CodeName(status.error_code()), status.error_message().c_str(),
+    std::printf("%s: %s%s%s\n", std::string(GrpcCodeName(status.error_code())).c_str(), status.error_message().c_str(),
                 Trailer(context, "imgw-error-code").c_str(),
                 Trailer(context, "imgw-retry-after-ms").c_str());
     return 1;
@@ -136,7 +136,7 @@ int main(int argc, char** argv) {
   imgw::v1::BatchSetMsgReadResponse response;
   grpc::Status status = stub->BatchSetMsgRead(&context, request, &response);
   if (!status.ok()) {
-    std::printf("%s: %s\n", CodeName(status.error_code()), status.error_message().c_str());
+    std::printf("%s: %s\n", std::string(GrpcCodeName(status.error_code())).c_str(), status.error_message().c_str());
     return 1;
   }
   int failed = 0;
@@ -144,7 +144,7 @@ int main(int argc, char** argv) {
     const imgw::v1::SetMsgReadResult& r = response.results(i);
     auto code = static_cast<grpc::StatusCode>(r.code());
     failed += code != grpc::StatusCode::OK;
-    std::string line = absl::StrCat(request.items(i).peer_account(), " ", CodeName(code));
+    std::string line = absl::StrCat(request.items(i).peer_account(), " ", GrpcCodeName(code));
     if (code == grpc::StatusCode::OK) {
       absl::StrAppend(&line, " action_status=", r.action_status(), " error_code=", r.error_code());
     } else {

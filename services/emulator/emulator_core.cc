@@ -253,17 +253,18 @@ Verdict CheckBody(std::string_view body, const EmulatorOptions& options, ParsedB
 struct ProbabilityField {
   const char* name;
   double FaultConfig::*field;
+  FaultKind kind;  // The fault it draws (kLatency: the delay, drawn on its own).
 };
 constexpr ProbabilityField kProbabilities[] = {
-    {"http_5xx", &FaultConfig::http_5xx},
-    {"drop_connection", &FaultConfig::drop_connection},
-    {"malformed_json", &FaultConfig::malformed_json},
-    {"truncated_json", &FaultConfig::truncated_json},
-    {"error_60007", &FaultConfig::error_60007},
-    {"error_70001", &FaultConfig::error_70001},
-    {"error_70500", &FaultConfig::error_70500},
-    {"error_70169", &FaultConfig::error_70169},
-    {"latency_probability", &FaultConfig::latency_probability},
+    {"http_5xx", &FaultConfig::http_5xx, FaultKind::kHttp5xx},
+    {"drop_connection", &FaultConfig::drop_connection, FaultKind::kDropConnection},
+    {"malformed_json", &FaultConfig::malformed_json, FaultKind::kMalformedJson},
+    {"truncated_json", &FaultConfig::truncated_json, FaultKind::kTruncatedJson},
+    {"error_60007", &FaultConfig::error_60007, FaultKind::kError60007},
+    {"error_70001", &FaultConfig::error_70001, FaultKind::kError70001},
+    {"error_70500", &FaultConfig::error_70500, FaultKind::kError70500},
+    {"error_70169", &FaultConfig::error_70169, FaultKind::kError70169},
+    {"latency_probability", &FaultConfig::latency_probability, FaultKind::kLatency},
 };
 constexpr size_t kAnswerFaults = std::size(kProbabilities) - 1;
 
@@ -390,7 +391,6 @@ EmulatorCore::EmulatorCore(EmulatorOptions options, Clock& clock)
   if (ValidateFaults(options_.faults).ok()) faults_ = options_.faults;
   fault_seed_ = options_.fault_seed;
   rng_.seed(fault_seed_);
-  for (const char* kind : kFaultKinds) faults_injected_[kind] = 0;
 }
 
 bool EmulatorCore::SetSecretKeys(std::string_view text) {
@@ -469,27 +469,26 @@ Response EmulatorCore::HandleApi(const Request& request) {
 
   // Draw every fault, always in the same order and number, so that a seed replays the same
   // faults for the same sequence of calls. The first answer fault that hits wins.
-  const char* fault = nullptr;
+  std::optional<FaultKind> fault;
   for (size_t i = 0; i < kAnswerFaults; ++i) {
-    if (Draw(faults_.*kProbabilities[i].field) && fault == nullptr) fault = kProbabilities[i].name;
+    if (Draw(faults_.*kProbabilities[i].field) && !fault) fault = kProbabilities[i].kind;
   }
   const bool delayed = Draw(faults_.latency_probability) && faults_.latency > absl::ZeroDuration();
-  if (fault != nullptr) ++faults_injected_[fault];
-  if (delayed) ++faults_injected_["latency"];
-  const std::string_view kind = fault == nullptr ? std::string_view() : fault;
+  if (fault) ++faults_injected_[static_cast<size_t>(*fault)];
+  if (delayed) ++faults_injected_[static_cast<size_t>(FaultKind::kLatency)];
 
   Response response;
-  if (kind == "http_5xx") {
+  if (fault == FaultKind::kHttp5xx) {
     response = BadGateway();
-  } else if (kind == "malformed_json") {
+  } else if (fault == FaultKind::kMalformedJson) {
     response = HtmlOk();
-  } else if (kind == "error_60007") {
+  } else if (fault == FaultKind::kError60007) {
     response = Answer(kFrequencyExceeded, "REST API call frequency exceeded (injected fault)");
-  } else if (kind == "error_70001") {
+  } else if (fault == FaultKind::kError70001) {
     response = Answer(kUserSigExpired, "UserSig expired (injected fault)");
-  } else if (kind == "error_70500") {
+  } else if (fault == FaultKind::kError70500) {
     response = Answer(kInternalError, "internal server error (injected fault)");
-  } else if (kind == "error_70169") {
+  } else if (fault == FaultKind::kError70169) {
     response = Answer(kInternalTimeout, "server internal timeout (injected fault)");
   } else if (options_.rate_limit > 0 && window_.size() > static_cast<size_t>(options_.rate_limit)) {
     response =
@@ -504,8 +503,8 @@ Response EmulatorCore::HandleApi(const Request& request) {
     response = Answer(kOk, "");
   }
   // The faults that mangle the answer of a call processed as usual (applied if it was valid).
-  if (kind == "truncated_json") response.body.resize(response.body.size() / 2);
-  if (kind == "drop_connection") response.drop_connection = true;
+  if (fault == FaultKind::kTruncatedJson) response.body.resize(response.body.size() / 2);
+  if (fault == FaultKind::kDropConnection) response.drop_connection = true;
   if (delayed) response.delay = faults_.latency;
   return response;
 }
@@ -573,7 +572,9 @@ EmulatorStats EmulatorCore::Stats() const {
   stats.errors = errors_;
   stats.max_calls_in_window = max_calls_in_window_;
   stats.rate_limit = options_.rate_limit;
-  stats.faults_injected = faults_injected_;
+  for (size_t i = 0; i < kFaultKinds.size(); ++i) {
+    stats.faults_injected[kFaultKinds[i]] = faults_injected_[i];
+  }
   stats.options_requests = options_requests_;
   stats.connections = connections_;
   stats.http2_connections = http2_connections_;
@@ -626,7 +627,7 @@ void EmulatorCore::Reset() {
   max_calls_in_window_ = 0;
   window_.clear();
   pairs_.clear();
-  for (auto& [kind, count] : faults_injected_) count = 0;
+  faults_injected_.fill(0);
   options_requests_ = 0;
   connections_ = 0;
   http2_connections_ = 0;

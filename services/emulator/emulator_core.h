@@ -1,5 +1,6 @@
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -122,11 +123,24 @@ struct FaultConfig {
 
 inline constexpr absl::Duration kMaxFaultLatency = absl::Minutes(10);
 
-// The names of the injected faults, as keys of EmulatorStats::faults_injected and of the
-// stats JSON, in precedence order ("latency" last: it is drawn on its own).
-inline constexpr const char* kFaultKinds[] = {"http_5xx",       "drop_connection", "malformed_json",
-                                              "truncated_json", "error_60007",     "error_70001",
-                                              "error_70500",    "error_70169",     "latency"};
+// The injected faults, in precedence order (kLatency last: it is drawn on its own), and their
+// names in kFaultKinds, in the same order: the keys of EmulatorStats::faults_injected, of the
+// stats JSON and of the faults' probabilities.
+enum class FaultKind {
+  kHttp5xx,
+  kDropConnection,
+  kMalformedJson,
+  kTruncatedJson,
+  kError60007,
+  kError70001,
+  kError70500,
+  kError70169,
+  kLatency,
+};
+inline constexpr std::array<const char*, 9> kFaultKinds = {
+    "http_5xx",    "drop_connection", "malformed_json", "truncated_json", "error_60007",
+    "error_70001", "error_70500",     "error_70169",    "latency"};
+inline const char* NameOf(FaultKind kind) { return kFaultKinds[static_cast<size_t>(kind)]; }
 
 // InvalidArgument naming the field when a probability is outside [0,1] (or NaN) or the
 // latency is negative, above kMaxFaultLatency or not a whole number of milliseconds.
@@ -294,7 +308,7 @@ class EmulatorCore final {
   FaultConfig faults_ ABSL_GUARDED_BY(mu_);
   uint64_t fault_seed_ ABSL_GUARDED_BY(mu_) = 0;
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, uint64_t> faults_injected_ ABSL_GUARDED_BY(mu_);
+  std::array<uint64_t, kFaultKinds.size()> faults_injected_ ABSL_GUARDED_BY(mu_) = {};
   uint64_t options_requests_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t connections_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t http2_connections_ ABSL_GUARDED_BY(mu_) = 0;

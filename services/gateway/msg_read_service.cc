@@ -12,7 +12,6 @@
 #include "imgw/gateway/wire.pb.h"
 #include "lib/config/gateway_config.h"
 #include "lib/overload/memory_budget.h"
-#include "services/gateway/grpc_code_name.h"
 #include "services/gateway/status_mapping.h"
 
 namespace imgw::gateway {
@@ -25,7 +24,8 @@ namespace wire = imgw::gateway::wire;
 // has sent every answer, and observes each call's latency and status.
 class CountedReactor : public grpc::ServerUnaryReactor {
  public:
-  CountedReactor(std::atomic<int64_t>& active, metrics::Metrics* metrics, const char* method)
+  CountedReactor(std::atomic<int64_t>& active, metrics::Metrics* metrics,
+                 metrics::RpcMethod method)
       : active_(active), metrics_(metrics), method_(method), start_(absl::Now()) {
     active_.fetch_add(1);
   }
@@ -46,7 +46,7 @@ class CountedReactor : public grpc::ServerUnaryReactor {
  protected:
   void FinishAndCount(const grpc::Status& status) {
     if (metrics_ != nullptr) {
-      metrics_->ObserveRpc(method_, CodeName(status.error_code()), absl::Now() - start_);
+      metrics_->ObserveRpc(method_, static_cast<int>(status.error_code()), absl::Now() - start_);
     }
     Finish(status);
   }
@@ -54,7 +54,7 @@ class CountedReactor : public grpc::ServerUnaryReactor {
  private:
   std::atomic<int64_t>& active_;
   metrics::Metrics* const metrics_;
-  const char* const method_;
+  const metrics::RpcMethod method_;
   const absl::Time start_;
   overload::MemoryBudget* memory_ = nullptr;
   std::string lane_;
@@ -87,7 +87,7 @@ class SetMsgReadReactor final : public CountedReactor {
   SetMsgReadReactor(grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
                     dispatch::DispatchLoop& loop, dispatch::CallId id, std::atomic<int64_t>& active,
                     metrics::Metrics* metrics)
-      : CountedReactor(active, metrics, "SetMsgRead"),
+      : CountedReactor(active, metrics, metrics::RpcMethod::kSetMsgRead),
         context_(context),
         response_(response),
         loop_(loop),
@@ -122,7 +122,7 @@ class BatchReactor final : public CountedReactor {
  public:
   BatchReactor(grpc::ByteBuffer* response, dispatch::DispatchLoop& loop, dispatch::CallId first_id,
                int items, std::atomic<int64_t>& active, metrics::Metrics* metrics)
-      : CountedReactor(active, metrics, "BatchSetMsgRead"),
+      : CountedReactor(active, metrics, metrics::RpcMethod::kBatchSetMsgRead),
         buffer_(response),
         loop_(loop),
         first_id_(first_id),
@@ -244,14 +244,14 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
     const size_t cost = overload::MemoryBudget::CostOf(request->Length(), 1);
     const overload::MemoryBudget::Refusal refused = options_.memory->TryHold(lane, cost);
     if (refused != overload::MemoryBudget::Refusal::kNone) {
-      if (metrics_ != nullptr) metrics_->Rejected("memory");
+      if (metrics_ != nullptr) metrics_->Rejected(metrics::RejectReason::kMemory);
       reactor->Complete(MemoryRefusal(refused, *options_.memory));
       return reactor;
     }
     reactor->HoldUntilDone(options_.memory, lane, cost);
   }
   if (!Decode(request, &decoded)) {
-    if (metrics_ != nullptr) metrics_->Rejected("invalid_argument");
+    if (metrics_ != nullptr) metrics_->Rejected(metrics::RejectReason::kInvalidArgument);
     reactor->Complete(Outcome::Failed(Outcome::Kind::kInvalidArgument,
                                       "the request is not a valid imgw.v1.SetMsgReadRequest"));
     return reactor;
@@ -259,7 +259,7 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
   dispatch::Call call;
   absl::Status valid = ToParams(decoded, clock_.Now(), options_.max_future, &call.params);
   if (!valid.ok()) {
-    if (metrics_ != nullptr) metrics_->Rejected("invalid_argument");
+    if (metrics_ != nullptr) metrics_->Rejected(metrics::RejectReason::kInvalidArgument);
     reactor->Complete(
         Outcome::Failed(Outcome::Kind::kInvalidArgument, std::string(valid.message())));
     return reactor;
@@ -279,8 +279,9 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
   // `field`: the request field at fault, for the BadRequest detail ("" for none).
   auto refuse = [this, context](const std::string& why, const std::string& field) {
     if (metrics_ != nullptr) {
-      metrics_->Rejected("invalid_argument");
-      metrics_->ObserveRpc("BatchSetMsgRead", "INVALID_ARGUMENT", absl::ZeroDuration());
+      metrics_->Rejected(metrics::RejectReason::kInvalidArgument);
+      metrics_->ObserveRpc(metrics::RpcMethod::kBatchSetMsgRead,
+                           static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT), absl::ZeroDuration());
     }
     auto* reactor = context->DefaultReactor();
     reactor->Finish(
@@ -290,7 +291,8 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
   if (ResetBeforeTheRequest(context, raw_request)) {
     if (metrics_ != nullptr) {
       metrics_->Cancelled();
-      metrics_->ObserveRpc("BatchSetMsgRead", "CANCELLED", absl::ZeroDuration());
+      metrics_->ObserveRpc(metrics::RpcMethod::kBatchSetMsgRead,
+                           static_cast<int>(grpc::StatusCode::CANCELLED), absl::ZeroDuration());
     }
     auto* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED,
@@ -315,8 +317,9 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
     if (refused != overload::MemoryBudget::Refusal::kNone) {
       MappedStatus mapped = MapOutcome(MemoryRefusal(refused, *options_.memory));
       if (metrics_ != nullptr) {
-        metrics_->Rejected("memory");
-        metrics_->ObserveRpc("BatchSetMsgRead", CodeName(mapped.status.error_code()),
+        metrics_->Rejected(metrics::RejectReason::kMemory);
+        metrics_->ObserveRpc(metrics::RpcMethod::kBatchSetMsgRead,
+                             static_cast<int>(mapped.status.error_code()),
                              absl::ZeroDuration());
       }
       AddRefusalTrailers(mapped, *context);
@@ -350,7 +353,7 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
   // Refused items first: the reactor cannot finish before every valid item was submitted,
   // since those hold their own count.
   for (auto& [index, why] : invalid) {
-    if (metrics_ != nullptr) metrics_->Rejected("invalid_argument");
+    if (metrics_ != nullptr) metrics_->Rejected(metrics::RejectReason::kInvalidArgument);
     reactor->Complete(index, Outcome::Failed(Outcome::Kind::kInvalidArgument,
                                              absl::StrCat("item ", index, ": ", why)));
   }

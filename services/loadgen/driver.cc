@@ -20,12 +20,12 @@
 #include "grpcpp/support/async_unary_call.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
-#include "services/gateway/grpc_code_name.h"
+#include "lib/common/grpc_codes.h"
 
 namespace imgw::loadgen {
 namespace {
 
-using ::imgw::gateway::CodeName;
+using ::imgw::GrpcCodeName;
 constexpr int kCodes = 17;  // grpc::StatusCode 0..16.
 
 int CodeIndex(int code) { return code >= 0 && code < kCodes ? code : 2; /* UNKNOWN */ }
@@ -226,10 +226,10 @@ class Driver final {
       for (int c = 0; c < kCodes; ++c) {
         const auto code = static_cast<grpc::StatusCode>(c);
         if (worker->codes[static_cast<size_t>(c)] > 0) {
-          report.codes[CodeName(code)] += worker->codes[static_cast<size_t>(c)];
+          report.codes[std::string(GrpcCodeName(code))] += worker->codes[static_cast<size_t>(c)];
         }
         if (worker->item_codes[static_cast<size_t>(c)] > 0) {
-          report.item_codes[CodeName(code)] += worker->item_codes[static_cast<size_t>(c)];
+          report.item_codes[std::string(GrpcCodeName(code))] += worker->item_codes[static_cast<size_t>(c)];
         }
       }
     }

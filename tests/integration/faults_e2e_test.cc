@@ -40,7 +40,7 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
-#include "services/gateway/grpc_code_name.h"
+#include "lib/common/grpc_codes.h"
 #include "tests/testing/async_calls.h"
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/grpc_client.h"
@@ -66,7 +66,7 @@ constexpr uint64_t kFaultSeed = 20240604;
 
 using ::imgw::testing::BinDir;
 
-using ::imgw::gateway::CodeName;
+using ::imgw::GrpcCodeName;
 
 // A channel of its own, never through a proxy.
 using ::imgw::testing::NewStub;
@@ -97,7 +97,7 @@ std::map<grpc::StatusCode, int> Distribution(const std::vector<Result>& results)
 
 std::string FormatDistribution(const std::map<grpc::StatusCode, int>& counts) {
   std::vector<std::string> parts;
-  for (const auto& [code, n] : counts) parts.push_back(absl::StrCat(CodeName(code), "=", n));
+  for (const auto& [code, n] : counts) parts.push_back(absl::StrCat(GrpcCodeName(code), "=", n));
   return absl::StrJoin(parts, " ");
 }
 
@@ -214,10 +214,10 @@ class FaultsE2eTest : public testing::StackTest {
       EXPECT_EQ(r.answers, 1) << who << " got " << r.answers << " answers";
       if (r.answers == 0) continue;
       EXPECT_LE(r.latency, r.deadline + kSlack)
-          << who << " answered " << CodeName(r.code) << " after " << r.latency << ", deadline "
+          << who << " answered " << GrpcCodeName(r.code) << " after " << r.latency << ", deadline "
           << r.deadline << ": " << r.message;
       if (expect.allowed.count(r.code) == 0 && reported++ < 10) {
-        ADD_FAILURE() << who << ": undocumented status for this fault: " << CodeName(r.code) << ": "
+        ADD_FAILURE() << who << ": undocumented status for this fault: " << GrpcCodeName(r.code) << ": "
                       << r.message;
       }
       const std::optional<int64_t> applied = stats.PairTime(r.report, r.peer);
@@ -227,7 +227,7 @@ class FaultsE2eTest : public testing::StackTest {
             << (applied ? absl::StrCat(*applied) : "no such pair");
       } else if (expect.failures_never_applied && r.code != grpc::StatusCode::DEADLINE_EXCEEDED) {
         EXPECT_EQ(applied, std::nullopt) << who << " was applied by the emulator but answered "
-                                         << CodeName(r.code) << ": " << r.message;
+                                         << GrpcCodeName(r.code) << ": " << r.message;
       }
     }
     if (reported > 10) ADD_FAILURE() << reported - 10 << " more undocumented statuses";
@@ -432,7 +432,7 @@ TEST_F(FaultsE2eTest, BreakerFailsFastWhileUpstreamFailsAndRecoversByItself) {
   }
   for (const Result& r : before) {
     std::cout << absl::StreamFormat("[breaker] before opening: %s in %s, retry-after '%s': %s\n",
-                                    CodeName(r.code), absl::FormatDuration(r.latency),
+                                    GrpcCodeName(r.code), absl::FormatDuration(r.latency),
                                     r.retry_after, r.message);
     EXPECT_EQ(r.code, grpc::StatusCode::UNAVAILABLE) << r.message;
     EXPECT_LT(r.latency, absl::Seconds(2)) << "a failing call waited towards its deadline";
@@ -510,7 +510,7 @@ TEST_F(FaultsE2eTest, BreakerFailsFastWhileUpstreamFailsAndRecoversByItself) {
     ++attempts;
     Result r = One(absl::Seconds(2));
     EXPECT_TRUE(r.code == grpc::StatusCode::OK || r.code == grpc::StatusCode::UNAVAILABLE)
-        << CodeName(r.code) << ": " << r.message;
+        << GrpcCodeName(r.code) << ": " << r.message;
     EXPECT_LT(r.latency, absl::Seconds(2) + kSlack);
     if (r.code == grpc::StatusCode::OK) {
       recovered = absl::Now() - healed;
@@ -537,12 +537,12 @@ TEST_F(FaultsE2eTest, KilledUpstreamNoCallWaitsForItsDeadline) {
   std::vector<Result> first = Waves(6, 1, deadline);
   std::vector<Result> burst = Wave(30, deadline);
   for (const Result& r : first) {
-    std::cout << absl::StreamFormat("[dead] %s in %s, retry-after '%s': %s\n", CodeName(r.code),
+    std::cout << absl::StreamFormat("[dead] %s in %s, retry-after '%s': %s\n", GrpcCodeName(r.code),
                                     absl::FormatDuration(r.latency), r.retry_after, r.message);
   }
   for (const Result& r : burst) {
     std::cout << absl::StreamFormat("[dead] burst: %s in %s, retry-after '%s': %s\n",
-                                    CodeName(r.code), absl::FormatDuration(r.latency),
+                                    GrpcCodeName(r.code), absl::FormatDuration(r.latency),
                                     r.retry_after, r.message);
   }
   std::cout << absl::StreamFormat("[dead] burst of %d: %s, max latency %s\n", burst.size(),
@@ -574,7 +574,7 @@ TEST_F(FaultsE2eTest, RefusedForFrequencyToTheEndIsAnsweredBeforeTheDeadline) {
   const absl::Duration deadline = absl::Seconds(3);
   for (const Result& r : Wave(2, deadline)) {
     std::cout << absl::StreamFormat("[60007 always] %s in %s, code '%s', retry-after '%s': %s\n",
-                                    CodeName(r.code), absl::FormatDuration(r.latency), r.error_code,
+                                    GrpcCodeName(r.code), absl::FormatDuration(r.latency), r.error_code,
                                     r.retry_after, r.message);
     EXPECT_EQ(r.answers, 1);
     EXPECT_EQ(r.code, grpc::StatusCode::RESOURCE_EXHAUSTED) << r.message;
@@ -603,7 +603,7 @@ TEST_F(FaultsE2eTest, SlowUpstreamAnswersDeadlineExceededOnTime) {
     // Timeouts are upstream failures: once 5 have come back, the breaker may refuse at once.
     const bool breaker = r.code == grpc::StatusCode::UNAVAILABLE && !r.retry_after.empty();
     EXPECT_TRUE(r.code == grpc::StatusCode::DEADLINE_EXCEEDED || breaker)
-        << CodeName(r.code) << ": " << r.message;
+        << GrpcCodeName(r.code) << ": " << r.message;
     EXPECT_LE(r.latency, deadline + kSlack) << r.message;
   }
 
@@ -616,7 +616,7 @@ TEST_F(FaultsE2eTest, SlowUpstreamAnswersDeadlineExceededOnTime) {
   for (int i = 0; i < 100 && absl::Now() - cleared < bound; ++i) {
     Result next = One(absl::Seconds(2));
     std::cout << absl::StreamFormat("[slow] call %d after clearing: %s in %s, retry-after '%s'%s\n",
-                                    i, CodeName(next.code), absl::FormatDuration(next.latency),
+                                    i, GrpcCodeName(next.code), absl::FormatDuration(next.latency),
                                     next.retry_after,
                                     next.message.empty() ? "" : absl::StrCat(": ", next.message));
     if (next.code == grpc::StatusCode::OK) {

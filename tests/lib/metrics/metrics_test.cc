@@ -2,7 +2,9 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "lib/common/grpc_codes.h"
 #include "prometheus/text_serializer.h"
 
 namespace imgw::metrics {
@@ -42,37 +44,68 @@ TEST(MetricsTest, SeriesThatAlertsWatchExistBeforeTheirFirstEvent) {
   }
 }
 
-// The children cached for the per-call paths are the family's own series: known and unknown
-// label values land on the same lines a Family::Add lookup would.
-TEST(MetricsTest, CachedSeriesCountWhereFamilyLookupsWould) {
+// Every value of every typed label (labels.h) has its series from the start, at 0, and each
+// call counts on its own series; a status code outside gRPC's 0..16 counts as UNKNOWN, so no
+// input can make a series the tables do not list.
+TEST(MetricsTest, TypedLabelsMakeEverySeriesOfTheirTableAndNoOther) {
   Metrics metrics("test", 1400000000);
-  metrics.ObserveRpc("SetMsgRead", "OK", absl::Milliseconds(1));
-  metrics.ObserveRpc("SetMsgRead", "OK", absl::Milliseconds(2));
-  metrics.ObserveRpc("BatchSetMsgRead", "UNAVAILABLE", absl::Milliseconds(3));
-  metrics.ObserveRpc("Other", "OK", absl::Milliseconds(4));
-  metrics.ObserveRpc("SetMsgRead", "NOT_A_CODE", absl::Milliseconds(5));
-  metrics.Rejected("overloaded");
-  metrics.Rejected("overloaded");
-  metrics.Rejected("novel_reason");
-  metrics.Retry("resign");
-  metrics.UpstreamFailure("timeout");
-  metrics.UpstreamFailure("novel_kind");
-  std::string text = Scrape(metrics);
+  const std::string before = Scrape(metrics);
+  for (absl::string_view reason : kRejectReasonLabels) {
+    EXPECT_NE(before.find(absl::StrCat("imgw_rejected_calls_total{reason=\"", reason, "\"} 0")),
+              std::string::npos)
+        << reason;
+  }
+  for (absl::string_view reason : kRetryReasonLabels) {
+    EXPECT_NE(before.find(absl::StrCat("imgw_retries_total{reason=\"", reason, "\"} 0")),
+              std::string::npos)
+        << reason;
+  }
+  for (absl::string_view kind : kFailureKindLabels) {
+    EXPECT_NE(before.find(absl::StrCat("imgw_upstream_failures_total{api=\"admin_set_msg_read\","
+                                       "kind=\"",
+                                       kind, "\"} 0")),
+              std::string::npos)
+        << kind;
+  }
+  metrics.ObserveRpc(RpcMethod::kSetMsgRead, 0, absl::Milliseconds(1));
+  metrics.ObserveRpc(RpcMethod::kSetMsgRead, 0, absl::Milliseconds(2));
+  metrics.ObserveRpc(RpcMethod::kBatchSetMsgRead, 14, absl::Milliseconds(3));
+  metrics.ObserveRpc(RpcMethod::kSetMsgRead, 99, absl::Milliseconds(5));
+  metrics.ObserveRpc(RpcMethod::kSetMsgRead, -1, absl::Milliseconds(5));
+  metrics.Rejected(RejectReason::kOverloaded);
+  metrics.Rejected(RejectReason::kOverloaded);
+  metrics.Rejected(RejectReason::kMemory);
+  metrics.Retry(RetryReason::kResign);
+  metrics.UpstreamFailure(FailureKind::kTimeout);
+  metrics.UpstreamFailure(FailureKind::kHttp429);
+  const std::string text = Scrape(metrics);
   for (const char* series : {
            "imgw_grpc_server_handling_seconds_count{code=\"OK\",method=\"SetMsgRead\"} 2",
            "imgw_grpc_server_handling_seconds_count{code=\"UNAVAILABLE\","
            "method=\"BatchSetMsgRead\"} 1",
-           "imgw_grpc_server_handling_seconds_count{code=\"OK\",method=\"Other\"} 1",
-           "imgw_grpc_server_handling_seconds_count{code=\"NOT_A_CODE\",method=\"SetMsgRead\"} 1",
+           "imgw_grpc_server_handling_seconds_count{code=\"UNKNOWN\",method=\"SetMsgRead\"} 2",
            "imgw_grpc_server_handling_seconds_count{code=\"OK\",method=\"BatchSetMsgRead\"} 0",
            "imgw_rejected_calls_total{reason=\"overloaded\"} 2",
-           "imgw_rejected_calls_total{reason=\"novel_reason\"} 1",
+           "imgw_rejected_calls_total{reason=\"memory\"} 1",
+           "imgw_rejected_calls_total{reason=\"queue_full\"} 0",
            "imgw_retries_total{reason=\"resign\"} 1",
            "imgw_upstream_failures_total{api=\"admin_set_msg_read\",kind=\"timeout\"} 1",
-           "imgw_upstream_failures_total{api=\"admin_set_msg_read\",kind=\"novel_kind\"} 1",
+           "imgw_upstream_failures_total{api=\"admin_set_msg_read\",kind=\"http_429\"} 1",
        }) {
     EXPECT_NE(text.find(series), std::string::npos) << series << "\n" << text;
   }
+  auto count = [&text](absl::string_view prefix) {
+    size_t n = 0;
+    for (size_t at = text.find(prefix); at != std::string::npos; at = text.find(prefix, at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  EXPECT_EQ(count("imgw_rejected_calls_total{"), kRejectReasonLabels.size());
+  EXPECT_EQ(count("imgw_retries_total{"), kRetryReasonLabels.size());
+  EXPECT_EQ(count("imgw_upstream_failures_total{"), kFailureKindLabels.size());
+  EXPECT_EQ(GrpcCodeName(16), "UNAUTHENTICATED");
+  EXPECT_EQ(GrpcCodeName(17), "UNKNOWN");
 }
 
 TEST(MetricsTest, ConnectionsCreatedMirrorsAGrowingTotal) {
