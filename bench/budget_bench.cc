@@ -222,7 +222,8 @@ int Run() {
   for (const auto& [code, count] : codes) {
     if (code == grpc::StatusCode::OK || code == grpc::StatusCode::RESOURCE_EXHAUSTED) continue;
     other += count;
-    absl::StrAppend(&other_detail, other_detail.empty() ? " (" : ", ", GrpcCodeName(code), " ", count);
+    absl::StrAppend(&other_detail, other_detail.empty() ? " (" : ", ", GrpcCodeName(code), " ",
+                    count);
   }
   if (!other_detail.empty()) other_detail += ")";
 

@@ -30,8 +30,8 @@ inline constexpr std::array<absl::string_view, 6> kRejectReasonLabels = {
 
 // imgw_retries_total{reason}: requests that were retries.
 enum class RetryReason { kTransient, kRateLimited, kResign };
-inline constexpr std::array<absl::string_view, 3> kRetryReasonLabels = {"transient",
-                                                                        "rate_limited", "resign"};
+inline constexpr std::array<absl::string_view, 3> kRetryReasonLabels = {"transient", "rate_limited",
+                                                                        "resign"};
 
 // imgw_upstream_failures_total{kind}: upstream requests without a usable answer.
 enum class FailureKind {
@@ -46,7 +46,7 @@ enum class FailureKind {
   kMalformed,
 };
 inline constexpr std::array<absl::string_view, 9> kFailureKindLabels = {
-    "connect", "tls",      "timeout",    "protocol", "cancelled",
+    "connect",  "tls",      "timeout",    "protocol", "cancelled",
     "http_5xx", "http_429", "http_other", "malformed"};
 
 // The label value of `value` in its table.

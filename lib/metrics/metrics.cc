@@ -266,7 +266,9 @@ void Metrics::Merged(bool in_flight) {
   (in_flight ? merged_in_flight_ : merged_queued_).Increment();
 }
 
-void Metrics::Retry(RetryReason reason) { retries_by_reason_[static_cast<size_t>(reason)]->Increment(); }
+void Metrics::Retry(RetryReason reason) {
+  retries_by_reason_[static_cast<size_t>(reason)]->Increment();
+}
 
 void Metrics::Rejected(RejectReason reason) {
   rejected_by_reason_[static_cast<size_t>(reason)]->Increment();

@@ -10,12 +10,12 @@
 
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "lib/metrics/labels.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
-#include "lib/metrics/labels.h"
 
 namespace imgw::metrics {
 

@@ -19,9 +19,9 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
-#include "lib/common/grpc_codes.h"
 #include "lib/common/files.h"
 #include "lib/common/flags.h"
+#include "lib/common/grpc_codes.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "The gateway's gRPC address.");
 ABSL_FLAG(std::string, report, "", "report_account: whose messages become read.");
@@ -123,8 +123,8 @@ int main(int argc, char** argv) {
                   response.error_code());
       return 0;
     }
-    std::printf("%s: %s%s%s\n", std::string(GrpcCodeName(status.error_code())).c_str(), status.error_message().c_str(),
-                Trailer(context, "imgw-error-code").c_str(),
+    std::printf("%s: %s%s%s\n", std::string(GrpcCodeName(status.error_code())).c_str(),
+                status.error_message().c_str(), Trailer(context, "imgw-error-code").c_str(),
                 Trailer(context, "imgw-retry-after-ms").c_str());
     return 1;
   }
@@ -136,7 +136,8 @@ int main(int argc, char** argv) {
   imgw::v1::BatchSetMsgReadResponse response;
   grpc::Status status = stub->BatchSetMsgRead(&context, request, &response);
   if (!status.ok()) {
-    std::printf("%s: %s\n", std::string(GrpcCodeName(status.error_code())).c_str(), status.error_message().c_str());
+    std::printf("%s: %s\n", std::string(GrpcCodeName(status.error_code())).c_str(),
+                status.error_message().c_str());
     return 1;
   }
   int failed = 0;

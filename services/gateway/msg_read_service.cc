@@ -24,8 +24,7 @@ namespace wire = imgw::gateway::wire;
 // has sent every answer, and observes each call's latency and status.
 class CountedReactor : public grpc::ServerUnaryReactor {
  public:
-  CountedReactor(std::atomic<int64_t>& active, metrics::Metrics* metrics,
-                 metrics::RpcMethod method)
+  CountedReactor(std::atomic<int64_t>& active, metrics::Metrics* metrics, metrics::RpcMethod method)
       : active_(active), metrics_(metrics), method_(method), start_(absl::Now()) {
     active_.fetch_add(1);
   }
@@ -281,7 +280,8 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
     if (metrics_ != nullptr) {
       metrics_->Rejected(metrics::RejectReason::kInvalidArgument);
       metrics_->ObserveRpc(metrics::RpcMethod::kBatchSetMsgRead,
-                           static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT), absl::ZeroDuration());
+                           static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT),
+                           absl::ZeroDuration());
     }
     auto* reactor = context->DefaultReactor();
     reactor->Finish(
@@ -319,8 +319,7 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
       if (metrics_ != nullptr) {
         metrics_->Rejected(metrics::RejectReason::kMemory);
         metrics_->ObserveRpc(metrics::RpcMethod::kBatchSetMsgRead,
-                             static_cast<int>(mapped.status.error_code()),
-                             absl::ZeroDuration());
+                             static_cast<int>(mapped.status.error_code()), absl::ZeroDuration());
       }
       AddRefusalTrailers(mapped, *context);
       auto* reactor = context->DefaultReactor();

@@ -229,7 +229,8 @@ class Driver final {
           report.codes[std::string(GrpcCodeName(code))] += worker->codes[static_cast<size_t>(c)];
         }
         if (worker->item_codes[static_cast<size_t>(c)] > 0) {
-          report.item_codes[std::string(GrpcCodeName(code))] += worker->item_codes[static_cast<size_t>(c)];
+          report.item_codes[std::string(GrpcCodeName(code))] +=
+              worker->item_codes[static_cast<size_t>(c)];
         }
       }
     }

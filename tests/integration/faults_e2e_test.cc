@@ -217,8 +217,8 @@ class FaultsE2eTest : public testing::StackTest {
           << who << " answered " << GrpcCodeName(r.code) << " after " << r.latency << ", deadline "
           << r.deadline << ": " << r.message;
       if (expect.allowed.count(r.code) == 0 && reported++ < 10) {
-        ADD_FAILURE() << who << ": undocumented status for this fault: " << GrpcCodeName(r.code) << ": "
-                      << r.message;
+        ADD_FAILURE() << who << ": undocumented status for this fault: " << GrpcCodeName(r.code)
+                      << ": " << r.message;
       }
       const std::optional<int64_t> applied = stats.PairTime(r.report, r.peer);
       if (r.code == grpc::StatusCode::OK) {
@@ -574,8 +574,8 @@ TEST_F(FaultsE2eTest, RefusedForFrequencyToTheEndIsAnsweredBeforeTheDeadline) {
   const absl::Duration deadline = absl::Seconds(3);
   for (const Result& r : Wave(2, deadline)) {
     std::cout << absl::StreamFormat("[60007 always] %s in %s, code '%s', retry-after '%s': %s\n",
-                                    GrpcCodeName(r.code), absl::FormatDuration(r.latency), r.error_code,
-                                    r.retry_after, r.message);
+                                    GrpcCodeName(r.code), absl::FormatDuration(r.latency),
+                                    r.error_code, r.retry_after, r.message);
     EXPECT_EQ(r.answers, 1);
     EXPECT_EQ(r.code, grpc::StatusCode::RESOURCE_EXHAUSTED) << r.message;
     EXPECT_EQ(r.error_code, "60007") << r.message;

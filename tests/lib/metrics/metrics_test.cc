@@ -94,7 +94,7 @@ TEST(MetricsTest, TypedLabelsMakeEverySeriesOfTheirTableAndNoOther) {
        }) {
     EXPECT_NE(text.find(series), std::string::npos) << series << "\n" << text;
   }
-  auto count = [&text](absl::string_view prefix) {
+  auto count = [&text](const std::string& prefix) {
     size_t n = 0;
     for (size_t at = text.find(prefix); at != std::string::npos; at = text.find(prefix, at + 1)) {
       ++n;
