@@ -403,7 +403,16 @@ TEST_F(FaultsE2eTest, MixedFaultsLongRunKeepsPromisesAndStaysFlat) {
       "threads at most %d in the first half, %d in the second\n",
       all.size(), absl::FormatDuration(took), *rss_warm, *rss_end, *rss_end - *rss_warm,
       threads_warm, threads_late);
-  EXPECT_LE(threads_late, threads_warm + 2) << "the gateway's thread count kept growing";
+#if defined(__SANITIZE_ADDRESS__)
+  // Under AddressSanitizer every call is several times slower, so the waves overlap more and
+  // for longer, and gRPC's pools were seen still growing into the second half (17 threads in
+  // the first half, 20 in the second, on a loaded 2-core machine). A leak grows with the calls
+  // (hundreds a wave), not by a few threads.
+  constexpr int64_t kPoolGrowth = 4;
+#else
+  constexpr int64_t kPoolGrowth = 2;
+#endif
+  EXPECT_LE(threads_late, threads_warm + kPoolGrowth) << "the gateway's thread count kept growing";
 #if defined(__SANITIZE_ADDRESS__)
   // Under AddressSanitizer freed memory sits in quarantine: RSS says nothing about leaks there
   // (LeakSanitizer does, at the gateway's exit).
