@@ -49,6 +49,10 @@ inline constexpr std::array<absl::string_view, 9> kFailureKindLabels = {
     "connect",  "tls",      "timeout",    "protocol", "cancelled",
     "http_5xx", "http_429", "http_other", "malformed"};
 
+// imgw_secret_reloads_total{secret} and imgw_secret_file_invalid{secret}: the watched files.
+enum class Secret { kSecretKey, kRedisPassword };
+inline constexpr std::array<absl::string_view, 2> kSecretLabels = {"secret_key", "redis_password"};
+
 // The label value of `value` in its table.
 template <typename Enum, size_t N>
 constexpr absl::string_view LabelOf(Enum value, const std::array<absl::string_view, N>& table) {

@@ -182,12 +182,11 @@ Metrics::Metrics(absl::string_view version, uint64_t sdkappid)
                           "1 while the secret's file holds something the gateway refused (it "
                           "serves with the previous value), else 0.")
                       .Register(*registry_);
-  for (auto [name, series] :
-       {std::pair<const char*, SecretSeries*>{"secret_key", &secret_key_series_},
-        {"redis_password", &redis_password_series_}}) {
-    series->ok = &reloads.Add({{"secret", name}, {"result", "ok"}});
-    series->error = &reloads.Add({{"secret", name}, {"result", "error"}});
-    series->invalid = &invalid.Add({{"secret", name}});
+  for (size_t i = 0; i < kSecretLabels.size(); ++i) {
+    const std::string name(kSecretLabels[i]);
+    secrets_[i].ok = &reloads.Add({{"secret", name}, {"result", "ok"}});
+    secrets_[i].error = &reloads.Add({{"secret", name}, {"result", "error"}});
+    secrets_[i].invalid = &invalid.Add({{"secret", name}});
   }
   // The standard names of Prometheus' process collector (client_golang, client_java).
   process_cpu_ = &prometheus::BuildCounter()
@@ -304,14 +303,14 @@ void Metrics::CallerCalls(absl::string_view lane, double calls) {
 
 void Metrics::SetMemoryTrims(double total) { Mirror(*memory_trims_, total); }
 
-void Metrics::SecretReload(absl::string_view secret, bool ok) {
-  SecretSeries& series = secret == "redis_password" ? redis_password_series_ : secret_key_series_;
+void Metrics::SecretReload(Secret secret, bool ok) {
+  SecretSeries& series = secrets_[static_cast<size_t>(secret)];
   (ok ? series.ok : series.error)->Increment();
   series.invalid->Set(ok ? 0 : 1);
 }
 
-void Metrics::SecretFileValid(absl::string_view secret) {
-  (secret == "redis_password" ? redis_password_series_ : secret_key_series_).invalid->Set(0);
+void Metrics::SecretFileValid(Secret secret) {
+  secrets_[static_cast<size_t>(secret)].invalid->Set(0);
 }
 
 void Metrics::SetProcess(const ProcessStats& stats) {

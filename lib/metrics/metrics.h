@@ -79,9 +79,9 @@ class Metrics final {
   // Secrets read again from their files (secret: "secret_key" or "redis_password"): a reload
   // applied (ok) or refused (error; the gateway keeps the previous value), and whether the
   // file holds something refused now (imgw_secret_file_invalid, for the alert).
-  void SecretReload(absl::string_view secret, bool ok);
+  void SecretReload(Secret secret, bool ok);
   // The file holds the value in use again, after something refused.
-  void SecretFileValid(absl::string_view secret);
+  void SecretFileValid(Secret secret);
   // The standard process_* metrics, read from /proc/self (ProcessStats) at each scrape.
   void SetProcess(const ProcessStats& stats);
   // Counters mirrored from the curl client's own counts.
@@ -145,8 +145,7 @@ class Metrics final {
     prometheus::Counter* error;
     prometheus::Gauge* invalid;
   };
-  SecretSeries secret_key_series_;
-  SecretSeries redis_password_series_;
+  std::array<SecretSeries, kSecretLabels.size()> secrets_{};
   prometheus::Counter* process_cpu_;
   prometheus::Gauge* process_resident_;
   prometheus::Gauge* process_virtual_;

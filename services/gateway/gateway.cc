@@ -67,7 +67,7 @@ absl::Status CheckPortFree(const std::string& flag, const std::string& address) 
 // refused (unreadable, invalid, or refused by `apply`) leaves the value in use as it is and
 // raises imgw_secret_file_invalid until the file holds a usable value again.
 FileWatch::File WatchSecret(
-    const char* secret, const char* flag, const std::string& path, std::string in_use,
+    metrics::Secret secret, const char* flag, const std::string& path, std::string in_use,
     std::function<absl::StatusOr<std::string>(absl::string_view, absl::string_view)> parse,
     std::function<absl::Status(std::string)> apply, metrics::Metrics* metrics) {
   struct State {
@@ -75,6 +75,7 @@ FileWatch::File WatchSecret(
     bool invalid = false;
   };
   auto state = std::make_shared<State>(State{std::move(in_use)});
+  const std::string name(metrics::LabelOf(secret, metrics::kSecretLabels));
   auto changed = [=](const absl::StatusOr<std::string>& content) {
     absl::StatusOr<std::string> value = content.ok() ? parse(path, *content) : content.status();
     absl::Status applied = absl::OkStatus();
@@ -82,14 +83,14 @@ FileWatch::File WatchSecret(
     if (!value.ok() || !applied.ok()) {
       const absl::Status& why = value.ok() ? applied : value.status();
       Log(LogLevel::kWarning, "secret file refused; the value in use stays",
-          {{"secret", secret}, {"error", std::string(why.message())}});
+          {{"secret", name}, {"error", std::string(why.message())}});
       metrics->SecretReload(secret, /*ok=*/false);
       state->invalid = true;
       return;
     }
     if (*value == state->in_use) {
       if (state->invalid) {
-        Log(LogLevel::kInfo, "secret file holds the value in use again", {{"secret", secret}});
+        Log(LogLevel::kInfo, "secret file holds the value in use again", {{"secret", name}});
         metrics->SecretFileValid(secret);
         state->invalid = false;
       }
@@ -97,7 +98,7 @@ FileWatch::File WatchSecret(
     }
     state->in_use = *std::move(value);
     state->invalid = false;
-    Log(LogLevel::kInfo, "secret reloaded from its file", {{"secret", secret}, {"file", path}});
+    Log(LogLevel::kInfo, "secret reloaded from its file", {{"secret", name}, {"file", path}});
     metrics->SecretReload(secret, /*ok=*/true);
   };
   return FileWatch::File{flag, path, kMaxSecretFileBytes, std::move(changed)};
@@ -318,7 +319,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   if (!config.secret_key_file.empty()) {
     usersig::UserSigCache* usersigs = gw->usersigs_.get();
     secrets.push_back(WatchSecret(
-        "secret_key", "secret_key_file", config.secret_key_file, config.secret_key,
+        metrics::Secret::kSecretKey, "secret_key_file", config.secret_key_file, config.secret_key,
         config::SecretKeyFromFile,
         [usersigs](std::string key) { return usersigs->SetSecretKey(std::move(key)); },
         gw->metrics_.get()));
@@ -326,8 +327,8 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   if (gw->redis_limiter_ != nullptr && !config.redis_password_file.empty()) {
     ratelimit::RedisRateLimiter* limiter = gw->redis_limiter_;
     secrets.push_back(WatchSecret(
-        "redis_password", "redis_password_file", config.redis_password_file, config.redis_password,
-        config::RedisPasswordFromFile,
+        metrics::Secret::kRedisPassword, "redis_password_file", config.redis_password_file,
+        config.redis_password, config::RedisPasswordFromFile,
         [limiter](std::string password) {
           limiter->SetPassword(std::move(password));
           return absl::OkStatus();
