@@ -99,7 +99,14 @@ struct CurlCallbacks {
     auto* client = static_cast<CurlClient*>(user);
     if (X509_STORE_up_ref(client->shared_store_) != 1) return CURLE_SSL_CACERT_BADFILE;
     SSL_CTX_set_cert_store(static_cast<SSL_CTX*>(ssl_ctx), client->shared_store_);
+    ReleaseIdleBuffers(ssl_ctx);
     return CURLE_OK;
+  }
+
+  // An idle keep-alive connection gives its TLS read and write buffers back (about 34 KiB):
+  // after a burst, the pool's idle connections then hold little until they close.
+  static void ReleaseIdleBuffers(void* ssl_ctx) {
+    SSL_CTX_set_mode(static_cast<SSL_CTX*>(ssl_ctx), SSL_MODE_RELEASE_BUFFERS);
   }
 
   // Without a shared store: adds --ca_file's certificates to the store curl already filled
@@ -111,6 +118,7 @@ struct CurlCallbacks {
       // Fails harmlessly when the certificate is already there.
       X509_STORE_add_cert(store, cert);
     }
+    ReleaseIdleBuffers(ssl_ctx);
     return CURLE_OK;
   }
 };
@@ -206,6 +214,7 @@ absl::StatusOr<std::unique_ptr<CurlClient>> CurlClient::Create(const Options& op
 }
 
 CurlClient::~CurlClient() {
+  owner_.Release();  // The loop has ended; whoever destroys the client owns it now.
   CancelAll();
   for (CURL* e : idle_easy_) curl_easy_cleanup(e);
   if (multi_ != nullptr) curl_multi_cleanup(multi_);
@@ -225,6 +234,9 @@ CURL* CurlClient::TakeEasyHandle() {
   ConfigureHandle(e);
   curl_easy_setopt(e, CURLOPT_POST, 1L);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers_);
+  // libcurl's smallest upload buffer (64 KiB by default, per handle): bodies are a few hundred
+  // bytes.
+  curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
   return e;
 }
 
@@ -276,6 +288,7 @@ void CurlClient::ConfigureHandle(CURL* e) {
 }
 
 void CurlClient::Start(HttpRequest request, Callback done) {
+  owner_.Check();
   auto* t = new Transfer();
   t->client = this;
   t->request = std::move(request);
@@ -326,12 +339,14 @@ size_t CurlClient::InFlightTotal() const {
 }
 
 size_t CurlClient::Capacity() {
+  owner_.Check();
   const size_t bound = static_cast<size_t>(options_.max_connections);
   const size_t busy = InFlightTotal();
   return busy < bound ? bound - busy : 0;
 }
 
 size_t CurlClient::WarmCapacity() {
+  owner_.Check();
   if (!options_.reuse_connections) return 0;
   const int64_t open = open_sockets_.load();
   if (http2_.load()) return open > 0 ? Capacity() : 0;
@@ -341,6 +356,7 @@ size_t CurlClient::WarmCapacity() {
 }
 
 void CurlClient::Anticipate(size_t requests) {
+  owner_.Check();
   anticipated_.store(static_cast<int64_t>(requests));
   const auto now = std::chrono::steady_clock::now();
   const int64_t needed =
@@ -348,6 +364,13 @@ void CurlClient::Anticipate(size_t requests) {
           ? 1
           : std::max(static_cast<int64_t>(requests), static_cast<int64_t>(in_flight_.load()));
   ShrinkSpare(needed, now);
+  // Each kept handle holds libcurl's buffers (about 80 KiB once used): after a burst they go
+  // with the need, whatever the connections do (over HTTP/2 one carried them all).
+  const size_t keep = std::max<size_t>(requests, 1);
+  while (idle_easy_.size() > keep) {
+    curl_easy_cleanup(idle_easy_.back());
+    idle_easy_.pop_back();
+  }
   if (!options_.warm_connections || !options_.reuse_connections || options_.warm_origin.empty()) {
     return;
   }
@@ -395,15 +418,11 @@ void CurlClient::ShrinkSpare(int64_t needed, std::chrono::steady_clock::time_poi
     shrink_at_ = due;
     return;
   }
-  while (static_cast<int64_t>(idle_easy_.size()) > needed) {
-    curl_easy_cleanup(idle_easy_.back());
-    idle_easy_.pop_back();
-  }
   // Transfers start often enough under traffic for libcurl to close what is idle by itself;
-  // without any, one is started (where warm-ups may go). Either way, look again a spare_idle
-  // later.
+  // without any, one is started (where warm-ups may go), even while warming is paused: a
+  // server that closes it closes a spare connection. Either way, look again a spare_idle later.
   if (in_flight_.load() == 0 && options_.warm_connections && options_.reuse_connections &&
-      !options_.warm_origin.empty() && now >= warm_paused_until_) {
+      !options_.warm_origin.empty()) {
     StartWarmup(/*shrink=*/true, MaxIdleSeconds());
   }
   spare_since_ = now;
@@ -558,6 +577,7 @@ void CurlClient::Complete(Transfer* t, int curl_code) {
 }
 
 void CurlClient::Poll(absl::Duration max_wait) {
+  owner_.Check();
   int timeout_ms = static_cast<int>(std::min<int64_t>(
       absl::ToInt64Milliseconds(absl::Ceil(max_wait, absl::Milliseconds(1))), 60000));
   if (timeout_ms < 0) timeout_ms = 0;
@@ -583,6 +603,7 @@ void CurlClient::Poll(absl::Duration max_wait) {
 }
 
 void CurlClient::CancelAll() {
+  owner_.Check();
   failed_to_start_.clear();
   std::vector<Transfer*> transfers(transfers_.begin(), transfers_.end());
   for (Transfer* t : transfers) {

@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "lib/common/thread_checker.h"
 #include "lib/upstream/http_transport.h"
 
 typedef void CURL;
@@ -47,9 +48,10 @@ namespace imgw::upstream {
 // The pool shrinks back after a burst: while more connections are open than the last
 // Anticipate() needs (over HTTP/2: one), every connection idle for `spare_idle` is closed,
 // with or without traffic (libcurl closes idle connections only when a transfer starts, so
-// without traffic the client starts one: `OPTIONS *` on a connection it keeps); the easy
-// handles kept for reuse shrink to the need with them. Any connection idle for `max_idle`
-// is closed before it would be reused.
+// without traffic the client starts one: `OPTIONS *` on a connection it keeps). The easy
+// handles kept for reuse (each holds libcurl's buffers) are at most as many as the last
+// Anticipate() needs, whatever the protocol. Any connection idle for `max_idle` is closed
+// before it would be reused.
 //
 // Per-request costs are kept off the hot path: the trusted certificates are loaded once, into
 // one store every connection shares (libcurl would otherwise parse the whole system bundle
@@ -101,6 +103,11 @@ class CurlClient final : public HttpTransport {
   int64_t warmups_failed() const { return warmups_failed_.load(); }
   // The requests at once the last Anticipate() asked for.
   int64_t anticipated() const { return anticipated_.load(); }
+  // Loop thread only. Finished easy handles kept for reuse.
+  size_t idle_handles() const {
+    owner_.Check();
+    return idle_easy_.size();
+  }
   // Whether the server answered over HTTP/2 last.
   bool http2() const { return http2_.load(); }
 
@@ -126,6 +133,7 @@ class CurlClient final : public HttpTransport {
   size_t InFlightTotal() const;
 
   const Options options_;
+  OwnerThread owner_{"the CurlClient"};  // Checked by every method said to be loop thread only.
   CURLM* multi_ = nullptr;
   std::vector<X509*> extra_cas_;
   // The system certificates and extra_cas_, loaded once and shared by every connection;

@@ -9,6 +9,7 @@ RequestFactory::RequestFactory(const Options& options, usersig::UserSigCache& us
       uint32_(0, UINT32_MAX) {}
 
 HttpRequest RequestFactory::Build(const SetMsgReadParams& params, absl::Duration timeout) {
+  owner_.Check();
   HttpRequest request;
   request.url = BuildUrl(options_.base_url, kSetMsgReadPath, options_.credentials, usersigs_.Get(),
                          uint32_(random_));

@@ -4,6 +4,7 @@
 #include <random>
 #include <string>
 
+#include "lib/common/thread_checker.h"
 #include "lib/upstream/http_transport.h"
 #include "lib/upstream/set_msg_read.h"
 #include "lib/usersig/usersig_cache.h"
@@ -30,6 +31,7 @@ class RequestFactory final {
   const Options options_;
   usersig::UserSigCache& usersigs_;
   std::mt19937 random_;
+  OwnerThread owner_{"the RequestFactory"};
   std::uniform_int_distribution<uint32_t> uint32_;
 };
 

@@ -466,6 +466,34 @@ TEST_F(CurlClientTest, AnticipateWarmsOneConnectionOverHttp2) {
   EXPECT_EQ(client->connections_made(), 1);
 }
 
+// After a burst over HTTP/2 (one connection, so nothing for the pool to shrink) the easy
+// handles kept for reuse, each with libcurl's buffers, go down to the need.
+TEST_F(CurlClientTest, HandlesKeptForReuseShrinkToTheNeedOverHttp2) {
+  emulator::HttpsServerOptions server_options;
+  server_options.http2 = true;
+  StartServer(server_options);
+  CurlClient::Options options;
+  options.ca_file = tls_->cert_file;
+  auto client = MakeClient(options);
+  std::vector<HttpRequest> requests;
+  for (int i = 0; i < 30; ++i) requests.push_back(Request("u" + std::to_string(i)));
+  for (const HttpResponse& r : Run(*client, std::move(requests))) {
+    EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
+    EXPECT_EQ(r.http_version, 20);
+  }
+  EXPECT_EQ(client->connections_made(), 1);
+  EXPECT_EQ(client->idle_handles(), 30u);
+  client->Anticipate(10);
+  EXPECT_EQ(client->idle_handles(), 10u);
+  client->Anticipate(0);
+  EXPECT_EQ(client->idle_handles(), 1u);
+  // The one kept serves the next request.
+  for (const HttpResponse& r : Run(*client, {Request("again")})) {
+    EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
+  }
+  EXPECT_EQ(client->idle_handles(), 1u);
+}
+
 // A request's timeout counts from the moment it has a connection: one that must open a
 // connection over a slow path (here two 300 ms round trips of TCP and TLS first) gets the
 // connect timeout on top, and reports the set-up apart from its own round trip. The caller's
