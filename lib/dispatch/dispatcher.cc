@@ -43,6 +43,7 @@ Dispatcher::~Dispatcher() {
 }
 
 void Dispatcher::Submit(Call call) {
+  owner_.Check();
   const absl::Duration now = clock_.Monotonic();
   ++stats_.submitted;
   if (RefusedOnArrival(call, now)) return;
@@ -235,6 +236,7 @@ void Dispatcher::Unqueue(Entry& entry) {
 }
 
 void Dispatcher::Cancel(CallId id) {
+  owner_.Check();
   if (waiters_.find(id) == waiters_.end()) return;
   ++stats_.cancelled;
   if (metrics_) metrics_->Cancelled();
@@ -242,7 +244,29 @@ void Dispatcher::Cancel(CallId id) {
 }
 
 absl::Duration Dispatcher::Step() {
-  absl::Duration now = clock_.Monotonic();
+  owner_.Check();
+  const absl::Duration now = clock_.Monotonic();
+  ExpireDue(now);
+  // The scan is bounded: when a call is due to become hopeless, and every 10 ms (the round
+  // trip may have grown), not on every turn of the loop.
+  if (now >= next_hopeless_scan_ || now - last_hopeless_scan_ >= absl::Milliseconds(10)) {
+    last_hopeless_scan_ = now;
+    next_hopeless_scan_ = AnswerHopeless(now);
+  }
+  while (!retries_.empty() && retries_.begin()->first <= now) {
+    EntryId id = retries_.begin()->second;
+    retries_.erase(retries_.begin());
+    // Retries go ahead of their lane: they have waited longest.
+    Enqueue(id, entries_.at(id), /*front=*/true);
+  }
+  const bool pool_full = SendInTurn(now);
+  const size_t wanted = WantedInFlight(now);
+  transport_.Anticipate(wanted);
+  PublishGauges(now, wanted);
+  return NextStep(now, pool_full);
+}
+
+void Dispatcher::ExpireDue(absl::Duration now) {
   while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
     CallId id = deadlines_.begin()->second;
     const Entry& entry = entries_.at(waiters_.at(id).entry);
@@ -258,20 +282,9 @@ absl::Duration Dispatcher::Step() {
     if (metrics_) metrics_->Expired();
     Answer(id, Outcome::Failed(Outcome::Kind::kDeadlineExceeded, std::move(detail)));
   }
-  // The scan is bounded: when a call is due to become hopeless, and every 10 ms (the round
-  // trip may have grown), not on every turn of the loop.
-  if (now >= next_hopeless_scan_ || now - last_hopeless_scan_ >= absl::Milliseconds(10)) {
-    last_hopeless_scan_ = now;
-    next_hopeless_scan_ = AnswerHopeless(now);
-  }
-  const absl::Duration hopeless_next = next_hopeless_scan_;
-  while (!retries_.empty() && retries_.begin()->first <= now) {
-    EntryId id = retries_.begin()->second;
-    retries_.erase(retries_.begin());
-    // Retries go ahead of their lane: they have waited longest.
-    Enqueue(id, entries_.at(id), /*front=*/true);
-  }
-  bool pool_full = false;  // Sends wait for a connection: only an answer can free one.
+}
+
+bool Dispatcher::SendInTurn(absl::Duration now) {
   while (!ring_.empty()) {
     std::string name = ring_.front();
     Lane& lane = lanes_.at(name);
@@ -285,15 +298,12 @@ absl::Duration Dispatcher::Step() {
       lane.queue.pop_front();
     }
     // The transport is given only what it can start now: a request that waited inside it for
-    // a connection would have spent its token and its time there.
-    if (transport_.Capacity() == 0) {
-      pool_full = true;
-      break;
-    }
-    if (!breaker_.AllowRequest(now) || (guard_ && !guard_->HasRoom(now))) break;
+    // a connection would have spent its token and its time there. Only an answer can free one.
+    if (transport_.Capacity() == 0) return true;
+    if (!breaker_.AllowRequest(now) || (guard_ && !guard_->HasRoom(now))) return false;
     EntryId id = lane.queue.front();
     if (!AnswerLateWaiters(id, now)) continue;  // None left: the entry is gone from its lane.
-    if (!limiter_.TryAcquire(now)) break;
+    if (!limiter_.TryAcquire(now)) return false;
     lane.queue.pop_front();
     --lane.live;
     --queued_;
@@ -307,6 +317,10 @@ absl::Duration Dispatcher::Step() {
     }
     Send(id, entries_.at(id), now);
   }
+  return false;
+}
+
+absl::Duration Dispatcher::NextStep(absl::Duration now, bool pool_full) {
   absl::Duration next = absl::InfiniteDuration();
   if (!ring_.empty() && !pool_full) {
     next = now + limiter_.TimeUntilAvailable(now);
@@ -317,21 +331,27 @@ absl::Duration Dispatcher::Step() {
   }
   if (!retries_.empty()) next = std::min(next, retries_.begin()->first);
   if (!deadlines_.empty()) next = std::min(next, deadlines_.begin()->first);
-  next = std::min(next, hopeless_next);
-  const size_t wanted = WantedInFlight(now);
-  transport_.Anticipate(wanted);
-  if (metrics_) {
-    metrics_->upstream_in_flight().Set(static_cast<double>(in_flight_));
-    metrics_->upstream_in_flight_wanted().Set(static_cast<double>(wanted));
-    metrics_->SetRoundTrips(round_trips_.Fastest(now), round_trips_.Typical(now),
-                            round_trips_.High(now));
-    metrics_->queued_upstream_calls().Set(static_cast<double>(queued_));
-    metrics_->calls_in_progress().Set(static_cast<double>(waiters_.size()));
-    metrics_->circuit_breaker_open().Set(breaker_.state(now) == CircuitBreaker::State::kClosed ? 0
-                                                                                               : 1);
-    metrics_->rate_limit().Set(limiter_.CurrentRate(now));
+  next = std::min(next, next_hopeless_scan_);
+  // Idle, the pool's need falls as the last second's sends leave the window: look again when
+  // the last one has, so that the connections a burst opened are let go after it even when
+  // nothing else happens.
+  if (ring_.empty() && in_flight_ == 0 && !recent_sends_.empty()) {
+    next = std::min(next, recent_sends_.back() + absl::Seconds(1));
   }
   return next;
+}
+
+void Dispatcher::PublishGauges(absl::Duration now, size_t wanted) {
+  if (!metrics_) return;
+  metrics_->upstream_in_flight().Set(static_cast<double>(in_flight_));
+  metrics_->upstream_in_flight_wanted().Set(static_cast<double>(wanted));
+  metrics_->SetRoundTrips(round_trips_.Fastest(now), round_trips_.Typical(now),
+                          round_trips_.High(now));
+  metrics_->queued_upstream_calls().Set(static_cast<double>(queued_));
+  metrics_->calls_in_progress().Set(static_cast<double>(waiters_.size()));
+  metrics_->circuit_breaker_open().Set(breaker_.state(now) == CircuitBreaker::State::kClosed ? 0
+                                                                                             : 1);
+  metrics_->rate_limit().Set(limiter_.CurrentRate(now));
 }
 
 void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
@@ -388,6 +408,7 @@ absl::Duration Dispatcher::LatestDeadline(const Entry& entry) const {
 }
 
 void Dispatcher::OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse response) {
+  owner_.Check();
   Entry& entry = entries_.at(id);
   const absl::Duration now = clock_.Monotonic();
   --in_flight_;
@@ -801,6 +822,7 @@ absl::Duration Dispatcher::Backoff(int attempts) {
 }
 
 void Dispatcher::FailWaiting(const std::string& why) {
+  owner_.Check();
   std::vector<CallId> ids;
   for (const auto& [id, waiter] : waiters_) {
     if (entries_.at(waiter.entry).state != Entry::State::kInFlight) ids.push_back(id);

@@ -15,6 +15,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
 #include "lib/common/clock.h"
+#include "lib/common/thread_checker.h"
 #include "lib/dispatch/circuit_breaker.h"
 #include "lib/dispatch/retry_budget.h"
 #include "lib/dispatch/round_trips.h"
@@ -39,7 +40,10 @@ struct Call {
   // answered kInvalidArgument.
   upstream::SetMsgReadParams params;
   absl::Duration deadline = absl::InfiniteDuration();  // On Clock::Monotonic().
-  // Runs exactly once, on the dispatcher's thread, with the call's result.
+  // Runs exactly once, with the call's result: on the dispatcher's thread, except when the
+  // call is answered kShuttingDown by DispatchLoop::Submit() once Stop() has begun (on the
+  // submitting thread) or by ~Dispatcher() (on the destroying thread). It must not block, and
+  // must not call back into the dispatcher.
   absl::AnyInvocable<void(upstream::Outcome)> done;
 };
 
@@ -128,7 +132,7 @@ class Dispatcher final {
   // Returns the monotonic time at which Step() should run again (InfiniteDuration: only when
   // something new arrives).
   absl::Duration Step();
-  // Whether the circuit breaker stops requests now (for readiness).
+  // Whether the circuit breaker stops requests now.
   bool failing_fast() const {
     return breaker_.state(clock_.Monotonic()) != CircuitBreaker::State::kClosed;
   }
@@ -219,6 +223,13 @@ class Dispatcher final {
   absl::Duration EstimateStart(const std::string& lane, absl::Duration now);
   void Enqueue(EntryId id, Entry& entry, bool front);
   void Unqueue(Entry& entry);
+  // Step()'s parts: answers the calls whose deadline passed; sends what the lanes' turns, the
+  // pool, the breaker, the window and the budget allow (true: stopped on a full pool); when
+  // to step again; the gauges.
+  void ExpireDue(absl::Duration now);
+  bool SendInTurn(absl::Duration now);
+  absl::Duration NextStep(absl::Duration now, bool pool_full);
+  void PublishGauges(absl::Duration now, size_t wanted);
   void Send(EntryId id, Entry& entry, absl::Duration now);
   void OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse response);
   // Learns the round trip of an answer and ends the request's span in the window guard and
@@ -259,6 +270,8 @@ class Dispatcher final {
 
   const Options options_;
   Clock& clock_;
+  // Submit, Cancel, Step, FailWaiting and the transport's callbacks: one thread (the loop's).
+  OwnerThread owner_{"the Dispatcher"};
   ratelimit::RateLimiter& limiter_;
   upstream::HttpTransport& transport_;
   upstream::RequestFactory& requests_;

@@ -6,6 +6,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -133,6 +134,9 @@ TEST_F(DispatcherTest, PacesRequestsAtTheRateAndAnswersEachCallOnce) {
     EXPECT_EQ(outcomes_[id].disposition, Disposition::kOk);
   }
   EXPECT_TRUE(dispatcher_->idle());
+  // Idle: one more look when the last send leaves the pool's one-second window, then none.
+  EXPECT_EQ(dispatcher_->Step() - clock_.Monotonic(), absl::Seconds(1));
+  clock_.Advance(absl::Seconds(1));
   EXPECT_EQ(dispatcher_->Step(), absl::InfiniteDuration());
 }
 
@@ -1001,9 +1005,26 @@ TEST_F(DispatcherTest, AnticipatesRateTimesRoundTripWhileCallsWait) {
     dispatcher_->Step();
   }
   ASSERT_TRUE(dispatcher_->idle());
-  clock_.Advance(absl::Seconds(2));
-  dispatcher_->Step();
+  // Nothing else is due, yet the loop is told to look again once the last send has left the
+  // one-second window; at that moment the pool is asked for one connection.
+  const absl::Duration next = dispatcher_->Step();
+  EXPECT_GT(transport_.anticipated(), 1u);
+  ASSERT_LE(next - clock_.Monotonic(), absl::Seconds(1));
+  clock_.Advance(next - clock_.Monotonic());
+  EXPECT_EQ(dispatcher_->Step(), absl::InfiniteDuration());
   EXPECT_EQ(transport_.anticipated(), 1u);
+}
+
+// The dispatcher belongs to the thread that first used it (the loop's); in the builds that
+// check owners (debug, sanitizers) another thread's call aborts instead of racing.
+using DispatcherDeathTest = DispatcherTest;
+TEST_F(DispatcherDeathTest, AnotherThreadThanItsOwnerAborts) {
+  if (!kOwnerChecks) GTEST_SKIP() << "this build does not check owner threads";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  Build({});
+  std::thread([&] { dispatcher_->Step(); }).join();
+  EXPECT_DEATH(Submit(1), "the Dispatcher used from a thread that does not own it");
+  EXPECT_DEATH(dispatcher_->Step(), "the Dispatcher used from");
 }
 
 }  // namespace
