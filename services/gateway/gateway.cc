@@ -114,188 +114,239 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
         {"metrics_listen", config.metrics_listen}}) {
     if (absl::Status free = CheckPortFree(flag, address); !free.ok()) return free;
   }
-  auto gw = std::unique_ptr<Gateway>(new Gateway(config));
-  gw->clock_ = &clock;
+  auto gw = std::unique_ptr<Gateway>(new Gateway(config, clock));
+  // The construction, in order: each step uses only what the steps before it built. Nothing
+  // listens before Serve(); a failure on the way destroys what was built (~Gateway()).
   gw->metrics_ = std::make_shared<metrics::Metrics>(IMGW_VERSION, config.sdkappid);
+  for (absl::Status (Gateway::*step)() :
+       {&Gateway::BuildUpstream, &Gateway::BuildBudget, &Gateway::BuildDispatcher,
+        &Gateway::BuildService, &Gateway::BuildFront, &Gateway::StartProbes, &Gateway::WatchSecrets,
+        &Gateway::Serve}) {
+    if (absl::Status built = (gw.get()->*step)(); !built.ok()) return built;
+  }
+  gw->LogServing();
+  return gw;
+}
 
+absl::Status Gateway::BuildUpstream() {
   usersig::UserSigCache::Options sig_options;
-  sig_options.secret_key = config.secret_key;
-  sig_options.sdkappid = config.sdkappid;
-  sig_options.identifier = config.identifier;
-  sig_options.lifetime = config.usersig_lifetime;
+  sig_options.secret_key = config_.secret_key;
+  sig_options.sdkappid = config_.sdkappid;
+  sig_options.identifier = config_.identifier;
+  sig_options.lifetime = config_.usersig_lifetime;
   absl::StatusOr<std::unique_ptr<usersig::UserSigCache>> usersigs =
-      usersig::UserSigCache::Create(sig_options, clock);
+      usersig::UserSigCache::Create(sig_options, clock_);
   if (!usersigs.ok()) return usersigs.status();
-  gw->usersigs_ = *std::move(usersigs);
+  usersigs_ = *std::move(usersigs);
 
   upstream::CurlClient::Options client_options;
-  client_options.max_connections = config.max_connections;
-  client_options.reuse_connections = config.reuse_connections;
-  client_options.ca_file = config.ca_file;
-  client_options.insecure_skip_verify = config.insecure_skip_verify;
-  client_options.warm_origin = config.base_url;
-  client_options.warm_connections = config.warm_connections;
+  client_options.max_connections = config_.max_connections;
+  client_options.reuse_connections = config_.reuse_connections;
+  client_options.ca_file = config_.ca_file;
+  client_options.insecure_skip_verify = config_.insecure_skip_verify;
+  client_options.warm_origin = config_.base_url;
+  client_options.warm_connections = config_.warm_connections;
   absl::StatusOr<std::unique_ptr<upstream::CurlClient>> client =
       upstream::CurlClient::Create(client_options);
-  if (!client.ok())
+  if (!client.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--ca_file: ", client.status().message()));
-  gw->client_ = *std::move(client);
-
-  ratelimit::LocalRateLimiter::Options limiter_options;
-  limiter_options.limit = config.rate_limit;
-  limiter_options.burst = config.rate_burst;
-  limiter_options.headroom = config.rate_headroom;
-  limiter_options.adaptive.increase_per_second = config.rate_limit / 20;  // Back in ~20 s.
-  std::string budget = "local";
-  if (config.redis_budget) {
-    ratelimit::RedisRateLimiter::Options redis;
-    redis.host = config.redis_host;
-    redis.port = config.redis_port;
-    redis.password = config.redis_password;
-    redis.key_prefix = config.redis_key_prefix;
-    redis.sdkappid = config.sdkappid;
-    redis.limit = config.rate_limit;
-    redis.burst = config.rate_burst;
-    redis.headroom = config.rate_headroom;
-    redis.increase_per_second = config.rate_limit / 20;
-    redis.upstream_timeout = config.request_timeout;
-    redis.command_timeout = config.redis_timeout;
-    redis.connect_timeout = std::max(absl::Milliseconds(200), 2 * config.redis_timeout);
-    redis.fallback_replicas = config.redis_fallback_replicas;
-    upstream::CurlClient* client_raw = gw->client_.get();
-    redis.on_permit = [client_raw] { client_raw->Wakeup(); };  // No polling for permits.
-    gw->shared_budget_metrics_ =
-        std::make_unique<metrics::SharedBudgetMetrics>(*gw->metrics_->registry());
-    metrics::SharedBudgetMetrics* budget_metrics = gw->shared_budget_metrics_.get();
-    redis.on_stats = [budget_metrics](const ratelimit::RedisLimiterStats& stats) {
-      budget_metrics->Update(stats);
-    };
-    absl::StatusOr<std::unique_ptr<ratelimit::RedisRateLimiter>> limiter =
-        ratelimit::RedisRateLimiter::Create(redis, clock);
-    if (!limiter.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--ratelimit_backend=redis: ", limiter.status().message()));
-    }
-    gw->redis_limiter_ = limiter->get();
-    gw->limiter_ = *std::move(limiter);
-    budget = absl::StrCat("redis ", config.redis_host, ":", config.redis_port, " as ",
-                          gw->redis_limiter_->replica_id());
-  } else {
-    gw->limiter_ =
-        std::make_unique<ratelimit::LocalRateLimiter>(limiter_options, clock.Monotonic());
   }
-  gw->requests_ = std::make_unique<upstream::RequestFactory>(
-      upstream::RequestFactory::Options{config.base_url, {config.sdkappid, config.identifier}},
-      *gw->usersigs_);
-  dispatch::Dispatcher::Options dispatch_options;
-  dispatch_options.max_queued = config.max_queued;
-  dispatch_options.max_attempts = config.max_attempts;
-  dispatch_options.request_timeout = config.request_timeout;
-  dispatch_options.window_limit = static_cast<size_t>(config.rate_limit);
-  std::vector<std::string> caller_names;
-  for (const auto& [name, weight] : config.callers) {
-    dispatch_options.lane_weights[name] = weight;
-    caller_names.push_back(name);
-  }
-  gw->metrics_->DeclareCallers(caller_names, config::kUndeclaredCaller);
-  gw->dispatcher_ = std::make_unique<dispatch::Dispatcher>(dispatch_options, clock, *gw->limiter_,
-                                                           *gw->client_, *gw->requests_);
-  gw->dispatcher_->set_metrics(gw->metrics_.get());
-  gw->loop_ = std::make_unique<dispatch::DispatchLoop>(*gw->dispatcher_, *gw->client_, clock);
+  client_ = *std::move(client);
+  requests_ = std::make_unique<upstream::RequestFactory>(
+      upstream::RequestFactory::Options{config_.base_url, {config_.sdkappid, config_.identifier}},
+      *usersigs_);
+  return absl::OkStatus();
+}
 
+ratelimit::LocalRateLimiter::Options Gateway::LocalBudgetOptions() const {
+  ratelimit::LocalRateLimiter::Options options;
+  options.limit = config_.rate_limit;
+  options.burst = config_.rate_burst;
+  options.headroom = config_.rate_headroom;
+  options.adaptive.increase_per_second = config_.rate_limit / 20;  // Back in ~20 s.
+  return options;
+}
+
+absl::Status Gateway::BuildBudget() {
+  metrics_->rate_limit_max().Set(config_.rate_limit);
+  if (!config_.redis_budget) {
+    limiter_ =
+        std::make_unique<ratelimit::LocalRateLimiter>(LocalBudgetOptions(), clock_.Monotonic());
+    budget_description_ = "local";
+    return absl::OkStatus();
+  }
+  ratelimit::RedisRateLimiter::Options redis;
+  redis.host = config_.redis_host;
+  redis.port = config_.redis_port;
+  redis.password = config_.redis_password;
+  redis.key_prefix = config_.redis_key_prefix;
+  redis.sdkappid = config_.sdkappid;
+  redis.limit = config_.rate_limit;
+  redis.burst = config_.rate_burst;
+  redis.headroom = config_.rate_headroom;
+  redis.increase_per_second = config_.rate_limit / 20;
+  redis.upstream_timeout = config_.request_timeout;
+  redis.command_timeout = config_.redis_timeout;
+  redis.connect_timeout = std::max(absl::Milliseconds(200), 2 * config_.redis_timeout);
+  redis.fallback_replicas = config_.redis_fallback_replicas;
+  upstream::CurlClient* client = client_.get();
+  redis.on_permit = [client] { client->Wakeup(); };  // No polling for permits.
+  shared_budget_metrics_ = std::make_unique<metrics::SharedBudgetMetrics>(*metrics_->registry());
+  metrics::SharedBudgetMetrics* budget_metrics = shared_budget_metrics_.get();
+  redis.on_stats = [budget_metrics](const ratelimit::RedisLimiterStats& stats) {
+    budget_metrics->Update(stats);
+  };
+  absl::StatusOr<std::unique_ptr<ratelimit::RedisRateLimiter>> limiter =
+      ratelimit::RedisRateLimiter::Create(redis, clock_);
+  if (!limiter.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--ratelimit_backend=redis: ", limiter.status().message()));
+  }
+  redis_limiter_ = limiter->get();
+  limiter_ = *std::move(limiter);
+  budget_description_ = absl::StrCat("redis ", config_.redis_host, ":", config_.redis_port, " as ",
+                                     redis_limiter_->replica_id());
+  return absl::OkStatus();
+}
+
+absl::Status Gateway::BuildDispatcher() {
+  dispatch::Dispatcher::Options options;
+  options.max_queued = config_.max_queued;
+  options.max_attempts = config_.max_attempts;
+  options.request_timeout = config_.request_timeout;
+  options.window_limit = static_cast<size_t>(config_.rate_limit);
+  for (const auto& [name, weight] : config_.callers) options.lane_weights[name] = weight;
+  dispatcher_ =
+      std::make_unique<dispatch::Dispatcher>(options, clock_, *limiter_, *client_, *requests_);
+  dispatcher_->set_metrics(metrics_.get());
+  loop_ = std::make_unique<dispatch::DispatchLoop>(*dispatcher_, *client_, clock_);
+  return absl::OkStatus();
+}
+
+absl::Status Gateway::BuildService() {
   // Memory: 40% of the limit for the calls held; the rest for the process (~25 MB), calls
   // arriving faster than they are refused, gRPC's connections and buffers, TLS, libcurl and
   // the allocator's slack. The watch refuses new calls when RSS nears the limit whatever took
   // it, and gives freed memory back after bursts.
   overload::MemoryBudget::Options memory_options;
-  memory_options.calls_bytes = config.memory_limit / 5 * 2;
-  gw->memory_budget_ = std::make_unique<overload::MemoryBudget>(memory_options);
+  memory_options.calls_bytes = config_.memory_limit / 5 * 2;
+  memory_budget_ = std::make_unique<overload::MemoryBudget>(memory_options);
   overload::MemoryWatch::Options watch_options;
-  watch_options.limit_bytes = config.memory_limit;
-  gw->memory_watch_ = std::make_unique<overload::MemoryWatch>(watch_options, *gw->memory_budget_);
-  gw->metrics_->memory_limit_bytes().Set(static_cast<double>(config.memory_limit));
+  watch_options.limit_bytes = config_.memory_limit;
+  memory_watch_ = std::make_unique<overload::MemoryWatch>(watch_options, *memory_budget_);
+  metrics_->memory_limit_bytes().Set(static_cast<double>(config_.memory_limit));
 
-  MsgReadService::Options service_options;
-  service_options.default_deadline = config.default_deadline;
-  service_options.memory = gw->memory_budget_.get();
-  service_options.callers.insert(caller_names.begin(), caller_names.end());
+  std::vector<std::string> callers;
+  for (const auto& [name, weight] : config_.callers) callers.push_back(name);
+  metrics_->DeclareCallers(callers, config::kUndeclaredCaller);
+  MsgReadService::Options options;
+  options.default_deadline = config_.default_deadline;
+  options.memory = memory_budget_.get();
+  options.callers.insert(callers.begin(), callers.end());
   // front_ is set before any thread that reads it starts, and never changed after.
-  service_options.peer_of = [raw = gw.get()](absl::string_view peer) {
-    return raw->front_->PeerOf(peer);
-  };
-  gw->service_ =
-      std::make_unique<MsgReadService>(service_options, *gw->loop_, clock, gw->metrics_.get());
+  options.peer_of = [this](absl::string_view peer) { return front_->PeerOf(peer); };
+  service_ = std::make_unique<MsgReadService>(options, *loop_, clock_, metrics_.get());
+  return absl::OkStatus();
+}
 
+absl::Status Gateway::BuildFront() {
   // gRPC listens on nothing itself: calls come through the front (bound here, without
   // SO_REUSEPORT, so that a second gateway on the port fails instead of sharing it), which
   // bounds connections and closes those that reset their streams as soon as they open them
   // (gRPC 1.51 has no defence against rapid reset). With --grpc_tls_cert the front terminates
   // TLS and gRPC sees plaintext. Created before any thread that reads front_ starts.
-  {
-    front::GrpcFront::Options front_options;
-    front_options.listen = config.grpc_listen;
-    if (!config.grpc_tls_cert_pem.empty()) {
-      front_options.tls = front::GrpcFront::Tls{config.grpc_tls_cert_pem, config.grpc_tls_key_pem,
-                                                config.grpc_client_ca_pem};
-    }
-    front_options.max_connections = config.max_grpc_connections;
-    front_options.preface_timeout = config.grpc_handshake_timeout;
-    front_options.evict_idle_after = config.grpc_idle_eviction;
-    front_options.streams.judge_after = config.premature_reset_streams;
-    front_options.streams.max_unanswered =
-        static_cast<size_t>(config.max_streams_per_connection) + 64;
-    front_options.hand_off = [raw = gw.get()](int fd) {
-      grpc::AddInsecureChannelFromFd(raw->server_.get(), fd);
-    };
-    front_options.refuse_new = [raw = gw.get()] {
-      return raw->memory_watch_->stats().state == overload::MemoryWatch::State::kOverloaded;
-    };
-    absl::StatusOr<std::unique_ptr<front::GrpcFront>> front =
-        front::GrpcFront::Create(front_options, clock);
-    if (!front.ok()) return front.status();
-    gw->front_ = *std::move(front);
+  front::GrpcFront::Options options;
+  options.listen = config_.grpc_listen;
+  if (!config_.grpc_tls_cert_pem.empty()) {
+    options.tls = front::GrpcFront::Tls{config_.grpc_tls_cert_pem, config_.grpc_tls_key_pem,
+                                        config_.grpc_client_ca_pem};
   }
-
-  // The probes and /metrics listen before gRPC does: /readyz says "starting" until it serves.
-  gw->metrics_->rate_limit_max().Set(config.rate_limit);
-  metrics::HttpServer::Options http_options;
-  http_options.listen = config.metrics_listen;
-  http_options.max_connections = static_cast<size_t>(config.metrics_max_connections);
-  http_options.request_timeout = config.metrics_request_timeout;
-  Gateway* raw = gw.get();
-  http_options.refresh = [raw] {
-    raw->metrics_->upstream_connections_open().Set(
-        static_cast<double>(raw->client_->open_connections()));
-    raw->metrics_->SetConnectionsCreated(static_cast<double>(raw->client_->connections_made()));
-    raw->metrics_->SetWarmups(static_cast<double>(raw->client_->warmups_kept()),
-                              static_cast<double>(raw->client_->warmups_not_kept()),
-                              static_cast<double>(raw->client_->warmups_failed()));
-    const overload::MemoryWatch::Stats memory = raw->memory_watch_->stats();
-    raw->metrics_->memory_rss_bytes().Set(static_cast<double>(memory.rss));
-    raw->metrics_->memory_overloaded().Set(
-        memory.state == overload::MemoryWatch::State::kOverloaded ? 1 : 0);
-    raw->metrics_->SetMemoryTrims(static_cast<double>(memory.trims));
-    raw->metrics_->memory_held_bytes().Set(static_cast<double>(raw->memory_budget_->held()));
-    const front::GrpcFront::Stats c = raw->front_->stats();
-    raw->metrics_->SetGrpcConnections({c.open, c.accepted, c.refused, c.closed_for_resets,
-                                       c.closed_for_streams, c.closed_for_tls, c.closed_for_preface,
-                                       c.evicted_idle});
-    // Renewed first when due (microseconds), as a call would: an idle gateway's UserSig is
-    // not "expiring" just because no call asked for it.
-    raw->usersigs_->Get();
-    raw->metrics_->usersig_expiry_seconds().Set(
-        absl::ToDoubleSeconds(raw->usersigs_->ExpiresAt() - raw->clock_->Now()));
-    if (absl::StatusOr<metrics::ProcessStats> process = metrics::ReadProcessStats(); process.ok()) {
-      raw->metrics_->SetProcess(*process);
-    }
+  options.max_connections = config_.max_grpc_connections;
+  options.preface_timeout = config_.grpc_handshake_timeout;
+  options.evict_idle_after = config_.grpc_idle_eviction;
+  options.streams.judge_after = config_.premature_reset_streams;
+  options.streams.max_unanswered = static_cast<size_t>(config_.max_streams_per_connection) + 64;
+  options.hand_off = [this](int fd) { grpc::AddInsecureChannelFromFd(server_.get(), fd); };
+  options.refuse_new = [this] {
+    return memory_watch_->stats().state == overload::MemoryWatch::State::kOverloaded;
   };
-  http_options.ready = [raw] { return raw->NotReadyBecause(); };
-  absl::StatusOr<std::unique_ptr<metrics::HttpServer>> http =
-      metrics::HttpServer::Create(http_options, gw->metrics_);
-  if (!http.ok()) return http.status();
-  gw->http_ = *std::move(http);
-  gw->metrics_address_ = gw->http_->address();
+  absl::StatusOr<std::unique_ptr<front::GrpcFront>> front =
+      front::GrpcFront::Create(options, clock_);
+  if (!front.ok()) return front.status();
+  front_ = *std::move(front);
+  return absl::OkStatus();
+}
 
+absl::Status Gateway::StartProbes() {
+  // The probes and /metrics listen before gRPC does: /readyz says "starting" until it serves.
+  metrics::HttpServer::Options options;
+  options.listen = config_.metrics_listen;
+  options.max_connections = static_cast<size_t>(config_.metrics_max_connections);
+  options.request_timeout = config_.metrics_request_timeout;
+  options.refresh = [this] { RefreshMetrics(); };
+  options.ready = [this] { return NotReadyBecause(); };
+  absl::StatusOr<std::unique_ptr<metrics::HttpServer>> http =
+      metrics::HttpServer::Create(options, metrics_);
+  if (!http.ok()) return http.status();
+  http_ = *std::move(http);
+  metrics_address_ = http_->address();
+  return absl::OkStatus();
+}
+
+void Gateway::RefreshMetrics() {
+  metrics_->upstream_connections_open().Set(static_cast<double>(client_->open_connections()));
+  metrics_->SetConnectionsCreated(static_cast<double>(client_->connections_made()));
+  metrics_->SetWarmups(static_cast<double>(client_->warmups_kept()),
+                       static_cast<double>(client_->warmups_not_kept()),
+                       static_cast<double>(client_->warmups_failed()));
+  const overload::MemoryWatch::Stats memory = memory_watch_->stats();
+  metrics_->memory_rss_bytes().Set(static_cast<double>(memory.rss));
+  metrics_->memory_overloaded().Set(memory.state == overload::MemoryWatch::State::kOverloaded ? 1
+                                                                                              : 0);
+  metrics_->SetMemoryTrims(static_cast<double>(memory.trims));
+  metrics_->memory_held_bytes().Set(static_cast<double>(memory_budget_->held()));
+  const front::GrpcFront::Stats c = front_->stats();
+  metrics_->SetGrpcConnections({c.open, c.accepted, c.refused, c.closed_for_resets,
+                                c.closed_for_streams, c.closed_for_tls, c.closed_for_preface,
+                                c.evicted_idle});
+  // Renewed first when due (microseconds), as a call would: an idle gateway's UserSig is
+  // not "expiring" just because no call asked for it.
+  usersigs_->Get();
+  metrics_->usersig_expiry_seconds().Set(
+      absl::ToDoubleSeconds(usersigs_->ExpiresAt() - clock_.Now()));
+  if (absl::StatusOr<metrics::ProcessStats> process = metrics::ReadProcessStats(); process.ok()) {
+    metrics_->SetProcess(*process);
+  }
+}
+
+absl::Status Gateway::WatchSecrets() {
+  std::vector<FileWatch::File> secrets;
+  if (!config_.secret_key_file.empty()) {
+    usersig::UserSigCache* usersigs = usersigs_.get();
+    secrets.push_back(WatchSecret(
+        metrics::Secret::kSecretKey, "secret_key_file", config_.secret_key_file, config_.secret_key,
+        config::SecretKeyFromFile,
+        [usersigs](std::string key) { return usersigs->SetSecretKey(std::move(key)); },
+        metrics_.get()));
+  }
+  if (redis_limiter_ != nullptr && !config_.redis_password_file.empty()) {
+    ratelimit::RedisRateLimiter* limiter = redis_limiter_;
+    secrets.push_back(WatchSecret(
+        metrics::Secret::kRedisPassword, "redis_password_file", config_.redis_password_file,
+        config_.redis_password, config::RedisPasswordFromFile,
+        [limiter](std::string password) {
+          limiter->SetPassword(std::move(password));
+          return absl::OkStatus();
+        },
+        metrics_.get()));
+  }
+  if (!secrets.empty() && config_.secret_reload_interval > absl::ZeroDuration()) {
+    secret_watch_ = std::make_unique<FileWatch>(std::move(secrets), config_.secret_reload_interval);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Gateway::Serve() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -307,98 +358,94 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   // connection); and gRPC's own memory quota, an eighth of the limit: under pressure it shrinks
   // read buffers and windows and resets streams (ENHANCE_YOUR_CALM). A quarter let 3,000
   // unread batch streams take RSS to 121 MiB of 128; an eighth, 115.
-  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_DEFLATE, false);
   builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_GZIP, false);
-  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, config.max_streams_per_connection);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, config_.max_streams_per_connection);
   grpc::ResourceQuota quota("imgw-grpc");
-  quota.Resize(config.memory_limit / 8);
+  quota.Resize(config_.memory_limit / 8);
   builder.SetResourceQuota(quota);
-  builder.RegisterService(gw->service_.get());
-  std::vector<FileWatch::File> secrets;
-  if (!config.secret_key_file.empty()) {
-    usersig::UserSigCache* usersigs = gw->usersigs_.get();
-    secrets.push_back(WatchSecret(
-        metrics::Secret::kSecretKey, "secret_key_file", config.secret_key_file, config.secret_key,
-        config::SecretKeyFromFile,
-        [usersigs](std::string key) { return usersigs->SetSecretKey(std::move(key)); },
-        gw->metrics_.get()));
-  }
-  if (gw->redis_limiter_ != nullptr && !config.redis_password_file.empty()) {
-    ratelimit::RedisRateLimiter* limiter = gw->redis_limiter_;
-    secrets.push_back(WatchSecret(
-        metrics::Secret::kRedisPassword, "redis_password_file", config.redis_password_file,
-        config.redis_password, config::RedisPasswordFromFile,
-        [limiter](std::string password) {
-          limiter->SetPassword(std::move(password));
-          return absl::OkStatus();
-        },
-        gw->metrics_.get()));
-  }
-  if (!secrets.empty() && config.secret_reload_interval > absl::ZeroDuration()) {
-    gw->secret_watch_ =
-        std::make_unique<FileWatch>(std::move(secrets), config.secret_reload_interval);
-  }
-  gw->loop_->Start();
-  gw->memory_watch_->Start();
-  if (gw->secret_watch_ != nullptr) gw->secret_watch_->Start();
-  gw->server_ = builder.BuildAndStart();
-  if (gw->server_ == nullptr) {
-    gw->loop_->Stop(absl::ZeroDuration());
+  builder.RegisterService(service_.get());
+  loop_->Start();
+  memory_watch_->Start();
+  if (secret_watch_ != nullptr) secret_watch_->Start();
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr) {
+    loop_->Stop(absl::ZeroDuration());
     return absl::InternalError("gRPC did not start");
   }
   // grpc.health.v1 answers for the whole server ("", SERVING from the start) and for each
   // service by name, in step with /readyz: SERVING from here until Shutdown().
   for (const char* name :
        {v1::MsgReadService::service_full_name(), "grpc.reflection.v1alpha.ServerReflection"}) {
-    gw->server_->GetHealthCheckService()->SetServingStatus(name, true);
+    server_->GetHealthCheckService()->SetServingStatus(name, true);
   }
-  gw->front_->Start();
-  gw->grpc_address_ = gw->front_->address();
-  gw->serving_.store(true);
-  if (config.insecure_skip_verify) {
+  front_->Start();
+  grpc_address_ = front_->address();
+  serving_.store(true);
+  return absl::OkStatus();
+}
+
+void Gateway::LogServing() const {
+  if (config_.insecure_skip_verify) {
     Log(LogLevel::kWarning,
         "TLS VERIFICATION OF THE UPSTREAM IS OFF (--insecure_skip_verify): anyone on the path "
         "can read the admin UserSig and forge answers; never use this in production");
   }
   Log(LogLevel::kInfo, "gateway serving",
-      {{"grpc_listen", gw->grpc_address_},
-       {"metrics_listen", gw->http_->address()},
-       {"grpc_tls", config.grpc_tls_cert_pem.empty()    ? "off"
-                    : config.grpc_client_ca_pem.empty() ? "on"
-                                                        : "mutual"},
-       {"upstream", config.base_url},
-       {"sdkappid", absl::StrCat(config.sdkappid)},
-       {"identifier", config.identifier},
-       {"rate_limit", absl::StrCat(config.rate_limit)},
-       {"budget", budget},
-       {"memory_limit", absl::StrCat(config.memory_limit, " (", config.memory_limit_source, ")")},
-       {"pace", absl::StrCat(ratelimit::LocalRateLimiter::PaceFor(limiter_options))}});
-  return gw;
+      {{"grpc_listen", grpc_address_},
+       {"metrics_listen", metrics_address_},
+       {"grpc_tls", config_.grpc_tls_cert_pem.empty()    ? "off"
+                    : config_.grpc_client_ca_pem.empty() ? "on"
+                                                         : "mutual"},
+       {"upstream", config_.base_url},
+       {"sdkappid", absl::StrCat(config_.sdkappid)},
+       {"identifier", config_.identifier},
+       {"rate_limit", absl::StrCat(config_.rate_limit)},
+       {"budget", budget_description_},
+       {"memory_limit", absl::StrCat(config_.memory_limit, " (", config_.memory_limit_source, ")")},
+       {"pace", absl::StrCat(ratelimit::LocalRateLimiter::PaceFor(LocalBudgetOptions()))}});
 }
 
 void Gateway::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
   Log(LogLevel::kInfo, "shutting down", {{"grace", absl::FormatDuration(config_.shutdown_grace)}});
+  StopTakingCalls();
+  DrainCalls();
+  CloseConnections();
+  // The probes and /metrics last: a scrape during the drain still reads live objects.
+  http_.reset();
+  LogStopped();
+}
+
+void Gateway::StopTakingCalls() {
   // Health checks say NOT_SERVING (and /readyz 503) from now on, so that balancers stop
   // sending first.
   serving_.store(false);
   server_->GetHealthCheckService()->SetServingStatus(false);
+}
+
+void Gateway::DrainCalls() {
   // The loop answers new calls UNAVAILABLE at once, lets queued and in-flight ones finish
   // within the grace period and answers the rest UNAVAILABLE. Then every RPC has its answer;
-  // once gRPC has sent them all, the server closes its connections without waiting for idle
-  // clients to hang up (a bounded wait: an answer stuck on a dead client must not hold us).
+  // gRPC is given a bounded time to send them (an answer stuck on a dead client must not
+  // hold us).
   loop_->Stop(config_.shutdown_grace);
-  absl::Time flush_by = absl::Now() + absl::Seconds(2);
+  const absl::Time flush_by = absl::Now() + absl::Seconds(2);
   while (service_->active() > 0 && absl::Now() < flush_by) absl::SleepFor(absl::Milliseconds(5));
-  // No connection is handed to gRPC once it has begun its shutdown.
+}
+
+void Gateway::CloseConnections() {
+  // No connection is handed to gRPC once it has begun its shutdown; gRPC closes its
+  // connections without waiting for idle clients to hang up.
   front_->StopAccepting();
   server_->Shutdown(std::chrono::system_clock::now());
   // gRPC has closed its ends: the front passes on what it wrote, then closes the rest.
   front_->Stop(absl::Seconds(1));
-  // The probes and /metrics last: a scrape during the drain still reads live objects.
-  http_.reset();
+}
+
+void Gateway::LogStopped() const {
   const dispatch::DispatcherStats& s = dispatcher_->stats();  // The loop thread has ended.
   Log(LogLevel::kInfo, "stopped",
       {{"calls", absl::StrCat(s.submitted)},
@@ -427,8 +474,19 @@ std::string Gateway::NotReadyBecause() const {
 
 Gateway::~Gateway() {
   if (server_ != nullptr) Shutdown();
-  // Before the members its handlers read (the client, the UserSig cache) are destroyed.
-  http_.reset();
+  // The teardown, in order: whatever runs a thread or serves requests goes before what it
+  // reads or calls. (Also after a Create() that failed half way: any of these may be null.)
+  http_.reset();          // Its handlers read the client, the watch, the front, the UserSigs.
+  front_.reset();         // Hands connections to server_.
+  server_.reset();        // Its handlers call service_.
+  service_.reset();       // Borrows loop_ and memory_budget_.
+  secret_watch_.reset();  // Its thread writes to usersigs_ and limiter_.
+  memory_watch_.reset();  // Its thread writes to memory_budget_.
+  loop_.reset();          // Its thread drives dispatcher_ and client_.
+  dispatcher_.reset();    // Answers what is left; borrows limiter_, client_, requests_.
+  requests_.reset();      // Borrows usersigs_.
+  limiter_.reset();       // The Redis one's thread wakes client_ and updates its metrics.
+  client_.reset();
 }
 
 }  // namespace imgw::gateway

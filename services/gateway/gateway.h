@@ -27,12 +27,13 @@
 namespace imgw::gateway {
 
 // The whole gateway, wired: UserSig cache, curl client, the budget (a token bucket, or one
-// shared through Redis), dispatcher and its loop,
-// the gRPC service and server. Create() builds and starts it (nothing listens if it fails);
-// Shutdown() drains it. Thread-safe.
+// shared through Redis), dispatcher and its loop, the gRPC service and server. Create() builds
+// and starts it (nothing listens if it fails); Shutdown() drains it. Thread-safe.
 //
-// Lifecycle, in code rather than in member order: the metrics endpoint starts first (its
-// /readyz says "starting") and stops last, before anything its handlers read is destroyed.
+// Lifecycle, in code rather than in member order: Create() runs the Build/Start steps below
+// in order, Shutdown() its four steps, and ~Gateway() destroys the members one by one, each
+// before what it uses. The metrics endpoint starts before gRPC serves (its /readyz says
+// "starting") and stops after the drain.
 class Gateway final {
  public:
   static absl::StatusOr<std::unique_ptr<Gateway>> Create(const config::GatewayConfig& config,
@@ -56,41 +57,57 @@ class Gateway final {
   void EndGraceNow() { loop_->EndGraceNow(); }
 
  private:
-  explicit Gateway(const config::GatewayConfig& config) : config_(config) {}
+  Gateway(const config::GatewayConfig& config, Clock& clock) : config_(config), clock_(clock) {}
 
-  // Why the gateway is not ready, or "".
+  // Create()'s steps.
+  absl::Status BuildUpstream();    // usersigs_, client_, requests_.
+  absl::Status BuildBudget();      // limiter_: a local token bucket or the Redis budget.
+  absl::Status BuildDispatcher();  // dispatcher_ and loop_ (not started).
+  absl::Status BuildService();     // memory_budget_, memory_watch_ (not started), service_.
+  absl::Status BuildFront();       // front_, bound, not accepting.
+  absl::Status StartProbes();      // http_: /metrics, /healthz, /readyz ("starting").
+  absl::Status WatchSecrets();     // secret_watch_ (not started).
+  absl::Status Serve();            // Starts the threads and gRPC; ready from here.
+  void LogServing() const;
+  ratelimit::LocalRateLimiter::Options LocalBudgetOptions() const;
+  // Shutdown()'s steps.
+  void StopTakingCalls();
+  void DrainCalls();
+  void CloseConnections();
+  void LogStopped() const;
+
+  // The series read at each scrape.
+  void RefreshMetrics();
+  // Why the gateway is not ready, or "". Published by serving_, not read from a metric.
   std::string NotReadyBecause() const;
 
   const config::GatewayConfig config_;
-  Clock* clock_ = nullptr;
+  Clock& clock_;
+  // ~Gateway() destroys these in the reverse of this order, explicitly, and says why.
   std::shared_ptr<metrics::Metrics> metrics_;
-  // The Redis budget's series (with --ratelimit_backend=redis); before limiter_, whose thread
-  // updates them.
+  // The Redis budget's series (with --ratelimit_backend=redis), updated by its thread.
   std::unique_ptr<metrics::SharedBudgetMetrics> shared_budget_metrics_;
   std::unique_ptr<metrics::HttpServer> http_;
   std::atomic<bool> serving_{false};
   std::unique_ptr<usersig::UserSigCache> usersigs_;
   std::unique_ptr<upstream::CurlClient> client_;
-  // Declared after client_: the Redis limiter's thread wakes the client's loop, so it must
-  // stop first.
   std::unique_ptr<ratelimit::RateLimiter> limiter_;
   ratelimit::RedisRateLimiter* redis_limiter_ = nullptr;  // limiter_, when it is the Redis one.
   std::unique_ptr<upstream::RequestFactory> requests_;
   std::unique_ptr<dispatch::Dispatcher> dispatcher_;
   std::unique_ptr<dispatch::DispatchLoop> loop_;
-  // Before service_, which borrows the budget; the watch's thread stops when it is destroyed.
   std::unique_ptr<overload::MemoryBudget> memory_budget_;
   std::unique_ptr<overload::MemoryWatch> memory_watch_;
   // Reads --secret_key_file and --redis_password_file again; its thread applies a new key to
-  // usersigs_ and a new password to the Redis limiter, so it is declared after both.
+  // usersigs_ and a new password to the Redis limiter.
   std::unique_ptr<FileWatch> secret_watch_;
   std::unique_ptr<MsgReadService> service_;
   std::unique_ptr<grpc::Server> server_;
-  // The gRPC listener with plaintext gRPC (null with TLS); hands connections to server_, so
-  // declared after it and stopped first.
+  // The gRPC listener (TLS or not); hands plaintext connections to server_.
   std::unique_ptr<front::GrpcFront> front_;
   std::string grpc_address_;
   std::string metrics_address_;
+  std::string budget_description_;  // For the log: "local", or Redis' address and replica.
   bool shut_down_ = false;
 };
 
