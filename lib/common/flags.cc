@@ -8,6 +8,7 @@
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/reflection.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -98,47 +99,10 @@ class Parser {
       };
       if (name == "flagfile") {
         if (!value.has_value() && !take_next()) return Error(name, "missing value");
-        if (depth >= kMaxFlagfileDepth) return Error(name, "nested more than 8 deep");
-        for (absl::string_view path : absl::StrSplit(*value, ',', absl::SkipEmpty())) {
-          if (++flagfiles_read_ > kMaxFlagfiles) return Error(name, "more than 64 files read");
-          absl::StatusOr<std::vector<std::string>> lines = ReadFlagfile(std::string(path));
-          if (!lines.ok()) return lines.status();
-          absl::Status status = Parse(*lines, std::string(path), depth + 1);
-          if (!status.ok()) return status;
-        }
+        if (absl::Status read = ReadFlagfiles(*value, depth); !read.ok()) return read;
         continue;
       }
-      if (IsUnsupported(name)) return Error(name, "not supported by this program");
-      absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
-      bool negated = false;
-      if (flag == nullptr && absl::StartsWith(name, "no")) {
-        absl::CommandLineFlag* positive = absl::FindCommandLineFlag(name.substr(2));
-        if (positive != nullptr && positive->IsOfType<bool>()) {
-          flag = positive;
-          negated = true;
-        }
-      }
-      if (flag == nullptr || flag->IsRetired()) return Error(name, "unknown flag (see --help)");
-      if (negated) {
-        if (value.has_value()) return Error(name, "takes no value");
-        value = "false";
-      } else if (!value.has_value()) {
-        if (flag->IsOfType<bool>()) {
-          value = "true";
-        } else if (!take_next()) {
-          return Error(name, "missing value");
-        }
-      }
-      std::string error;
-      if (!flag->ParseFrom(*value, &error)) {
-        // Abseil says "Illegal value '...' specified for flag '...'; <why>": keep the why.
-        const size_t why = error.find("; ");
-        return Error(flag->Name(),
-                     absl::StrCat("invalid value \"", OneLine(*value), "\"",
-                                  why == std::string::npos
-                                      ? ""
-                                      : absl::StrCat(": ", OneLine(error.substr(why + 2)))));
-      }
+      if (absl::Status set = Set(name, value, take_next); !set.ok()) return set;
     }
     return absl::OkStatus();
   }
@@ -146,6 +110,55 @@ class Parser {
   CommandLine& line() { return line_; }
 
  private:
+  // --flagfile=a,b: each file's flags in turn, `depth` deep already.
+  absl::Status ReadFlagfiles(const std::string& paths, int depth) {
+    if (depth >= kMaxFlagfileDepth) return Error("flagfile", "nested more than 8 deep");
+    for (absl::string_view path : absl::StrSplit(paths, ',', absl::SkipEmpty())) {
+      if (++flagfiles_read_ > kMaxFlagfiles) return Error("flagfile", "more than 64 files read");
+      absl::StatusOr<std::vector<std::string>> lines = ReadFlagfile(std::string(path));
+      if (!lines.ok()) return lines.status();
+      absl::Status status = Parse(*lines, std::string(path), depth + 1);
+      if (!status.ok()) return status;
+    }
+    return absl::OkStatus();
+  }
+
+  // Sets the flag `name` (or --noNAME for a bool) to `value`; without one, a bool is true and
+  // any other flag takes the next argument (`take_next` puts it in `value`).
+  absl::Status Set(const std::string& name, std::optional<std::string>& value,
+                   absl::FunctionRef<bool()> take_next) {
+    if (IsUnsupported(name)) return Error(name, "not supported by this program");
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    bool negated = false;
+    if (flag == nullptr && absl::StartsWith(name, "no")) {
+      absl::CommandLineFlag* positive = absl::FindCommandLineFlag(name.substr(2));
+      if (positive != nullptr && positive->IsOfType<bool>()) {
+        flag = positive;
+        negated = true;
+      }
+    }
+    if (flag == nullptr || flag->IsRetired()) return Error(name, "unknown flag (see --help)");
+    if (negated) {
+      if (value.has_value()) return Error(name, "takes no value");
+      value = "false";
+    } else if (!value.has_value()) {
+      if (flag->IsOfType<bool>()) {
+        value = "true";
+      } else if (!take_next()) {
+        return Error(name, "missing value");
+      }
+    }
+    std::string error;
+    if (flag->ParseFrom(*value, &error)) return absl::OkStatus();
+    // Abseil says "Illegal value '...' specified for flag '...'; <why>": keep the why.
+    const size_t why = error.find("; ");
+    return Error(
+        flag->Name(),
+        absl::StrCat(
+            "invalid value \"", OneLine(*value), "\"",
+            why == std::string::npos ? "" : absl::StrCat(": ", OneLine(error.substr(why + 2)))));
+  }
+
   CommandLine line_;
   int flagfiles_read_ = 0;
 };

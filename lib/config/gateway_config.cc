@@ -196,6 +196,190 @@ absl::Status ResolveRedis(const GatewayFlags& flags, GatewayConfig& config) {
   return absl::OkStatus();
 }
 
+// Resolves the listeners and the probe server's bounds.
+absl::Status ResolveListeners(const GatewayFlags& flags, GatewayConfig& config) {
+  if (absl::Status s = CheckListenAddress("grpc_listen", flags.grpc_listen); !s.ok()) return s;
+  if (absl::Status s = CheckListenAddress("metrics_listen", flags.metrics_listen); !s.ok()) {
+    return s;
+  }
+  config.grpc_listen = flags.grpc_listen;
+  config.metrics_listen = flags.metrics_listen;
+  if (flags.metrics_max_connections < 1 || flags.metrics_max_connections > 65536) {
+    return Bad("metrics_max_connections", "must be 1..65536");
+  }
+  config.metrics_max_connections = flags.metrics_max_connections;
+  if (flags.metrics_request_timeout <= absl::ZeroDuration() ||
+      flags.metrics_request_timeout > absl::Minutes(5)) {
+    return Bad("metrics_request_timeout", "must be above 0 and at most 5m");
+  }
+  config.metrics_request_timeout = flags.metrics_request_timeout;
+  return absl::OkStatus();
+}
+
+// Resolves the upstream and the App's admin identity.
+absl::Status ResolveUpstream(const GatewayFlags& flags, GatewayConfig& config) {
+  if (!flags.endpoint.empty()) {
+    absl::StatusOr<std::string> url = ParseEndpoint(flags.endpoint);
+    if (!url.ok()) return Bad("endpoint", url.status().message());
+    config.base_url = *std::move(url);
+  } else if (!flags.region.empty()) {
+    absl::StatusOr<std::string> domain = RegionDomain(flags.region);
+    if (!domain.ok()) return Bad("region", domain.status().message());
+    config.base_url = absl::StrCat("https://", *domain);
+  } else {
+    return Bad("region", "missing: give --region (or --endpoint=https://host:port)");
+  }
+  if (!flags.ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadFile("ca_file", flags.ca_file);
+    if (!ca.ok()) return ca.status();
+  }
+  config.ca_file = flags.ca_file;
+  config.insecure_skip_verify = flags.insecure_skip_verify;
+  if (flags.sdkappid <= 0 || flags.sdkappid > UINT32_MAX) {
+    return Bad("sdkappid", "missing or not a positive 32-bit SDKAppID");
+  }
+  config.sdkappid = static_cast<uint64_t>(flags.sdkappid);
+  if (flags.identifier.empty()) return Bad("identifier", "missing: the App admin account");
+  if (flags.identifier.size() > 32) return Bad("identifier", "longer than 32 bytes");
+  if (CheckText(flags.identifier) != TextCheck::kOk) {
+    return Bad("identifier", "not printable UTF-8");
+  }
+  config.identifier = flags.identifier;
+  absl::StatusOr<std::string> key = ReadSecretKey(flags);
+  if (!key.ok()) return key.status();
+  config.secret_key = *std::move(key);
+  config.secret_key_file = flags.secret_key_file;
+  return absl::OkStatus();
+}
+
+// Resolves the upstream budget.
+absl::Status ResolveBudget(const GatewayFlags& flags, GatewayConfig& config) {
+  if (!(flags.rate_limit > 0) || flags.rate_limit > 1e6) {
+    return Bad("rate_limit", "must be a positive number of calls per second");
+  }
+  config.rate_limit = flags.rate_limit;
+  if (!(flags.rate_burst >= 1) || flags.rate_burst >= flags.rate_limit) {
+    return Bad("rate_burst", "must be at least 1 and below --rate_limit");
+  }
+  config.rate_burst = flags.rate_burst;
+  if (!(flags.rate_headroom >= 0) || flags.rate_headroom >= 0.5) {
+    return Bad("rate_headroom", "must be in [0, 0.5)");
+  }
+  config.rate_headroom = flags.rate_headroom;
+  return absl::OkStatus();
+}
+
+// Resolves the memory limit and what one peer may hold.
+absl::Status ResolveMemory(const GatewayFlags& flags, GatewayConfig& config) {
+  if (flags.memory_limit == "auto") {
+    config.memory_limit = flags.cgroup_memory_limit.value_or(kDefaultMemoryLimit);
+    config.memory_limit_source = flags.cgroup_memory_limit.has_value() ? "cgroup" : "default";
+  } else {
+    absl::StatusOr<size_t> limit = ParseBytes(flags.memory_limit);
+    if (!limit.ok()) return Bad("memory_limit", limit.status().message());
+    config.memory_limit = *limit;
+    config.memory_limit_source = "flag";
+  }
+  if (config.memory_limit < kMinMemoryLimit) {
+    return Bad("memory_limit", absl::StrCat("must be at least 64Mi (", config.memory_limit_source,
+                                            ": ", config.memory_limit, " bytes)"));
+  }
+  if (flags.max_message_bytes < 1024 || flags.max_message_bytes > 4 * 1024 * 1024) {
+    return Bad("max_message_bytes", "must be 1024..4194304");
+  }
+  config.max_message_bytes = static_cast<size_t>(flags.max_message_bytes);
+  if (flags.max_streams_per_connection < 1 || flags.max_streams_per_connection > 10000) {
+    return Bad("max_streams_per_connection", "must be 1..10000");
+  }
+  config.max_streams_per_connection = flags.max_streams_per_connection;
+  if (flags.max_grpc_connections < 1 || flags.max_grpc_connections > 10000) {
+    return Bad("max_grpc_connections", "must be 1..10000");
+  }
+  config.max_grpc_connections = flags.max_grpc_connections;
+  if (flags.premature_reset_streams < 10 || flags.premature_reset_streams > 100000) {
+    return Bad("premature_reset_streams", "must be 10..100000");
+  }
+  config.premature_reset_streams = flags.premature_reset_streams;
+  if (flags.grpc_handshake_timeout <= absl::ZeroDuration() ||
+      flags.grpc_handshake_timeout > absl::Minutes(5)) {
+    return Bad("grpc_handshake_timeout", "must be above 0 and at most 5m");
+  }
+  config.grpc_handshake_timeout = flags.grpc_handshake_timeout;
+  if (flags.grpc_idle_eviction < absl::Milliseconds(100) ||
+      flags.grpc_idle_eviction > absl::Hours(1)) {
+    return Bad("grpc_idle_eviction", "must be 100ms..1h");
+  }
+  config.grpc_idle_eviction = flags.grpc_idle_eviction;
+  return absl::OkStatus();
+}
+
+// Resolves the pool, deadlines, timeouts and retries.
+absl::Status ResolveCalls(const GatewayFlags& flags, GatewayConfig& config) {
+  if (flags.max_queued < 1) return Bad("max_queued", "must be at least 1");
+  config.max_queued = static_cast<size_t>(flags.max_queued);
+  if (flags.max_connections < 1 || flags.max_connections > 1024) {
+    return Bad("max_connections", "must be 1..1024");
+  }
+  config.max_connections = flags.max_connections;
+  config.reuse_connections = flags.reuse_connections;
+  config.warm_connections = flags.warm_connections;
+  if (flags.default_deadline <= absl::ZeroDuration()) {
+    return Bad("default_deadline", "must be positive");
+  }
+  config.default_deadline = flags.default_deadline;
+  if (flags.request_timeout <= absl::Seconds(3)) {
+    return Bad("upstream_timeout", "must be longer than the upstream's own 3s timeout");
+  }
+  config.request_timeout = flags.request_timeout;
+  if (flags.usersig_lifetime < absl::Hours(1)) {
+    return Bad("usersig_lifetime", "must be at least 1h (Tencent advises 24h or more)");
+  }
+  config.usersig_lifetime = flags.usersig_lifetime;
+  if (flags.secret_reload_interval != absl::ZeroDuration() &&
+      flags.secret_reload_interval < absl::Milliseconds(100)) {
+    return Bad("secret_reload_interval", "must be 0 (off) or at least 100ms");
+  }
+  config.secret_reload_interval = flags.secret_reload_interval;
+  if (flags.shutdown_grace < absl::ZeroDuration()) {
+    return Bad("shutdown_grace", "must not be negative");
+  }
+  config.shutdown_grace = flags.shutdown_grace;
+  if (flags.max_attempts < 1 || flags.max_attempts > 10) {
+    return Bad("max_attempts", "must be 1..10");
+  }
+  config.max_attempts = flags.max_attempts;
+  return absl::OkStatus();
+}
+
+// Resolves gRPC's own TLS.
+absl::Status ResolveGrpcTls(const GatewayFlags& flags, GatewayConfig& config) {
+  if (flags.grpc_tls_cert.empty() != flags.grpc_tls_key.empty()) {
+    return Bad(flags.grpc_tls_cert.empty() ? "grpc_tls_cert" : "grpc_tls_key",
+               "--grpc_tls_cert and --grpc_tls_key go together");
+  }
+  if (!flags.grpc_client_ca.empty() && flags.grpc_tls_cert.empty()) {
+    return Bad("grpc_client_ca", "needs --grpc_tls_cert and --grpc_tls_key");
+  }
+  if (!flags.grpc_tls_cert.empty()) {
+    absl::StatusOr<std::string> cert = ReadFile("grpc_tls_cert", flags.grpc_tls_cert);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadFile("grpc_tls_key", flags.grpc_tls_key);
+    if (!key.ok()) return key.status();
+    if (absl::Status s = CheckKeyPair(flags, *cert, *key); !s.ok()) return s;
+    config.grpc_tls_cert_pem = *std::move(cert);
+    config.grpc_tls_key_pem = *std::move(key);
+  }
+  if (!flags.grpc_client_ca.empty()) {
+    absl::StatusOr<std::string> ca = ReadFile("grpc_client_ca", flags.grpc_client_ca);
+    if (!ca.ok()) return ca.status();
+    if (CountCertificates(*ca) == 0) {
+      return Bad("grpc_client_ca", absl::StrCat(flags.grpc_client_ca, " holds no certificate"));
+    }
+    config.grpc_client_ca_pem = *std::move(ca);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> RegionDomain(absl::string_view region) {
@@ -292,161 +476,11 @@ absl::StatusOr<std::string> RedisPasswordFromFile(absl::string_view path,
 
 absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
   GatewayConfig config;
-  if (absl::Status s = CheckListenAddress("grpc_listen", flags.grpc_listen); !s.ok()) return s;
-  if (absl::Status s = CheckListenAddress("metrics_listen", flags.metrics_listen); !s.ok()) {
-    return s;
+  for (absl::Status (*resolve)(const GatewayFlags&, GatewayConfig&) :
+       {ResolveListeners, ResolveUpstream, ResolveBudget, ResolveMemory, ResolveCalls,
+        ResolveGrpcTls, ResolveRedis}) {
+    if (absl::Status s = resolve(flags, config); !s.ok()) return s;
   }
-  config.grpc_listen = flags.grpc_listen;
-  config.metrics_listen = flags.metrics_listen;
-  if (flags.metrics_max_connections < 1 || flags.metrics_max_connections > 65536) {
-    return Bad("metrics_max_connections", "must be 1..65536");
-  }
-  config.metrics_max_connections = flags.metrics_max_connections;
-  if (flags.metrics_request_timeout <= absl::ZeroDuration() ||
-      flags.metrics_request_timeout > absl::Minutes(5)) {
-    return Bad("metrics_request_timeout", "must be above 0 and at most 5m");
-  }
-  config.metrics_request_timeout = flags.metrics_request_timeout;
-  if (!flags.endpoint.empty()) {
-    absl::StatusOr<std::string> url = ParseEndpoint(flags.endpoint);
-    if (!url.ok()) return Bad("endpoint", url.status().message());
-    config.base_url = *std::move(url);
-  } else if (!flags.region.empty()) {
-    absl::StatusOr<std::string> domain = RegionDomain(flags.region);
-    if (!domain.ok()) return Bad("region", domain.status().message());
-    config.base_url = absl::StrCat("https://", *domain);
-  } else {
-    return Bad("region", "missing: give --region (or --endpoint=https://host:port)");
-  }
-  if (!flags.ca_file.empty()) {
-    absl::StatusOr<std::string> ca = ReadFile("ca_file", flags.ca_file);
-    if (!ca.ok()) return ca.status();
-  }
-  config.ca_file = flags.ca_file;
-  config.insecure_skip_verify = flags.insecure_skip_verify;
-  if (flags.sdkappid <= 0 || flags.sdkappid > UINT32_MAX) {
-    return Bad("sdkappid", "missing or not a positive 32-bit SDKAppID");
-  }
-  config.sdkappid = static_cast<uint64_t>(flags.sdkappid);
-  if (flags.identifier.empty()) return Bad("identifier", "missing: the App admin account");
-  if (flags.identifier.size() > 32) return Bad("identifier", "longer than 32 bytes");
-  if (CheckText(flags.identifier) != TextCheck::kOk) {
-    return Bad("identifier", "not printable UTF-8");
-  }
-  config.identifier = flags.identifier;
-  absl::StatusOr<std::string> key = ReadSecretKey(flags);
-  if (!key.ok()) return key.status();
-  config.secret_key = *std::move(key);
-  config.secret_key_file = flags.secret_key_file;
-  if (!(flags.rate_limit > 0) || flags.rate_limit > 1e6) {
-    return Bad("rate_limit", "must be a positive number of calls per second");
-  }
-  config.rate_limit = flags.rate_limit;
-  if (!(flags.rate_burst >= 1) || flags.rate_burst >= flags.rate_limit) {
-    return Bad("rate_burst", "must be at least 1 and below --rate_limit");
-  }
-  config.rate_burst = flags.rate_burst;
-  if (!(flags.rate_headroom >= 0) || flags.rate_headroom >= 0.5) {
-    return Bad("rate_headroom", "must be in [0, 0.5)");
-  }
-  config.rate_headroom = flags.rate_headroom;
-  if (flags.memory_limit == "auto") {
-    config.memory_limit = flags.cgroup_memory_limit.value_or(kDefaultMemoryLimit);
-    config.memory_limit_source = flags.cgroup_memory_limit.has_value() ? "cgroup" : "default";
-  } else {
-    absl::StatusOr<size_t> limit = ParseBytes(flags.memory_limit);
-    if (!limit.ok()) return Bad("memory_limit", limit.status().message());
-    config.memory_limit = *limit;
-    config.memory_limit_source = "flag";
-  }
-  if (config.memory_limit < kMinMemoryLimit) {
-    return Bad("memory_limit", absl::StrCat("must be at least 64Mi (", config.memory_limit_source,
-                                            ": ", config.memory_limit, " bytes)"));
-  }
-  if (flags.max_message_bytes < 1024 || flags.max_message_bytes > 4 * 1024 * 1024) {
-    return Bad("max_message_bytes", "must be 1024..4194304");
-  }
-  config.max_message_bytes = static_cast<size_t>(flags.max_message_bytes);
-  if (flags.max_streams_per_connection < 1 || flags.max_streams_per_connection > 10000) {
-    return Bad("max_streams_per_connection", "must be 1..10000");
-  }
-  config.max_streams_per_connection = flags.max_streams_per_connection;
-  if (flags.max_grpc_connections < 1 || flags.max_grpc_connections > 10000) {
-    return Bad("max_grpc_connections", "must be 1..10000");
-  }
-  config.max_grpc_connections = flags.max_grpc_connections;
-  if (flags.premature_reset_streams < 10 || flags.premature_reset_streams > 100000) {
-    return Bad("premature_reset_streams", "must be 10..100000");
-  }
-  config.premature_reset_streams = flags.premature_reset_streams;
-  if (flags.grpc_handshake_timeout <= absl::ZeroDuration() ||
-      flags.grpc_handshake_timeout > absl::Minutes(5)) {
-    return Bad("grpc_handshake_timeout", "must be above 0 and at most 5m");
-  }
-  config.grpc_handshake_timeout = flags.grpc_handshake_timeout;
-  if (flags.grpc_idle_eviction < absl::Milliseconds(100) ||
-      flags.grpc_idle_eviction > absl::Hours(1)) {
-    return Bad("grpc_idle_eviction", "must be 100ms..1h");
-  }
-  config.grpc_idle_eviction = flags.grpc_idle_eviction;
-  if (flags.max_queued < 1) return Bad("max_queued", "must be at least 1");
-  config.max_queued = static_cast<size_t>(flags.max_queued);
-  if (flags.max_connections < 1 || flags.max_connections > 1024) {
-    return Bad("max_connections", "must be 1..1024");
-  }
-  config.max_connections = flags.max_connections;
-  config.reuse_connections = flags.reuse_connections;
-  config.warm_connections = flags.warm_connections;
-  if (flags.default_deadline <= absl::ZeroDuration()) {
-    return Bad("default_deadline", "must be positive");
-  }
-  config.default_deadline = flags.default_deadline;
-  if (flags.request_timeout <= absl::Seconds(3)) {
-    return Bad("upstream_timeout", "must be longer than the upstream's own 3s timeout");
-  }
-  config.request_timeout = flags.request_timeout;
-  if (flags.usersig_lifetime < absl::Hours(1)) {
-    return Bad("usersig_lifetime", "must be at least 1h (Tencent advises 24h or more)");
-  }
-  config.usersig_lifetime = flags.usersig_lifetime;
-  if (flags.secret_reload_interval != absl::ZeroDuration() &&
-      flags.secret_reload_interval < absl::Milliseconds(100)) {
-    return Bad("secret_reload_interval", "must be 0 (off) or at least 100ms");
-  }
-  config.secret_reload_interval = flags.secret_reload_interval;
-  if (flags.shutdown_grace < absl::ZeroDuration()) {
-    return Bad("shutdown_grace", "must not be negative");
-  }
-  config.shutdown_grace = flags.shutdown_grace;
-  if (flags.max_attempts < 1 || flags.max_attempts > 10) {
-    return Bad("max_attempts", "must be 1..10");
-  }
-  config.max_attempts = flags.max_attempts;
-  if (flags.grpc_tls_cert.empty() != flags.grpc_tls_key.empty()) {
-    return Bad(flags.grpc_tls_cert.empty() ? "grpc_tls_cert" : "grpc_tls_key",
-               "--grpc_tls_cert and --grpc_tls_key go together");
-  }
-  if (!flags.grpc_client_ca.empty() && flags.grpc_tls_cert.empty()) {
-    return Bad("grpc_client_ca", "needs --grpc_tls_cert and --grpc_tls_key");
-  }
-  if (!flags.grpc_tls_cert.empty()) {
-    absl::StatusOr<std::string> cert = ReadFile("grpc_tls_cert", flags.grpc_tls_cert);
-    if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadFile("grpc_tls_key", flags.grpc_tls_key);
-    if (!key.ok()) return key.status();
-    if (absl::Status s = CheckKeyPair(flags, *cert, *key); !s.ok()) return s;
-    config.grpc_tls_cert_pem = *std::move(cert);
-    config.grpc_tls_key_pem = *std::move(key);
-  }
-  if (!flags.grpc_client_ca.empty()) {
-    absl::StatusOr<std::string> ca = ReadFile("grpc_client_ca", flags.grpc_client_ca);
-    if (!ca.ok()) return ca.status();
-    if (CountCertificates(*ca) == 0) {
-      return Bad("grpc_client_ca", absl::StrCat(flags.grpc_client_ca, " holds no certificate"));
-    }
-    config.grpc_client_ca_pem = *std::move(ca);
-  }
-  if (absl::Status s = ResolveRedis(flags, config); !s.ok()) return s;
   if (absl::Status callers = ResolveCallers(flags.callers, config); !callers.ok()) return callers;
   return config;
 }

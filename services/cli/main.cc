@@ -72,69 +72,48 @@ std::string Trailer(const grpc::ClientContext& context, const char* key) {
   return " " + std::string(key) + "=" + std::string(it->second.data(), it->second.size());
 }
 
-}  // namespace
+// The channel's credentials from --tls_ca, --tls_cert and --tls_key; on an unreadable file
+// prints why and returns null.
+std::shared_ptr<grpc::ChannelCredentials> Credentials() {
+  if (absl::GetFlag(FLAGS_tls_ca).empty()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions tls;
+  std::string error;
+  if (!ReadFile("tls_ca", absl::GetFlag(FLAGS_tls_ca), &tls.pem_root_certs, &error) ||
+      (!absl::GetFlag(FLAGS_tls_cert).empty() &&
+       !ReadFile("tls_cert", absl::GetFlag(FLAGS_tls_cert), &tls.pem_cert_chain, &error)) ||
+      (!absl::GetFlag(FLAGS_tls_key).empty() &&
+       !ReadFile("tls_key", absl::GetFlag(FLAGS_tls_key), &tls.pem_private_key, &error))) {
+    std::fprintf(stderr, "imgw-cli: %s\n", error.c_str());
+    return nullptr;
+  }
+  return grpc::SslCredentials(tls);
+}
 
-int main(int argc, char** argv) {
-  const std::vector<std::string> args =
-      imgw::ParseFlagsOrExit(argc, argv, "imgw-cli", kUsage, {"services/cli/main.cc"});
-  const std::string command = args.size() == 1 ? args[0] : "";
-  if (command != "set-msg-read" && command != "batch-set-msg-read") {
-    std::fprintf(stderr, "usage: %s\n", kUsage);
-    return 2;
+// set-msg-read: prints the answer; 0 when OK.
+int SetMsgRead(imgw::v1::MsgReadService::Stub& stub, grpc::ClientContext& context,
+               std::optional<int64_t> time) {
+  imgw::v1::SetMsgReadResponse response;
+  grpc::Status status = stub.SetMsgRead(&context, Item(absl::GetFlag(FLAGS_peer), time), &response);
+  if (status.ok()) {
+    std::printf("OK action_status=%s error_code=%d\n", response.action_status().c_str(),
+                response.error_code());
+    return 0;
   }
-  std::optional<int64_t> time;
-  if (std::string text = absl::GetFlag(FLAGS_time); !text.empty()) {
-    int64_t seconds = 0;
-    if (!absl::SimpleAtoi(text, &seconds)) {
-      std::fprintf(stderr, "imgw-cli: --time: \"%s\" is not Unix seconds\n", text.c_str());
-      return 2;
-    }
-    time = seconds;
-  }
+  std::printf("%s: %s%s%s\n", std::string(GrpcCodeName(status.error_code())).c_str(),
+              status.error_message().c_str(), Trailer(context, "imgw-error-code").c_str(),
+              Trailer(context, "imgw-retry-after-ms").c_str());
+  return 1;
+}
 
-  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
-  if (!absl::GetFlag(FLAGS_tls_ca).empty()) {
-    grpc::SslCredentialsOptions tls;
-    std::string error;
-    if (!ReadFile("tls_ca", absl::GetFlag(FLAGS_tls_ca), &tls.pem_root_certs, &error) ||
-        (!absl::GetFlag(FLAGS_tls_cert).empty() &&
-         !ReadFile("tls_cert", absl::GetFlag(FLAGS_tls_cert), &tls.pem_cert_chain, &error)) ||
-        (!absl::GetFlag(FLAGS_tls_key).empty() &&
-         !ReadFile("tls_key", absl::GetFlag(FLAGS_tls_key), &tls.pem_private_key, &error))) {
-      std::fprintf(stderr, "imgw-cli: %s\n", error.c_str());
-      return 2;
-    }
-    credentials = grpc::SslCredentials(tls);
-  }
-  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_target), credentials);
-  auto stub = imgw::v1::MsgReadService::NewStub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_deadline)));
-  if (!absl::GetFlag(FLAGS_caller).empty()) {
-    context.AddMetadata("imgw-caller", absl::GetFlag(FLAGS_caller));
-  }
-
-  if (command == "set-msg-read") {
-    imgw::v1::SetMsgReadResponse response;
-    grpc::Status status =
-        stub->SetMsgRead(&context, Item(absl::GetFlag(FLAGS_peer), time), &response);
-    if (status.ok()) {
-      std::printf("OK action_status=%s error_code=%d\n", response.action_status().c_str(),
-                  response.error_code());
-      return 0;
-    }
-    std::printf("%s: %s%s%s\n", std::string(GrpcCodeName(status.error_code())).c_str(),
-                status.error_message().c_str(), Trailer(context, "imgw-error-code").c_str(),
-                Trailer(context, "imgw-retry-after-ms").c_str());
-    return 1;
-  }
-
+// batch-set-msg-read: prints one line per item; 0 when every item is OK.
+int BatchSetMsgRead(imgw::v1::MsgReadService::Stub& stub, grpc::ClientContext& context,
+                    std::optional<int64_t> time) {
   imgw::v1::BatchSetMsgReadRequest request;
   for (absl::string_view peer : absl::StrSplit(absl::GetFlag(FLAGS_peer), ',')) {
     *request.add_items() = Item(std::string(peer), time);
   }
   imgw::v1::BatchSetMsgReadResponse response;
-  grpc::Status status = stub->BatchSetMsgRead(&context, request, &response);
+  grpc::Status status = stub.BatchSetMsgRead(&context, request, &response);
   if (!status.ok()) {
     std::printf("%s: %s\n", std::string(GrpcCodeName(status.error_code())).c_str(),
                 status.error_message().c_str());
@@ -158,4 +137,36 @@ int main(int argc, char** argv) {
     std::printf("%s\n", line.c_str());
   }
   return failed == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args =
+      imgw::ParseFlagsOrExit(argc, argv, "imgw-cli", kUsage, {"services/cli/main.cc"});
+  const std::string command = args.size() == 1 ? args[0] : "";
+  if (command != "set-msg-read" && command != "batch-set-msg-read") {
+    std::fprintf(stderr, "usage: %s\n", kUsage);
+    return 2;
+  }
+  std::optional<int64_t> time;
+  if (std::string text = absl::GetFlag(FLAGS_time); !text.empty()) {
+    int64_t seconds = 0;
+    if (!absl::SimpleAtoi(text, &seconds)) {
+      std::fprintf(stderr, "imgw-cli: --time: \"%s\" is not Unix seconds\n", text.c_str());
+      return 2;
+    }
+    time = seconds;
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials = Credentials();
+  if (credentials == nullptr) return 2;
+  auto stub = imgw::v1::MsgReadService::NewStub(
+      grpc::CreateChannel(absl::GetFlag(FLAGS_target), credentials));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_deadline)));
+  if (!absl::GetFlag(FLAGS_caller).empty()) {
+    context.AddMetadata("imgw-caller", absl::GetFlag(FLAGS_caller));
+  }
+  return command == "set-msg-read" ? SetMsgRead(*stub, context, time)
+                                   : BatchSetMsgRead(*stub, context, time);
 }

@@ -433,6 +433,25 @@ Response EmulatorCore::Handle(const Request& request) {
   return TransportError(404, absl::StrCat("no such path: ", std::string(path)));
 }
 
+void EmulatorCore::CountInWindow(absl::Duration arrival) {
+  while (!window_.empty() && window_.front() <= arrival - absl::Seconds(1)) window_.pop_front();
+  window_.push_back(arrival);
+  max_calls_in_window_ = std::max<uint64_t>(max_calls_in_window_, window_.size());
+}
+
+std::optional<FaultKind> EmulatorCore::DrawFaults(bool* delayed) {
+  // Every fault is drawn, always in the same order and number, so that a seed replays the same
+  // faults for the same sequence of calls. The first answer fault that hits wins.
+  std::optional<FaultKind> fault;
+  for (size_t i = 0; i < kAnswerFaults; ++i) {
+    if (Draw(faults_.*kProbabilities[i].field) && !fault) fault = kProbabilities[i].kind;
+  }
+  *delayed = Draw(faults_.latency_probability) && faults_.latency > absl::ZeroDuration();
+  if (fault) ++faults_injected_[static_cast<size_t>(*fault)];
+  if (*delayed) ++faults_injected_[static_cast<size_t>(FaultKind::kLatency)];
+  return fault;
+}
+
 Response EmulatorCore::HandleApi(const Request& request) {
   if (request.method != "POST") {
     absl::MutexLock lock(&mu_);
@@ -462,20 +481,9 @@ Response EmulatorCore::HandleApi(const Request& request) {
   // Every authenticated call counts, whether it is then rejected or faulted: the upstream saw
   // it.
   ++calls_;
-  const absl::Duration arrival = clock_.Monotonic();
-  while (!window_.empty() && window_.front() <= arrival - absl::Seconds(1)) window_.pop_front();
-  window_.push_back(arrival);
-  max_calls_in_window_ = std::max<uint64_t>(max_calls_in_window_, window_.size());
-
-  // Draw every fault, always in the same order and number, so that a seed replays the same
-  // faults for the same sequence of calls. The first answer fault that hits wins.
-  std::optional<FaultKind> fault;
-  for (size_t i = 0; i < kAnswerFaults; ++i) {
-    if (Draw(faults_.*kProbabilities[i].field) && !fault) fault = kProbabilities[i].kind;
-  }
-  const bool delayed = Draw(faults_.latency_probability) && faults_.latency > absl::ZeroDuration();
-  if (fault) ++faults_injected_[static_cast<size_t>(*fault)];
-  if (delayed) ++faults_injected_[static_cast<size_t>(FaultKind::kLatency)];
+  CountInWindow(clock_.Monotonic());
+  bool delayed = false;
+  const std::optional<FaultKind> fault = DrawFaults(&delayed);
 
   Response response;
   if (fault == FaultKind::kHttp5xx) {

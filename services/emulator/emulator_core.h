@@ -287,6 +287,10 @@ class EmulatorCore final {
   Response HandleFaults(const Request& request);
   // One draw of the fault PRNG: true with `probability`.
   bool Draw(double probability) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An authenticated call arrived: counted in the sliding second (and its maximum).
+  void CountInWindow(absl::Duration arrival) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The faults for one call: the answer fault that hits, if any, and whether it is delayed.
+  std::optional<FaultKind> DrawFaults(bool* delayed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records an API answer with `code` in the counters and builds it.
   Response Answer(int code, std::string_view error_info) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -210,6 +210,126 @@ bool WriteFileAtomically(const std::string& path, const std::string& content) {
   return true;
 }
 
+// Reads --listen, --cert_file, --key_file and --threads; on a bad value returns the usage
+// message.
+std::optional<std::string> ParseServerFlags(imgw::emulator::HttpsServerOptions* server) {
+  absl::StatusOr<imgw::net::ListenAddress> listen =
+      imgw::net::ParseListen(absl::GetFlag(FLAGS_listen));
+  if (!listen.ok() || listen->bare_host.empty()) {
+    return std::string("--listen: must be host:port, e.g. 127.0.0.1:8443");
+  }
+  server->host = listen->bare_host;
+  server->port = listen->port;
+  server->cert_chain_file = absl::GetFlag(FLAGS_cert_file);
+  server->private_key_file = absl::GetFlag(FLAGS_key_file);
+  if (server->cert_chain_file.empty()) return std::string("--cert_file: required");
+  if (server->private_key_file.empty()) return std::string("--key_file: required");
+  if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_threads), &server->threads) || server->threads < 1 ||
+      server->threads > 256) {
+    return std::string("--threads: must be an integer in 1..256");
+  }
+  return std::nullopt;
+}
+
+// Reads the API's flags (--sdkappid, the key, --admins, --missing_accounts, --rate_limit, the
+// faults, the path, --secret_reload_ms); on a bad value returns the usage message.
+std::optional<std::string> ParseEmulatorFlags(imgw::emulator::EmulatorOptions* options,
+                                              imgw::emulator::HttpsServerOptions* server,
+                                              int* reload_ms) {
+  const std::string sdkappid_text = absl::GetFlag(FLAGS_sdkappid);
+  if (sdkappid_text.empty()) return std::string("--sdkappid: required");
+  if (sdkappid_text.find_first_not_of("0123456789") != std::string::npos ||
+      !absl::SimpleAtoi(sdkappid_text, &options->sdkappid) || options->sdkappid == 0) {
+    return std::string("--sdkappid: must be a positive decimal integer");
+  }
+  const std::string key_file = absl::GetFlag(FLAGS_secret_key_file);
+  if (!key_file.empty()) {
+    absl::StatusOr<std::string> content =
+        imgw::ReadBoundedFile("secret_key_file", key_file, imgw::kMaxSecretFileBytes);
+    if (!content.ok()) return std::string(content.status().message());
+    options->secret_key = std::string(absl::StripTrailingAsciiWhitespace(*content));
+    if (options->secret_key.empty()) {
+      return std::string(absl::StrCat("--secret_key_file: ", key_file, " is empty"));
+    }
+  } else if (const char* env = std::getenv("IMGW_SECRET_KEY"); env != nullptr && *env != '\0') {
+    options->secret_key = std::string(absl::StripTrailingAsciiWhitespace(env));
+  }
+  if (options->secret_key.empty()) {
+    return std::string("--secret_key_file: required (or IMGW_SECRET_KEY)");
+  }
+  options->admins = NonEmpty(absl::GetFlag(FLAGS_admins));
+  if (options->admins.empty()) return std::string("--admins: must name at least one identifier");
+  for (std::string& account : NonEmpty(absl::GetFlag(FLAGS_missing_accounts))) {
+    options->missing_accounts.insert(std::move(account));
+  }
+  if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_rate_limit), &options->rate_limit)) {
+    return std::string("--rate_limit: must be a non-negative integer (0 = unlimited)");
+  }
+  if (std::optional<std::string> error = ParseFaultFlags(&options->faults, &options->fault_seed)) {
+    return error;
+  }
+  if (std::optional<std::string> error = ParsePathFlags(options->fault_seed, server)) {
+    return error;
+  }
+  if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_secret_reload_ms), reload_ms) ||
+      (*reload_ms != 0 && (*reload_ms < 100 || *reload_ms > 3600000))) {
+    return std::string("--secret_reload_ms: must be 0 or an integer in 100..3600000");
+  }
+  return std::nullopt;
+}
+
+// With --secret_reload_ms, a changed key file changes the keys accepted from then on (a
+// rotation, as the gateway's own watch of its key file follows it). Null without.
+std::unique_ptr<imgw::FileWatch> WatchKeyFile(imgw::emulator::EmulatorCore& core,
+                                              const std::string& key_file, int reload_ms) {
+  if (key_file.empty() || reload_ms == 0) return nullptr;
+  imgw::FileWatch::File file{
+      "secret_key_file", key_file, imgw::kMaxSecretFileBytes,
+      [&core, first = true](const absl::StatusOr<std::string>& content) mutable {
+        const bool initial = std::exchange(first, false);
+        if (content.ok() && core.SetSecretKeys(*content)) {
+          if (!initial) imgw::Log(imgw::LogLevel::kInfo, "secret keys reloaded");
+        } else {
+          imgw::Log(imgw::LogLevel::kWarning, "secret key file refused; the keys stay",
+                    {{"error", content.ok() ? std::string("no key in it")
+                                            : std::string(content.status().message())}});
+        }
+      }};
+  std::vector<imgw::FileWatch::File> files;
+  files.push_back(std::move(file));
+  auto watch = std::make_unique<imgw::FileWatch>(std::move(files), absl::Milliseconds(reload_ms));
+  watch->Start();
+  return watch;
+}
+
+void LogListening(const imgw::emulator::HttpsServerOptions& server_options,
+                  const imgw::emulator::EmulatorOptions& options, uint16_t port) {
+  imgw::Log(imgw::LogLevel::kInfo, "listening",
+            {{"address", absl::StrCat(server_options.host, ":", port)},
+             {"sdkappid", std::to_string(options.sdkappid)},
+             {"rate_limit", std::to_string(options.rate_limit)},
+             {"threads", std::to_string(server_options.threads)},
+             {"http2", server_options.http2 ? "true" : "false"},
+             {"latency_ms", std::to_string(absl::ToInt64Milliseconds(server_options.path_latency))},
+             {"jitter_ms", std::to_string(absl::ToInt64Milliseconds(server_options.path_jitter))},
+             {"path_seed", std::to_string(server_options.path_seed)},
+             {"faults", imgw::emulator::FaultsJson(options.faults, options.fault_seed)}});
+}
+
+void LogStopped(const imgw::emulator::EmulatorCore& core) {
+  const imgw::emulator::EmulatorStats stats = core.Stats();
+  uint64_t faults_injected = 0;
+  for (const auto& [kind, count] : stats.faults_injected) faults_injected += count;
+  imgw::Log(imgw::LogLevel::kInfo, "stopped",
+            {{"requests", std::to_string(stats.requests)},
+             {"calls", std::to_string(stats.calls)},
+             {"ok", std::to_string(stats.ok)},
+             {"max_calls_in_window", std::to_string(stats.max_calls_in_window)},
+             {"options_requests", std::to_string(stats.options_requests)},
+             {"connections", std::to_string(stats.connections)},
+             {"faults_injected", std::to_string(faults_injected)}});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -219,64 +339,15 @@ int main(int argc, char** argv) {
                              "[--secret_key_file=F | IMGW_SECRET_KEY=...] [--listen=H:P]",
                              {"services/emulator/main.cc"});
   if (!positional.empty()) return UsageError(absl::StrCat("unexpected argument ", positional[0]));
-
   imgw::emulator::HttpsServerOptions server_options;
-  absl::StatusOr<imgw::net::ListenAddress> listen =
-      imgw::net::ParseListen(absl::GetFlag(FLAGS_listen));
-  if (!listen.ok() || listen->bare_host.empty()) {
-    return UsageError("--listen: must be host:port, e.g. 127.0.0.1:8443");
-  }
-  server_options.host = listen->bare_host;
-  server_options.port = listen->port;
-  server_options.cert_chain_file = absl::GetFlag(FLAGS_cert_file);
-  server_options.private_key_file = absl::GetFlag(FLAGS_key_file);
-  if (server_options.cert_chain_file.empty()) return UsageError("--cert_file: required");
-  if (server_options.private_key_file.empty()) return UsageError("--key_file: required");
-  if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_threads), &server_options.threads) ||
-      server_options.threads < 1 || server_options.threads > 256) {
-    return UsageError("--threads: must be an integer in 1..256");
-  }
-
   imgw::emulator::EmulatorOptions options;
-  const std::string sdkappid_text = absl::GetFlag(FLAGS_sdkappid);
-  if (sdkappid_text.empty()) return UsageError("--sdkappid: required");
-  if (sdkappid_text.find_first_not_of("0123456789") != std::string::npos ||
-      !absl::SimpleAtoi(sdkappid_text, &options.sdkappid) || options.sdkappid == 0) {
-    return UsageError("--sdkappid: must be a positive decimal integer");
-  }
-  const std::string key_file = absl::GetFlag(FLAGS_secret_key_file);
-  if (!key_file.empty()) {
-    absl::StatusOr<std::string> content =
-        imgw::ReadBoundedFile("secret_key_file", key_file, imgw::kMaxSecretFileBytes);
-    if (!content.ok()) return UsageError(std::string(content.status().message()));
-    options.secret_key = std::string(absl::StripTrailingAsciiWhitespace(*content));
-    if (options.secret_key.empty()) {
-      return UsageError(absl::StrCat("--secret_key_file: ", key_file, " is empty"));
-    }
-  } else if (const char* env = std::getenv("IMGW_SECRET_KEY"); env != nullptr && *env != '\0') {
-    options.secret_key = std::string(absl::StripTrailingAsciiWhitespace(env));
-  }
-  if (options.secret_key.empty()) {
-    return UsageError("--secret_key_file: required (or IMGW_SECRET_KEY)");
-  }
-  options.admins = NonEmpty(absl::GetFlag(FLAGS_admins));
-  if (options.admins.empty()) return UsageError("--admins: must name at least one identifier");
-  for (std::string& account : NonEmpty(absl::GetFlag(FLAGS_missing_accounts))) {
-    options.missing_accounts.insert(std::move(account));
-  }
-  if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_rate_limit), &options.rate_limit)) {
-    return UsageError("--rate_limit: must be a non-negative integer (0 = unlimited)");
-  }
-  if (std::optional<std::string> error = ParseFaultFlags(&options.faults, &options.fault_seed)) {
-    return UsageError(*error);
-  }
-  if (std::optional<std::string> error = ParsePathFlags(options.fault_seed, &server_options)) {
-    return UsageError(*error);
-  }
   int reload_ms = 0;
-  if (!ParseNonNegativeInt(absl::GetFlag(FLAGS_secret_reload_ms), &reload_ms) ||
-      (reload_ms != 0 && (reload_ms < 100 || reload_ms > 3600000))) {
-    return UsageError("--secret_reload_ms: must be 0 or an integer in 100..3600000");
+  if (std::optional<std::string> error = ParseServerFlags(&server_options)) {
+    return UsageError(*error);
+  }
+  if (std::optional<std::string> error =
+          ParseEmulatorFlags(&options, &server_options, &reload_ms)) {
+    return UsageError(*error);
   }
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
 
@@ -298,39 +369,11 @@ int main(int argc, char** argv) {
     std::cerr << "imgw-emulator: " << server.status().message() << "\n";
     return absl::IsInvalidArgument(server.status()) ? kExitUsage : 1;
   }
-  // A changed key file changes the keys accepted from then on (a rotation, as the gateway's
-  // own watch of its key file follows it).
-  std::unique_ptr<imgw::FileWatch> key_watch;
-  if (!key_file.empty() && reload_ms > 0) {
-    imgw::FileWatch::File file{
-        "secret_key_file", key_file, imgw::kMaxSecretFileBytes,
-        [&core, first = true](const absl::StatusOr<std::string>& content) mutable {
-          const bool initial = std::exchange(first, false);
-          if (content.ok() && core.SetSecretKeys(*content)) {
-            if (!initial) imgw::Log(imgw::LogLevel::kInfo, "secret keys reloaded");
-          } else {
-            imgw::Log(imgw::LogLevel::kWarning, "secret key file refused; the keys stay",
-                      {{"error", content.ok() ? std::string("no key in it")
-                                              : std::string(content.status().message())}});
-          }
-        }};
-    std::vector<imgw::FileWatch::File> files;
-    files.push_back(std::move(file));
-    key_watch = std::make_unique<imgw::FileWatch>(std::move(files), absl::Milliseconds(reload_ms));
-    key_watch->Start();
-  }
+  std::unique_ptr<imgw::FileWatch> key_watch =
+      WatchKeyFile(core, absl::GetFlag(FLAGS_secret_key_file), reload_ms);
   (*server)->Start();
   const uint16_t port = (*server)->port();
-  imgw::Log(imgw::LogLevel::kInfo, "listening",
-            {{"address", absl::StrCat(server_options.host, ":", port)},
-             {"sdkappid", std::to_string(options.sdkappid)},
-             {"rate_limit", std::to_string(options.rate_limit)},
-             {"threads", std::to_string(server_options.threads)},
-             {"http2", server_options.http2 ? "true" : "false"},
-             {"latency_ms", std::to_string(absl::ToInt64Milliseconds(server_options.path_latency))},
-             {"jitter_ms", std::to_string(absl::ToInt64Milliseconds(server_options.path_jitter))},
-             {"path_seed", std::to_string(server_options.path_seed)},
-             {"faults", imgw::emulator::FaultsJson(options.faults, options.fault_seed)}});
+  LogListening(server_options, options, port);
   if (!ready_file.empty() &&
       !WriteFileAtomically(ready_file, absl::StrCat("{\"port\":", port, "}\n"))) {
     imgw::Log(imgw::LogLevel::kError, "cannot write ready file", {{"path", ready_file}});
@@ -343,16 +386,6 @@ int main(int argc, char** argv) {
   imgw::Log(imgw::LogLevel::kInfo, "stopping", {{"signal", std::to_string(signal_number)}});
   (*server)->Stop();
   if (key_watch != nullptr) key_watch->Stop();
-  const imgw::emulator::EmulatorStats stats = core.Stats();
-  uint64_t faults_injected = 0;
-  for (const auto& [kind, count] : stats.faults_injected) faults_injected += count;
-  imgw::Log(imgw::LogLevel::kInfo, "stopped",
-            {{"requests", std::to_string(stats.requests)},
-             {"calls", std::to_string(stats.calls)},
-             {"ok", std::to_string(stats.ok)},
-             {"max_calls_in_window", std::to_string(stats.max_calls_in_window)},
-             {"options_requests", std::to_string(stats.options_requests)},
-             {"connections", std::to_string(stats.connections)},
-             {"faults_injected", std::to_string(faults_injected)}});
+  LogStopped(core);
   return 0;
 }

@@ -149,27 +149,8 @@ bool WriteReadyFile(const std::string& path, const std::string& content) {
   return true;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  // Debian's Abseil is built with mutex deadlock detection on, a debugging aid that keeps a
-  // global lock-order graph: about 2% of the gateway's CPU under load (perf). Unit tests, which
-  // link Abseil without this line, keep it.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  const std::vector<std::string> rest = imgw::ParseFlagsOrExit(
-      argc, argv, "imgw-gateway",
-      "imgw-gateway --region=REGION --sdkappid=N --identifier=ADMIN --secret_key_file=FILE",
-      {"services/gateway/main.cc"});
-  if (!rest.empty()) Die(absl::StrCat("unexpected argument \"", rest[0], "\""));
-
-  imgw::LogLevel level;
-  if (!imgw::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
-    Die("--log_level: must be debug, info, warning or error");
-  }
-  imgw::SetMinLogLevel(level);
-  // Before the gateway allocates: a burst must not raise glibc's thresholds (RSS after it).
-  imgw::overload::FixMallocThresholds();
-
+// The command line (and the environment's secrets), as config::Resolve() takes them.
+imgw::config::GatewayFlags FlagsFromCommandLine() {
   imgw::config::GatewayFlags flags;
   flags.grpc_listen = absl::GetFlag(FLAGS_grpc_listen);
   flags.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
@@ -215,17 +196,77 @@ int main(int argc, char** argv) {
   flags.premature_reset_streams = absl::GetFlag(FLAGS_premature_reset_streams);
   flags.grpc_handshake_timeout = absl::GetFlag(FLAGS_grpc_handshake_timeout);
   flags.grpc_idle_eviction = absl::GetFlag(FLAGS_grpc_idle_eviction);
-  absl::StatusOr<imgw::config::GatewayConfig> config = imgw::config::Resolve(flags);
-  if (!config.ok()) Die(std::string(config.status().message()));
+  return flags;
+}
 
-  gpr_set_log_function(GrpcLog);
-  // Signals are taken by sigwait() below: block them before any thread starts.
+// Blocks SIGTERM and SIGINT, which sigwait() then takes: before any thread starts.
+sigset_t BlockStopSignals() {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
 
+// Serves until SIGTERM or SIGINT, then drains. A second signal ends the grace period at once;
+// the calls still get answers. The watcher holds the gateway only while `draining` says it
+// lives.
+void ServeUntilSignalled(std::unique_ptr<imgw::gateway::Gateway> gateway, sigset_t signals) {
+  int signal = 0;
+  sigwait(&signals, &signal);
+  imgw::Log(imgw::LogLevel::kInfo, "signal received", {{"signal", strsignal(signal)}});
+  struct Draining {
+    absl::Mutex mu;
+    imgw::gateway::Gateway* gateway ABSL_GUARDED_BY(mu) = nullptr;
+  };
+  static Draining draining;  // Outlives the detached watcher, blocked in sigwait() at exit.
+  {
+    absl::MutexLock lock(&draining.mu);
+    draining.gateway = gateway.get();
+  }
+  std::thread([signals]() mutable {
+    int again = 0;
+    sigwait(&signals, &again);
+    absl::MutexLock lock(&draining.mu);
+    if (draining.gateway == nullptr) return;
+    imgw::Log(imgw::LogLevel::kInfo, "second signal: ending the grace period now",
+              {{"signal", strsignal(again)}});
+    draining.gateway->EndGraceNow();
+  }).detach();
+  gateway->Shutdown();
+  {
+    absl::MutexLock lock(&draining.mu);
+    draining.gateway = nullptr;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Debian's Abseil is built with mutex deadlock detection on, a debugging aid that keeps a
+  // global lock-order graph: about 2% of the gateway's CPU under load (perf). Unit tests, which
+  // link Abseil without this line, keep it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  const std::vector<std::string> rest = imgw::ParseFlagsOrExit(
+      argc, argv, "imgw-gateway",
+      "imgw-gateway --region=REGION --sdkappid=N --identifier=ADMIN --secret_key_file=FILE",
+      {"services/gateway/main.cc"});
+  if (!rest.empty()) Die(absl::StrCat("unexpected argument \"", rest[0], "\""));
+
+  imgw::LogLevel level;
+  if (!imgw::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    Die("--log_level: must be debug, info, warning or error");
+  }
+  imgw::SetMinLogLevel(level);
+  // Before the gateway allocates: a burst must not raise glibc's thresholds (RSS after it).
+  imgw::overload::FixMallocThresholds();
+  absl::StatusOr<imgw::config::GatewayConfig> config =
+      imgw::config::Resolve(FlagsFromCommandLine());
+  if (!config.ok()) Die(std::string(config.status().message()));
+
+  gpr_set_log_function(GrpcLog);
+  const sigset_t signals = BlockStopSignals();
   // A ready file that cannot be written is a bad flag, found before anything listens.
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
   if (!ready_file.empty() && !WriteReadyFile(ready_file + ".probe", "")) {
@@ -240,34 +281,6 @@ int main(int argc, char** argv) {
                                                (*gateway)->metrics_address(), "\"}\n"))) {
     Die(absl::StrCat("--ready_file: cannot write ", ready_file));
   }
-  int signal = 0;
-  sigwait(&signals, &signal);
-  imgw::Log(imgw::LogLevel::kInfo, "signal received", {{"signal", strsignal(signal)}});
-  // A second SIGTERM or SIGINT ends the grace period at once; the calls still get answers.
-  // The watcher holds the gateway only while `draining` says it lives.
-  struct Draining {
-    absl::Mutex mu;
-    imgw::gateway::Gateway* gateway ABSL_GUARDED_BY(mu) = nullptr;
-  };
-  static Draining draining;  // Outlives the detached watcher, blocked in sigwait() at exit.
-  {
-    absl::MutexLock lock(&draining.mu);
-    draining.gateway = gateway->get();
-  }
-  std::thread([signals]() mutable {
-    int again = 0;
-    sigwait(&signals, &again);
-    absl::MutexLock lock(&draining.mu);
-    if (draining.gateway == nullptr) return;
-    imgw::Log(imgw::LogLevel::kInfo, "second signal: ending the grace period now",
-              {{"signal", strsignal(again)}});
-    draining.gateway->EndGraceNow();
-  }).detach();
-  (*gateway)->Shutdown();
-  {
-    absl::MutexLock lock(&draining.mu);
-    draining.gateway = nullptr;
-  }
-  gateway->reset();
+  ServeUntilSignalled(*std::move(gateway), signals);
   return 0;
 }

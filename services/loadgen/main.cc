@@ -59,19 +59,8 @@ namespace {
   std::exit(2);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  const std::vector<std::string> rest = imgw::ParseFlagsOrExit(
-      argc, argv, "imgw-loadgen",
-      "imgw-loadgen --target=HOST:PORT [--rpc=set|batch] [--mode=open --rate=N | --mode=closed "
-      "--concurrency=N] [--pairs=distinct|uniform|zipf] [--duration=10s] [--format=text|json]\n"
-      "Offers load to an imgw.v1.MsgReadService and prints calls sent and answered, the answered "
-      "rate, latency percentiles and status counts. Exits 0 when it ran (whatever the statuses), "
-      "2 on bad flags, 1 when it cannot connect.",
-      {"services/loadgen/main.cc"});
-  if (!rest.empty()) BadFlag(absl::StrCat("unexpected argument \"", rest[0], "\""));
-
+// The driver's options from the flags; exits 2 on a bad one.
+imgw::loadgen::DriverOptions OptionsFromFlags() {
   imgw::loadgen::DriverOptions options;
   options.target = absl::GetFlag(FLAGS_target);
   if (options.target.empty()) BadFlag("--target: required (host:port)");
@@ -110,8 +99,6 @@ int main(int argc, char** argv) {
   if (options.channels < 1 || options.channels > 1000) BadFlag("--channels: must be 1 to 1000");
   options.threads = absl::GetFlag(FLAGS_threads);
   if (options.threads < 1 || options.threads > 256) BadFlag("--threads: must be 1 to 256");
-  const std::string format = absl::GetFlag(FLAGS_format);
-  if (format != "text" && format != "json") BadFlag("--format: must be text or json");
   options.send_time = absl::GetFlag(FLAGS_time_field);
   options.caller = absl::GetFlag(FLAGS_caller);
   if (options.caller.size() > 64) BadFlag("--caller: at most 64 bytes");
@@ -128,6 +115,25 @@ int main(int argc, char** argv) {
     ssl.pem_root_certs = pem.str();
     options.credentials = grpc::SslCredentials(ssl);
   }
+  return options;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> rest = imgw::ParseFlagsOrExit(
+      argc, argv, "imgw-loadgen",
+      "imgw-loadgen --target=HOST:PORT [--rpc=set|batch] [--mode=open --rate=N | --mode=closed "
+      "--concurrency=N] [--pairs=distinct|uniform|zipf] [--duration=10s] [--format=text|json]\n"
+      "Offers load to an imgw.v1.MsgReadService and prints calls sent and answered, the answered "
+      "rate, latency percentiles and status counts. Exits 0 when it ran (whatever the statuses), "
+      "2 on bad flags, 1 when it cannot connect.",
+      {"services/loadgen/main.cc"});
+  if (!rest.empty()) BadFlag(absl::StrCat("unexpected argument \"", rest[0], "\""));
+
+  const imgw::loadgen::DriverOptions options = OptionsFromFlags();
+  const std::string format = absl::GetFlag(FLAGS_format);
+  if (format != "text" && format != "json") BadFlag("--format: must be text or json");
 
   // gRPC's mutexes are absl::Mutex; Debian's Abseil checks every lock for deadlock cycles.
   // The one figure measured is the gateway's (about 2% of its CPU under load, perf; see
