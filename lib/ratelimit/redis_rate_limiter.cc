@@ -23,8 +23,6 @@ namespace {
 
 // How often the stats reach on_stats whatever happens.
 constexpr absl::Duration kStatsInterval = absl::Milliseconds(250);
-constexpr int64_t kRemoved = 1000;  // A span age meaning "remove it" (it left the window).
-constexpr int64_t kUnused = -2;     // A permit handed back unused: removed, its pace refunded.
 constexpr size_t kPairsPerCommand = 256;  // Span updates per EVALSHA.
 constexpr size_t kRttSamples = 1024;
 
@@ -599,7 +597,7 @@ bool RedisRateLimiter::FlushSpans(absl::Duration now) {
       stock_.pop_front();
       ++stats_.permits_released;
     }
-    for (std::string& id : to_release_) updates.push_back({0, std::move(id), kUnused, 0});
+    for (std::string& id : to_release_) updates.push_back({0, std::move(id), kSpanUnusedPermit, 0});
     to_release_.clear();
     for (uint64_t rid : dirty_) {
       auto it = spans_.find(rid);
@@ -607,11 +605,11 @@ bool RedisRateLimiter::FlushSpans(absl::Duration now) {
       const Span& s = it->second;
       // The age is rounded down: the end Redis records is then never earlier than the real one.
       // An end after `now` (read before this lock) is sent as age 0: a negative age would say
-      // "in flight" or, for -2, "unused permit" and remove the span.
+      // "in flight" or "unused permit" and remove the span.
       int64_t age =
           s.ended == absl::InfiniteDuration()
-              ? -1
-              : std::clamp<int64_t>(absl::ToInt64Milliseconds(now - s.ended), 0, kRemoved);
+              ? kSpanInFlight
+              : std::clamp<int64_t>(absl::ToInt64Milliseconds(now - s.ended), 0, kSpanRemoved);
       updates.push_back({rid, s.id, age, s.version});
     }
     dirty_.clear();

@@ -177,7 +177,7 @@ class RedisRateLimiter final : public RateLimiter {
   struct SpanUpdate {
     uint64_t request_id;  // 0: a permit (unused), removed from Redis.
     std::string id;
-    int64_t age_ms;  // < 0 in flight; >= 1000 removed.
+    int64_t age_ms;  // As the script takes it (redis_scripts.h).
     uint32_t version;
   };
 

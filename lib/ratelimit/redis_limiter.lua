@@ -1,10 +1,9 @@
-#include "lib/ratelimit/redis_scripts.h"
-
-namespace imgw::ratelimit {
-
-// Numbers are passed to redis.call() through string.format: Lua's own conversion keeps 14
-// digits, which would round millisecond scores near 1.7e12 to 0.1 ms, sometimes downwards.
-const absl::string_view kRedisLimiterScript = R"lua(
+-- The Redis limiter's script (redis_scripts.h states its protocol, docs/redis-budget.md the
+-- model). Embedded in the build as kRedisLimiterScript, loaded with SCRIPT LOAD, run with
+-- EVALSHA. Times are Redis' own (TIME), in milliseconds.
+--
+-- Numbers are passed to redis.call() through string.format: Lua's own conversion keeps 14
+-- digits, which would round millisecond scores near 1.7e12 to 0.1 ms, sometimes downwards.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local op = ARGV[1]
@@ -20,6 +19,12 @@ local decrease = tonumber(ARGV[10])
 local pace_ttl = 120000
 
 local function fmt(x) return string.format('%.3f', x) end
+
+-- A span's age in the `spans` operation (kSpan* in redis_scripts.h): ms since it ended, or one
+-- of these. Any other negative age is taken as in flight.
+local AGE_IN_FLIGHT = -1     -- Scored now + pending: the latest it can end.
+local AGE_UNUSED_PERMIT = -2 -- Removed, and its pace given back.
+local AGE_REMOVED = 1000     -- This or more: removed (it has left the sliding second).
 
 -- The shared rate now: the pace, or the last cut climbing back linearly after `hold`.
 local function rate_at()
@@ -71,16 +76,16 @@ elseif op == 'spans' then
   local T = 1000 / rate_at()
   for i = 11, #ARGV - 1, 2 do
     local id, age = ARGV[i], tonumber(ARGV[i + 1])
-    if age == -2 then
+    if age == AGE_UNUSED_PERMIT then
       -- A permit never used: its pace goes back too, as a token to a bucket (tat >= now keeps
       -- the burst within b).
       if redis.call('ZREM', KEYS[1], id) == 1 then
         local tat = tonumber(redis.call('HGET', KEYS[2], 'tat'))
         if tat then redis.call('HSET', KEYS[2], 'tat', fmt(math.max(now, tat - T))) end
       end
-    elseif age < 0 then
+    elseif age < 0 then  -- AGE_IN_FLIGHT
       redis.call('ZADD', KEYS[1], fmt(now + pending), id)
-    elseif age < 1000 then
+    elseif age < AGE_REMOVED then
       redis.call('ZADD', KEYS[1], fmt(now - age), id)
     else
       redis.call('ZREM', KEYS[1], id)
@@ -109,6 +114,3 @@ elseif op == 'leave' then
   return redis.call('ZREM', KEYS[3], ARGV[11])
 end
 return redis.error_reply('imgw limiter script: unknown operation ' .. tostring(op))
-)lua";
-
-}  // namespace imgw::ratelimit
