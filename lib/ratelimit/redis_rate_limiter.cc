@@ -1,11 +1,8 @@
 #include "lib/ratelimit/redis_rate_limiter.h"
 
-#include <hiredis/hiredis.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <random>
 #include <utility>
@@ -13,7 +10,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "lib/common/log.h"
 #include "lib/ratelimit/pace.h"
 #include "lib/ratelimit/redis_scripts.h"
@@ -26,19 +22,6 @@ constexpr absl::Duration kStatsInterval = absl::Milliseconds(250);
 constexpr size_t kPairsPerCommand = 256;  // Span updates per EVALSHA.
 constexpr size_t kRttSamples = 1024;
 
-struct FreeReply {
-  void operator()(redisReply* r) const { freeReplyObject(r); }
-};
-using Reply = std::unique_ptr<redisReply, FreeReply>;
-
-timeval TimevalOf(absl::Duration d) { return absl::ToTimeval(std::max(d, absl::Milliseconds(1))); }
-
-int64_t IntAt(const redisReply* r, size_t i) {
-  if (r == nullptr || r->type != REDIS_REPLY_ARRAY || i >= r->elements) return 0;
-  const redisReply* e = r->element[i];
-  return e->type == REDIS_REPLY_INTEGER ? e->integer : 0;
-}
-
 std::string DefaultReplicaId() {
   char host[256] = {};
   if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
@@ -48,139 +31,6 @@ std::string DefaultReplicaId() {
 }
 
 }  // namespace
-
-// One blocking hiredis connection with short timeouts; used by the limiter's thread alone.
-class RedisRateLimiter::Connection {
- public:
-  explicit Connection(const Options& options) : options_(options) {}
-  ~Connection() { Close(); }
-
-  bool open() const { return ctx_ != nullptr; }
-  void Close() {
-    if (ctx_ != nullptr) redisFree(ctx_);
-    ctx_ = nullptr;
-  }
-
-  // Connects, authenticates (when the password is not empty) and loads the script.
-  absl::Status Open(std::string password) {
-    Close();
-    password_ = std::move(password);
-    ctx_ = redisConnectWithTimeout(options_.host.c_str(), options_.port,
-                                   TimevalOf(options_.connect_timeout));
-    if (ctx_ == nullptr) return absl::UnavailableError("connect: out of memory");
-    if (ctx_->err != 0) {
-      absl::Status s = absl::UnavailableError(
-          absl::StrCat("connect ", options_.host, ":", options_.port, ": ", ctx_->errstr));
-      Close();
-      return s;
-    }
-    if (redisSetTimeout(ctx_, TimevalOf(options_.command_timeout)) != REDIS_OK) {
-      Close();
-      return absl::UnavailableError("cannot set the command timeout");
-    }
-    if (!password_.empty()) {
-      absl::StatusOr<std::vector<Reply>> auth = Pipeline({{"AUTH", password_}});
-      if (!auth.ok()) return Prefixed("AUTH", auth.status());
-    }
-    absl::StatusOr<std::vector<Reply>> load =
-        Pipeline({{"SCRIPT", "LOAD", std::string(kRedisLimiterScript)}});
-    if (!load.ok()) return Prefixed("SCRIPT LOAD", load.status());
-    const redisReply* r = (*load)[0].get();
-    if (r->type != REDIS_REPLY_STRING) {
-      Close();
-      return absl::InternalError("SCRIPT LOAD: unexpected reply");
-    }
-    sha_.assign(r->str, r->len);
-    return absl::OkStatus();
-  }
-
-  // Sends the commands at once (pipelined) and reads every reply. Any failure (I/O, timeout,
-  // an error reply) closes the connection and is returned; the password is never in it.
-  absl::StatusOr<std::vector<Reply>> Pipeline(const std::vector<std::vector<std::string>>& cmds) {
-    if (ctx_ == nullptr) return absl::UnavailableError("not connected");
-    for (const std::vector<std::string>& cmd : cmds) {
-      std::vector<const char*> argv;
-      std::vector<size_t> lens;
-      for (const std::string& a : cmd) {
-        argv.push_back(a.data());
-        lens.push_back(a.size());
-      }
-      redisAppendCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data());
-    }
-    std::vector<Reply> replies;
-    absl::Status error = absl::OkStatus();
-    for (size_t i = 0; i < cmds.size(); ++i) {
-      void* raw = nullptr;
-      if (redisGetReply(ctx_, &raw) != REDIS_OK || raw == nullptr) {
-        std::string why =
-            ctx_->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)
-                ? absl::StrCat("no answer within ", absl::FormatDuration(options_.command_timeout))
-                : std::string(ctx_->errstr);
-        Close();
-        return absl::UnavailableError(Scrub(why));
-      }
-      Reply reply(static_cast<redisReply*>(raw));
-      if (reply->type == REDIS_REPLY_ERROR && error.ok()) {
-        error = absl::FailedPreconditionError(Scrub(std::string(reply->str, reply->len)));
-      }
-      replies.push_back(std::move(reply));
-    }
-    if (!error.ok() && !absl::StartsWith(error.message(), "NOSCRIPT")) {
-      Close();
-      return error;
-    }
-    return replies;
-  }
-
-  // EVALSHA of each command's arguments (after the SHA), reloading the script once when Redis
-  // lost it (SCRIPT FLUSH, a failover to a replica without it).
-  absl::StatusOr<std::vector<Reply>> Eval(const std::vector<std::vector<std::string>>& calls) {
-    std::vector<std::vector<std::string>> cmds;
-    for (const std::vector<std::string>& args : calls) {
-      std::vector<std::string> cmd = {"EVALSHA", sha_};
-      cmd.insert(cmd.end(), args.begin(), args.end());
-      cmds.push_back(std::move(cmd));
-    }
-    absl::StatusOr<std::vector<Reply>> replies = Pipeline(cmds);
-    if (!replies.ok()) return replies;
-    std::vector<size_t> lost;
-    for (size_t i = 0; i < replies->size(); ++i) {
-      if ((*replies)[i]->type == REDIS_REPLY_ERROR) lost.push_back(i);
-    }
-    if (lost.empty()) return replies;
-    absl::StatusOr<std::vector<Reply>> load =
-        Pipeline({{"SCRIPT", "LOAD", std::string(kRedisLimiterScript)}});
-    if (!load.ok()) return load.status();
-    std::vector<std::vector<std::string>> again;
-    for (size_t i : lost) again.push_back(cmds[i]);
-    absl::StatusOr<std::vector<Reply>> retried = Pipeline(again);
-    if (!retried.ok()) return retried.status();
-    for (size_t j = 0; j < lost.size(); ++j) {
-      if ((*retried)[j]->type == REDIS_REPLY_ERROR) {
-        Close();
-        return absl::FailedPreconditionError(
-            Scrub(std::string((*retried)[j]->str, (*retried)[j]->len)));
-      }
-      (*replies)[lost[j]] = std::move((*retried)[j]);
-    }
-    return replies;
-  }
-
- private:
-  absl::Status Prefixed(absl::string_view what, const absl::Status& s) {
-    Close();
-    return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
-  }
-  std::string Scrub(std::string text) const {
-    if (!password_.empty()) absl::StrReplaceAll({{password_, "***"}}, &text);
-    return text;
-  }
-
-  const Options& options_;
-  std::string password_;  // Of the last Open(). Never logged.
-  redisContext* ctx_ = nullptr;
-  std::string sha_;
-};
 
 absl::StatusOr<std::unique_ptr<RedisRateLimiter>> RedisRateLimiter::Create(const Options& options,
                                                                            Clock& clock) {
@@ -220,7 +70,9 @@ RedisRateLimiter::RedisRateLimiter(const Options& options, Clock& clock)
           absl::StrCat(options.key_prefix, "{", options.sdkappid, ":", options.api, "}:pace")),
       replicas_key_(
           absl::StrCat(options.key_prefix, "{", options.sdkappid, ":", options.api, "}:replicas")),
-      conn_(std::make_unique<Connection>(options_)),
+      conn_(std::make_unique<RedisConnection>(
+          RedisConnection::Options{options.host, options.port, options.connect_timeout,
+                                   options.command_timeout, kRedisLimiterScript})),
       throttles_(options.throttle_share, options.min_throttles),
       local_bucket_(1, 1, clock.Monotonic()),
       shared_rate_(pace_) {
@@ -624,7 +476,7 @@ bool RedisRateLimiter::FlushSpans(absl::Duration now) {
     }
     calls.push_back(std::move(args));
   }
-  absl::StatusOr<std::vector<Reply>> replies = conn_->Eval(calls);
+  absl::StatusOr<std::vector<RedisReply>> replies = conn_->Eval(calls);
   if (!replies.ok()) {
     {
       absl::MutexLock lock(&mu_);
@@ -641,9 +493,9 @@ bool RedisRateLimiter::FlushSpans(absl::Duration now) {
     auto it = spans_.find(u.request_id);
     if (it != spans_.end()) it->second.synced = std::max(it->second.synced, u.version);
   }
-  const redisReply* last = replies->back().get();
-  if (last->type == REDIS_REPLY_INTEGER) {
-    redis_count_at_reply_ = static_cast<size_t>(last->integer);
+  const RedisReply& last = replies->back();
+  if (last.type == RedisReply::Type::kInteger) {
+    redis_count_at_reply_ = static_cast<size_t>(last.integer);
     own_at_reply_ = OwnInRedisLocked(clock_.Monotonic());
     last_reply_ = clock_.Monotonic();
   }
@@ -661,18 +513,18 @@ bool RedisRateLimiter::Heartbeat(absl::Duration now) {
     if (awaiting_replicas_) since_ms = absl::ToInt64Milliseconds(now - reconnected_at_);
   }
   args.push_back(absl::StrCat(since_ms));
-  absl::StatusOr<std::vector<Reply>> replies = conn_->Eval({args});
+  absl::StatusOr<std::vector<RedisReply>> replies = conn_->Eval({args});
   if (!replies.ok()) {
     OnRedisFailure(now, std::string(replies.status().message()));
     return false;
   }
-  const redisReply* r = (*replies)[0].get();
+  const RedisReply& r = (*replies)[0];
   {
     absl::MutexLock lock(&mu_);
-    replicas_seen_ = std::max<int>(1, static_cast<int>(IntAt(r, 0)));
-    if (awaiting_replicas_ && IntAt(r, 3) >= fallback_n_) awaiting_replicas_ = false;
-    shared_rate_ = static_cast<double>(IntAt(r, 1)) / 1000;
-    redis_count_at_reply_ = static_cast<size_t>(IntAt(r, 2));
+    replicas_seen_ = std::max<int>(1, static_cast<int>(r.IntAt(0)));
+    if (awaiting_replicas_ && r.IntAt(3) >= fallback_n_) awaiting_replicas_ = false;
+    shared_rate_ = static_cast<double>(r.IntAt(1)) / 1000;
+    redis_count_at_reply_ = static_cast<size_t>(r.IntAt(2));
     own_at_reply_ = OwnInRedisLocked(clock_.Monotonic());
     last_reply_ = clock_.Monotonic();
     PruneSpansLocked(now);
@@ -687,16 +539,16 @@ bool RedisRateLimiter::ReportThrottle() {
     if (!throttle_pending_) return true;
     throttle_pending_ = false;
   }
-  absl::StatusOr<std::vector<Reply>> replies = conn_->Eval({ScriptArgs("throttled")});
+  absl::StatusOr<std::vector<RedisReply>> replies = conn_->Eval({ScriptArgs("throttled")});
   if (!replies.ok()) {
     OnRedisFailure(clock_.Monotonic(), std::string(replies.status().message()));
     return false;
   }
-  const redisReply* r = (*replies)[0].get();
+  const RedisReply& r = (*replies)[0];
   absl::MutexLock lock(&mu_);
   ++stats_.throttles_reported;
-  if (IntAt(r, 0) == 1) ++stats_.rate_cuts;
-  shared_rate_ = static_cast<double>(IntAt(r, 1)) / 1000;
+  if (r.IntAt(0) == 1) ++stats_.rate_cuts;
+  shared_rate_ = static_cast<double>(r.IntAt(1)) / 1000;
   return true;
 }
 
@@ -715,7 +567,7 @@ bool RedisRateLimiter::RefillStock(absl::Duration now) {
     std::vector<std::string> args = ScriptArgs("acquire");
     args.push_back(id);
     absl::Duration start = clock_.Monotonic();
-    absl::StatusOr<std::vector<Reply>> replies = conn_->Eval({args});
+    absl::StatusOr<std::vector<RedisReply>> replies = conn_->Eval({args});
     absl::Duration end = clock_.Monotonic();
     if (!replies.ok()) {
       {
@@ -726,15 +578,15 @@ bool RedisRateLimiter::RefillStock(absl::Duration now) {
       OnRedisFailure(end, std::string(replies.status().message()));
       return false;
     }
-    const redisReply* r = (*replies)[0].get();
-    bool allowed = IntAt(r, 0) == 1;
+    const RedisReply& r = (*replies)[0];
+    bool allowed = r.IntAt(0) == 1;
     bool notify = false;
     {
       absl::MutexLock lock(&mu_);
       rtts_.push_back(end - start);
       if (rtts_.size() > kRttSamples) rtts_.pop_front();
-      shared_rate_ = static_cast<double>(IntAt(r, 2)) / 1000;
-      redis_count_at_reply_ = static_cast<size_t>(IntAt(r, 3));
+      shared_rate_ = static_cast<double>(r.IntAt(2)) / 1000;
+      redis_count_at_reply_ = static_cast<size_t>(r.IntAt(3));
       last_reply_ = end;
       if (allowed) {
         notify = stock_.empty();
@@ -742,7 +594,7 @@ bool RedisRateLimiter::RefillStock(absl::Duration now) {
       } else {
         --stats_.permits_acquired;
         ++stats_.acquire_refused;
-        acquire_retry_at_ = start + absl::Microseconds(IntAt(r, 1));
+        acquire_retry_at_ = start + absl::Microseconds(r.IntAt(1));
       }
       own_at_reply_ = OwnInRedisLocked(clock_.Monotonic());
     }

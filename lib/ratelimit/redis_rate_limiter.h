@@ -17,6 +17,7 @@
 #include "lib/common/clock.h"
 #include "lib/ratelimit/adaptive_rate.h"
 #include "lib/ratelimit/rate_limiter.h"
+#include "lib/ratelimit/redis_connection.h"
 #include "lib/ratelimit/redis_limiter_stats.h"
 #include "lib/ratelimit/throttle_window.h"
 #include "lib/ratelimit/token_bucket.h"
@@ -160,7 +161,6 @@ class RedisRateLimiter final : public RateLimiter {
   double pace() const { return pace_; }
 
  private:
-  class Connection;
   struct Permit {
     std::string id;
     absl::Duration acquired;
@@ -210,7 +210,7 @@ class RedisRateLimiter final : public RateLimiter {
   Clock& clock_;
   const double pace_;
   const std::string spans_key_, pace_key_, replicas_key_;
-  std::unique_ptr<Connection> conn_;  // The thread's alone.
+  std::unique_ptr<RedisConnection> conn_;  // The thread's alone.
   mutable absl::Mutex password_mu_;
   std::string password_ ABSL_GUARDED_BY(password_mu_);  // Never logged.
 
