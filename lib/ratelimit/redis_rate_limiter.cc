@@ -56,7 +56,7 @@ absl::StatusOr<std::unique_ptr<RedisRateLimiter>> RedisRateLimiter::Create(const
   if (opts.replica_id.empty()) opts.replica_id = DefaultReplicaId();
   if (opts.increase_per_second <= 0) opts.increase_per_second = opts.limit / 20;
   auto limiter = std::unique_ptr<RedisRateLimiter>(new RedisRateLimiter(opts, clock));
-  limiter->thread_ = std::thread([raw = limiter.get()] { raw->Run(); });
+  if (opts.start_thread) limiter->thread_ = std::thread([raw = limiter.get()] { raw->Run(); });
   return limiter;
 }
 
@@ -91,51 +91,147 @@ RedisRateLimiter::~RedisRateLimiter() {
     stopping_ = true;
     wake_cv_.Signal();
   }
-  if (thread_.joinable()) thread_.join();
+  if (thread_.joinable()) {
+    thread_.join();
+  } else {
+    Leave();
+  }
+}
+
+// ---- The state machine. ----
+
+std::optional<RedisRateLimiter::Announcement> RedisRateLimiter::TransitionLocked(
+    Mode to, absl::Duration now, const std::string& error) {
+  const Mode from = mode_;
+  std::optional<Announcement> announcement;
+  switch (to) {
+    case Mode::kFallback:
+      if (from == Mode::kWritingBack) {
+        // A write-back cut short: the next reconnection picks the spans again.
+        dirty_.clear();
+        break;
+      }
+      EnterFallbackLocked(now);
+      announcement = Announcement{to, error, ReplicasLocked(), local_bucket_.rate()};
+      break;
+    case Mode::kWritingBack:  // From kFallback: ConnectAndSync queues the spans.
+      break;
+    case Mode::kRecovering:  // From kWritingBack.
+      recovery_ = {clock_.Monotonic() + absl::Seconds(1) + options_.probe_interval, now, true};
+      acquire_retry_at_ = -absl::InfiniteDuration();
+      announcement = Announcement{to, "", replicas_seen_};
+      break;
+    case Mode::kShared:  // From kRecovering, once RecoveryOverLocked.
+      break;
+  }
+  mode_ = to;
+  return announcement;
+}
+
+void RedisRateLimiter::Announce(const std::optional<Announcement>& announcement) {
+  if (!announcement) return;
+  const std::string redis = absl::StrCat(options_.host, ":", options_.port);
+  if (announcement->to == Mode::kFallback) {
+    Log(LogLevel::kWarning, "redis failing: the upstream budget falls back to a local share",
+        {{"redis", redis},
+         {"error", announcement->error},
+         {"replicas", absl::StrCat(announcement->replicas)},
+         {"local_rate", absl::StrCat(announcement->local_rate)}});
+  } else {
+    Log(LogLevel::kInfo, "redis answers again: back to the shared upstream budget",
+        {{"redis", redis}, {"replicas", absl::StrCat(announcement->replicas)}});
+  }
+  NotifyStats();
+}
+
+RedisRateLimiter::Mode RedisRateLimiter::ModeAtLocked(absl::Duration now) const {
+  return mode_ == Mode::kRecovering && RecoveryOverLocked(now) ? Mode::kShared : mode_;
+}
+
+RedisRateLimiter::Mode RedisRateLimiter::mode() const {
+  absl::MutexLock lock(&mu_);
+  return ModeAtLocked(clock_.Monotonic());
+}
+
+bool RedisRateLimiter::RecoveryOverLocked(absl::Duration now) const {
+  // Not before every replica of the fallback has been heard from again (they stop admitting
+  // locally before they heartbeat), for at most a replica TTL and a heartbeat (one that has
+  // not come back by then is taken as gone), and never before 1 s + one probe period.
+  return now >= recovery_.until &&
+         (!recovery_.awaiting_replicas ||
+          now >= recovery_.reconnected_at + options_.replica_ttl + options_.heartbeat);
+}
+
+void RedisRateLimiter::EnterFallbackLocked(absl::Duration now) {
+  ++stats_.fallbacks;
+  // A Redis that restarted empty first counts only the replicas back already: while
+  // recovering, the N of the last fallback stands.
+  local_share_.n = ModeAtLocked(now) == Mode::kRecovering
+                       ? std::max(local_share_.n, ReplicasLocked())
+                       : ReplicasLocked();
+  for (Permit& p : stock_) to_release_.push_back(std::move(p.id));
+  stats_.permits_released += stock_.size();
+  stock_.clear();
+  dirty_.clear();  // The reconnection writes every span back.
+  // The room Redis had left at its last reply, less what other replicas may have been granted
+  // since (a burst, and the pace for as long as it took to notice the failure).
+  local_share_.transition_room =
+      std::max(0.0, options_.limit - static_cast<double>(last_reply_.spans) - options_.burst -
+                        pace_ * absl::ToDoubleSeconds(now - last_reply_.at));
+  // The local share starts at the shared back-off's level, and empty: with burst 1 a bucket
+  // that starts full could add a call to a window the shared budget already filled.
+  local_factor_.emplace(AdaptiveRate::Options{1.0, std::min(1.0, options_.min_rate / pace_),
+                                              options_.decrease, options_.cooldown, options_.hold,
+                                              options_.increase_per_second / pace_});
+  if (shared_rate_ < pace_) local_factor_->OnThrottled(now, shared_rate_ / pace_);
+  local_bucket_.SetRate(LocalPaceLocked() * local_factor_->Rate(now), now);
+  while (local_bucket_.TryTake(now)) {
+  }
 }
 
 // ---- The dispatcher's side: memory only. ----
+
+namespace {
+bool AdmitsLocally(RedisRateLimiter::Mode mode) {
+  return mode == RedisRateLimiter::Mode::kFallback || mode == RedisRateLimiter::Mode::kWritingBack;
+}
+}  // namespace
 
 bool RedisRateLimiter::TryAcquire(absl::Duration now) {
   absl::MutexLock lock(&mu_);
   bool fresh_demand = now - last_demand_ >= options_.demand_window;
   last_demand_ = std::max(last_demand_, now);
-  bool granted = false;
-  if (shared_) {
-    bool recovering = RecoveringLocked(now);
-    if (!stock_.empty() && (!recovering || LocalAllowsLocked(now)) &&
-        (!recovering || local_bucket_.TryTake(now))) {
-      acquired_.push_back(std::move(stock_.front().id));
-      stock_.pop_front();
-      ++stats_.permits_used;
-      granted = true;
-    }
-    if (granted || fresh_demand) {
-      wake_ = true;
-      wake_cv_.Signal();
-    }
-  } else if (LocalAllowsLocked(now) && local_bucket_.TryTake(now)) {
-    acquired_.push_back(absl::StrCat(options_.replica_id, ":l", ++next_local_id_));
+  const Mode mode = ModeAtLocked(now);
+  if (AdmitsLocally(mode)) {
+    if (!LocalAllowsLocked(now) || !local_bucket_.TryTake(now)) return false;
+    acquired_.push_back({NewLocalIdLocked(), SpanKind::kLocal});
     ++stats_.local_admissions;
-    granted = true;
+    return true;
   }
+  // Recovering: the local share must allow it too.
+  bool granted = !stock_.empty() && (mode != Mode::kRecovering ||
+                                     (LocalAllowsLocked(now) && local_bucket_.TryTake(now)));
+  if (granted) {
+    acquired_.push_back({std::move(stock_.front().id), SpanKind::kPermit});
+    stock_.pop_front();
+    ++stats_.permits_used;
+  }
+  if (granted || fresh_demand) WakeLocked();
   return granted;
 }
 
 absl::Duration RedisRateLimiter::TimeUntilAvailable(absl::Duration now) {
   absl::MutexLock lock(&mu_);
-  if (now - last_demand_ >= options_.demand_window && shared_) {
-    wake_ = true;
-    wake_cv_.Signal();
-  }
+  const Mode mode = ModeAtLocked(now);
+  if (now - last_demand_ >= options_.demand_window && !AdmitsLocally(mode)) WakeLocked();
   last_demand_ = std::max(last_demand_, now);
-  if (!shared_) return LocalWaitLocked(now);
+  if (AdmitsLocally(mode)) return LocalWaitLocked(now);
   absl::Duration wait = absl::ZeroDuration();
   if (stock_.empty()) {
     // The thread is fetching one: about a round trip, or Redis said when to ask again.
     wait = std::max(acquire_retry_at_ - now, absl::ZeroDuration()) + absl::Milliseconds(1);
   }
-  if (RecoveringLocked(now)) wait = std::max(wait, LocalWaitLocked(now));
+  if (mode == Mode::kRecovering) wait = std::max(wait, LocalWaitLocked(now));
   return wait;
 }
 
@@ -143,16 +239,15 @@ void RedisRateLimiter::OnAnswer(absl::Duration now, bool throttled) {
   absl::MutexLock lock(&mu_);
   if (!throttles_.OnAnswer(now, throttled)) return;
   if (local_factor_) local_factor_->OnThrottled(now);
-  if (shared_) {
+  if (!AdmitsLocally(mode_)) {
     throttle_pending_ = true;
-    wake_ = true;
-    wake_cv_.Signal();
+    WakeLocked();
   }
 }
 
 double RedisRateLimiter::CurrentRate(absl::Duration now) {
   absl::MutexLock lock(&mu_);
-  if (!shared_) return local_bucket_.rate();
+  if (AdmitsLocally(mode_)) return local_bucket_.rate();
   return shared_rate_ / std::max(1, replicas_seen_);
 }
 
@@ -161,22 +256,23 @@ void RedisRateLimiter::OnSent(uint64_t request_id, absl::Duration now) {
   Span span;
   span.sent = now;
   if (!acquired_.empty()) {
-    span.id = std::move(acquired_.front());
+    span.id = std::move(acquired_.front().id);
+    span.kind = acquired_.front().kind;
     acquired_.pop_front();
   } else {
-    span.id = absl::StrCat(options_.replica_id, ":l", ++next_local_id_);
+    span.id = NewLocalIdLocked();
+    span.kind = SpanKind::kLocal;
   }
-  // Local ids carry ":l"; Redis knows a permit's span from its ACQUIRE. A local admission sent
-  // once Redis tracks spans again (from the write-back of a reconnection on) is told to Redis
-  // here: the write-back has picked its spans already, and the local window that counts this
-  // one only lasts for the recovery.
-  bool local = absl::StrContains(span.id.substr(options_.replica_id.size()), ":l");
-  span.in_redis = !local || tracked_;
-  if (local && tracked_) {
+  // Redis knows a permit's span from its ACQUIRE. A local admission sent once Redis tracks
+  // spans again (from the write-back of a reconnection on) is told to Redis here: the
+  // write-back has picked its spans already, and the local window that counts this one only
+  // lasts for the recovery.
+  const bool local = span.kind == SpanKind::kLocal;
+  span.in_redis = !local || TracksSpansLocked();
+  if (local && TracksSpansLocked()) {
     ++span.version;
     dirty_.push_back(request_id);
-    wake_ = true;
-    wake_cv_.Signal();
+    WakeLocked();
   }
   own_.OnSent();
   spans_[request_id] = std::move(span);
@@ -191,12 +287,20 @@ void RedisRateLimiter::OnEnded(uint64_t request_id, absl::Duration end) {
   own_.OnEnded(end);
   if (span.in_redis) {
     ++span.version;
-    if (tracked_) {  // In fallback the reconnection writes every span back anyway.
+    if (TracksSpansLocked()) {  // In fallback the reconnection writes every span back anyway.
       dirty_.push_back(request_id);
-      wake_ = true;
-      wake_cv_.Signal();
+      WakeLocked();
     }
   }
+}
+
+void RedisRateLimiter::WakeLocked() {
+  wake_ = true;
+  wake_cv_.Signal();
+}
+
+std::string RedisRateLimiter::NewLocalIdLocked() {
+  return absl::StrCat(options_.replica_id, ":l", ++next_local_id_);
 }
 
 RedisLimiterStats RedisRateLimiter::Stats() const {
@@ -206,13 +310,13 @@ RedisLimiterStats RedisRateLimiter::Stats() const {
 
 RedisLimiterStats RedisRateLimiter::StatsLocked() const {
   RedisLimiterStats s = stats_;
-  absl::Duration now = clock_.Monotonic();
-  s.shared = shared_;
-  s.recovering = shared_ && RecoveringLocked(now);
+  const Mode mode = ModeAtLocked(clock_.Monotonic());
+  s.shared = !AdmitsLocally(mode);
+  s.recovering = mode == Mode::kRecovering;
   s.replicas = replicas_seen_;
-  s.fallback_replicas = !shared_ || s.recovering ? fallback_n_ : ReplicasLocked();
+  s.fallback_replicas = mode != Mode::kShared ? local_share_.n : ReplicasLocked();
   s.shared_rate = shared_rate_;
-  s.local_rate = !shared_ || s.recovering ? local_bucket_.rate() : 0;
+  s.local_rate = mode != Mode::kShared ? local_bucket_.rate() : 0;
   if (!rtts_.empty()) {
     std::vector<absl::Duration> sorted(rtts_.begin(), rtts_.end());
     std::sort(sorted.begin(), sorted.end());
@@ -224,14 +328,6 @@ RedisLimiterStats RedisRateLimiter::StatsLocked() const {
 
 // ---- The local share. ----
 
-bool RedisRateLimiter::RecoveringLocked(absl::Duration now) const {
-  // Until every replica of the fallback has been heard from again (they stop admitting
-  // locally before they heartbeat), for at most a replica TTL and a heartbeat (one that has
-  // not come back by then is taken as gone), and never less than 1 s + one probe period.
-  return now < recovering_until_ ||
-         (awaiting_replicas_ && now < reconnected_at_ + options_.replica_ttl + options_.heartbeat);
-}
-
 int RedisRateLimiter::ReplicasLocked() const {
   return replicas_seen_ > 0 ? replicas_seen_ : options_.fallback_replicas;
 }
@@ -239,7 +335,7 @@ int RedisRateLimiter::ReplicasLocked() const {
 double RedisRateLimiter::LocalPaceLocked() const {
   // The pace for the limit L/N with a burst of 1: a bucket of capacity 1 refilled at L/N - 1
   // grants at most L/N in any second.
-  double share = options_.limit / fallback_n_;
+  double share = options_.limit / local_share_.n;
   return std::max(PaceFor(share, 1, options_.headroom), share / 10);
 }
 
@@ -248,12 +344,13 @@ size_t RedisRateLimiter::OwnInRedisLocked(absl::Duration now) {
 }
 
 size_t RedisRateLimiter::LocalWindowLimitLocked(absl::Duration now) const {
-  const double n = fallback_n_;
+  const double n = local_share_.n;
   size_t limit = std::max<size_t>(1, static_cast<size_t>(std::floor(options_.limit / n)));
-  if (!shared_ && now < last_reply_ + absl::Seconds(1)) {
+  if (AdmitsLocally(mode_) && now < last_reply_.at + absl::Seconds(1)) {
     // Spans other replicas admitted through Redis may still be in the window: this replica
-    // keeps to its spans then plus an N-th of the room Redis had left (transition_room_).
-    limit = std::min(limit, own_at_reply_ + static_cast<size_t>(std::floor(transition_room_ / n)));
+    // keeps to its spans then plus an N-th of the room Redis had left.
+    limit = std::min(
+        limit, last_reply_.own + static_cast<size_t>(std::floor(local_share_.transition_room / n)));
   }
   return limit;
 }
@@ -274,33 +371,6 @@ absl::Duration RedisRateLimiter::LocalWaitLocked(absl::Duration now) {
   // Only an answer makes room: look again soon.
   if (window_wait == absl::InfiniteDuration()) window_wait = absl::Milliseconds(10);
   return std::max({local_bucket_.TimeUntilAvailable(now), window_wait, absl::ZeroDuration()});
-}
-
-void RedisRateLimiter::EnterFallbackLocked(absl::Duration now) {
-  shared_ = false;
-  tracked_ = false;
-  ++stats_.fallbacks;
-  // A Redis that restarted empty first counts only the replicas back already: while
-  // recovering, the N of the last fallback stands.
-  fallback_n_ = RecoveringLocked(now) ? std::max(fallback_n_, ReplicasLocked()) : ReplicasLocked();
-  for (Permit& p : stock_) to_release_.push_back(std::move(p.id));
-  stats_.permits_released += stock_.size();
-  stock_.clear();
-  dirty_.clear();  // The reconnection writes every span back.
-  // The room Redis had left at its last reply, less what other replicas may have been granted
-  // since (a burst, and the pace for as long as it took to notice the failure).
-  transition_room_ =
-      std::max(0.0, options_.limit - static_cast<double>(redis_count_at_reply_) - options_.burst -
-                        pace_ * absl::ToDoubleSeconds(now - last_reply_));
-  // The local share starts at the shared back-off's level, and empty: with burst 1 a bucket
-  // that starts full could add a call to a window the shared budget already filled.
-  local_factor_.emplace(AdaptiveRate::Options{1.0, std::min(1.0, options_.min_rate / pace_),
-                                              options_.decrease, options_.cooldown, options_.hold,
-                                              options_.increase_per_second / pace_});
-  if (shared_rate_ < pace_) local_factor_->OnThrottled(now, shared_rate_ / pace_);
-  local_bucket_.SetRate(LocalPaceLocked() * local_factor_->Rate(now), now);
-  while (local_bucket_.TryTake(now)) {
-  }
 }
 
 void RedisRateLimiter::PruneSpansLocked(absl::Duration now) {
@@ -348,33 +418,15 @@ void RedisRateLimiter::NotifyStats() {
 
 void RedisRateLimiter::OnRedisFailure(absl::Duration now, const std::string& what) {
   conn_->Close();
-  bool entered = false;
-  int replicas;
-  double rate;
+  std::optional<Announcement> announcement;
   {
     absl::MutexLock lock(&mu_);
     ++stats_.redis_errors;
     stats_.last_error = what;
     stats_.connected = false;
-    if (shared_) {
-      EnterFallbackLocked(now);
-      entered = true;
-    } else {
-      // A write-back cut short: the next reconnection picks the spans again.
-      tracked_ = false;
-      dirty_.clear();
-    }
-    replicas = ReplicasLocked();
-    rate = local_bucket_.rate();
+    if (mode_ != Mode::kFallback) announcement = TransitionLocked(Mode::kFallback, now, what);
   }
-  if (entered) {
-    Log(LogLevel::kWarning, "redis failing: the upstream budget falls back to a local share",
-        {{"redis", absl::StrCat(options_.host, ":", options_.port)},
-         {"error", what},
-         {"replicas", absl::StrCat(replicas)},
-         {"local_rate", absl::StrCat(rate)}});
-    NotifyStats();
-  }
+  Announce(announcement);
 }
 
 bool RedisRateLimiter::ConnectAndSync(absl::Duration now) {
@@ -388,83 +440,88 @@ bool RedisRateLimiter::ConnectAndSync(absl::Duration now) {
     OnRedisFailure(now, std::string(s.message()));
     return false;
   }
-  bool was_shared;
+  bool writing_back = false;
   {
     absl::MutexLock lock(&mu_);
-    was_shared = shared_;
     stats_.connected = true;
     if (ever_connected_) ++stats_.reconnects;
     ever_connected_ = true;
-    if (!shared_) reconnected_at_ = now;  // Replicas heard from since are back too.
-    // Everything this replica sent in the last second, and every end Redis missed. From here
-    // on OnSent and OnEnded queue what changes for Redis, though admission stays local until
-    // the write-back is done.
-    tracked_ = true;
-    dirty_.clear();
-    for (auto& [id, span] : spans_) {
-      if (span.ended > now - absl::Seconds(1) || (span.in_redis && span.synced != span.version)) {
-        span.in_redis = true;
-        ++span.version;
-        dirty_.push_back(id);
-      }
+    if (mode_ == Mode::kFallback) {
+      writing_back = true;
+      (void)TransitionLocked(Mode::kWritingBack, now);  // Announces nothing.
     }
+    QueueWriteBackLocked(now);
   }
   if (!FlushSpans(now) || !Heartbeat(now)) return false;
-  if (!was_shared) {
-    if (options_.on_written_back_for_testing) options_.on_written_back_for_testing();
-    int replicas;
-    // What was sent or ended locally during the write-back (long when this thread starves)
-    // goes to Redis too: admission returns to Redis, in the same critical section, once
-    // nothing is left to flush (or after a few rounds; what is left or comes after is queued,
-    // tracked_, and flushed before this replica's next ACQUIRE).
-    for (int round = 0;; ++round) {
-      {
-        absl::MutexLock lock(&mu_);
-        if (dirty_.empty() || round == 3) {
-          shared_ = true;
-          recovering_until_ = clock_.Monotonic() + absl::Seconds(1) + options_.probe_interval;
-          reconnected_at_ = now;
-          awaiting_replicas_ = true;
-          acquire_retry_at_ = -absl::InfiniteDuration();
-          replicas = replicas_seen_;
-          break;
-        }
-      }
-      if (!FlushSpans(clock_.Monotonic())) return false;
+  return !writing_back || FinishWriteBack(now);
+}
+
+void RedisRateLimiter::QueueWriteBackLocked(absl::Duration now) {
+  // Everything this replica sent in the last second, and every end Redis missed. From here
+  // on OnSent and OnEnded queue what changes for Redis, though admission stays local until
+  // the write-back is done.
+  dirty_.clear();
+  for (auto& [id, span] : spans_) {
+    if (span.ended > now - absl::Seconds(1) || (span.in_redis && span.synced != span.version)) {
+      span.in_redis = true;
+      ++span.version;
+      dirty_.push_back(id);
     }
-    Log(LogLevel::kInfo, "redis answers again: back to the shared upstream budget",
-        {{"redis", absl::StrCat(options_.host, ":", options_.port)},
-         {"replicas", absl::StrCat(replicas)}});
-    NotifyStats();
   }
+}
+
+bool RedisRateLimiter::FinishWriteBack(absl::Duration now) {
+  if (options_.on_written_back_for_testing) options_.on_written_back_for_testing();
+  // What was sent or ended locally during the write-back (long when this thread starves)
+  // goes to Redis too: admission returns to Redis, in the same critical section, once
+  // nothing is left to flush (or after a few rounds; what is left or comes after is queued,
+  // as Redis tracks spans, and flushed before this replica's next ACQUIRE).
+  std::optional<Announcement> announcement;
+  for (int round = 0; !announcement; ++round) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (dirty_.empty() || round == 3) {
+        announcement = TransitionLocked(Mode::kRecovering, now);
+        break;
+      }
+    }
+    if (!FlushSpans(clock_.Monotonic())) return false;
+  }
+  Announce(announcement);
   return true;
+}
+
+std::vector<RedisRateLimiter::SpanUpdate> RedisRateLimiter::TakeUpdatesLocked(absl::Duration now) {
+  std::vector<SpanUpdate> updates;
+  while (!stock_.empty() && now - stock_.front().acquired >= options_.permit_ttl) {
+    to_release_.push_back(std::move(stock_.front().id));
+    stock_.pop_front();
+    ++stats_.permits_released;
+  }
+  for (std::string& id : to_release_) updates.push_back({0, std::move(id), kSpanUnusedPermit, 0});
+  to_release_.clear();
+  for (uint64_t rid : dirty_) {
+    auto it = spans_.find(rid);
+    if (it == spans_.end()) continue;
+    const Span& s = it->second;
+    // The age is rounded down: the end Redis records is then never earlier than the real one.
+    // An end after `now` (read before this lock) is sent as age 0: a negative age would say
+    // "in flight" or "unused permit" and remove the span.
+    int64_t age =
+        s.ended == absl::InfiniteDuration()
+            ? kSpanInFlight
+            : std::clamp<int64_t>(absl::ToInt64Milliseconds(now - s.ended), 0, kSpanRemoved);
+    updates.push_back({rid, s.id, age, s.version});
+  }
+  dirty_.clear();
+  return updates;
 }
 
 bool RedisRateLimiter::FlushSpans(absl::Duration now) {
   std::vector<SpanUpdate> updates;
   {
     absl::MutexLock lock(&mu_);
-    while (!stock_.empty() && now - stock_.front().acquired >= options_.permit_ttl) {
-      to_release_.push_back(std::move(stock_.front().id));
-      stock_.pop_front();
-      ++stats_.permits_released;
-    }
-    for (std::string& id : to_release_) updates.push_back({0, std::move(id), kSpanUnusedPermit, 0});
-    to_release_.clear();
-    for (uint64_t rid : dirty_) {
-      auto it = spans_.find(rid);
-      if (it == spans_.end()) continue;
-      const Span& s = it->second;
-      // The age is rounded down: the end Redis records is then never earlier than the real one.
-      // An end after `now` (read before this lock) is sent as age 0: a negative age would say
-      // "in flight" or "unused permit" and remove the span.
-      int64_t age =
-          s.ended == absl::InfiniteDuration()
-              ? kSpanInFlight
-              : std::clamp<int64_t>(absl::ToInt64Milliseconds(now - s.ended), 0, kSpanRemoved);
-      updates.push_back({rid, s.id, age, s.version});
-    }
-    dirty_.clear();
+    updates = TakeUpdatesLocked(now);
   }
   if (updates.empty()) return true;
   std::vector<std::vector<std::string>> calls;
@@ -495,12 +552,16 @@ bool RedisRateLimiter::FlushSpans(absl::Duration now) {
   }
   const RedisReply& last = replies->back();
   if (last.type == RedisReply::Type::kInteger) {
-    redis_count_at_reply_ = static_cast<size_t>(last.integer);
-    own_at_reply_ = OwnInRedisLocked(clock_.Monotonic());
-    last_reply_ = clock_.Monotonic();
+    NoteReplyLocked(static_cast<size_t>(last.integer), clock_.Monotonic());
   }
   PruneSpansLocked(now);
   return true;
+}
+
+void RedisRateLimiter::NoteReplyLocked(size_t spans_in_redis, absl::Duration at) {
+  last_reply_.spans = spans_in_redis;
+  last_reply_.own = OwnInRedisLocked(clock_.Monotonic());
+  last_reply_.at = at;
 }
 
 bool RedisRateLimiter::Heartbeat(absl::Duration now) {
@@ -510,7 +571,9 @@ bool RedisRateLimiter::Heartbeat(absl::Duration now) {
   int64_t since_ms = -1;
   {
     absl::MutexLock lock(&mu_);
-    if (awaiting_replicas_) since_ms = absl::ToInt64Milliseconds(now - reconnected_at_);
+    if (AwaitingReplicasLocked()) {
+      since_ms = absl::ToInt64Milliseconds(now - recovery_.reconnected_at);
+    }
   }
   args.push_back(absl::StrCat(since_ms));
   absl::StatusOr<std::vector<RedisReply>> replies = conn_->Eval({args});
@@ -522,11 +585,11 @@ bool RedisRateLimiter::Heartbeat(absl::Duration now) {
   {
     absl::MutexLock lock(&mu_);
     replicas_seen_ = std::max<int>(1, static_cast<int>(r.IntAt(0)));
-    if (awaiting_replicas_ && r.IntAt(3) >= fallback_n_) awaiting_replicas_ = false;
+    if (AwaitingReplicasLocked() && r.IntAt(3) >= local_share_.n) {
+      recovery_.awaiting_replicas = false;
+    }
     shared_rate_ = static_cast<double>(r.IntAt(1)) / 1000;
-    redis_count_at_reply_ = static_cast<size_t>(r.IntAt(2));
-    own_at_reply_ = OwnInRedisLocked(clock_.Monotonic());
-    last_reply_ = clock_.Monotonic();
+    NoteReplyLocked(static_cast<size_t>(r.IntAt(2)), clock_.Monotonic());
     PruneSpansLocked(now);
   }
   NotifyStats();
@@ -564,96 +627,117 @@ bool RedisRateLimiter::RefillStock(absl::Duration now) {
       id = absl::StrCat(options_.replica_id, ":", ++next_permit_);
       ++stats_.permits_acquired;
     }
-    std::vector<std::string> args = ScriptArgs("acquire");
-    args.push_back(id);
-    absl::Duration start = clock_.Monotonic();
-    absl::StatusOr<std::vector<RedisReply>> replies = conn_->Eval({args});
-    absl::Duration end = clock_.Monotonic();
-    if (!replies.ok()) {
-      {
-        absl::MutexLock lock(&mu_);
-        --stats_.permits_acquired;
-        to_release_.push_back(std::move(id));  // It may have been granted before the timeout.
-      }
-      OnRedisFailure(end, std::string(replies.status().message()));
-      return false;
-    }
-    const RedisReply& r = (*replies)[0];
-    bool allowed = r.IntAt(0) == 1;
-    bool notify = false;
-    {
-      absl::MutexLock lock(&mu_);
-      rtts_.push_back(end - start);
-      if (rtts_.size() > kRttSamples) rtts_.pop_front();
-      shared_rate_ = static_cast<double>(r.IntAt(2)) / 1000;
-      redis_count_at_reply_ = static_cast<size_t>(r.IntAt(3));
-      last_reply_ = end;
-      if (allowed) {
-        notify = stock_.empty();
-        stock_.push_back({std::move(id), start});
-      } else {
-        --stats_.permits_acquired;
-        ++stats_.acquire_refused;
-        acquire_retry_at_ = start + absl::Microseconds(r.IntAt(1));
-      }
-      own_at_reply_ = OwnInRedisLocked(clock_.Monotonic());
-    }
-    if (notify && options_.on_permit) options_.on_permit();
-    if (!allowed) return true;
+    bool failed = false;
+    if (!AcquireOne(std::move(id), &failed)) return !failed;
     now = clock_.Monotonic();
   }
 }
 
+bool RedisRateLimiter::AcquireOne(std::string id, bool* failed) {
+  std::vector<std::string> args = ScriptArgs("acquire");
+  args.push_back(id);
+  absl::Duration start = clock_.Monotonic();
+  absl::StatusOr<std::vector<RedisReply>> replies = conn_->Eval({args});
+  absl::Duration end = clock_.Monotonic();
+  if (!replies.ok()) {
+    {
+      absl::MutexLock lock(&mu_);
+      --stats_.permits_acquired;
+      to_release_.push_back(std::move(id));  // It may have been granted before the timeout.
+    }
+    OnRedisFailure(end, std::string(replies.status().message()));
+    *failed = true;
+    return false;
+  }
+  const RedisReply& r = (*replies)[0];
+  bool allowed = r.IntAt(0) == 1;
+  bool notify = false;
+  {
+    absl::MutexLock lock(&mu_);
+    rtts_.push_back(end - start);
+    if (rtts_.size() > kRttSamples) rtts_.pop_front();
+    shared_rate_ = static_cast<double>(r.IntAt(2)) / 1000;
+    if (allowed) {
+      notify = stock_.empty();
+      stock_.push_back({std::move(id), start});
+    } else {
+      --stats_.permits_acquired;
+      ++stats_.acquire_refused;
+      acquire_retry_at_ = start + absl::Microseconds(r.IntAt(1));
+    }
+    NoteReplyLocked(static_cast<size_t>(r.IntAt(3)), end);
+  }
+  if (notify && options_.on_permit) options_.on_permit();
+  return allowed;
+}
+
+absl::Duration RedisRateLimiter::Step() {
+  absl::Duration now = clock_.Monotonic();
+  {
+    absl::MutexLock lock(&mu_);
+    if (mode_ == Mode::kRecovering && RecoveryOverLocked(now)) {
+      (void)TransitionLocked(Mode::kShared, now);  // Announces nothing.
+    }
+  }
+  bool ok = Talk(now);
+  now = clock_.Monotonic();
+  if (!ok && next_connect_ <= now) next_connect_ = now + options_.probe_interval;
+  if (!ok) {
+    absl::MutexLock lock(&mu_);
+    PruneSpansLocked(now);  // Spans sent locally are forgotten a second after they end.
+  }
+  // The metrics are current in every state, Redis gone or refusing us included: the errors
+  // and the local admissions of a fallback must show while it lasts, not when it ends.
+  if (now >= next_stats_) {
+    NotifyStats();
+    next_stats_ = now + kStatsInterval;
+  }
+  absl::MutexLock lock(&mu_);
+  return NextStepLocked(now);
+}
+
+bool RedisRateLimiter::Talk(absl::Duration now) {
+  bool ok = conn_->open();
+  if (!ok && now >= next_connect_) {
+    ok = ConnectAndSync(now);
+    if (ok) next_heartbeat_ = clock_.Monotonic() + options_.heartbeat;
+  }
+  if (ok && now >= next_heartbeat_) {
+    ok = Heartbeat(now);
+    absl::MutexLock lock(&mu_);
+    // While waiting for the other replicas to return, look more often.
+    next_heartbeat_ =
+        now + (AwaitingReplicasLocked() ? options_.probe_interval : options_.heartbeat);
+  }
+  if (ok) ok = ReportThrottle();
+  if (ok) ok = FlushSpans(clock_.Monotonic());
+  if (ok) ok = RefillStock(clock_.Monotonic());
+  return ok;
+}
+
+absl::Duration RedisRateLimiter::NextStepLocked(absl::Duration now) const {
+  absl::Duration until;
+  if (!conn_->open()) {
+    until = next_connect_;
+  } else {
+    until = next_heartbeat_;
+    if (now - last_demand_ <= options_.demand_window &&
+        stock_.size() < static_cast<size_t>(options_.stock)) {
+      until = std::min(until, std::max(acquire_retry_at_, last_demand_));
+    }
+    if (!stock_.empty()) until = std::min(until, stock_.front().acquired + options_.permit_ttl);
+  }
+  return std::min(until, next_stats_);
+}
+
 void RedisRateLimiter::Run() {
-  absl::Duration next_connect = -absl::InfiniteDuration();
-  absl::Duration next_heartbeat = -absl::InfiniteDuration();
-  absl::Duration next_stats = -absl::InfiniteDuration();
   while (true) {
-    absl::Duration now = clock_.Monotonic();
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) break;
     }
-    bool ok = conn_->open();
-    if (!ok && now >= next_connect) {
-      ok = ConnectAndSync(now);
-      if (ok) next_heartbeat = clock_.Monotonic() + options_.heartbeat;
-    }
-    if (ok && now >= next_heartbeat) {
-      ok = Heartbeat(now);
-      absl::MutexLock lock(&mu_);
-      // While waiting for the other replicas to return, look more often.
-      next_heartbeat = now + (awaiting_replicas_ ? options_.probe_interval : options_.heartbeat);
-    }
-    if (ok) ok = ReportThrottle();
-    if (ok) ok = FlushSpans(clock_.Monotonic());
-    if (ok) ok = RefillStock(clock_.Monotonic());
-    now = clock_.Monotonic();
-    if (!ok && next_connect <= now) next_connect = now + options_.probe_interval;
-    if (!ok) {
-      absl::MutexLock lock(&mu_);
-      PruneSpansLocked(now);  // Spans sent locally are forgotten a second after they end.
-    }
-    // The metrics are current in every state, Redis gone or refusing us included: the errors
-    // and the local admissions of a fallback must show while it lasts, not when it ends.
-    if (now >= next_stats) {
-      NotifyStats();
-      next_stats = now + kStatsInterval;
-    }
-
+    absl::Duration until = Step();
     absl::MutexLock lock(&mu_);
-    absl::Duration until;
-    if (!conn_->open()) {
-      until = next_connect;
-    } else {
-      until = next_heartbeat;
-      if (now - last_demand_ <= options_.demand_window &&
-          stock_.size() < static_cast<size_t>(options_.stock)) {
-        until = std::min(until, std::max(acquire_retry_at_, last_demand_));
-      }
-      if (!stock_.empty()) until = std::min(until, stock_.front().acquired + options_.permit_ttl);
-    }
-    until = std::min(until, next_stats);
     while (!wake_ && !stopping_) {
       absl::Duration left = until - clock_.Monotonic();
       if (left <= absl::ZeroDuration()) break;
@@ -661,7 +745,11 @@ void RedisRateLimiter::Run() {
     }
     wake_ = false;
   }
-  // Leaving: hand the stock back and say so, best effort (the spans in flight end by TTL).
+  Leave();
+}
+
+void RedisRateLimiter::Leave() {
+  // Hand the stock back and say so, best effort (the spans in flight end by TTL).
   if (conn_->open()) {
     {
       absl::MutexLock lock(&mu_);

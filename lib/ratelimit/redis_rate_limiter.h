@@ -25,68 +25,21 @@
 
 namespace imgw::ratelimit {
 
-// The upstream budget shared by every replica of the gateway through one Redis.
+// The upstream budget of L calls per sliding second shared by every replica of the gateway
+// through one Redis. docs/redis-budget.md has the model and the argument that no sliding
+// second at the upstream holds more than L calls, whatever the replicas and the network do.
 //
-// Redis holds, under `<prefix>{<sdkappid>:<api>}:` (one hash slot): `spans`, a sorted set of
-// this budget's requests scored by when they ended (in flight: when they will have ended at
-// the latest, now + upstream timeout + 1 s), `pace`, a hash with the GCRA state and the
-// shared back-off, and `replicas`, a sorted set of heartbeats. One Lua script, run with
-// EVALSHA on Redis' own clock (TIME; Redis 7 replicates effects), admits a request iff
-//   (a) GCRA at the shared rate with burst b admits it now, and
-//   (b) fewer than L_eff spans are in flight or ended less than 1 s ago,
-// and then records its span. (b) is WindowGuard's argument (window_guard.h) across replicas:
-// a request reaches the upstream between its admission and its end, so when every admission
-// sees fewer than L spans meeting the past second, no sliding second at the upstream holds
-// more than L arrivals, whatever the replicas and the network do. The span of a used permit
-// is closed with the end the dispatcher reports: the time its answer came less the credit of
-// the path's fastest round trip (WindowGuard says why that is safe), measured here and sent as
-// an age, so clock offsets between hosts do not matter; an unused permit is removed. Replicas
-// are taken to share one path to the upstream (sidecars of one cluster).
+// In short: a Lua script admits a request in Redis iff a GCRA pace allows it and fewer than L
+// spans of all replicas are in flight or ended less than 1 s ago; the limiter's thread keeps a
+// small stock of such permits, which TryAcquire() takes without touching the network. When
+// Redis fails, admission falls back to a local share of L/N; when it answers again, this
+// replica's spans are written back and the local share still applies until the others are
+// back. Mode names these states; TransitionLocked() is the one place they change.
 //
-// Shared back-off: when this replica's answers of the last second hold enough frequency-limit
-// refusals (the share rule of LocalRateLimiter: >= throttle_share and >= min_throttles), it
-// asks Redis for a cut: rate = max(min_rate, rate * decrease), at most once per `cooldown`
-// for all replicas together; after `hold` the rate climbs back by `increase_per_second` up
-// to the pace. L_eff = L * rate / pace: the window shrinks with the pace, since a refusal says
-// someone else spends part of the upstream's L. A 60007 seen by one replica slows all.
-// The share rule (rather than a cut per refusal) keeps isolated refusals, which retries
-// absorb, from driving the shared pace down without end, as for the local limiter.
-//
-// Dispatcher side: TryAcquire() pops a permit from a stock of `stock` permits the limiter's
-// thread acquired ahead, under a mutex; no method the dispatcher calls touches the network.
-// The thread refills the stock only while there is demand (TryAcquire or TimeUntilAvailable
-// called in the last `demand_window`), hands back permits unused after `permit_ttl`, sends
-// the ends of requests in pipelined batches, heartbeats every `heartbeat` (the live replica
-// count N) and calls `on_permit` when a permit arrives in an empty stock, so the dispatcher
-// need not poll (the gateway wakes its loop with it).
-//
-// Fallback (Redis unreachable, slow beyond `command_timeout`, or an error reply; one failure
-// suffices): the stock is handed back (once Redis answers again), and admission becomes a
-// local token bucket at the pace for L/N (N: live replicas last seen, else
-// `fallback_replicas`), starting empty with burst 1, and a local window of floor(L/N) over
-// this replica's own spans, those sent under Redis in the last second included. In the first
-// second after the last reply from Redis the local window is also held to this replica's
-// spans then plus its share of the room then left ((L - spans in Redis - what others may have
-// been granted since) / N), so that one busy replica's spans plus every other replica's
-// fallback share cannot exceed L. The episode is counted and logged once; Redis is probed
-// every `probe_interval`. When it answers, this replica's spans of the last second (and the
-// ends Redis missed) are written back so the shared count is right (what is sent or ends
-// locally while that is under way, or is sent later on a local admission, goes to Redis too:
-// Redis must hold every span once the recovery below is over), and the local bucket and
-// window still apply as well for 1 s + `probe_interval` and until all N replicas have
-// heartbeated since (at most `replica_ttl` + `heartbeat`), so replicas that have not yet seen
-// Redis return (a slow probe, a starved thread) and still admit locally cannot push a window
-// over L. The fallback never admits more than L/N per replica.
-//
-// Known limits: N is what Redis said last: replicas started during an outage are not in it
-// (they use `fallback_replicas`), so a window can exceed L by their share. A partial
-// partition (this replica cut off from Redis, the others not) overshoots by this replica's
-// share (L/N) until the upstream's 60007 make the others back off. All replicas must use the
-// same L, burst and headroom: Redis applies whatever each request carries.
-//
-// Thread-safe. Owns one thread and its hiredis connection; the destructor stops it (after
-// telling Redis this replica leaves, if connected). `clock` gives every timestamp and must
-// outlive the limiter; the thread's waits are condition-variable timeouts in real time.
+// Thread-safe. Owns one thread (unless Options::start_thread is false: then the caller runs
+// Step()) and its Redis connection; the destructor stops it (after telling Redis this replica
+// leaves, if connected). `clock` gives every timestamp and must outlive the limiter; the
+// thread's waits are condition-variable timeouts in real time.
 class RedisRateLimiter final : public RateLimiter {
  public:
   struct Options {
@@ -132,10 +85,27 @@ class RedisRateLimiter final : public RateLimiter {
     // written this replica's spans back and before admission returns to Redis (a thread
     // starved there keeps admitting locally meanwhile).
     std::function<void()> on_written_back_for_testing;
+    // False: no thread; the caller runs Step() (tests, on a fake clock) and the destructor
+    // leaves Redis on the caller's thread.
+    bool start_thread = true;
+  };
+
+  // How admission is decided. TransitionLocked() performs every change, as follows
+  // (docs/redis-budget.md has what each one does):
+  //   kShared, kRecovering -> kFallback   a failure; counted in `fallbacks` and logged
+  //   kFallback -> kWritingBack           connected again
+  //   kWritingBack -> kFallback           a failure during the write-back (the same episode)
+  //   kWritingBack -> kRecovering         the write-back is done; logged
+  //   kRecovering -> kShared              the recovery period is over
+  enum class Mode {
+    kShared,       // By the stock of permits Redis granted.
+    kFallback,     // By the local share (bucket and window at L/N); Redis probed.
+    kWritingBack,  // Connected again, this replica's spans written back; still the local share.
+    kRecovering,   // By the stock and the local share both, until the others are back.
   };
 
   // Checks the options and starts the thread, which connects at once. Redis being down is
-  // not an error: the limiter starts in fallback.
+  // not an error: the limiter falls back at its first failure.
   static absl::StatusOr<std::unique_ptr<RedisRateLimiter>> Create(const Options& options,
                                                                   Clock& clock);
   ~RedisRateLimiter() override;
@@ -157,16 +127,34 @@ class RedisRateLimiter final : public RateLimiter {
   // password changes; one it closes is reopened with the new password.
   void SetPassword(std::string password) ABSL_LOCKS_EXCLUDED(password_mu_);
   const std::string& replica_id() const { return options_.replica_id; }
+  // The mode now (for tests and probes; Stats() has it as `shared` and `recovering`).
+  Mode mode() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // One round of the thread's work: connect or probe when due, heartbeat, report a throttle,
+  // send span updates, refill the stock, deliver the stats when due. Returns the monotonic
+  // time at which it wants to run again (sooner when woken by the dispatcher's side). Only
+  // the limiter's thread calls it, or the caller when Options::start_thread is false.
+  absl::Duration Step() ABSL_LOCKS_EXCLUDED(mu_);
   // The steady shared pace: min(limit * (1 - headroom), limit - burst).
   double pace() const { return pace_; }
 
  private:
+  // Where a request's admission came from.
+  enum class SpanKind {
+    kPermit,  // A permit Redis granted: its ACQUIRE recorded the span.
+    kLocal,   // The local share: Redis learns of it when it tracks spans (not in kFallback).
+  };
   struct Permit {
     std::string id;
     absl::Duration acquired;
   };
+  struct Admitted {  // Taken by TryAcquire, not yet bound to a request by OnSent.
+    std::string id;
+    SpanKind kind;
+  };
   struct Span {
     std::string id;
+    SpanKind kind;
     absl::Duration sent;
     absl::Duration ended = absl::InfiniteDuration();  // Infinite: in flight.
     bool in_redis = false;  // Redis holds (or held) it: it must be told how it ends.
@@ -180,17 +168,79 @@ class RedisRateLimiter final : public RateLimiter {
     int64_t age_ms;  // As the script takes it (redis_scripts.h).
     uint32_t version;
   };
+  // The local share (kFallback, kWritingBack, kRecovering): set when a fallback begins.
+  struct LocalShare {
+    int n = 1;  // N: the replicas L is shared by.
+    // The room Redis had left at its last reply, less what other replicas may have been
+    // granted since; see LocalWindowLimitLocked.
+    double transition_room = 0;
+  };
+  // kRecovering lasts until `until`, and while `awaiting_replicas` until every replica of the
+  // fallback has heartbeated since `reconnected_at`, for at most replica_ttl + heartbeat.
+  struct Recovery {
+    absl::Duration until = -absl::InfiniteDuration();
+    absl::Duration reconnected_at = -absl::InfiniteDuration();
+    bool awaiting_replicas = false;
+  };
+  // What Redis said at its last reply.
+  struct LastReply {
+    absl::Duration at = -absl::InfiniteDuration();
+    size_t spans = 0;  // Spans Redis held then...
+    size_t own = 0;    // ...of which this replica's.
+  };
+  // What a transition leaves to do once mu_ is released: a log line and the stats.
+  struct Announcement {
+    Mode to;
+    std::string error;  // Of the failure, for kFallback.
+    int replicas = 0;
+    double local_rate = 0;
+  };
 
   RedisRateLimiter(const Options& options, Clock& clock);
   void Run() ABSL_LOCKS_EXCLUDED(mu_);
-  // Each returns false when Redis failed (the connection is then closed).
+  void Leave() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The state machine. TransitionLocked() moves to `to` (one of the changes listed at Mode) and
+  // returns what to announce, if anything; Announce() does so without the lock.
+  [[nodiscard]] std::optional<Announcement> TransitionLocked(Mode to, absl::Duration now,
+                                                             const std::string& error = "")
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Announce(const std::optional<Announcement>& announcement) ABSL_LOCKS_EXCLUDED(mu_);
+  // The mode at `now`: kRecovering reads as kShared once the recovery is over, before Step()
+  // makes that transition.
+  Mode ModeAtLocked(absl::Duration now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool RecoveryOverLocked(absl::Duration now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Recovering, and not all the replicas of the fallback heard from since the reconnection.
+  bool AwaitingReplicasLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return mode_ == Mode::kRecovering && recovery_.awaiting_replicas;
+  }
+  // Redis is to learn of every span sent or ended (every mode but kFallback).
+  bool TracksSpansLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return mode_ != Mode::kFallback;
+  }
+  void EnterFallbackLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // The Redis thread's work. Each returns false when Redis failed (the connection is then
+  // closed and the limiter in kFallback).
+  bool Talk(absl::Duration now) ABSL_LOCKS_EXCLUDED(mu_);
   bool ConnectAndSync(absl::Duration now) ABSL_LOCKS_EXCLUDED(mu_);
+  bool FinishWriteBack(absl::Duration now) ABSL_LOCKS_EXCLUDED(mu_);
   bool FlushSpans(absl::Duration now) ABSL_LOCKS_EXCLUDED(mu_);
   bool Heartbeat(absl::Duration now) ABSL_LOCKS_EXCLUDED(mu_);
   bool ReportThrottle() ABSL_LOCKS_EXCLUDED(mu_);
   bool RefillStock(absl::Duration now) ABSL_LOCKS_EXCLUDED(mu_);
+  // ACQUIREs one permit; whether another may be tried at once.
+  bool AcquireOne(std::string id, bool* failed) ABSL_LOCKS_EXCLUDED(mu_);
   void OnRedisFailure(absl::Duration now, const std::string& what) ABSL_LOCKS_EXCLUDED(mu_);
-  void EnterFallbackLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void QueueWriteBackLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<SpanUpdate> TakeUpdatesLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records what Redis said at `at`: the spans it held.
+  void NoteReplyLocked(size_t spans_in_redis, absl::Duration at) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Duration NextStepLocked(absl::Duration now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void WakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::string NewLocalIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // The local share.
   bool LocalAllowsLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Duration LocalWaitLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   size_t LocalWindowLimitLocked(absl::Duration now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -200,7 +250,6 @@ class RedisRateLimiter final : public RateLimiter {
   size_t OwnInRedisLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PruneSpansLocked(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int ReplicasLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool RecoveringLocked(absl::Duration now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   double LocalPaceLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   RedisLimiterStats StatsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::string> ScriptArgs(const char* op) const;
@@ -210,7 +259,10 @@ class RedisRateLimiter final : public RateLimiter {
   Clock& clock_;
   const double pace_;
   const std::string spans_key_, pace_key_, replicas_key_;
-  std::unique_ptr<RedisConnection> conn_;  // The thread's alone.
+  std::unique_ptr<RedisConnection> conn_;  // Step()'s alone, as are the next three.
+  absl::Duration next_connect_ = -absl::InfiniteDuration();
+  absl::Duration next_heartbeat_ = -absl::InfiniteDuration();
+  absl::Duration next_stats_ = -absl::InfiniteDuration();
   mutable absl::Mutex password_mu_;
   std::string password_ ABSL_GUARDED_BY(password_mu_);  // Never logged.
 
@@ -218,20 +270,15 @@ class RedisRateLimiter final : public RateLimiter {
   absl::CondVar wake_cv_;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  bool shared_ ABSL_GUARDED_BY(mu_) = true;  // Until the first failure.
-  // Redis is to learn of every span sent or ended: shared, or a reconnection's write-back has
-  // begun (admission is still local until it is done, and those spans must reach Redis too).
-  bool tracked_ ABSL_GUARDED_BY(mu_) = true;
-  absl::Duration recovering_until_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
-  absl::Duration reconnected_at_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
-  bool awaiting_replicas_ ABSL_GUARDED_BY(mu_) = false;  // Recovery waits for the others.
-  int fallback_n_ ABSL_GUARDED_BY(mu_) = 1;              // The N of the last fallback.
-  absl::Duration last_reply_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
-  size_t redis_count_at_reply_ ABSL_GUARDED_BY(mu_) = 0;  // Spans Redis held then...
-  size_t own_at_reply_ ABSL_GUARDED_BY(mu_) = 0;          // ...of which this replica's.
-  double transition_room_ ABSL_GUARDED_BY(mu_) = 0;       // See LocalWindowLimitLocked.
+
+  // The state, and the data its modes need.
+  Mode mode_ ABSL_GUARDED_BY(mu_) = Mode::kShared;  // Until the first failure.
+  LocalShare local_share_ ABSL_GUARDED_BY(mu_);
+  Recovery recovery_ ABSL_GUARDED_BY(mu_);
+  LastReply last_reply_ ABSL_GUARDED_BY(mu_);
+
   std::deque<Permit> stock_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::string> acquired_ ABSL_GUARDED_BY(mu_);  // Taken, not yet bound by OnSent.
+  std::deque<Admitted> acquired_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> to_release_ ABSL_GUARDED_BY(mu_);
   absl::Duration acquire_retry_at_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
   absl::Duration last_demand_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
@@ -249,7 +296,7 @@ class RedisRateLimiter final : public RateLimiter {
   uint64_t next_permit_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Duration last_prune_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
 
-  // The local share (fallback and recovery).
+  // The local share's bucket.
   TokenBucket local_bucket_;
   // Factor of the local pace (max 1): starts at the shared rate's, cut by refusals seen in
   // fallback.
