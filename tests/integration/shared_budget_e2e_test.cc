@@ -62,7 +62,7 @@ constexpr char kPassword[] = "imgw-e2e-s3cret";
 constexpr char kFallbackLog[] = "redis failing: the upstream budget falls back to a local share";
 constexpr char kSharedLog[] = "redis answers again: back to the shared upstream budget";
 // How long the limiter may take after Redis answers again before the shared budget is whole
-// (redis_rate_limiter.h: the local share still applies for 1 s + probe_interval and until
+// (docs/redis-budget.md: the local share still applies for 1 s + probe_interval and until
 // every replica has heartbeated since, at most replica_ttl + heartbeat = 3 s + 1 s).
 constexpr absl::Duration kRecoveryTransition = absl::Seconds(4);
 constexpr absl::Duration kPatientRedisTimeout = absl::Milliseconds(250);
