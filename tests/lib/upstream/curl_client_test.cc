@@ -99,6 +99,13 @@ class CurlClientTest : public ::testing::Test {
     return request;
   }
 
+  // `n` requests for the reports <prefix>0 .. <prefix>n-1.
+  std::vector<HttpRequest> Requests(int n, const std::string& prefix) {
+    std::vector<HttpRequest> requests;
+    for (int i = 0; i < n; ++i) requests.push_back(Request(prefix + std::to_string(i)));
+    return requests;
+  }
+
   // Starts the requests at once and polls until all complete (bounded by 20 s).
   std::vector<HttpResponse> Run(CurlClient& client, std::vector<HttpRequest> requests) {
     std::vector<HttpResponse> responses(requests.size());
@@ -162,9 +169,7 @@ TEST_F(CurlClientTest, ConcurrentRequestsStayWithinTheConnectionBound) {
   options.ca_file = tls_->cert_file;
   options.max_connections = 2;
   auto client = MakeClient(options);
-  std::vector<HttpRequest> requests;
-  for (int i = 0; i < 30; ++i) requests.push_back(Request("user" + std::to_string(i)));
-  for (const HttpResponse& r : Run(*client, std::move(requests))) {
+  for (const HttpResponse& r : Run(*client, Requests(30, "user"))) {
     EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
     EXPECT_EQ(r.http_status, 200);
   }
@@ -380,9 +385,7 @@ TEST_F(CurlClientTest, AnticipateWarmsConnectionsThatTheRequestsThenUse) {
   emulator::EmulatorStats stats = core_->Stats();
   EXPECT_EQ(stats.requests, 0u) << "OPTIONS * is not an API request";
   EXPECT_EQ(stats.calls, 0u);
-  std::vector<HttpRequest> requests;
-  for (int i = 0; i < 4; ++i) requests.push_back(Request("u" + std::to_string(i)));
-  for (const HttpResponse& r : Run(*client, std::move(requests))) {
+  for (const HttpResponse& r : Run(*client, Requests(4, "u"))) {
     EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
     EXPECT_FALSE(r.new_connection) << "a warmed connection was there";
   }
@@ -457,9 +460,7 @@ TEST_F(CurlClientTest, AnticipateWarmsOneConnectionOverHttp2) {
   EXPECT_TRUE(client->http2());
   EXPECT_EQ(client->warmups_kept(), 1);
   EXPECT_EQ(client->WarmCapacity(), client->Capacity());
-  std::vector<HttpRequest> requests;
-  for (int i = 0; i < 30; ++i) requests.push_back(Request("u" + std::to_string(i)));
-  for (const HttpResponse& r : Run(*client, std::move(requests))) {
+  for (const HttpResponse& r : Run(*client, Requests(30, "u"))) {
     EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
     EXPECT_EQ(r.http_version, 20);
   }
@@ -475,9 +476,7 @@ TEST_F(CurlClientTest, HandlesKeptForReuseShrinkToTheNeedOverHttp2) {
   CurlClient::Options options;
   options.ca_file = tls_->cert_file;
   auto client = MakeClient(options);
-  std::vector<HttpRequest> requests;
-  for (int i = 0; i < 30; ++i) requests.push_back(Request("u" + std::to_string(i)));
-  for (const HttpResponse& r : Run(*client, std::move(requests))) {
+  for (const HttpResponse& r : Run(*client, Requests(30, "u"))) {
     EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
     EXPECT_EQ(r.http_version, 20);
   }
