@@ -50,7 +50,7 @@ void Dispatcher::Submit(Call call) {
   const int64_t time = *call.params.msg_read_time;
   PairKey key(call.params.report_account, call.params.peer_account);
   PairSlots& slots = pairs_[key];
-  Placement place = Place(slots, call.caller, time, now);
+  Placement place = Place(slots, call.caller, call.background, time, now);
   // Refused when the answer cannot be expected back before the deadline: its turn, the
   // upstream's round trip (a high percentile), and a margin for the way back to the caller,
   // since an answer that arrives a hair late is as lost as a refusal but spent a token.
@@ -60,10 +60,17 @@ void Dispatcher::Submit(Call call) {
     return;
   }
   if (place.target == 0) {
-    place.target = NewEntry(key, slots, call.caller, time, place.turn);
-  } else if (place.target == slots.next) {
-    ++stats_.merged_queued;
-    if (metrics_) metrics_->Merged(/*in_flight=*/false);
+    place.target = NewEntry(key, slots, call.caller, call.background, time, place.turn);
+  } else {
+    if (place.target == slots.next) {
+      ++stats_.merged_queued;
+      if (metrics_) metrics_->Merged(/*in_flight=*/false);
+    }
+    // A caller's call into a background entry (waiting, in backoff or in flight): the entry
+    // moves to the caller's lane, its retries included.
+    if (!call.background && entries_.at(place.target).background) {
+      Promote(place.target, call.caller, place.turn);
+    }
   }
   AddWaiter(place.target, std::move(call), now);
 }
@@ -108,7 +115,7 @@ bool Dispatcher::RefusedOnArrival(Call& call, absl::Duration now) {
 }
 
 Dispatcher::Placement Dispatcher::Place(const PairSlots& slots, const std::string& lane,
-                                        int64_t time, absl::Duration now) {
+                                        bool background, int64_t time, absl::Duration now) {
   const Entry* active = slots.active != 0 ? &entries_.at(slots.active) : nullptr;
   if (active != nullptr && active->state == Entry::State::kInFlight && time <= active->sent_time) {
     ++stats_.merged_in_flight;  // The answer on its way covers this call.
@@ -120,11 +127,25 @@ Dispatcher::Placement Dispatcher::Place(const PairSlots& slots, const std::strin
     if (metrics_) metrics_->Merged(/*in_flight=*/false);
     return {slots.active, now};
   }
-  if (slots.next != 0) return {slots.next, entries_.at(slots.next).estimated_start};
-  absl::Duration turn = EstimateStart(lane, now);
+  // A caller's call joining a background entry takes it into its own lane (Promote): its turn
+  // is that of a new entry there.
+  if (slots.next != 0 && (background || !entries_.at(slots.next).background)) {
+    return {slots.next, entries_.at(slots.next).estimated_start};
+  }
+  absl::Duration turn = EstimateStart(lane, background, now);
   // The pair's request in flight must come back first.
   if (active != nullptr) turn = std::max(turn, active->sent_at + round_trips_.High(now));
-  return {0, turn};
+  return {slots.next, turn};
+}
+
+void Dispatcher::Promote(EntryId id, const std::string& lane, absl::Duration turn) {
+  Entry& entry = entries_.at(id);
+  const bool queued = entry.state == Entry::State::kQueued;
+  if (queued) Unqueue(entry);  // Its id stays behind in background_ and is skipped there.
+  entry.background = false;
+  entry.lane = lane;
+  entry.estimated_start = turn;
+  if (queued) Enqueue(id, entry, /*front=*/false);
 }
 
 void Dispatcher::RefuseOverloaded(Call& call, absl::Duration turn, absl::Duration now) {
@@ -144,12 +165,13 @@ void Dispatcher::RefuseOverloaded(Call& call, absl::Duration turn, absl::Duratio
 }
 
 Dispatcher::EntryId Dispatcher::NewEntry(const PairKey& key, PairSlots& slots,
-                                         const std::string& lane, int64_t time,
+                                         const std::string& lane, bool background, int64_t time,
                                          absl::Duration turn) {
   const EntryId id = next_entry_++;
   Entry& entry = entries_[id];
   entry.pair = key;
   entry.lane = lane;
+  entry.background = background;
   entry.time = time;
   entry.estimated_start = turn;
   slots.next = id;
@@ -197,7 +219,16 @@ int Dispatcher::WeightOf(const std::string& lane) const {
   return it == options_.lane_weights.end() ? 1 : std::max(1, it->second);
 }
 
-absl::Duration Dispatcher::EstimateStart(const std::string& lane, absl::Duration now) {
+absl::Duration Dispatcher::EstimateStart(const std::string& lane, bool background,
+                                         absl::Duration now) {
+  double rate = std::max(limiter_.CurrentRate(now), 1e-3);
+  const absl::Duration first = now + limiter_.TimeUntilAvailable(now);
+  const double share = options_.background_min_share;
+  if (background) {  // Behind every background entry, at its least share while callers wait.
+    if (!ring_.empty()) rate *= share;
+    return first + absl::Seconds(static_cast<double>(background_.live) / rate);
+  }
+  if (background_.live > 0) rate *= 1 - share;
   // Weighted round robin: this call's turn comes in the round after the calls ahead of it in
   // its lane, its weight's worth per round; each other lane sends at most its weight per round
   // before then.
@@ -209,13 +240,12 @@ absl::Duration Dispatcher::EstimateStart(const std::string& lane, absl::Duration
       ahead += std::min(lanes_.at(other).live, rounds * static_cast<size_t>(WeightOf(other)));
     }
   }
-  double rate = std::max(limiter_.CurrentRate(now), 1e-3);
-  return now + limiter_.TimeUntilAvailable(now) + absl::Seconds(static_cast<double>(ahead) / rate);
+  return first + absl::Seconds(static_cast<double>(ahead) / rate);
 }
 
 void Dispatcher::Enqueue(EntryId id, Entry& entry, bool front) {
   entry.state = Entry::State::kQueued;
-  Lane& lane = lanes_[entry.lane];
+  Lane& lane = LaneOf(entry);
   if (front) {
     lane.queue.push_front(id);
   } else {
@@ -223,7 +253,7 @@ void Dispatcher::Enqueue(EntryId id, Entry& entry, bool front) {
   }
   ++lane.live;
   ++queued_;
-  if (!lane.in_ring) {
+  if (!entry.background && !lane.in_ring) {
     lane.in_ring = true;
     ring_.push_back(entry.lane);
   }
@@ -231,8 +261,40 @@ void Dispatcher::Enqueue(EntryId id, Entry& entry, bool front) {
 
 void Dispatcher::Unqueue(Entry& entry) {
   // The id stays in the lane's deque and is skipped when it comes to the front.
-  --lanes_.at(entry.lane).live;
+  --LaneOf(entry).live;
   --queued_;
+}
+
+Dispatcher::Lane& Dispatcher::LaneOf(const Entry& entry) {
+  return entry.background ? background_ : lanes_[entry.lane];
+}
+
+Dispatcher::EntryId Dispatcher::FrontOf(Lane& lane) {
+  const bool background = &lane == &background_;
+  while (!lane.queue.empty()) {
+    auto it = entries_.find(lane.queue.front());
+    // Gone, sent, or (a promoted entry) moved to a caller's lane.
+    if (it != entries_.end() && it->second.state == Entry::State::kQueued &&
+        it->second.background == background) {
+      return it->first;
+    }
+    lane.queue.pop_front();
+  }
+  return 0;
+}
+
+bool Dispatcher::BackgroundTurn() const {
+  // 1e-9: nine caller's sends at a 10% share add up to 1 less a rounding error.
+  return background_.live > 0 && (ring_.empty() || background_credit_ >= 1 - 1e-9);
+}
+
+void Dispatcher::CountSend(bool background) {
+  if (background) {
+    if (!ring_.empty()) background_credit_ = std::max(0.0, background_credit_ - 1);
+  } else if (background_.live > 0) {
+    const double share = options_.background_min_share;
+    background_credit_ = std::min(1.0, background_credit_ + share / (1 - share));
+  }
 }
 
 void Dispatcher::Cancel(CallId id) {
@@ -285,29 +347,29 @@ void Dispatcher::ExpireDue(absl::Duration now) {
 }
 
 bool Dispatcher::SendInTurn(absl::Duration now) {
-  while (!ring_.empty()) {
-    std::string name = ring_.front();
-    Lane& lane = lanes_.at(name);
-    if (lane.live == 0) {  // Only skipped ids are left.
+  while (true) {
+    const bool background = BackgroundTurn();
+    if (!background && ring_.empty()) return false;
+    std::string name = background ? std::string() : ring_.front();
+    Lane& lane = background ? background_ : lanes_.at(name);
+    if (lane.live == 0) {  // Only skipped ids are left (never so for background_: live > 0).
       ring_.pop_front();
       lanes_.erase(name);
       continue;
     }
-    while (entries_.find(lane.queue.front()) == entries_.end() ||
-           entries_.at(lane.queue.front()).state != Entry::State::kQueued) {
-      lane.queue.pop_front();
-    }
+    const EntryId id = FrontOf(lane);
     // The transport is given only what it can start now: a request that waited inside it for
     // a connection would have spent its token and its time there. Only an answer can free one.
     if (transport_.Capacity() == 0) return true;
     if (!breaker_.AllowRequest(now) || (guard_ && !guard_->HasRoom(now))) return false;
-    EntryId id = lane.queue.front();
     if (!AnswerLateWaiters(id, now)) continue;  // None left: the entry is gone from its lane.
     if (!limiter_.TryAcquire(now)) return false;
     lane.queue.pop_front();
     --lane.live;
     --queued_;
-    if (lane.live == 0) {
+    if (background) {
+      // background_ is never in the ring.
+    } else if (lane.live == 0) {
       ring_.pop_front();
       lanes_.erase(name);
     } else if (++lane.served >= WeightOf(name)) {  // Its turn is over: to the back.
@@ -315,14 +377,14 @@ bool Dispatcher::SendInTurn(absl::Duration now) {
       ring_.pop_front();
       ring_.push_back(name);
     }
+    CountSend(background);
     Send(id, entries_.at(id), now);
   }
-  return false;
 }
 
 absl::Duration Dispatcher::NextStep(absl::Duration now, bool pool_full) {
   absl::Duration next = absl::InfiniteDuration();
-  if (!ring_.empty() && !pool_full) {
+  if ((!ring_.empty() || background_.live > 0) && !pool_full) {
     next = now + limiter_.TimeUntilAvailable(now);
     if (guard_) next = std::max(next, now + guard_->TimeUntilRoom(now));
     if (breaker_.state(now) == CircuitBreaker::State::kOpen) {
@@ -335,7 +397,7 @@ absl::Duration Dispatcher::NextStep(absl::Duration now, bool pool_full) {
   // Idle, the pool's need falls as the last second's sends leave the window: look again when
   // the last one has, so that the connections a burst opened are let go after it even when
   // nothing else happens.
-  if (ring_.empty() && in_flight_ == 0 && !recent_sends_.empty()) {
+  if (ring_.empty() && background_.live == 0 && in_flight_ == 0 && !recent_sends_.empty()) {
     next = std::min(next, recent_sends_.back() + absl::Seconds(1));
   }
   return next;
@@ -789,8 +851,8 @@ void Dispatcher::AnswerLate(const std::vector<CallId>& late, absl::Duration now,
       ++stats_.rejected_overloaded;
       if (metrics_) metrics_->Rejected(metrics::RejectReason::kOverloaded);
     }
-    out.retry_after =
-        std::max(absl::Milliseconds(1), EstimateStart(entry.lane, now) - now + expected);
+    out.retry_after = std::max(absl::Milliseconds(1),
+                               EstimateStart(entry.lane, entry.background, now) - now + expected);
     ++stats_.unsent_late;
     Answer(w, std::move(out));
   }

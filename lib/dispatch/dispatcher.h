@@ -40,6 +40,11 @@ struct Call {
   // answered kInvalidArgument.
   upstream::SetMsgReadParams params;
   absl::Duration deadline = absl::InfiniteDuration();  // On Clock::Monotonic().
+  // A call of the durable queue (lib/queue), nobody waiting on the line: it waits in one
+  // background lane behind every caller's lane, except that the background lane gets at least
+  // Options::background_min_share of the sends while both wait. A caller's call that merges
+  // into a waiting background entry takes that entry into the caller's lane.
+  bool background = false;
   // Runs exactly once, with the call's result: on the dispatcher's thread, except when the
   // call is answered kShuttingDown by DispatchLoop::Submit() once Stop() has begun (on the
   // submitting thread) or by ~Dispatcher() (on the destroying thread). It must not block, and
@@ -114,6 +119,9 @@ class Dispatcher final {
     RoundTrips::Options round_trips;
     RetryBudget::Options retry_budget;
     CircuitBreaker::Options breaker;
+    // The least share of the sends the background lane (Call::background) gets while callers'
+    // calls wait too. In (0, 1).
+    double background_min_share = 0.1;
     // A uniform draw in [0, 1] for the backoff's full jitter; empty: the dispatcher's own
     // generator. Tests fix it to know which retries a deadline can afford.
     std::function<double()> jitter;
@@ -156,6 +164,7 @@ class Dispatcher final {
     enum class State { kQueued, kParked, kBackoff, kInFlight };
     PairKey pair;
     std::string lane;
+    bool background = false;  // Waits in background_ rather than in `lane`.
     State state = State::kQueued;
     int64_t time = 0;         // Largest read time among the waiters: what the next request sends.
     bool time_stale = false;  // A waiter left: `time` may be too large (TimeOf() fixes it).
@@ -198,11 +207,14 @@ class Dispatcher final {
   // expired deadline, the breaker open, the queue full): whether it did.
   bool RefusedOnArrival(Call& call, absl::Duration now);
   // The entry the call joins, counting the merge, or 0 with its expected turn.
-  Placement Place(const PairSlots& slots, const std::string& lane, int64_t time,
+  Placement Place(const PairSlots& slots, const std::string& lane, bool background, int64_t time,
                   absl::Duration now);
   void RefuseOverloaded(Call& call, absl::Duration turn, absl::Duration now);
-  EntryId NewEntry(const PairKey& key, PairSlots& slots, const std::string& lane, int64_t time,
-                   absl::Duration turn);
+  // A caller's call joined the waiting background entry `id`: the entry moves to the caller's
+  // lane, with the turn Place() found for it there.
+  void Promote(EntryId id, const std::string& lane, absl::Duration turn);
+  EntryId NewEntry(const PairKey& key, PairSlots& slots, const std::string& lane, bool background,
+                   int64_t time, absl::Duration turn);
   void AddWaiter(EntryId target, Call call, absl::Duration now);
   // A waiter into, and out of, its entry's list, in O(1).
   void Attach(CallId id, Entry& entry);
@@ -220,9 +232,16 @@ class Dispatcher final {
   // A lane's sends per turn (Options::lane_weights, else 1).
   int WeightOf(const std::string& lane) const;
 
-  absl::Duration EstimateStart(const std::string& lane, absl::Duration now);
+  absl::Duration EstimateStart(const std::string& lane, bool background, absl::Duration now);
   void Enqueue(EntryId id, Entry& entry, bool front);
   void Unqueue(Entry& entry);
+  // The lane an entry waits in: its caller's, or background_.
+  Lane& LaneOf(const Entry& entry);
+  // The next queued entry of `lane`, skipping ids that left it (0 when none is left).
+  EntryId FrontOf(Lane& lane);
+  // Whether the next send is the background lane's (SendInTurn).
+  bool BackgroundTurn() const;
+  void CountSend(bool background);
   // Step()'s parts: answers the calls whose deadline passed; sends what the lanes' turns, the
   // pool, the breaker, the window and the budget allow (true: stopped on a full pool); when
   // to step again; the gauges.
@@ -282,6 +301,10 @@ class Dispatcher final {
   absl::flat_hash_map<PairKey, PairSlots> pairs_;
   absl::flat_hash_map<std::string, Lane> lanes_;
   std::deque<std::string> ring_;  // Lanes with queued entries, in serving order.
+  Lane background_;               // Call::background entries, oldest first; never in ring_.
+  // Sends owed to background_ while callers' lanes wait: + share / (1 - share) per caller's
+  // send, - 1 per background send, at most 1 (no bursts saved up).
+  double background_credit_ = 0;
   std::set<std::pair<absl::Duration, CallId>> deadlines_;  // Of every waiter.
   std::set<std::pair<absl::Duration, EntryId>> retries_;   // Of kBackoff entries.
   EntryId next_entry_ = 1;

@@ -1,5 +1,6 @@
 #include "lib/dispatch/dispatcher.h"
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <optional>
@@ -94,6 +95,33 @@ class DispatcherTest : public ::testing::Test {
       outcomes_[id] = std::move(outcome);
     };
     dispatcher_->Submit(std::move(call));
+  }
+  // A call of the durable queue: no deadline, served in the background lane.
+  void SubmitBackground(CallId id, const std::string& report, int64_t time) {
+    Call call;
+    call.id = id;
+    call.caller = "queue";
+    call.background = true;
+    call.params = {report, "p", time};
+    call.done = [this, id](Outcome outcome) {
+      ++answers_[id];
+      outcomes_[id] = std::move(outcome);
+    };
+    dispatcher_->Submit(std::move(call));
+  }
+  // Steps token by token (rate 10/s), answering each request OK at once; returns the
+  // Report_Account of each request in the order sent.
+  std::vector<std::string> SendAll(int tokens) {
+    std::vector<std::string> sent;
+    for (int i = 0; i < tokens; ++i) {
+      dispatcher_->Step();
+      while (!transport_.pending().empty()) {
+        sent.push_back(ReportOf(transport_.pending().front().request));
+        transport_.Answer(kOk);
+      }
+      clock_.Advance(absl::Milliseconds(100));
+    }
+    return sent;
   }
 
   // Declared first so that they outlive the dispatcher, whose destructor answers leftovers.
@@ -1025,6 +1053,56 @@ TEST_F(DispatcherDeathTest, AnotherThreadThanItsOwnerAborts) {
   std::thread([&] { dispatcher_->Step(); }).join();
   EXPECT_DEATH(Submit(1), "the Dispatcher used from a thread that does not own it");
   EXPECT_DEATH(dispatcher_->Step(), "the Dispatcher used from");
+}
+
+TEST_F(DispatcherTest, BackgroundCallsWaitBehindCallersButGetTheirLeastShare) {
+  Build({}, /*rate=*/10);  // background_min_share 0.1.
+  for (CallId id = 1; id <= 20; ++id) SubmitBackground(id, "bg" + std::to_string(id), 1700000000);
+  for (CallId id = 101; id <= 145; ++id) {
+    SubmitFor(id, "fg" + std::to_string(id), 1700000000, "caller", absl::Seconds(100));
+  }
+  std::vector<std::string> sent = SendAll(70);
+  ASSERT_EQ(sent.size(), 65u);
+  // While callers wait: nine of theirs, then one of the queue's, oldest first.
+  for (size_t i = 0; i < 50; ++i) {
+    const bool background = sent[i].rfind("bg", 0) == 0;
+    EXPECT_EQ(background, i % 10 == 9) << "send " << i << ": " << sent[i];
+  }
+  EXPECT_EQ(sent[9], "bg1");
+  EXPECT_EQ(sent[19], "bg2");
+  // Then the queue alone, at the full rate.
+  for (size_t i = 50; i < 65; ++i) EXPECT_EQ(sent[i], "bg" + std::to_string(i - 44)) << i;
+  for (CallId id = 1; id <= 20; ++id) EXPECT_EQ(answers_[id], 1) << id;
+  for (CallId id = 101; id <= 145; ++id) EXPECT_EQ(answers_[id], 1) << id;
+  EXPECT_TRUE(dispatcher_->idle());
+}
+
+TEST_F(DispatcherTest, QueueAloneGetsTheWholeBudget) {
+  Build({}, /*rate=*/10);
+  for (CallId id = 1; id <= 10; ++id) SubmitBackground(id, "bg" + std::to_string(id), 1700000000);
+  EXPECT_EQ(SendAll(10).size(), 10u);
+}
+
+TEST_F(DispatcherTest, CallerCallJoiningABackgroundEntryTakesItIntoItsLane) {
+  Build({}, /*rate=*/10);
+  for (CallId id = 1; id <= 30; ++id) SubmitBackground(id, "bg" + std::to_string(id), 1700000000);
+  EXPECT_EQ(SendAll(1).size(), 1u);  // bg1: the queue alone.
+  // A caller marks bg30's pair read later: it cannot wait behind 29 queued entries at a 10%
+  // share (a 2 s deadline); it goes at the next token, carrying the larger time for both.
+  SubmitFor(200, "bg30", 1700000050, "caller", absl::Seconds(2));
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.pending().size(), 1u);
+  EXPECT_EQ(ReportOf(transport_.pending().front().request), "bg30");
+  EXPECT_EQ(TimeOf(transport_.pending().front().request), 1700000050);
+  transport_.Answer(kOk);
+  EXPECT_EQ(answers_[200], 1);
+  EXPECT_EQ(answers_[30], 1) << "the queue's call for the pair is settled by the same answer";
+  EXPECT_EQ(outcomes_[30].disposition, Disposition::kOk);
+  // The rest of the queue goes on, bg30 not again.
+  clock_.Advance(absl::Milliseconds(100));
+  std::vector<std::string> rest = SendAll(40);
+  EXPECT_EQ(rest.size(), 28u);
+  EXPECT_EQ(std::count(rest.begin(), rest.end(), "bg30"), 0);
 }
 
 }  // namespace
