@@ -144,7 +144,8 @@ class Bench:
             f"{self.bin}/imgw-gateway", "--grpc_listen=127.0.0.1:0",
             "--metrics_listen=127.0.0.1:0", f"--endpoint={emulator.url}",
             f"--ca_file={self.cert}", f"--sdkappid={SDKAPPID}", f"--identifier={ADMIN}",
-            f"--secret_key_file={self.secret}", "--log_level=warning", *flags])
+            f"--secret_key_file={self.secret}", "--log_level=warning",
+            f"--queue_path={self.work}/gateway-{self.counter + 1}.queue.db", *flags])
         proc.target = ready["grpc_listen"]
         proc.metrics = ready["metrics_listen"]
         return proc

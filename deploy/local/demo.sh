@@ -61,7 +61,7 @@ step "The gateway: gRPC on loopback, upstream over verified TLS"
 "$bin/imgw-gateway" --grpc_listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
   --endpoint="$upstream" --ca_file="$work/cert.pem" \
   --sdkappid=1400000000 --identifier=administrator --secret_key_file="$work/secret_key" \
-  --ready_file="$work/gateway.ready" 2>"$work/gateway.log" &
+  --ready_file="$work/gateway.ready" --queue_path="$work/queue.db" 2>"$work/gateway.log" &
 pids+=($!)
 ready=$(wait_ready "$work/gateway.ready" gateway "$work/gateway.log")
 target=$(sed 's/.*"grpc_listen":"\([^"]*\)".*/\1/' <<<"$ready")

@@ -352,6 +352,33 @@ absl::Status ResolveCalls(const GatewayFlags& flags, GatewayConfig& config) {
 }
 
 // Resolves gRPC's own TLS.
+absl::Status ResolveQueue(const GatewayFlags& flags, GatewayConfig& config) {
+  if (flags.queue_backend != "sqlite" && flags.queue_backend != "none") {
+    return Bad("queue_backend", "must be sqlite or none");
+  }
+  config.queue = flags.queue_backend == "sqlite";
+  if (config.queue && flags.queue_path.empty()) return Bad("queue_path", "must not be empty");
+  config.queue_path = flags.queue_path;
+  if (flags.queue_max_pending < 1 || flags.queue_max_pending > 1000000000) {
+    return Bad("queue_max_pending", "must be 1..1000000000");
+  }
+  config.queue_max_pending = flags.queue_max_pending;
+  if (flags.queue_max_age < absl::Minutes(1)) {
+    return Bad("queue_max_age", "must be at least 1m");
+  }
+  config.queue_max_age = flags.queue_max_age;
+  config.queue_fsync = flags.queue_fsync;
+  if (!(flags.queue_min_share > 0) || !(flags.queue_min_share < 1)) {
+    return Bad("queue_min_share", "must be between 0 and 1, both excluded");
+  }
+  config.queue_min_share = flags.queue_min_share;
+  if (flags.queue_retry_max < absl::Seconds(1) || flags.queue_retry_max > absl::Hours(1)) {
+    return Bad("queue_retry_max", "must be 1s..1h");
+  }
+  config.queue_retry_max = flags.queue_retry_max;
+  return absl::OkStatus();
+}
+
 absl::Status ResolveGrpcTls(const GatewayFlags& flags, GatewayConfig& config) {
   if (flags.grpc_tls_cert.empty() != flags.grpc_tls_key.empty()) {
     return Bad(flags.grpc_tls_cert.empty() ? "grpc_tls_cert" : "grpc_tls_key",
@@ -478,7 +505,7 @@ absl::StatusOr<GatewayConfig> Resolve(const GatewayFlags& flags) {
   GatewayConfig config;
   for (absl::Status (*resolve)(const GatewayFlags&, GatewayConfig&) :
        {ResolveListeners, ResolveUpstream, ResolveBudget, ResolveMemory, ResolveCalls,
-        ResolveGrpcTls, ResolveRedis}) {
+        ResolveGrpcTls, ResolveRedis, ResolveQueue}) {
     if (absl::Status s = resolve(flags, config); !s.ok()) return s;
   }
   if (absl::Status callers = ResolveCallers(flags.callers, config); !callers.ok()) return callers;

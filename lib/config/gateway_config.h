@@ -70,6 +70,14 @@ struct GatewayFlags {
   int premature_reset_streams = 100;
   absl::Duration grpc_handshake_timeout = absl::Seconds(10);
   absl::Duration grpc_idle_eviction = absl::Seconds(5);
+  // The durable queue behind EnqueueSetMsgRead (lib/queue): "sqlite" or "none".
+  std::string queue_backend = "sqlite";
+  std::string queue_path = "imgw-queue.db";
+  int64_t queue_max_pending = 1000000;
+  absl::Duration queue_max_age = absl::Hours(24);
+  bool queue_fsync = true;
+  double queue_min_share = 0.1;
+  absl::Duration queue_retry_max = absl::Minutes(5);
 };
 
 // The checked settings the gateway is built from.
@@ -128,6 +136,14 @@ struct GatewayConfig {
   // When the connections are at their limit, one without a call for this long is closed
   // for a new one.
   absl::Duration grpc_idle_eviction = absl::Seconds(5);
+  // The durable queue (lib/queue); off when false (EnqueueSetMsgRead answers UNIMPLEMENTED).
+  bool queue = true;
+  std::string queue_path;  // The SQLite file.
+  int64_t queue_max_pending = 1000000;
+  absl::Duration queue_max_age = absl::Hours(24);
+  bool queue_fsync = true;       // A commit survives a machine crash, not only the process's.
+  double queue_min_share = 0.1;  // Of the sends, while callers' calls wait too.
+  absl::Duration queue_retry_max = absl::Minutes(5);  // The longest backoff between attempts.
 };
 
 // A size: digits with an optional suffix Ki, Mi, Gi (powers of 1024) or K, M, G (of 1000),

@@ -97,6 +97,7 @@ void DispatchLoop::EndGraceNow() {
 void DispatchLoop::Run() {
   std::vector<Call> submitted;
   std::vector<CallId> cancelled;
+  bool background_failed = false;
   while (true) {
     bool stopping;
     absl::Duration stop_by;
@@ -112,6 +113,10 @@ void DispatchLoop::Run() {
     for (CallId id : cancelled) dispatcher_.Cancel(id);
     ClearKeepingLittle(submitted);
     ClearKeepingLittle(cancelled);
+    if (stopping && !background_failed) {  // The queue's calls wait for the next start.
+      background_failed = true;
+      dispatcher_.FailBackground("the gateway is stopping: the entry waits for the next start");
+    }
 
     absl::Duration next = dispatcher_.Step();
     absl::Duration now = clock_.Monotonic();

@@ -30,9 +30,9 @@ class DispatchLoop final {
   // The same for several calls, with one wake-up.
   void Submit(std::vector<Call> calls) ABSL_LOCKS_EXCLUDED(mu_);
   void Cancel(CallId id) ABSL_LOCKS_EXCLUDED(mu_);
-  // Stops taking calls, lets waiting and in-flight calls finish for up to `grace`, answers
-  // the rest kShuttingDown, and joins the thread. Every submitted call has its answer when
-  // Stop() returns.
+  // Stops taking calls, answers the background calls not yet sent (FailBackground), lets
+  // waiting and in-flight calls finish for up to `grace`, answers the rest kShuttingDown, and
+  // joins the thread. Every submitted call has its answer when Stop() returns.
   void Stop(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
   // Ends a Stop()'s grace now, from any thread, without waiting: what is still queued or in
   // flight is answered kShuttingDown at once (a second SIGTERM). No effect before Stop().

@@ -883,11 +883,20 @@ absl::Duration Dispatcher::Backoff(int attempts) {
   return absl::Microseconds(pick(jitter_));
 }
 
-void Dispatcher::FailWaiting(const std::string& why) {
+void Dispatcher::FailWaiting(const std::string& why) { FailUnsent(why, /*background_only=*/false); }
+
+void Dispatcher::FailBackground(const std::string& why) {
+  FailUnsent(why, /*background_only=*/true);
+}
+
+void Dispatcher::FailUnsent(const std::string& why, bool background_only) {
   owner_.Check();
   std::vector<CallId> ids;
   for (const auto& [id, waiter] : waiters_) {
-    if (entries_.at(waiter.entry).state != Entry::State::kInFlight) ids.push_back(id);
+    if (entries_.at(waiter.entry).state != Entry::State::kInFlight &&
+        (!background_only || waiter.call.background)) {
+      ids.push_back(id);
+    }
   }
   for (CallId id : ids) {
     if (metrics_) metrics_->Rejected(metrics::RejectReason::kShuttingDown);

@@ -146,6 +146,9 @@ class Dispatcher final {
   }
   // Answers kShuttingDown every call that is not waiting for a request in flight.
   void FailWaiting(const std::string& why);
+  // The same for the background calls only (Call::background): on a stop, nothing new is sent
+  // for the durable queue, whose entries wait in its store for the next start.
+  void FailBackground(const std::string& why);
 
   size_t calls() const { return waiters_.size(); }  // Calls not yet answered.
   size_t in_flight() const { return in_flight_; }   // Upstream requests in flight.
@@ -284,6 +287,7 @@ class Dispatcher final {
   // The entry's largest read time among its waiters, found again if one left since.
   int64_t TimeOf(Entry& entry);
   void FailFast(absl::Duration now);
+  void FailUnsent(const std::string& why, bool background_only);
   void CountAnswer(const upstream::HttpResponse& response, const upstream::Outcome& outcome);
   absl::Duration Backoff(int attempts);
 

@@ -12,9 +12,19 @@ namespace imgw::metrics {
 // Every series of these is created when Metrics is constructed.
 
 // imgw_grpc_server_handling_seconds{method}.
-enum class RpcMethod { kSetMsgRead, kBatchSetMsgRead };
-inline constexpr std::array<absl::string_view, 2> kRpcMethodLabels = {"SetMsgRead",
-                                                                      "BatchSetMsgRead"};
+enum class RpcMethod {
+  kSetMsgRead,
+  kBatchSetMsgRead,
+  kEnqueueSetMsgRead,
+  kBatchEnqueueSetMsgRead,
+  kGetQueueStats,
+  kListDeadLetters,
+  kRetryDeadLetters,
+  kDropDeadLetters,
+};
+inline constexpr std::array<absl::string_view, 8> kRpcMethodLabels = {
+    "SetMsgRead",    "BatchSetMsgRead", "EnqueueSetMsgRead", "BatchEnqueueSetMsgRead",
+    "GetQueueStats", "ListDeadLetters", "RetryDeadLetters",  "DropDeadLetters"};
 
 // imgw_rejected_calls_total{reason}: calls answered without an upstream request.
 enum class RejectReason {

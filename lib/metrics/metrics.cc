@@ -214,8 +214,8 @@ Metrics::Metrics(absl::string_view version, uint64_t sdkappid)
     failures_by_kind_[i] =
         &upstream_failures_.Add({{"api", kApi}, {"kind", std::string(kFailureKindLabels[i])}});
   }
-  for (const char* method : {"SetMsgRead", "BatchSetMsgRead"}) {
-    rpc_latency_.Add({{"method", method}, {"code", "OK"}}, LatencyBuckets());
+  for (absl::string_view method : kRpcMethodLabels) {
+    rpc_latency_.Add({{"method", std::string(method)}, {"code", "OK"}}, LatencyBuckets());
   }
 }
 
@@ -226,7 +226,7 @@ void Metrics::ObserveRpc(RpcMethod method, int code, absl::Duration latency) {
       rpc_latency_cache_[static_cast<size_t>(method) * kRpcCodes + static_cast<size_t>(code)];
   prometheus::Histogram* histogram = slot.load(std::memory_order_acquire);
   if (histogram == nullptr) {
-    // Made on first use (2 methods x 17 codes at most); Family::Add returns the existing child
+    // Made on first use (8 methods x 17 codes at most); Family::Add returns the existing child
     // when there is one, so a race stores one pointer.
     histogram = &rpc_latency_.Add({{"method", std::string(LabelOf(method, kRpcMethodLabels))},
                                    {"code", std::string(code_name)}},

@@ -103,8 +103,8 @@ class Metrics final {
  private:
   using CounterCache = std::vector<std::pair<std::string, prometheus::Counter*>>;
 
-  static constexpr size_t kRpcMethods = 2;  // SetMsgRead, BatchSetMsgRead.
-  static constexpr size_t kRpcCodes = 17;   // gRPC status codes 0..16, by name.
+  static constexpr size_t kRpcMethods = kRpcMethodLabels.size();
+  static constexpr size_t kRpcCodes = 17;  // gRPC status codes 0..16, by name.
 
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Histogram>& rpc_latency_;

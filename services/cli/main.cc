@@ -1,6 +1,10 @@
 // imgw-cli: calls the gateway and prints its answer.
 //   imgw-cli set-msg-read --report dramon1 --peer dramon2 [--time N] [--target host:port]
 //   imgw-cli batch-set-msg-read --report dramon1 --peer dramon2,dramon3 [--time N]
+//   imgw-cli enqueue-set-msg-read | batch-enqueue-set-msg-read  (the same flags)
+//   imgw-cli queue-stats
+//   imgw-cli dead-letters list [--page_size N] [--page_token T]
+//   imgw-cli dead-letters retry|drop (--report A --peer B | --all)
 // Exit status: 0 when the call (every item of a batch) answered OK, 1 when it answered an
 // error, 2 on bad usage.
 #include <cstdio>
@@ -22,6 +26,7 @@
 #include "lib/common/files.h"
 #include "lib/common/flags.h"
 #include "lib/common/grpc_codes.h"
+#include "services/cli/queue_commands.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "The gateway's gRPC address.");
 ABSL_FLAG(std::string, report, "", "report_account: whose messages become read.");
@@ -41,8 +46,12 @@ namespace {
 using imgw::GrpcCodeName;
 
 constexpr char kUsage[] =
-    "imgw-cli set-msg-read|batch-set-msg-read --report ACCOUNT --peer ACCOUNT[,ACCOUNT...] "
-    "[--time UNIX_SECONDS] [--target host:port] [--deadline 10s] [--caller NAME]";
+    "imgw-cli set-msg-read|batch-set-msg-read|enqueue-set-msg-read|batch-enqueue-set-msg-read "
+    "--report ACCOUNT --peer ACCOUNT[,ACCOUNT...] [--time UNIX_SECONDS] [--target host:port] "
+    "[--deadline 10s] [--caller NAME]\n"
+    "       imgw-cli queue-stats\n"
+    "       imgw-cli dead-letters list [--page_size N] [--page_token T]\n"
+    "       imgw-cli dead-letters retry|drop (--report ACCOUNT --peer ACCOUNT | --all)";
 
 // Reads the PEM file `flag` names into `out` (at most 1 MiB, a regular file); false with the
 // one-line error in `error`.
@@ -54,22 +63,6 @@ bool ReadFile(const char* flag, const std::string& path, std::string* out, std::
   }
   *out = *std::move(content);
   return true;
-}
-
-// The item every command sends for one peer.
-imgw::v1::SetMsgReadRequest Item(const std::string& peer, std::optional<int64_t> time) {
-  imgw::v1::SetMsgReadRequest item;
-  item.set_report_account(absl::GetFlag(FLAGS_report));
-  item.set_peer_account(peer);
-  if (time.has_value()) item.set_msg_read_time(*time);
-  return item;
-}
-
-std::string Trailer(const grpc::ClientContext& context, const char* key) {
-  const auto& trailers = context.GetServerTrailingMetadata();
-  auto it = trailers.find(key);
-  if (it == trailers.end()) return "";
-  return " " + std::string(key) + "=" + std::string(it->second.data(), it->second.size());
 }
 
 // The channel's credentials from --tls_ca, --tls_cert and --tls_key; on an unreadable file
@@ -90,6 +83,9 @@ std::shared_ptr<grpc::ChannelCredentials> Credentials() {
 }
 
 // set-msg-read: prints the answer; 0 when OK.
+using imgw::cli::Item;
+using imgw::cli::Trailer;
+
 int SetMsgRead(imgw::v1::MsgReadService::Stub& stub, grpc::ClientContext& context,
                std::optional<int64_t> time) {
   imgw::v1::SetMsgReadResponse response;
@@ -142,10 +138,15 @@ int BatchSetMsgRead(imgw::v1::MsgReadService::Stub& stub, grpc::ClientContext& c
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::vector<std::string> args =
-      imgw::ParseFlagsOrExit(argc, argv, "imgw-cli", kUsage, {"services/cli/main.cc"});
-  const std::string command = args.size() == 1 ? args[0] : "";
-  if (command != "set-msg-read" && command != "batch-set-msg-read") {
+  const std::vector<std::string> args = imgw::ParseFlagsOrExit(
+      argc, argv, "imgw-cli", kUsage, {"services/cli/main.cc", "services/cli/queue_commands.cc"});
+  const std::string command = args.empty() ? "" : args[0];
+  const bool known =
+      (args.size() == 1 && (command == "set-msg-read" || command == "batch-set-msg-read" ||
+                            command == "enqueue-set-msg-read" ||
+                            command == "batch-enqueue-set-msg-read" || command == "queue-stats")) ||
+      (args.size() == 2 && command == "dead-letters");
+  if (!known) {
     std::fprintf(stderr, "usage: %s\n", kUsage);
     return 2;
   }
@@ -160,13 +161,20 @@ int main(int argc, char** argv) {
   }
   std::shared_ptr<grpc::ChannelCredentials> credentials = Credentials();
   if (credentials == nullptr) return 2;
-  auto stub = imgw::v1::MsgReadService::NewStub(
-      grpc::CreateChannel(absl::GetFlag(FLAGS_target), credentials));
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(absl::GetFlag(FLAGS_target), credentials);
+  auto stub = imgw::v1::MsgReadService::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_deadline)));
   if (!absl::GetFlag(FLAGS_caller).empty()) {
     context.AddMetadata("imgw-caller", absl::GetFlag(FLAGS_caller));
   }
-  return command == "set-msg-read" ? SetMsgRead(*stub, context, time)
-                                   : BatchSetMsgRead(*stub, context, time);
+  if (command == "set-msg-read") return SetMsgRead(*stub, context, time);
+  if (command == "batch-set-msg-read") return BatchSetMsgRead(*stub, context, time);
+  if (command == "enqueue-set-msg-read") return imgw::cli::EnqueueSetMsgRead(*stub, context, time);
+  if (command == "batch-enqueue-set-msg-read") {
+    return imgw::cli::BatchEnqueueSetMsgRead(*stub, context, time);
+  }
+  if (command == "queue-stats") return imgw::cli::QueueStats(channel, context);
+  return imgw::cli::DeadLetters(args[1], channel, context);
 }

@@ -19,6 +19,7 @@
 #include "lib/common/files.h"
 #include "lib/common/log.h"
 #include "lib/metrics/process_stats.h"
+#include "lib/queue/sqlite_store.h"
 
 namespace imgw::gateway {
 
@@ -120,8 +121,8 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const config::GatewayCo
   gw->metrics_ = std::make_shared<metrics::Metrics>(IMGW_VERSION, config.sdkappid);
   for (absl::Status (Gateway::*step)() :
        {&Gateway::BuildUpstream, &Gateway::BuildBudget, &Gateway::BuildDispatcher,
-        &Gateway::BuildService, &Gateway::BuildFront, &Gateway::StartProbes, &Gateway::WatchSecrets,
-        &Gateway::Serve}) {
+        &Gateway::BuildQueue, &Gateway::BuildService, &Gateway::BuildFront, &Gateway::StartProbes,
+        &Gateway::WatchSecrets, &Gateway::Serve}) {
     if (absl::Status built = (gw.get()->*step)(); !built.ok()) return built;
   }
   gw->LogServing();
@@ -216,10 +217,38 @@ absl::Status Gateway::BuildDispatcher() {
   options.request_timeout = config_.request_timeout;
   options.window_limit = static_cast<size_t>(config_.rate_limit);
   for (const auto& [name, weight] : config_.callers) options.lane_weights[name] = weight;
+  options.background_min_share = config_.queue_min_share;
   dispatcher_ =
       std::make_unique<dispatch::Dispatcher>(options, clock_, *limiter_, *client_, *requests_);
   dispatcher_->set_metrics(metrics_.get());
   loop_ = std::make_unique<dispatch::DispatchLoop>(*dispatcher_, *client_, clock_);
+  return absl::OkStatus();
+}
+
+absl::Status Gateway::BuildQueue() {
+  if (!config_.queue) return absl::OkStatus();
+  absl::StatusOr<std::unique_ptr<queue::SqliteStore>> store =
+      queue::SqliteStore::Open({config_.queue_path, config_.queue_fsync});
+  if (!store.ok())
+    return absl::Status(store.status().code(),
+                        absl::StrCat("--queue_path: ", store.status().message()));
+  if ((*store)->unclaimed_at_open() > 0) {
+    Log(LogLevel::kInfo, "queue entries in flight at the last stop will be sent again",
+        {{"entries", absl::StrCat((*store)->unclaimed_at_open())}});
+  }
+  store_ = *std::move(store);
+  queue_metrics_ = std::make_unique<metrics::QueueMetrics>(*metrics_->registry());
+  queue::QueueLoop::Options options;
+  options.max_pending = config_.queue_max_pending;
+  options.rate = config_.rate_limit;
+  options.retry.max_age = config_.queue_max_age;
+  options.retry.retry_max = config_.queue_retry_max;
+  dispatch::DispatchLoop* loop = loop_.get();
+  queue_ = std::make_unique<queue::QueueLoop>(
+      options, *store_, clock_,
+      [loop](std::vector<dispatch::Call> calls) { loop->Submit(std::move(calls)); },
+      queue_metrics_.get());
+  queue_admin_ = std::make_unique<QueueAdminService>(*queue_, clock_, metrics_.get());
   return absl::OkStatus();
 }
 
@@ -245,6 +274,7 @@ absl::Status Gateway::BuildService() {
   options.callers.insert(callers.begin(), callers.end());
   // front_ is set before any thread that reads it starts, and never changed after.
   options.peer_of = [this](absl::string_view peer) { return front_->PeerOf(peer); };
+  options.queue = queue_.get();
   service_ = std::make_unique<MsgReadService>(options, *loop_, clock_, metrics_.get());
   return absl::OkStatus();
 }
@@ -366,12 +396,16 @@ absl::Status Gateway::Serve() {
   quota.Resize(config_.memory_limit / 8);
   builder.SetResourceQuota(quota);
   builder.RegisterService(service_.get());
+  if (queue_admin_ != nullptr) builder.RegisterService(queue_admin_.get());
   loop_->Start();
+  if (queue_ != nullptr) queue_->Start();
   memory_watch_->Start();
   if (secret_watch_ != nullptr) secret_watch_->Start();
   server_ = builder.BuildAndStart();
   if (server_ == nullptr) {
+    if (queue_ != nullptr) queue_->StopTaking();
     loop_->Stop(absl::ZeroDuration());
+    if (queue_ != nullptr) queue_->Stop();
     return absl::InternalError("gRPC did not start");
   }
   // grpc.health.v1 answers for the whole server ("", SERVING from the start) and for each
@@ -379,6 +413,10 @@ absl::Status Gateway::Serve() {
   for (const char* name :
        {v1::MsgReadService::service_full_name(), "grpc.reflection.v1alpha.ServerReflection"}) {
     server_->GetHealthCheckService()->SetServingStatus(name, true);
+  }
+  if (queue_admin_ != nullptr) {
+    server_->GetHealthCheckService()->SetServingStatus(v1::QueueAdminService::service_full_name(),
+                                                       true);
   }
   front_->Start();
   grpc_address_ = front_->address();
@@ -431,7 +469,12 @@ void Gateway::DrainCalls() {
   // within the grace period and answers the rest UNAVAILABLE. Then every RPC has its answer;
   // gRPC is given a bounded time to send them (an answer stuck on a dead client must not
   // hold us).
+  // The queue first: no enqueue is taken (UNAVAILABLE) and nothing more is claimed, and the
+  // loop's stop answers the queue's unsent calls at once; what comes back from the upstream
+  // within the grace is settled, the rest waits in the store for the next start.
+  if (queue_ != nullptr) queue_->StopTaking();
   loop_->Stop(config_.shutdown_grace);
+  if (queue_ != nullptr) queue_->Stop();
   const absl::Time flush_by = absl::Now() + absl::Seconds(2);
   while (service_->active() > 0 && absl::Now() < flush_by) absl::SleepFor(absl::Milliseconds(5));
 }
@@ -479,13 +522,17 @@ Gateway::~Gateway() {
   http_.reset();          // Its handlers read the client, the watch, the front, the UserSigs.
   front_.reset();         // Hands connections to server_.
   server_.reset();        // Its handlers call service_.
-  service_.reset();       // Borrows loop_ and memory_budget_.
+  service_.reset();       // Borrows loop_, queue_ and memory_budget_.
+  queue_admin_.reset();   // Borrows queue_.
   secret_watch_.reset();  // Its thread writes to usersigs_ and limiter_.
   memory_watch_.reset();  // Its thread writes to memory_budget_.
-  loop_.reset();          // Its thread drives dispatcher_ and client_.
-  dispatcher_.reset();    // Answers what is left; borrows limiter_, client_, requests_.
-  requests_.reset();      // Borrows usersigs_.
-  limiter_.reset();       // The Redis one's thread wakes client_ and updates its metrics.
+  if (queue_ != nullptr) queue_->Stop();  // Its thread submits to loop_ and uses store_.
+  loop_.reset();                          // Its thread drives dispatcher_ and client_.
+  dispatcher_.reset();  // Answers what is left, the queue's calls into queue_'s inbox.
+  queue_.reset();       // Borrows store_ and queue_metrics_.
+  store_.reset();       // Checkpoints and closes the file.
+  requests_.reset();    // Borrows usersigs_.
+  limiter_.reset();     // The Redis one's thread wakes client_ and updates its metrics.
   client_.reset();
 }
 

@@ -17,12 +17,15 @@
 #include "lib/metrics/shared_budget_metrics.h"
 #include "lib/overload/memory_budget.h"
 #include "lib/overload/memory_watch.h"
+#include "lib/queue/pending_store.h"
+#include "lib/queue/queue_loop.h"
 #include "lib/ratelimit/local_rate_limiter.h"
 #include "lib/ratelimit/redis_rate_limiter.h"
 #include "lib/upstream/curl_client.h"
 #include "lib/upstream/request_factory.h"
 #include "lib/usersig/usersig_cache.h"
 #include "services/gateway/msg_read_service.h"
+#include "services/gateway/queue_admin_service.h"
 
 namespace imgw::gateway {
 
@@ -63,6 +66,7 @@ class Gateway final {
   absl::Status BuildUpstream();    // usersigs_, client_, requests_.
   absl::Status BuildBudget();      // limiter_: a local token bucket or the Redis budget.
   absl::Status BuildDispatcher();  // dispatcher_ and loop_ (not started).
+  absl::Status BuildQueue();       // store_ (opened), queue_ (not started), queue_admin_.
   absl::Status BuildService();     // memory_budget_, memory_watch_ (not started), service_.
   absl::Status BuildFront();       // front_, bound, not accepting.
   absl::Status StartProbes();      // http_: /metrics, /healthz, /readyz ("starting").
@@ -96,6 +100,12 @@ class Gateway final {
   std::unique_ptr<upstream::RequestFactory> requests_;
   std::unique_ptr<dispatch::Dispatcher> dispatcher_;
   std::unique_ptr<dispatch::DispatchLoop> loop_;
+  // The durable queue (--queue_backend=sqlite): its store, used by queue_'s thread only, and
+  // the thread, which hands background calls to loop_.
+  std::unique_ptr<queue::PendingStore> store_;
+  std::unique_ptr<metrics::QueueMetrics> queue_metrics_;
+  std::unique_ptr<queue::QueueLoop> queue_;
+  std::unique_ptr<QueueAdminService> queue_admin_;
   std::unique_ptr<overload::MemoryBudget> memory_budget_;
   std::unique_ptr<overload::MemoryWatch> memory_watch_;
   // Reads --secret_key_file and --redis_password_file again; its thread applies a new key to

@@ -110,6 +110,26 @@ ABSL_FLAG(int, redis_fallback_replicas, 4,
 ABSL_FLAG(std::string, callers, "",
           "name:weight,... : the callers (imgw-caller names) with a fair-share lane of their "
           "own, weighted; every other caller shares one lane, \"undeclared\", of weight 1.");
+ABSL_FLAG(std::string, queue_backend, "sqlite",
+          "The durable queue behind EnqueueSetMsgRead: sqlite (a file, --queue_path) or none "
+          "(EnqueueSetMsgRead answers UNIMPLEMENTED).");
+ABSL_FLAG(std::string, queue_path, "imgw-queue.db",
+          "The queue's SQLite file (WAL mode; one gateway per file). Relative to the working "
+          "directory, which the container mounts as a volume.");
+ABSL_FLAG(int64_t, queue_max_pending, 1000000,
+          "Pending entries the queue holds at most; past it EnqueueSetMsgRead answers "
+          "RESOURCE_EXHAUSTED with imgw-retry-after-ms.");
+ABSL_FLAG(absl::Duration, queue_max_age, absl::Hours(24),
+          "An entry still failing transiently (upstream error codes) after this long becomes a "
+          "dead letter.");
+ABSL_FLAG(bool, queue_fsync, true,
+          "Sync every commit to disk (an acknowledged enqueue survives a machine crash); false: "
+          "it survives a crash of the gateway, not of the machine.");
+ABSL_FLAG(double, queue_min_share, 0.1,
+          "The least share of the upstream budget the queue gets while SetMsgRead calls wait "
+          "too.");
+ABSL_FLAG(absl::Duration, queue_retry_max, absl::Minutes(5),
+          "The longest backoff between two attempts of a queued entry.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(std::string, ready_file, "",
           "Once serving, write {\"grpc_listen\":\"host:port\",\"metrics_listen\":\"host:port\"} "
@@ -196,6 +216,13 @@ imgw::config::GatewayFlags FlagsFromCommandLine() {
   flags.premature_reset_streams = absl::GetFlag(FLAGS_premature_reset_streams);
   flags.grpc_handshake_timeout = absl::GetFlag(FLAGS_grpc_handshake_timeout);
   flags.grpc_idle_eviction = absl::GetFlag(FLAGS_grpc_idle_eviction);
+  flags.queue_backend = absl::GetFlag(FLAGS_queue_backend);
+  flags.queue_path = absl::GetFlag(FLAGS_queue_path);
+  flags.queue_max_pending = absl::GetFlag(FLAGS_queue_max_pending);
+  flags.queue_max_age = absl::GetFlag(FLAGS_queue_max_age);
+  flags.queue_fsync = absl::GetFlag(FLAGS_queue_fsync);
+  flags.queue_min_share = absl::GetFlag(FLAGS_queue_min_share);
+  flags.queue_retry_max = absl::GetFlag(FLAGS_queue_retry_max);
   return flags;
 }
 
@@ -266,6 +293,9 @@ int main(int argc, char** argv) {
   if (!config.ok()) Die(std::string(config.status().message()));
 
   gpr_set_log_function(GrpcLog);
+  // A file size limit (ulimit -f) reached by the queue's file is a failed write (EFBIG: the
+  // enqueue answers UNAVAILABLE, nothing acknowledged is lost), not the death of the process.
+  signal(SIGXFSZ, SIG_IGN);
   const sigset_t signals = BlockStopSignals();
   // A ready file that cannot be written is a bad flag, found before anything listens.
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);

@@ -12,6 +12,7 @@
 #include "imgw/gateway/wire.pb.h"
 #include "lib/config/gateway_config.h"
 #include "lib/overload/memory_budget.h"
+#include "services/gateway/rpc_support.h"
 #include "services/gateway/status_mapping.h"
 
 namespace imgw::gateway {
@@ -19,65 +20,6 @@ namespace {
 
 using upstream::Outcome;
 namespace wire = imgw::gateway::wire;
-
-// Counts itself in `active` from construction to OnDone, so that shutdown can tell when gRPC
-// has sent every answer, and observes each call's latency and status.
-class CountedReactor : public grpc::ServerUnaryReactor {
- public:
-  CountedReactor(std::atomic<int64_t>& active, metrics::Metrics* metrics, metrics::RpcMethod method)
-      : active_(active), metrics_(metrics), method_(method), start_(absl::Now()) {
-    active_.fetch_add(1);
-  }
-  void OnDone() override {
-    if (memory_ != nullptr) memory_->Release(lane_, held_);
-    active_.fetch_sub(1);
-    delete this;
-  }
-
-  // Gives `held` bytes of the lane back to `memory` when gRPC is done with the call, its answer
-  // sent (or the call cancelled). Before the call is submitted.
-  void HoldUntilDone(overload::MemoryBudget* memory, std::string lane, size_t held) {
-    memory_ = memory;
-    lane_ = std::move(lane);
-    held_ = held;
-  }
-
- protected:
-  void FinishAndCount(const grpc::Status& status) {
-    if (metrics_ != nullptr) {
-      metrics_->ObserveRpc(method_, static_cast<int>(status.error_code()), absl::Now() - start_);
-    }
-    Finish(status);
-  }
-
- private:
-  std::atomic<int64_t>& active_;
-  metrics::Metrics* const metrics_;
-  const metrics::RpcMethod method_;
-  const absl::Time start_;
-  overload::MemoryBudget* memory_ = nullptr;
-  std::string lane_;
-  size_t held_ = 0;
-};
-
-// Serializes `message` into the raw response buffer.
-void Encode(const google::protobuf::MessageLite& message, grpc::ByteBuffer* buffer) {
-  bool own = false;
-  grpc::SerializationTraits<google::protobuf::MessageLite>::Serialize(message, buffer, &own);
-}
-
-// Parses the raw request; false when the bytes are not a message of that type.
-template <typename Message>
-bool Decode(const grpc::ByteBuffer* request, Message* message) {
-  grpc::ByteBuffer copy(*request);  // Shares the slices; Deserialize consumes its argument.
-  return grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok();
-}
-
-// A call whose stream was reset before its request was read reaches the handler with no
-// message: a cancellation ("rapid reset" sends thousands), not a malformed request.
-bool ResetBeforeTheRequest(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
-  return context->IsCancelled() || request == nullptr || !request->Valid();
-}
 
 // Finishes one SetMsgRead exactly once: the dispatcher runs Complete() once per call, and
 // OnCancel() only tells the loop. Deletes itself when gRPC is done with it.
@@ -160,42 +102,6 @@ class BatchReactor final : public CountedReactor {
   std::atomic<int> remaining_;
 };
 
-// The request as lib types, validated and stamped; or why it is refused.
-absl::Status ToParams(const wire::SetMsgReadRequest& request, absl::Time now,
-                      absl::Duration max_future, upstream::SetMsgReadParams* params) {
-  params->report_account = request.report_account();
-  params->peer_account = request.peer_account();
-  if (request.has_msg_read_time()) params->msg_read_time = request.msg_read_time();
-  absl::Status valid = upstream::Validate(*params, now, max_future);
-  // Stamped on arrival: time spent queued must never mark later messages read.
-  if (valid.ok() && !params->msg_read_time.has_value()) {
-    params->msg_read_time = absl::ToUnixSeconds(now);
-  }
-  return valid;
-}
-
-// A call refused because the memory budget cannot hold it.
-Outcome MemoryRefusal(overload::MemoryBudget::Refusal why, const overload::MemoryBudget& memory) {
-  std::string detail;
-  switch (why) {
-    case overload::MemoryBudget::Refusal::kOverloaded:
-      detail = "the gateway is over 90% of its memory limit (--memory_limit): try again later";
-      break;
-    case overload::MemoryBudget::Refusal::kLaneFull:
-      detail = absl::StrCat("this caller's calls hold ", memory.lane_bytes() >> 20,
-                            " MiB of the gateway's memory, the most one caller may "
-                            "(--memory_limit): try again later");
-      break;
-    default:
-      detail = absl::StrCat("the calls the gateway holds take the ", memory.calls_bytes() >> 20,
-                            " MiB of memory they may (--memory_limit): try again later");
-      break;
-  }
-  Outcome outcome = Outcome::Failed(Outcome::Kind::kQueueFull, std::move(detail));
-  outcome.retry_after = kMemoryRetryAfter;
-  return outcome;
-}
-
 }  // namespace
 
 std::string MsgReadService::CallerOf(const grpc::CallbackServerContext& context) const {
@@ -215,6 +121,21 @@ std::string MsgReadService::CallerOf(const grpc::CallbackServerContext& context)
 std::string MsgReadService::LaneOf(const grpc::CallbackServerContext& context) const {
   std::string caller = CallerOf(context);
   return options_.callers.contains(caller) ? caller : std::string(config::kUndeclaredCaller);
+}
+
+template <typename Complete>
+absl::AnyInvocable<void(Outcome)> MsgReadService::Done(const upstream::SetMsgReadParams& params,
+                                                       Complete complete) const {
+  queue::QueueLoop* queue = options_.queue;
+  if (queue == nullptr) return complete;
+  return [queue, complete = std::move(complete), report = params.report_account,
+          peer = params.peer_account, time = *params.msg_read_time](Outcome outcome) mutable {
+    if (outcome.kind == Outcome::Kind::kAnswered &&
+        outcome.disposition == upstream::Disposition::kOk) {
+      queue->PairApplied(std::move(report), std::move(peer), time);
+    }
+    complete(std::move(outcome));
+  };
 }
 
 absl::Duration MsgReadService::DeadlineOf(const grpc::CallbackServerContext& context) const {
@@ -267,7 +188,7 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
   call.caller = std::move(lane);
   if (metrics_ != nullptr) metrics_->CallerCalls(call.caller, 1);
   call.deadline = DeadlineOf(*context);
-  call.done = [reactor](Outcome outcome) { reactor->Complete(outcome); };
+  call.done = Done(call.params, [reactor](Outcome outcome) { reactor->Complete(outcome); });
   loop_.Submit(std::move(call));
   return reactor;
 }
@@ -346,7 +267,7 @@ grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerCo
     call.id = first_id + static_cast<dispatch::CallId>(i);
     call.caller = caller;
     call.deadline = deadline;
-    call.done = [reactor, i](Outcome outcome) { reactor->Complete(i, outcome); };
+    call.done = Done(call.params, [reactor, i](Outcome outcome) { reactor->Complete(i, outcome); });
     calls.push_back(std::move(call));
   }
   // Refused items first: the reactor cannot finish before every valid item was submitted,

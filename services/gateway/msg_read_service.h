@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "absl/container/flat_hash_set.h"
@@ -14,6 +15,7 @@
 #include "lib/dispatch/dispatch_loop.h"
 #include "lib/metrics/metrics.h"
 #include "lib/overload/memory_budget.h"
+#include "lib/queue/queue_loop.h"
 
 namespace imgw::gateway {
 
@@ -28,13 +30,16 @@ inline constexpr absl::Duration kMemoryRetryAfter = absl::Seconds(1);
 // valid UTF-8 reaches the gateway's validation instead of failing protobuf's parse.
 using MsgReadServiceBase = imgw::v1::MsgReadService::WithRawCallbackMethod_SetMsgRead<
     imgw::v1::MsgReadService::WithRawCallbackMethod_BatchSetMsgRead<
-        imgw::v1::MsgReadService::Service>>;
+        imgw::v1::MsgReadService::WithRawCallbackMethod_EnqueueSetMsgRead<
+            imgw::v1::MsgReadService::WithRawCallbackMethod_BatchEnqueueSetMsgRead<
+                imgw::v1::MsgReadService::Service>>>>;
 
 // imgw.v1.MsgReadService on gRPC's callback API. A handler decodes the request, validates
 // it, stamps a missing read time with the arrival time, posts the call (or the batch's calls)
 // to the dispatch loop and returns its reactor at once; the loop finishes the reactor later
-// with the mapped outcome. No handler ever blocks a gRPC thread. Thread-safe. Borrows the loop
-// and the clock.
+// with the mapped outcome. The Enqueue RPCs hand their items to the durable queue
+// (lib/queue/queue_loop.h) instead, and are finished once the queue has stored them. No handler
+// ever blocks a gRPC thread. Thread-safe. Borrows the loop, the queue and the clock.
 class MsgReadService final : public MsgReadServiceBase {
  public:
   struct Options {
@@ -51,6 +56,9 @@ class MsgReadService final : public MsgReadServiceBase {
     // The peer's address for gRPC's name of a connection ("fd:17" for a connection the front
     // handed to gRPC); null: gRPC's name as it is.
     std::function<std::string(absl::string_view grpc_peer)> peer_of;
+    // The durable queue; null: the Enqueue RPCs answer UNIMPLEMENTED (--queue_backend=none).
+    // Borrowed. SetMsgRead calls applied upstream settle the queue's entries they cover.
+    queue::QueueLoop* queue = nullptr;
   };
 
   // `metrics` may be null (tests); borrowed.
@@ -64,6 +72,13 @@ class MsgReadService final : public MsgReadServiceBase {
   grpc::ServerUnaryReactor* BatchSetMsgRead(grpc::CallbackServerContext* context,
                                             const grpc::ByteBuffer* request,
                                             grpc::ByteBuffer* response) override;
+  // enqueue_rpcs.cc.
+  grpc::ServerUnaryReactor* EnqueueSetMsgRead(grpc::CallbackServerContext* context,
+                                              const grpc::ByteBuffer* request,
+                                              grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* BatchEnqueueSetMsgRead(grpc::CallbackServerContext* context,
+                                                   const grpc::ByteBuffer* request,
+                                                   grpc::ByteBuffer* response) override;
 
   // RPCs whose reactor gRPC has not released yet (answer not yet sent). Thread-safe.
   int64_t active() const { return active_.load(); }
@@ -77,6 +92,19 @@ class MsgReadService final : public MsgReadServiceBase {
  private:
   // The call's deadline on the clock's monotonic time.
   absl::Duration DeadlineOf(const grpc::CallbackServerContext& context) const;
+  // A call's `done`: answers `complete` and, when the queue is on, tells it that the pair was
+  // applied at the call's time.
+  template <typename Complete>
+  absl::AnyInvocable<void(upstream::Outcome)> Done(const upstream::SetMsgReadParams& params,
+                                                   Complete complete) const;
+  // Holds `cost` bytes of the memory budget for the lane until the call is done (the reactor's
+  // HoldUntilDone); or the status of a refusal, its trailers set.
+  std::optional<grpc::Status> HoldMemory(grpc::CallbackServerContext& context,
+                                         const std::string& lane, size_t cost) const;
+  // Finishes an Enqueue RPC refused before the queue saw it (a reset stream, no queue, no
+  // memory, a malformed or invalid request); returns its reactor.
+  grpc::ServerUnaryReactor* RefuseEnqueue(grpc::CallbackServerContext* context,
+                                          metrics::RpcMethod method, grpc::Status status);
 
   const Options options_;
   dispatch::DispatchLoop& loop_;

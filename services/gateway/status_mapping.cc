@@ -1,5 +1,6 @@
 #include "services/gateway/status_mapping.h"
 
+#include <algorithm>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -139,6 +140,32 @@ void AddRefusalTrailers(const MappedStatus& mapped, grpc::ServerContextBase& con
     context.AddTrailingMetadata(kRetryAfterTrailer, ms);
     context.AddTrailingMetadata(kRetryPushbackTrailer, ms);
   }
+}
+
+MappedStatus MapEnqueueRefusal(const absl::Status& status, absl::Duration retry_after) {
+  MappedStatus mapped;
+  grpc::StatusCode code = grpc::StatusCode::INTERNAL;
+  switch (status.code()) {
+    case absl::StatusCode::kResourceExhausted:
+      code = grpc::StatusCode::RESOURCE_EXHAUSTED;
+      break;
+    case absl::StatusCode::kUnavailable:
+      code = grpc::StatusCode::UNAVAILABLE;
+      retry_after = std::max(retry_after, absl::Seconds(1));
+      break;
+    case absl::StatusCode::kInvalidArgument:
+      code = grpc::StatusCode::INVALID_ARGUMENT;
+      break;
+    default:
+      break;
+  }
+  if (retry_after > absl::ZeroDuration()) {
+    mapped.retry_after_ms =
+        absl::ToInt64Milliseconds(absl::Ceil(retry_after, absl::Milliseconds(1)));
+  }
+  mapped.status =
+      WithDetails(code, std::string(status.message()), nullptr, mapped.retry_after_ms, "");
+  return mapped;
 }
 
 }  // namespace imgw::gateway

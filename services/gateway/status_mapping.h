@@ -4,6 +4,8 @@
 #include <optional>
 #include <string>
 
+#include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "google/rpc/error_details.pb.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/status.h"
@@ -27,6 +29,11 @@ struct MappedStatus {
 // grpc-status-details-bin): ErrorInfo when the upstream answered, RetryInfo when a retry-after
 // is known, BadRequest naming the field on INVALID_ARGUMENT.
 MappedStatus MapOutcome(const upstream::Outcome& outcome);
+
+// The gRPC answer for an enqueue the durable queue did not store (lib/queue/queue_loop.h):
+// RESOURCE_EXHAUSTED (the queue full) with its retry-after, UNAVAILABLE (the gateway stopping,
+// the store failing) with a retry-after of a second, INVALID_ARGUMENT; anything else INTERNAL.
+MappedStatus MapEnqueueRefusal(const absl::Status& status, absl::Duration retry_after);
 
 // A status whose details carry `info` (if any), RetryInfo (if `retry_after_ms`) and a BadRequest
 // violation of `bad_field` (if not empty).

@@ -307,6 +307,7 @@ def start_upstream_and_gateway(bin_dir, tmp, env, redis_port, redis_password):
                 "--metrics_listen=127.0.0.1:0", "--endpoint=https://127.0.0.1:%d" % port,
                 "--ca_file=" + cert, "--sdkappid=" + SDKAPPID, "--identifier=administrator",
                 "--secret_key_file=" + secret, "--ready_file=" + gw_ready,
+                "--queue_path=" + os.path.join(tmp, "gateway.queue.db"),
                 # The budget in Redis, as overlays/shared-budget: the password from a file.
                 "--ratelimit_backend=redis", "--redis_address=127.0.0.1:%d" % redis_port,
                 "--redis_password_file=" + redis_pw, "--redis_fallback_replicas=1",

@@ -45,7 +45,7 @@ port=$(wait_ready "$work/emulator.ready" emulator "$work/emulator.log" | sed 's/
 "$bin/imgw-gateway" --grpc_listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
   --endpoint="https://127.0.0.1:$port" --ca_file="$work/cert.pem" --rate_limit=5 --max_queued=4 \
   --sdkappid=1400000000 --identifier=administrator --secret_key_file="$work/secret_key" \
-  --ready_file="$work/gateway.ready" 2>"$work/gateway.log" &
+  --ready_file="$work/gateway.ready" --queue_path="$work/queue.db" 2>"$work/gateway.log" &
 pids+=($!)
 ready=$(wait_ready "$work/gateway.ready" gateway "$work/gateway.log")
 export IMGW_TARGET IMGW_METRICS

@@ -155,7 +155,8 @@ class GatewayE2eTest : public ::testing::Test {
                     absl::StrCat("--identifier=", kAdmin),
                     "--secret_key_file=" + key_file,
                     "--rate_limit=200",
-                    "--ready_file=" + ready};
+                    "--ready_file=" + ready,
+                    "--queue_path=" + dir_->File(name + ".queue.db")};
     options.argv.insert(options.argv.end(), extra_flags.begin(), extra_flags.end());
     options.env = ChildEnv();
     options.unset_env = {"IMGW_SECRET_KEY"};
@@ -399,7 +400,8 @@ void ExpectRejectedFlags(const TempDir& dir, const std::string& name,
                          const std::vector<std::string>& flags, const std::string& flag) {
   const std::string ready = dir.File(name + ".ready");
   SubprocessOptions options;
-  options.argv = {BinDir() + "/imgw-gateway", "--ready_file=" + ready};
+  options.argv = {BinDir() + "/imgw-gateway", "--ready_file=" + ready,
+                  "--queue_path=" + dir.File(name + ".queue.db")};
   options.argv.insert(options.argv.end(), flags.begin(), flags.end());
   options.env = ChildEnv();
   options.unset_env = {"IMGW_SECRET_KEY"};

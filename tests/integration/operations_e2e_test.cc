@@ -717,7 +717,8 @@ TEST_F(OperationsE2eTest, NeitherTheKeyNorTheUserSigEverReachesTheLogs) {
                   absl::StrCat("--identifier=", ImgwStack::kAdmin),
                   "--log_level=debug",
                   "--shutdown_grace=2s",
-                  "--ready_file=" + ready};
+                  "--ready_file=" + ready,
+                  "--queue_path=" + stack_->dir().File("gateway-env.queue.db")};
   options.env = ChildEnv();
   options.env.emplace_back("IMGW_SECRET_KEY", secret_key);
   options.output_dir = stack_->dir().path();
@@ -852,7 +853,8 @@ void ExpectRejectedFlags(const TempDir& dir, const std::string& name,
   options.argv = {BinDir() + "/imgw-gateway",      "--grpc_listen=127.0.0.1:0",
                   "--metrics_listen=127.0.0.1:0",  "--endpoint=https://127.0.0.1:9",
                   "--sdkappid=1400000000",         "--identifier=administrator",
-                  "--secret_key_file=" + key_file, "--ready_file=" + ready};
+                  "--secret_key_file=" + key_file, "--ready_file=" + ready,
+                  "--queue_path=" + dir.File(name + ".queue.db")};
   options.argv.insert(options.argv.end(), tls_flags.begin(), tls_flags.end());
   options.env = ChildEnv();
   options.unset_env = {"IMGW_SECRET_KEY"};

@@ -1,5 +1,6 @@
 #include "tests/testing/imgw_stack.h"
 
+#include <csignal>
 #include <optional>
 #include <utility>
 
@@ -56,6 +57,7 @@ absl::StatusOr<std::unique_ptr<ImgwStack>> ImgwStack::Start(const ImgwStackOptio
   absl::StatusOr<TlsFiles> tls = GenerateSelfSignedCert(dir->path());
   if (!tls.ok()) return tls.status();
   std::unique_ptr<ImgwStack> stack(new ImgwStack(*std::move(dir), *std::move(tls)));
+  stack->options_ = options;
   stack->key_file_ = stack->dir_.File("secret.key");
   absl::Status written = WriteFile(stack->key_file_, absl::StrCat(kSecretKey, "\n"));
   if (!written.ok()) return written;
@@ -112,9 +114,26 @@ absl::Status ImgwStack::StartEmulator(const ImgwStackOptions& options) {
 }
 
 absl::Status ImgwStack::StartGateway(const ImgwStackOptions& options) {
-  // The first gateway's files keep their old names (gateway.ready, gateway.stderr, ...).
-  const std::string name =
-      gateways_.empty() ? "gateway" : absl::StrCat("gateway-", gateways_.size());
+  gateways_.emplace_back();
+  return StartGatewayAt(options, gateways_.size() - 1);
+}
+
+absl::Status ImgwStack::RestartGateway(int i) {
+  Gateway& gateway = gateways_.at(static_cast<size_t>(i));
+  if (gateway.process != nullptr && gateway.process->Running()) {
+    gateway.process->Signal(SIGKILL);
+    gateway.process->Wait(absl::Seconds(10));
+  }
+  ++gateway.starts;
+  return StartGatewayAt(options_, static_cast<size_t>(i));
+}
+
+absl::Status ImgwStack::StartGatewayAt(const ImgwStackOptions& options, size_t index) {
+  // The first gateway's files keep their old names (gateway.ready, gateway.stderr, ...); a
+  // restart writes new logs and ready file, and keeps its queue file.
+  const std::string base = index == 0 ? "gateway" : absl::StrCat("gateway-", index);
+  const int starts = gateways_[index].starts;
+  const std::string name = starts == 0 ? base : absl::StrCat(base, "-restart", starts);
   const std::string ready = dir_.File(name + ".ready");
   SubprocessOptions child;
   child.argv = {options.bin_dir + "/imgw-gateway",
@@ -125,7 +144,9 @@ absl::Status ImgwStack::StartGateway(const ImgwStackOptions& options) {
                 absl::StrCat("--sdkappid=", kSdkAppId),
                 absl::StrCat("--identifier=", kAdmin),
                 "--secret_key_file=" + key_file_,
-                "--ready_file=" + ready};
+                "--ready_file=" + ready,
+                // Each gateway its own queue file (one gateway per file).
+                "--queue_path=" + dir_.File(base + ".queue.db")};
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   // A sanitized gateway's RSS is mostly the sanitizer's (shadow memory, quarantine): the
   // memory watch would refuse every call. Sanitized runs check memory safety, and the memory
@@ -138,12 +159,10 @@ absl::Status ImgwStack::StartGateway(const ImgwStackOptions& options) {
   child.unset_env = {"IMGW_SECRET_KEY"};
   child.output_dir = dir_.path();
   child.name = name;
-  Gateway gateway;
-  absl::StatusOr<boost::json::object> doc =
-      StartAndWait(child, ready, options.start_timeout, &gateway.process);
   // Kept even when it failed: the destructor kills it.
-  gateways_.push_back(std::move(gateway));
-  Gateway& started = gateways_.back();
+  Gateway& started = gateways_[index];
+  absl::StatusOr<boost::json::object> doc =
+      StartAndWait(child, ready, options.start_timeout, &started.process);
   if (!doc.ok()) return doc.status();
   const boost::json::value* listen = doc->if_contains("grpc_listen");
   if (listen == nullptr || !listen->is_string()) {

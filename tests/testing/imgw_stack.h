@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "tests/testing/emulator_client.h"
 #include "tests/testing/process.h"
@@ -79,6 +80,14 @@ class ImgwStack final {
   // replaces the faults the emulator injects; "{}" clears them.
   absl::Status SetEmulatorFaults(const std::string& json) const;
 
+  // Starts gateway `i` again with the same flags and queue file (SIGKILL first if it still
+  // runs): a crash and a restart. Its addresses change; its logs go to new files.
+  absl::Status RestartGateway(int i);
+  // The queue file of gateway `i`.
+  std::string queue_path(int i) const {
+    return dir_.File(i == 0 ? "gateway.queue.db" : absl::StrCat("gateway-", i, ".queue.db"));
+  }
+
   // "pid N, exit status or running, the last `max_bytes` of stderr" of a child, for failure
   // messages.
   static std::string Describe(Subprocess& process, size_t max_bytes = 4000);
@@ -89,15 +98,19 @@ class ImgwStack final {
   absl::Status StartEmulator(const ImgwStackOptions& options);
   // Starts gateway number gateways_.size() and appends it.
   absl::Status StartGateway(const ImgwStackOptions& options);
+  // Starts gateways_[index] (again).
+  absl::Status StartGatewayAt(const ImgwStackOptions& options, size_t index);
 
   struct Gateway {
     std::unique_ptr<Subprocess> process;
     std::string address;
     std::string metrics_address;
+    int starts = 0;  // Restarts so far.
   };
 
   // Declared first: destroyed last, after the children are gone.
   TempDir dir_;
+  ImgwStackOptions options_;  // For restarts.
   TlsFiles tls_;
   std::string key_file_;
   std::unique_ptr<Subprocess> emulator_;
