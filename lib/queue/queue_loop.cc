@@ -128,22 +128,12 @@ void QueueLoop::Settle(std::vector<Answered>& answered) {
     if (verdict.pause > absl::ZeroDuration()) {
       paused_until_ = std::max(paused_until_, clock_.Monotonic() + verdict.pause);
     }
-    if (metrics_) {
-      switch (verdict.settlement.kind) {
-        case Settlement::Kind::kApplied:
-          metrics_->Applied(1);
-          break;
-        case Settlement::Kind::kRetryLater:
-          metrics_->RetryPlanned(verdict.settlement.count_attempt);
-          break;
-        case Settlement::Kind::kDeadLetter:
-          metrics_->DeadLettered(verdict.settlement.error_code);
-          Log(LogLevel::kWarning, "queue entry dead-lettered",
-              {{"error_code", absl::StrCat(verdict.settlement.error_code)},
-               {"error_info", verdict.settlement.error_info}});
-          break;
-      }
+    if (verdict.settlement.kind == Settlement::Kind::kDeadLetter) {
+      Log(LogLevel::kWarning, "queue entry dead-lettered",
+          {{"error_code", absl::StrCat(verdict.settlement.error_code)},
+           {"error_info", verdict.settlement.error_info}});
     }
+    if (metrics_) Count(verdict.settlement);
     unsettled_.push_back(std::move(verdict.settlement));
   }
   in_flight_.fetch_sub(static_cast<int64_t>(answered.size()), std::memory_order_relaxed);
@@ -159,6 +149,20 @@ void QueueLoop::Settle(std::vector<Answered>& answered) {
   // restart at worst (marking read is idempotent).
   Log(LogLevel::kError, "the queue's store could not settle entries; trying again",
       {{"entries", absl::StrCat(unsettled_.size())}, {"error", std::string(status.message())}});
+}
+
+void QueueLoop::Count(const Settlement& settlement) {
+  switch (settlement.kind) {
+    case Settlement::Kind::kApplied:
+      metrics_->Applied(1);
+      break;
+    case Settlement::Kind::kRetryLater:
+      metrics_->RetryPlanned(settlement.count_attempt);
+      break;
+    case Settlement::Kind::kDeadLetter:
+      metrics_->DeadLettered(settlement.error_code);
+      break;
+  }
 }
 
 void QueueLoop::SettlePairs(std::vector<AppliedPair>& applied) {

@@ -118,6 +118,7 @@ class QueueLoop final {
   void Run();
   // Run()'s steps, on the queue's thread.
   void Settle(std::vector<Answered>& answered);
+  void Count(const Settlement& settlement);  // In the metrics (set).
   void SettlePairs(std::vector<AppliedPair>& applied);
   void WriteEnqueues(std::vector<EnqueueRequest>& requests);
   void WriteGroup(std::vector<EnqueueRequest*>& group);

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "services/gateway/msg_read_service.h"
 
 namespace imgw::gateway {
 

@@ -6,11 +6,14 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "lib/queue/sqlite_store.h"
@@ -151,7 +154,8 @@ class QueueLoopTest : public ::testing::Test {
     auto shared = std::make_shared<Shared>();
     shared->answers.resize(reports.size());
     for (size_t i = 0; i < reports.size(); ++i) {
-      std::vector<EnqueueItem> items{{reports[i], "p", time, "caller", absl::ToUnixMillis(absl::Now())}};
+      std::vector<EnqueueItem> items{
+          {reports[i], "p", time, "caller", absl::ToUnixMillis(absl::Now())}};
       loop_->Enqueue(std::move(items), [shared, i](QueueLoop::EnqueueAnswer answer) {
         absl::MutexLock lock(&shared->mu);
         shared->answers[i] = std::move(answer);
@@ -262,8 +266,8 @@ TEST_F(QueueLoopTest, HandsTheDispatcherNoMoreThanMaxOutstanding) {
   while (answered < 300) {
     ASSERT_TRUE(Eventually([&] { return calls_.size() > 0; })) << answered;
     EXPECT_LE(calls_.size(), 64u);
-    answered += calls_.AnswerAll(
-        [](const dispatch::Call&) { return Outcome::Answered("OK", 0, ""); });
+    answered +=
+        calls_.AnswerAll([](const dispatch::Call&) { return Outcome::Answered("OK", 0, ""); });
   }
   EXPECT_EQ(answered, 300u);
   EXPECT_TRUE(Eventually([&] { return Pending() == 0; }));
@@ -277,9 +281,8 @@ TEST_F(QueueLoopTest, PerPairRefusalsBecomeDeadLettersAndTransientOnesComeBack) 
     return call.params.report_account == "dead" ? Outcome::Answered("FAIL", 90001, "bad json")
                                                 : Outcome::Answered("FAIL", 70500, "internal");
   });
-  EXPECT_TRUE(Eventually([&] {
-    return OnStore<int64_t>([](PendingStore& s) { return s.dead_letters(); }) == 1;
-  }));
+  EXPECT_TRUE(Eventually(
+      [&] { return OnStore<int64_t>([](PendingStore& s) { return s.dead_letters(); }) == 1; }));
   // The transient one is sent again after its backoff (0.5 to 1 s).
   const absl::Time answered = absl::Now();
   ASSERT_TRUE(Eventually([&] { return calls_.size() == 1; }));
@@ -370,7 +373,8 @@ TEST_F(QueueLoopTest, StoppingRefusesEnqueuesClaimsNothingAndKeepsTheRest) {
   store_.reset();
   OpenStore();
   EXPECT_EQ(store_->pending(), 4);
-  absl::StatusOr<std::vector<PendingEntry>> claimed = store_->Claim(10, absl::ToUnixMillis(absl::Now()));
+  absl::StatusOr<std::vector<PendingEntry>> claimed =
+      store_->Claim(10, absl::ToUnixMillis(absl::Now()));
   ASSERT_TRUE(claimed.ok());
   EXPECT_EQ(claimed->size(), 4u);
 }
