@@ -344,6 +344,10 @@ absl::Status ResolveCalls(const GatewayFlags& flags, GatewayConfig& config) {
     return Bad("shutdown_grace", "must not be negative");
   }
   config.shutdown_grace = flags.shutdown_grace;
+  if (flags.startup_hold < absl::ZeroDuration() || flags.startup_hold > absl::Seconds(1)) {
+    return Bad("startup_hold", "must be 0s..1s");
+  }
+  config.startup_hold = flags.startup_hold;
   if (flags.max_attempts < 1 || flags.max_attempts > 10) {
     return Bad("max_attempts", "must be 1..10");
   }

@@ -45,6 +45,7 @@ struct GatewayFlags {
   absl::Duration secret_reload_interval = absl::Seconds(10);
   absl::Duration shutdown_grace = absl::Seconds(25);
   int max_attempts = 3;
+  absl::Duration startup_hold = absl::Seconds(1);
   std::string grpc_tls_cert;  // Paths.
   std::string grpc_tls_key;
   std::string grpc_client_ca;
@@ -106,6 +107,8 @@ struct GatewayConfig {
   absl::Duration secret_reload_interval;  // Zero: the files are read at start only.
   absl::Duration shutdown_grace;
   int max_attempts = 3;
+  // Nothing sent upstream for this long after a start (Dispatcher::Options::startup_hold).
+  absl::Duration startup_hold = absl::Seconds(1);
   // TLS on the gRPC listener: PEM contents, empty for plaintext. With a client CA, clients must
   // present a certificate it signed (mutual TLS).
   std::string grpc_tls_cert_pem;

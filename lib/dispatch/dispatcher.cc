@@ -30,7 +30,19 @@ Dispatcher::Dispatcher(const Options& options, Clock& clock, ratelimit::RateLimi
       round_trips_(options.round_trips),
       retry_budget_(options.retry_budget, clock.Monotonic()),
       breaker_(options.breaker) {
-  if (options.window_limit > 0) guard_.emplace(options.window_limit);
+  if (options.window_limit > 0) {
+    guard_.emplace(options.window_limit);
+    // What this process sent before it (re)started is unknown: take the window as full, its
+    // requests ending `startup_hold` from now.
+    if (options.startup_hold > absl::ZeroDuration()) {
+      const absl::Duration end =
+          clock.Monotonic() + std::min(options.startup_hold, absl::Seconds(1)) - absl::Seconds(1);
+      for (size_t i = 0; i < options.window_limit; ++i) {
+        guard_->OnSent();
+        guard_->OnEnded(end);
+      }
+    }
+  }
 }
 
 Dispatcher::~Dispatcher() {

@@ -111,6 +111,11 @@ class Dispatcher final {
     // The upstream's limit per sliding second, enforced on send-to-answer spans so that no
     // network delay can push a window over it (ratelimit::WindowGuard). 0: off.
     size_t window_limit = 0;
+    // With the window guard: nothing is sent for this long after the dispatcher is built (at
+    // most 1 s). A gateway that crashed and restarted does not know what it sent in its last
+    // second; it takes that second as full, so that a restart cannot put a second over the
+    // limit.
+    absl::Duration startup_hold = absl::ZeroDuration();
     // Weighted fair shares: a lane named here sends this many calls per turn; others send
     // one. (The service layer puts every undeclared caller in one lane.)
     absl::flat_hash_map<std::string, int> lane_weights;

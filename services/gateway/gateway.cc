@@ -218,6 +218,7 @@ absl::Status Gateway::BuildDispatcher() {
   options.window_limit = static_cast<size_t>(config_.rate_limit);
   for (const auto& [name, weight] : config_.callers) options.lane_weights[name] = weight;
   options.background_min_share = config_.queue_min_share;
+  options.startup_hold = config_.startup_hold;
   dispatcher_ =
       std::make_unique<dispatch::Dispatcher>(options, clock_, *limiter_, *client_, *requests_);
   dispatcher_->set_metrics(metrics_.get());

@@ -110,6 +110,10 @@ ABSL_FLAG(int, redis_fallback_replicas, 4,
 ABSL_FLAG(std::string, callers, "",
           "name:weight,... : the callers (imgw-caller names) with a fair-share lane of their "
           "own, weighted; every other caller shares one lane, \"undeclared\", of weight 1.");
+ABSL_FLAG(absl::Duration, startup_hold, absl::Seconds(1),
+          "Nothing is sent upstream for this long after a start (0s..1s): a gateway that "
+          "restarted cannot know what it sent in its last second, and takes it as full, so "
+          "that a crash and a restart never put a second over the limit.");
 ABSL_FLAG(std::string, queue_backend, "sqlite",
           "The durable queue behind EnqueueSetMsgRead: sqlite (a file, --queue_path) or none "
           "(EnqueueSetMsgRead answers UNIMPLEMENTED).");
@@ -216,6 +220,7 @@ imgw::config::GatewayFlags FlagsFromCommandLine() {
   flags.premature_reset_streams = absl::GetFlag(FLAGS_premature_reset_streams);
   flags.grpc_handshake_timeout = absl::GetFlag(FLAGS_grpc_handshake_timeout);
   flags.grpc_idle_eviction = absl::GetFlag(FLAGS_grpc_idle_eviction);
+  flags.startup_hold = absl::GetFlag(FLAGS_startup_hold);
   flags.queue_backend = absl::GetFlag(FLAGS_queue_backend);
   flags.queue_path = absl::GetFlag(FLAGS_queue_path);
   flags.queue_max_pending = absl::GetFlag(FLAGS_queue_max_pending);
