@@ -20,6 +20,9 @@ Scenarios (the distance rows are also in the README, "The upstream far away"):
   latency   100 calls/s of distinct pairs for 20 s, end to end, with the local budget and with
             the budget in Redis (the added latency of a Redis admission)
   memory    the gateway's peak RSS idle, and with 100,000 calls waiting (--max_queued=100000)
+  queue     EnqueueSetMsgRead acknowledged per second (fsync on and off), a burst of 1,000/s
+            for 20 s absorbed and drained, a million entries pending, a restart on them
+            (bench/queue_scenarios.py)
 """
 
 import argparse
@@ -35,6 +38,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import queue_scenarios  # noqa: E402
 
 SDKAPPID = "1400000000"
 ADMIN = "administrator"
@@ -477,7 +483,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bin", default="build-release/bin")
-    parser.add_argument("--only", default="ceiling,budget,distance,merging,latency,memory",
+    parser.add_argument("--only", default="ceiling,budget,distance,merging,latency,memory,queue",
                         help="comma-separated scenarios to run")
     parser.add_argument("--quick", action="store_true",
                         help="short runs (a smoke test of this script; figures meaningless)")
@@ -487,6 +493,9 @@ def main():
     parser.add_argument("--merging_rate", type=int, default=20000)
     parser.add_argument("--latency_duration", type=int, default=20)
     parser.add_argument("--memory_calls", type=int, default=100000)
+    parser.add_argument("--queue_duration", type=int, default=10)
+    parser.add_argument("--queue_burst", type=int, default=20)
+    parser.add_argument("--queue_fill", type=int, default=1000000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--distances", default="20,50,100,250",
@@ -498,6 +507,9 @@ def main():
         args.budget_duration = 4
         args.merging_rate = 2000
         args.memory_calls = 2000
+        args.queue_duration = 2
+        args.queue_burst = 2
+        args.queue_fill = 20000
         args.distances = [100]
     only = set(args.only.split(","))
     for binary in ("imgw-emulator", "imgw-gateway", "imgw-loadgen", "imgw-noop-server"):
@@ -584,6 +596,8 @@ def main():
             targets.append([f"RSS under 150 MB with {level:,} calls waiting",
                             f"{hwm * 1024 / 1e6:.0f} MB with {queued:,.0f} calls held",
                             yes(hwm * 1024 < 150e6 and queued >= 0.97 * level)])
+        if "queue" in only:
+            queue_scenarios.run(bench, args, rows, targets, log, yes)
     finally:
         bench.stop_all()
         shutil.rmtree(work, ignore_errors=True)

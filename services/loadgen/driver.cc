@@ -42,6 +42,11 @@ struct Call {
   v1::BatchSetMsgReadResponse batch_response;
   std::unique_ptr<grpc::ClientAsyncResponseReader<v1::SetMsgReadResponse>> set_reader;
   std::unique_ptr<grpc::ClientAsyncResponseReader<v1::BatchSetMsgReadResponse>> batch_reader;
+  v1::EnqueueSetMsgReadResponse enqueue_response;
+  v1::BatchEnqueueSetMsgReadResponse batch_enqueue_response;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<v1::EnqueueSetMsgReadResponse>> enqueue_reader;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<v1::BatchEnqueueSetMsgReadResponse>>
+      batch_enqueue_reader;
 };
 
 // One completion queue and the thread that drains it. What it counts is its own until the
@@ -169,10 +174,23 @@ class Driver final {
       for (int j = 0; j < options_.batch_size; ++j) {
         Fill(*call->batch_request.add_items(), index * options_.batch_size + j);
       }
+      if (options_.enqueue) {
+        call->batch_enqueue_reader = stub.PrepareAsyncBatchEnqueueSetMsgRead(
+            &call->context, call->batch_request, &worker.cq);
+        call->batch_enqueue_reader->StartCall();
+        call->batch_enqueue_reader->Finish(&call->batch_enqueue_response, &call->status, call);
+        return;
+      }
       call->batch_reader =
           stub.PrepareAsyncBatchSetMsgRead(&call->context, call->batch_request, &worker.cq);
       call->batch_reader->StartCall();
       call->batch_reader->Finish(&call->batch_response, &call->status, call);
+    } else if (options_.enqueue) {
+      Fill(call->set_request, index);
+      call->enqueue_reader =
+          stub.PrepareAsyncEnqueueSetMsgRead(&call->context, call->set_request, &worker.cq);
+      call->enqueue_reader->StartCall();
+      call->enqueue_reader->Finish(&call->enqueue_response, &call->status, call);
     } else {
       Fill(call->set_request, index);
       call->set_reader = stub.PrepareAsyncSetMsgRead(&call->context, call->set_request, &worker.cq);
@@ -194,6 +212,9 @@ class Driver final {
         for (const v1::SetMsgReadResult& result : call->batch_response.results()) {
           ++worker.item_codes[static_cast<size_t>(CodeIndex(result.code()))];
         }
+        for (const v1::EnqueueResult& result : call->batch_enqueue_response.results()) {
+          ++worker.item_codes[static_cast<size_t>(CodeIndex(result.code()))];
+        }
       }
       delete call;
       // The next call before this one leaves in_flight_, so that it never reads 0 while a
@@ -205,7 +226,8 @@ class Driver final {
 
   Report Collect() {
     Report report;
-    report.rpc = options_.batch ? "batch" : "set";
+    report.rpc = options_.enqueue ? (options_.batch ? "batch_enqueue" : "enqueue")
+                                  : (options_.batch ? "batch" : "set");
     report.batch_size = options_.batch ? options_.batch_size : 0;
     report.mode = options_.open_loop ? "open" : "closed";
     if (options_.open_loop) {

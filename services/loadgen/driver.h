@@ -22,6 +22,8 @@ struct DriverOptions {
 
   bool batch = false;  // BatchSetMsgRead of batch_size items instead of SetMsgRead.
   int batch_size = 10;
+  // The Enqueue RPCs (EnqueueSetMsgRead, BatchEnqueueSetMsgRead) instead: answered once stored.
+  bool enqueue = false;
 
   // Open loop: call i is due at t0 + i / rate, whatever the answers do; a call due while
   // max_in_flight calls are outstanding is not sent. Closed loop: `concurrency` calls in

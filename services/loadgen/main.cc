@@ -19,7 +19,9 @@
 #include "services/loadgen/driver.h"
 
 ABSL_FLAG(std::string, target, "", "host:port of the MsgReadService to load (required).");
-ABSL_FLAG(std::string, rpc, "set", "set (SetMsgRead) or batch (BatchSetMsgRead).");
+ABSL_FLAG(std::string, rpc, "set",
+          "set (SetMsgRead), batch (BatchSetMsgRead), enqueue (EnqueueSetMsgRead) or "
+          "batch_enqueue (BatchEnqueueSetMsgRead).");
 ABSL_FLAG(int, batch_size, 10, "Items per BatchSetMsgRead (1 to 500 for the gateway).");
 ABSL_FLAG(std::string, mode, "open",
           "open: calls start on a fixed schedule (--rate) whatever the answers do; closed: "
@@ -65,8 +67,11 @@ imgw::loadgen::DriverOptions OptionsFromFlags() {
   options.target = absl::GetFlag(FLAGS_target);
   if (options.target.empty()) BadFlag("--target: required (host:port)");
   const std::string rpc = absl::GetFlag(FLAGS_rpc);
-  if (rpc != "set" && rpc != "batch") BadFlag("--rpc: must be set or batch");
-  options.batch = rpc == "batch";
+  if (rpc != "set" && rpc != "batch" && rpc != "enqueue" && rpc != "batch_enqueue") {
+    BadFlag("--rpc: must be set, batch, enqueue or batch_enqueue");
+  }
+  options.batch = rpc == "batch" || rpc == "batch_enqueue";
+  options.enqueue = rpc == "enqueue" || rpc == "batch_enqueue";
   options.batch_size = absl::GetFlag(FLAGS_batch_size);
   if (options.batch_size < 1) BadFlag("--batch_size: must be at least 1");
   const std::string mode = absl::GetFlag(FLAGS_mode);
