@@ -112,12 +112,33 @@ for pid in "${rcs[@]}"; do wait "$pid" && ok=$((ok + 1)); done
 echo "answered OK: $ok of 50"
 [[ $ok -eq 50 ]] || failures=$((failures + 1))
 
+step "A burst into the durable queue: 1,000 EnqueueSetMsgRead items at once, then the drain"
+peers=$(seq -s, -f 'peer%g' 500)
+acked=0
+for report in burst1 burst2; do
+  echo "\$ imgw-cli batch-enqueue-set-msg-read --report=$report --peer=peer1,...,peer500"
+  out=$("$bin/imgw-cli" batch-enqueue-set-msg-read --target="$target" --report="$report" \
+    --peer="$peers") || true
+  acked=$((acked + $(grep -c " OK " <<<"$out")))
+  echo "  $(tail -1 <<<"$out")"
+done
+echo "acknowledged (stored durably in $work/queue.db): $acked of 1000"
+[[ $acked -eq 1000 ]] || failures=$((failures + 1))
+drained=false
+for _ in $(seq 20); do
+  stats=$("$bin/imgw-cli" queue-stats --target="$target" | head -1)
+  echo "  $stats"
+  if [[ $stats == "pending=0 "* ]]; then drained=true; break; fi
+  sleep 1
+done
+$drained || { echo "  ^ expected the queue to drain within 20 s" >&2; failures=$((failures + 1)); }
+
 step "What the emulator saw (GET $upstream/emulator/stats)"
 curl -sS --cacert "$work/cert.pem" "$upstream/emulator/stats" | head -c 600
 echo " ..."
 
 step "What the gateway counted (GET http://$metrics/metrics, non-zero series)"
-curl -sS "http://$metrics/metrics" | grep -E '^imgw_(upstream_requests|upstream_answers|rejected_calls|merged_calls|grpc_server_handling_seconds_count|upstream_connections)' |
+curl -sS "http://$metrics/metrics" | grep -E '^imgw_(upstream_requests|upstream_answers|rejected_calls|merged_calls|grpc_server_handling_seconds_count|upstream_connections|queue_(enqueued|applied)_total)' |
   grep -v ' 0$' || true
 echo "readiness: $(curl -sS "http://$metrics/readyz")"
 
