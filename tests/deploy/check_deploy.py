@@ -1075,6 +1075,11 @@ def check_dashboard_shape(dash):
         "process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
         "process_max_fds", "process_start_time_seconds", "imgw_memory_limit_bytes",
         "imgw_secret_file_invalid", "imgw_secret_reloads_total",
+        # Row "Queue": the durable queue behind EnqueueSetMsgRead.
+        "imgw_queue_pending", "imgw_queue_oldest_pending_seconds", "imgw_queue_in_flight",
+        "imgw_queue_dead_letters", "imgw_queue_enqueued_total", "imgw_queue_enqueue_refused_total",
+        "imgw_queue_applied_total", "imgw_queue_retries_total", "imgw_queue_dead_letters_total",
+        "imgw_queue_store_write_seconds_bucket", "imgw_queue_store_errors_total",
         # The container, from the cluster (cAdvisor, kube-state-metrics; the init-container
         # series for the native sidecar).
         "container_memory_working_set_bytes", "container_cpu_usage_seconds_total",

@@ -10,17 +10,20 @@ password from --redis_password_file), so that the shared-budget series exist; an
 scraping the gateway every second as job "imgw", with the target labels a PodMonitor or
 deploy/prometheus/prometheus-scrape-example.yaml would add (imgw_sdkappid, container, namespace,
 pod) and deploy/prometheus/imgw-rules.yaml loaded. Drives known traffic with imgw-cli, spread over
-about 3 s, and checks through Prometheus' HTTP API:
+about 3 s, enqueues included (the durable queue, its file in the test's directory), and checks
+through Prometheus' HTTP API:
 
 - the target is up and the counters and histograms hold what the traffic implies, the shared
-  budget's included (every upstream request admitted by a permit from Redis, no fallback);
+  budget's and the queue's included (every upstream request admitted by a permit from Redis, no
+  fallback; every enqueued entry applied but the one dead-lettered);
 - the process_* series hold what /proc says of the gateway process, and the secret-file series
   exist, at 0 (no file changed);
 - every PromQL expression of the dashboard and the rules (Grafana variables replaced as
   check_deploy.py does) is accepted, and returns data unless listed in MAY_BE_EMPTY with the
   reason, or unless it reads a series of CLUSTER_SERIES (the kubelet's and kube-state-metrics',
   which no test here runs); an alert's expression without its thresholds returns data too;
-- the rules loaded and evaluate without error, and no alert is pending or firing.
+- the rules loaded and evaluate without error, and no alert is pending or firing but
+  ImgwQueueDeadLetters for the one dead letter the traffic makes (EXPECTED_ALERTS).
 
 Prints a table of expression -> series returned. Exits 0 when all is well, else 1. Every wait is
 bounded; every child is ended on the way out (and gets SIGTERM should this script die).
@@ -57,7 +60,15 @@ N_OK = 30            # SetMsgRead u<i> -> p<i>: OK, ErrorCode 0
 N_NOT_FOUND = 3      # SetMsgRead g<i> -> ghost: NOT_FOUND, ErrorCode 90008 (emulator --missing_accounts)
 N_INVALID = 2        # SetMsgRead x<i> -> x<i>: INVALID_ARGUMENT, no upstream request
 BATCH_PEERS = ["b1", "b2", "b3", "b4", "b5"]  # one BatchSetMsgRead, report a: 5 OK items
-N_UPSTREAM = N_OK + N_NOT_FOUND + len(BATCH_PEERS)
+# The queue: one EnqueueSetMsgRead q -> q0, and one BatchEnqueueSetMsgRead of report q whose
+# last item repeats the first (it merges into that pending entry) and one of whose peers does
+# not exist (90008: a dead letter at once). One upstream request per distinct pair.
+QUEUE_SINGLE = "q0"
+QUEUE_BATCH = ["q1", "q2", "ghost", "q1"]
+QUEUE_NEW = 1 + len(set(QUEUE_BATCH))
+QUEUE_MERGED = len(QUEUE_BATCH) - len(set(QUEUE_BATCH))
+QUEUE_DEAD = 1  # the ghost
+N_UPSTREAM = N_OK + N_NOT_FOUND + len(BATCH_PEERS) + QUEUE_NEW
 SPREAD_SECONDS = 3.0
 
 # Expressions that may return nothing after this healthy traffic, keyed by check_deploy's names.
@@ -82,6 +93,14 @@ MAY_BE_EMPTY = {
         "every call answered OK, NOT_FOUND or INVALID_ARGUMENT (the last two the caller's own)",
     "rule ImgwCallerLatencyHigh": "the calls are answered in milliseconds, far below 1 s",
     "rule ImgwSecretFileInvalid": "the key and Redis password files stay valid and unchanged",
+    "rule ImgwQueueLagGrowing": "the queue drains in about a second",
+    "rule ImgwQueueStoreErrors": "the queue's file takes every write",
+}
+
+# Alerts the traffic must set off, and only these, by their labels; any other alert pending or
+# firing is a problem, and so is one of these missing.
+EXPECTED_ALERTS = {
+    "ImgwQueueDeadLetters": {"error_code": "90008", "pod": TARGET_LABELS["pod"]},
 }
 
 # Series the dashboard reads that imgw does not export: the cluster does, and this test runs no
@@ -116,6 +135,9 @@ MUST_HAVE_DATA = [
     "imgw memory: RSS", "imgw CPU", "imgw open file descriptors", "imgw process uptime",
     "Secret files refused", "Secret file reloads", "Versions and SDKAppIDs",
     "Pods whose label imgw-sdkappid differs",
+    # The row "Queue": the traffic enqueues, merges and dead-letters.
+    "Queue backlog", "Queue: age of the oldest", "Queue: enqueued and refused",
+    "Queue: applied vs the budget", "Queue: new dead letters", "Queue store: write latency",
 ]
 
 CHILDREN = []       # subprocess.Popen of the emulator and the gateway
@@ -377,11 +399,14 @@ def drive_traffic(bin_dir, target, env):
     for i in range(N_INVALID):
         calls.append((["set-msg-read", "--report=x%d" % i, "--peer=x%d" % i], 1, "INVALID_ARGUMENT"))
     batch = (["batch-set-msg-read", "--report=a", "--peer=" + ",".join(BATCH_PEERS)], 0, None)
+    enqueue = (["enqueue-set-msg-read", "--report=q", "--peer=" + QUEUE_SINGLE], 0, "OK")
+    batch_enqueue = (["batch-enqueue-set-msg-read", "--report=q", "--peer=" + ",".join(QUEUE_BATCH)],
+                     0, None)
     # Interleave so each kind spreads over the whole period (and over several scrapes).
     order = calls[:N_OK // 2] + calls[N_OK:N_OK + 1] + calls[N_OK + N_NOT_FOUND:N_OK + N_NOT_FOUND + 1] \
-        + [batch] + calls[N_OK // 2:N_OK] + calls[N_OK + 1:N_OK + N_NOT_FOUND] \
+        + [batch, enqueue] + calls[N_OK // 2:N_OK] + [batch_enqueue] + calls[N_OK + 1:N_OK + N_NOT_FOUND] \
         + calls[N_OK + N_NOT_FOUND + 1:]
-    assert len(order) == len(calls) + 1
+    assert len(order) == len(calls) + 3
     start = time.monotonic()
     for n, (args, want_rc, want_word) in enumerate(order):
         due = start + SPREAD_SECONDS * n / (len(order) - 1)
@@ -395,6 +420,14 @@ def drive_traffic(bin_dir, target, env):
             if r.returncode != 0 or len(ok) != len(BATCH_PEERS):
                 problem("imgw-cli %s: exit %d, expected %d OK items:\n%s\n%s"
                         % (" ".join(args), r.returncode, len(BATCH_PEERS), out, r.stderr))
+        elif args[0] == "batch-enqueue-set-msg-read":
+            # Stored, every item; the repeated pair merged into the entry its first item made.
+            got = [tuple(ln.split()[:3]) for ln in out.splitlines() if re.match(r"^\S+ OK ", ln)]
+            want = [(p, "OK", "merged" if p in QUEUE_BATCH[:i] else "new")
+                    for i, p in enumerate(QUEUE_BATCH)]
+            if r.returncode != 0 or got != want:
+                problem("imgw-cli %s: exit %d, expected items %s:\n%s\n%s"
+                        % (" ".join(args), r.returncode, want, out, r.stderr))
         elif r.returncode != want_rc or re.split(r"[: ]", out, maxsplit=1)[0] != want_word:
             problem("imgw-cli %s: exit %d %r, expected exit %d %s"
                     % (" ".join(args), r.returncode, out + r.stderr, want_rc, want_word))
@@ -409,8 +442,9 @@ def expected_values():
         ('sum(imgw_upstream_requests_total{%s})' % job, N_UPSTREAM),
         ('sum(imgw_upstream_request_duration_seconds_count{%s})' % job, N_UPSTREAM),
         ('imgw_queue_wait_seconds_count{%s}' % job, N_UPSTREAM),
-        ('sum(imgw_upstream_answers_total{%s,error_code="0"})' % job, N_OK + len(BATCH_PEERS)),
-        ('sum(imgw_upstream_answers_total{%s,error_code="90008"})' % job, N_NOT_FOUND),
+        ('sum(imgw_upstream_answers_total{%s,error_code="0"})' % job,
+         N_OK + len(BATCH_PEERS) + QUEUE_NEW - QUEUE_DEAD),
+        ('sum(imgw_upstream_answers_total{%s,error_code="90008"})' % job, N_NOT_FOUND + QUEUE_DEAD),
         ('sum(imgw_upstream_answers_total{%s,error_code!~"0|90008"})' % job, 0),
         ('imgw_rejected_calls_total{%s,reason="invalid_argument"}' % job, N_INVALID),
         ('sum(imgw_rejected_calls_total{%s,reason!="invalid_argument"})' % job, 0),
@@ -422,10 +456,13 @@ def expected_values():
         ('imgw_grpc_server_handling_seconds_count{%s,method="SetMsgRead",code="INVALID_ARGUMENT"}'
          % job, N_INVALID),
         ('imgw_grpc_server_handling_seconds_count{%s,method="BatchSetMsgRead",code="OK"}' % job, 1),
-        ('sum(imgw_grpc_server_handling_seconds_count{%s})' % job, N_OK + N_NOT_FOUND + N_INVALID + 1),
+        ('imgw_grpc_server_handling_seconds_count{%s,method="EnqueueSetMsgRead",code="OK"}' % job, 1),
+        ('imgw_grpc_server_handling_seconds_count{%s,method="BatchEnqueueSetMsgRead",code="OK"}'
+         % job, 1),
+        ('sum(imgw_grpc_server_handling_seconds_count{%s})' % job, N_OK + N_NOT_FOUND + N_INVALID + 3),
         # The +Inf bucket holds every observation.
         ('sum(imgw_grpc_server_handling_seconds_bucket{%s,le="+Inf"})' % job,
-         N_OK + N_NOT_FOUND + N_INVALID + 1),
+         N_OK + N_NOT_FOUND + N_INVALID + 3),
         ('imgw_queued_upstream_calls{%s}' % job, 0),
         ('imgw_calls_in_progress{%s}' % job, 0),
         ('imgw_circuit_breaker_open{%s}' % job, 0),
@@ -446,6 +483,20 @@ def expected_values():
         ('imgw_secret_file_invalid{%s,secret="secret_key"}' % job, 0),
         ('imgw_secret_file_invalid{%s,secret="redis_password"}' % job, 0),
         ('sum(imgw_secret_reloads_total{%s})' % job, 0),
+        # The queue: every distinct pair stored, the repeat merged, every entry applied but the
+        # ghost's, a dead letter at once (90008, not retried); nothing left, nothing refused.
+        ('imgw_queue_enqueued_total{%s,result="new"}' % job, QUEUE_NEW),
+        ('imgw_queue_enqueued_total{%s,result="merged"}' % job, QUEUE_MERGED),
+        ('sum(imgw_queue_enqueue_refused_total{%s})' % job, 0),
+        ('imgw_queue_applied_total{%s}' % job, QUEUE_NEW - QUEUE_DEAD),
+        ('imgw_queue_dead_letters_total{%s,error_code="90008"}' % job, QUEUE_DEAD),
+        ('sum(imgw_queue_dead_letters_total{%s})' % job, QUEUE_DEAD),
+        ('imgw_queue_dead_letters{%s}' % job, QUEUE_DEAD),
+        ('sum(imgw_queue_retries_total{%s})' % job, 0),
+        ('imgw_queue_pending{%s}' % job, 0),
+        ('imgw_queue_in_flight{%s}' % job, 0),
+        ('imgw_queue_oldest_pending_seconds{%s}' % job, 0),
+        ('imgw_queue_store_errors_total{%s}' % job, 0),
     ]
 
 
@@ -481,6 +532,8 @@ def check_other_values(server):
         ('sum(rate(imgw_upstream_requests_total{%s}[1m]))' % job, 1e-3, 200),
         ('imgw_shared_budget_rate{%s}' % job, 150, 200),
         ('imgw_redis_acquire_seconds{%s,quantile="0.99"}' % job, 1e-6, 0.05),
+        # Enqueues, settlements and claims: a few transactions of the queue's file at least.
+        ('imgw_queue_store_write_seconds_count{%s}' % job, 2, 1e6),
     ]:
         got = value_of(server, expr)
         if got is None or math.isnan(got) or not lo <= got <= hi:
@@ -623,23 +676,37 @@ def check_expressions(root, server):
 
 
 def check_rules_and_alerts(server, within=5.0):
-    """The rule group loaded and evaluated without error; no alert is pending or firing."""
+    """The rule group loaded and evaluated without error; the alerts of EXPECTED_ALERTS fire (the
+    traffic's dead letter), and no other alert is pending or firing."""
     deadline = time.monotonic() + within
     while True:
         groups = http_get_json(server.url + "/api/v1/rules")["groups"]
         rules = [r for g in groups for r in g.get("rules", [])]
         unevaluated = [r for r in rules if r.get("health") == "unknown"]
-        if rules and not unevaluated or time.monotonic() >= deadline:
+        firing = {r.get("name") for r in rules for a in r.get("alerts", []) or []
+                  if a.get("state") == "firing"}
+        if rules and not unevaluated and set(EXPECTED_ALERTS) <= firing \
+                or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
     if not rules:
         problem("prometheus loaded no rule from deploy/prometheus/imgw-rules.yaml")
     for r in rules:
+        name = r.get("name")
         if r.get("health") != "ok":
-            problem("rule %s: health %s %s" % (r.get("name"), r.get("health"), r.get("lastError", "")))
-        for a in r.get("alerts", []) or []:
-            problem("alert %s is %s after healthy traffic: %s"
-                    % (r.get("name"), a.get("state"), a.get("labels")))
+            problem("rule %s: health %s %s" % (name, r.get("health"), r.get("lastError", "")))
+        want = EXPECTED_ALERTS.get(name)
+        alerts = r.get("alerts", []) or []
+        for a in alerts:
+            labels = a.get("labels", {})
+            if want is None or any(labels.get(k) != v for k, v in want.items()):
+                problem("alert %s is %s after the traffic, which should not set it off: %s"
+                        % (name, a.get("state"), labels))
+            else:
+                print("ok: alert %s is %s, as the traffic implies: %s" % (name, a.get("state"), labels))
+        if want is not None and not any(a.get("state") == "firing" for a in alerts):
+            problem("alert %s does not fire within %.0fs after the traffic (expected labels %s): %s"
+                    % (name, within, want, alerts))
     print("ok: %d rules loaded, evaluated: %s" % (len(rules), ", ".join(
         "%s=%s" % (r.get("name"), r.get("health")) for r in rules)))
 
@@ -687,8 +754,9 @@ def main():
               % (server.url, tgt.get("scrapeUrl"), tgt.get("labels"), time.monotonic() - t0))
 
         took = drive_traffic(bin_dir, target, env)
-        print("traffic: %d calls and one batch of %d in %.1fs (%.1fs)"
-              % (N_OK + N_NOT_FOUND + N_INVALID, len(BATCH_PEERS), took, time.monotonic() - t0))
+        print("traffic: %d calls, one batch of %d, one enqueue and one batch enqueue of %d in %.1fs (%.1fs)"
+              % (N_OK + N_NOT_FOUND + N_INVALID, len(BATCH_PEERS), len(QUEUE_BATCH), took,
+                 time.monotonic() - t0))
 
         t1 = time.monotonic()
         wrong = wait_for_final_counts(server)
