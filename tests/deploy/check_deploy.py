@@ -8,10 +8,12 @@
 
 parse:     every YAML file under deploy/ parses (all its documents), the dashboard JSON too;
            every alert has a runbook_url, the placeholder base plus the anchor of a heading of
-           deploy/kubernetes/README.md.
+           deploy/kubernetes/README.md; the memory and queue-volume rules refuse synthetic
+           faulty containers.
 manifests: the promises of deploy/kubernetes (native sidecar, probes, securityContext, resources,
-           grace period, secret, loopback gRPC, PodMonitor, kustomizations), on the files
-           themselves and, when kubectl is at hand, on `kubectl kustomize` of the base and overlays;
+           grace period, secret, loopback gRPC, the queue's writable volume, PodMonitor,
+           kustomizations), on the files themselves and, when kubectl is at hand, on
+           `kubectl kustomize` of the base and overlays;
            the base's PrometheusRule holds the groups of deploy/prometheus/imgw-rules.yaml, and
            each overlay's rendering points every runbook_url at its runbook_base_url.
 rules:     `promtool check rules` on the alert rules, `promtool test rules` on
@@ -27,6 +29,7 @@ import contextlib
 import io
 import json
 import os
+import posixpath
 import re
 import shutil
 import signal
@@ -235,6 +238,9 @@ def effective_flags(argv, files):
 
 # The image's ENTRYPOINT (Dockerfile): flags that come before the container's args.
 IMAGE_ENTRYPOINT_FLAGS = ["--grpc_listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464"]
+# The image's WORKDIR (Dockerfile): the working directory when the manifest sets no workingDir,
+# where the queue's default --queue_path=imgw-queue.db lands.
+IMAGE_WORKDIR = "/var/lib/imgw"
 
 
 def read_kustomization(kdir):
@@ -495,6 +501,7 @@ def check_workload(where, objects, configmaps):
             problem("%s: terminationGracePeriodSeconds %s must exceed --shutdown_grace (%gs)" % (name, tgps, grace))
         check_redis_flags(name, dep, c, flags, secret_files)
         check_memory(name, c, flags)
+        check_queue_volume(name, pod, c, flags)
         sdk_label = pod_labels.get("imgw-sdkappid")
         if sdk_label is not None and sdk_label != flags.get("sdkappid"):
             problem("%s: pod label imgw-sdkappid=%s differs from --sdkappid=%s" % (name, sdk_label, flags.get("sdkappid")))
@@ -651,6 +658,112 @@ def check_memory_rules():
             problem("memory rules: %s: %d problems, want %d" % (what, got, want))
     print("ok: the memory rules refuse each of %d faulty containers and pass the others" % sum(
         1 for case in cases if case[3]))
+
+
+# Volume sources the kubelet always mounts read-only: the queue's file cannot live on them.
+READ_ONLY_VOLUME_SOURCES = ("configMap", "secret", "projected", "downwardAPI", "image")
+
+
+def check_queue_volume(name, pod, c, flags):
+    """The durable queue (README "The queue"): unless --queue_backend=none, the directory of its
+    SQLite file (--queue_path, relative to the working directory: the container's workingDir,
+    else the image's WORKDIR) is a volume mounted writable into the imgw container. The root
+    filesystem is read-only (readOnlyRootFilesystem, checked above, must stay true), so anywhere
+    else the gateway cannot create the file and exits 2. An emptyDir needs a sizeLimit (the file
+    grows with the backlog; unbounded, it can fill the node's disk), and since it starts empty
+    and the gateway creates no directory, the file must sit at its top."""
+    problems_before = len(PROBLEMS)
+    backend = flags.get("queue_backend", "sqlite")
+    if backend == "none":
+        print("ok: %s: --queue_backend=none, no queue file" % name)
+        return
+    if backend != "sqlite":
+        problem("%s: --queue_backend=%s (sqlite or none)" % (name, backend))
+        return
+    workdir = c.get("workingDir") or IMAGE_WORKDIR
+    queue_path = flags.get("queue_path", "imgw-queue.db")
+    if not workdir.startswith("/"):
+        problem("%s: imgw's workingDir %r is not an absolute path" % (name, workdir))
+        return
+    path = posixpath.normpath(posixpath.join(workdir, queue_path))
+    directory = posixpath.dirname(path)
+    volumes = {v.get("name"): v for v in pod.get("volumes", []) or []}
+    best = None
+    for m in c.get("volumeMounts", []) or []:
+        mp = posixpath.normpath(m.get("mountPath", "") or "/")
+        if directory == mp or directory.startswith(mp.rstrip("/") + "/"):
+            if best is None or len(mp) > len(best[0]):
+                best = (mp, m)
+    where = "the queue's file %s (--queue_path=%s, working directory %s%s)" % (
+        path, queue_path, workdir, "" if c.get("workingDir") else ", the image's")
+    if best is None:
+        problem("%s: %s is on no volume, and the root filesystem is read-only: mount a writable "
+                "volume (an emptyDir with a sizeLimit) at %s" % (name, where, directory))
+        return
+    mp, m = best
+    v = volumes.get(m.get("name")) or {}
+    source = [k for k in v if k != "name"]
+    if m.get("readOnly") is True:
+        problem("%s: %s is on the volume %s, mounted readOnly" % (name, where, m.get("name")))
+    if any(k in READ_ONLY_VOLUME_SOURCES for k in source):
+        problem("%s: %s is on the volume %s, a %s, which is always read-only: use an emptyDir or "
+                "a persistent volume" % (name, where, m.get("name"), "/".join(source)))
+    if "emptyDir" in v:
+        empty = v.get("emptyDir") or {}
+        if not empty.get("sizeLimit"):
+            problem("%s: the queue's emptyDir %s has no sizeLimit; the file grows with the "
+                    "backlog (about 170 MB for --queue_max_pending's million entries)"
+                    % (name, m.get("name")))
+        if directory != mp:
+            problem("%s: %s is in %s, below the emptyDir's mount %s: an emptyDir starts empty "
+                    "and the gateway creates no directory" % (name, where, directory, mp))
+    if len(PROBLEMS) > problems_before:
+        return
+    print("ok: %s: the queue's file %s on the writable volume %s (%s) mounted at %s" % (
+        name, path, m.get("name"), "/".join(source) or "?", mp))
+
+
+def check_queue_volume_rules():
+    """The queue-volume rules above refuse what they must: synthetic pods, one fault each."""
+    def case(mount=None, volume=None, working_dir="/var/lib/imgw", read_only=None):
+        c = {"name": "imgw", "volumeMounts": []}
+        if working_dir:
+            c["workingDir"] = working_dir
+        pod = {"volumes": []}
+        if mount:
+            m = {"name": "q", "mountPath": mount}
+            if read_only is not None:
+                m["readOnly"] = read_only
+            c["volumeMounts"].append(m)
+            pod["volumes"].append(dict({"name": "q"}, **(volume or {"emptyDir": {"sizeLimit": "1Gi"}})))
+        return pod, c
+
+    cases = [
+        ("the base: an emptyDir with a sizeLimit at the workingDir", case("/var/lib/imgw"), {}, 0),
+        ("no workingDir: the image's, mounted", case("/var/lib/imgw", working_dir=None), {}, 0),
+        ("mounted readOnly: false", case("/var/lib/imgw", read_only=False), {}, 0),
+        ("an absolute --queue_path on a PVC", case("/data", {"persistentVolumeClaim": {"claimName": "q"}},
+                                                   working_dir="/tmp"), {"queue_path": "/data/q.db"}, 0),
+        ("--queue_backend=none, no volume", case(), {"queue_backend": "none"}, 0),
+        ("workingDir not mounted", case("/var/lib/other"), {}, 1),
+        ("no volume at all", case(), {}, 1),
+        ("no workingDir, the image's not mounted", case("/data", working_dir=None), {}, 1),
+        ("mounted readOnly", case("/var/lib/imgw", read_only=True), {}, 1),
+        ("a configMap at the workingDir", case("/var/lib/imgw", {"configMap": {"name": "x"}}), {}, 1),
+        ("an emptyDir without sizeLimit", case("/var/lib/imgw", {"emptyDir": {}}), {}, 1),
+        ("a subdirectory of an emptyDir", case("/var/lib/imgw"), {"queue_path": "q/imgw-queue.db"}, 1),
+        ("an unknown --queue_backend", case("/var/lib/imgw"), {"queue_backend": "file"}, 1),
+    ]
+    for what, (pod, c), flags, want in cases:
+        before = len(PROBLEMS)
+        with contextlib.redirect_stdout(io.StringIO()):
+            check_queue_volume("selftest " + what, pod, c, flags)
+        got = len(PROBLEMS) - before
+        del PROBLEMS[before:]
+        if got != want:
+            problem("queue volume rules: %s: %d problems, want %d" % (what, got, want))
+    print("ok: the queue volume rules refuse each of %d faulty pods and pass the other %d" % (
+        sum(1 for case_ in cases if case_[3]), sum(1 for case_ in cases if not case_[3])))
 
 
 def check_redis_flags(name, dep, c, flags, secret_files):
@@ -1212,6 +1325,7 @@ def main():
     if a.check == "parse":
         check_parse(root)
         check_memory_rules()
+        check_queue_volume_rules()
     elif a.check == "manifests":
         kubectl = a.kubectl if a.kubectl and not a.kubectl.endswith("-NOTFOUND") else ""
         check_manifests(root, kubectl)
