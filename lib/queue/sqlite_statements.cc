@@ -61,7 +61,7 @@ constexpr char kPairDelete[] =
     "DELETE FROM pending WHERE report_account = ?1 AND peer_account = ?2 AND claimed = 0 "
     "AND msg_read_time <= ?3";
 
-// ?1 limit. Scans pending_caller: O(entries), 60 ms at 1,000,000 (sqlite_schema.cc).
+// ?1 limit. Scans pending_caller: O(entries), 60 ms at 1,000,000 entries (sqlite_schema.cc).
 constexpr char kByCaller[] =
     "SELECT caller, count(*) AS n FROM pending GROUP BY caller ORDER BY n DESC, caller "
     "LIMIT ?1";
@@ -85,8 +85,6 @@ absl::StatusOr<std::unique_ptr<SqliteStore::Statements>> SqliteStore::Statements
   } kAll[] = {
       {&S::begin, "BEGIN IMMEDIATE"},
       {&S::commit, "COMMIT"},
-      {&S::sync_full, "PRAGMA synchronous=FULL"},
-      {&S::sync_normal, "PRAGMA synchronous=NORMAL"},
       {&S::enqueue, kEnqueue},
       {&S::claim, kClaim},
       {&S::applied_delete, kAppliedDelete},

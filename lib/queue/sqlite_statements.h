@@ -14,7 +14,7 @@ namespace imgw::queue {
 struct SqliteStore::Statements {
   static absl::StatusOr<std::unique_ptr<Statements>> Prepare(sqlite3* db, const std::string& path);
 
-  sqlite::Statement begin, commit, sync_full, sync_normal;
+  sqlite::Statement begin, commit;
   sqlite::Statement enqueue, claim;
   sqlite::Statement applied_delete, applied_keep, retry_later;
   sqlite::Statement dead_take, dead_remove, dead_insert, dead_drop_covered;

@@ -86,10 +86,12 @@ void SqliteStore::Apply(const Deltas& deltas) {
 
 absl::Status SqliteStore::Begin(Durability durability) {
   // The connection's synchronous level lasts until changed; switch it only when it differs.
+  // Not a cached statement: SQLite applies PRAGMA synchronous when it prepares it, and a
+  // prepared one does nothing when stepped.
   const bool relax = durability == Durability::kRelaxed && options_.fsync;
   if (relax != relaxed_now_) {
-    Statement& pragma = relax ? statements_->sync_normal : statements_->sync_full;
-    if (absl::Status s = pragma.Run("synchronous").status(); !s.ok()) return s;
+    const char* pragma = relax ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL";
+    if (absl::Status s = sqlite::Exec(db_.get(), pragma, "synchronous"); !s.ok()) return s;
     relaxed_now_ = relax;
   }
   return statements_->begin.Run("begin").status();

@@ -209,14 +209,20 @@ TEST_F(QueueLoopTest, EnqueuesArrivingTogetherShareOneTransaction) {
   options.max_outstanding = 1;  // Keep the drain out of the way.
   Start(options);
   // Stall the loop's thread on a task, so that the 200 requests arrive while it is busy.
+  absl::Notification running;
   absl::Notification release;
-  ASSERT_TRUE(loop_->RunOnStore([&release](PendingStore&) { release.WaitForNotification(); }));
+  ASSERT_TRUE(loop_->RunOnStore([&running, &release](PendingStore&) {
+    running.Notify();
+    release.WaitForNotification();
+  }));
+  ASSERT_TRUE(running.WaitForNotificationWithTimeout(absl::Seconds(5)));
   std::thread enqueuer([this] { EnqueueEach(Names("r", 200)); });
   absl::SleepFor(absl::Milliseconds(100));
   const int before = store_->enqueue_calls.load();
   release.Notify();
   enqueuer.join();
-  EXPECT_EQ(store_->enqueue_calls.load() - before, 1) << "200 requests, one transaction";
+  EXPECT_EQ(store_->enqueue_calls.load() - before, 1)
+      << "200 requests, one transaction; before " << before;
   EXPECT_EQ(Pending(), 200);
 }
 

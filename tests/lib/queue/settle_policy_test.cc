@@ -41,8 +41,8 @@ TEST(SettlePolicyTest, PerPairRefusalsAreDeadLettersAtOnceWithTheUpstreamsWords)
     EXPECT_EQ(v.settlement.error_info, "info");
     EXPECT_EQ(v.settlement.dead_at_ms, kNow);
   }
-  Verdict local = Judge(Entry(), Outcome::Failed(Outcome::Kind::kInvalidArgument, "bad"), kNow,
-                        {}, 0.5);
+  Verdict local =
+      Judge(Entry(), Outcome::Failed(Outcome::Kind::kInvalidArgument, "bad"), kNow, {}, 0.5);
   EXPECT_EQ(local.settlement.kind, Kind::kDeadLetter);
   EXPECT_EQ(local.settlement.error_code, 0);
 }
