@@ -60,7 +60,11 @@ void QueueLoop::PairApplied(std::string report, std::string peer, int64_t time) 
   // Only a store that holds entries can hold the pair's (the count is exact).
   if (store_pending_.load(std::memory_order_relaxed) == 0) return;
   absl::MutexLock lock(&mu_);
-  if (!stop_) inbox_.applied.push_back({std::move(report), std::move(peer), time});
+  // Bounded: a store stuck on its disk must not make the inbox grow with the calls. One left
+  // out only means its entry is sent once more (marking read is idempotent).
+  if (!stop_ && inbox_.applied.size() < kMaxAppliedInbox) {
+    inbox_.applied.push_back({std::move(report), std::move(peer), time});
+  }
 }
 
 bool QueueLoop::RunOnStore(StoreTask task) {
@@ -114,7 +118,10 @@ void QueueLoop::Run() {
       continue;
     }
     const absl::Duration now = clock_.Monotonic();
-    if (now >= next_feed || !inbox.answered.empty()) next_feed = Feed(now);
+    // New entries or room in the dispatcher: look at once rather than at the next poll.
+    if (now >= next_feed || !inbox.answered.empty() || !inbox.enqueues.empty()) {
+      next_feed = Feed(now);
+    }
     PublishGauges();
   }
   PublishGauges();

@@ -63,6 +63,8 @@ class QueueLoop final {
   using SubmitCalls = std::function<void(std::vector<dispatch::Call>)>;
   using StoreTask = absl::AnyInvocable<void(PendingStore& store)>;
 
+  // PairApplied() reports waiting for the queue's thread at most (the rest are dropped).
+  static constexpr size_t kMaxAppliedInbox = 65536;
   // Call ids of the queue's calls: kFirstCallId and up (callers' ids stay below it).
   static constexpr dispatch::CallId kFirstCallId = dispatch::CallId{1} << 62;
 

@@ -147,9 +147,12 @@ grpc::ServerUnaryReactor* MsgReadService::EnqueueSetMsgRead(grpc::CallbackServer
           : absl::InvalidArgumentError("the request is not a valid imgw.v1.SetMsgReadRequest");
   if (!valid.ok()) {
     if (metrics_ != nullptr) metrics_->Rejected(metrics::RejectReason::kInvalidArgument);
-    return RefuseEnqueue(context, kMethod,
-                         WithDetails(grpc::StatusCode::INVALID_ARGUMENT,
-                                     std::string(valid.message()), nullptr, std::nullopt, ""));
+    // As SetMsgRead refuses it (a google.rpc.BadRequest naming the field).
+    return RefuseEnqueue(
+        context, kMethod,
+        MapOutcome(upstream::Outcome::Failed(upstream::Outcome::Kind::kInvalidArgument,
+                                             std::string(valid.message())))
+            .status);
   }
   const std::string lane = LaneOf(*context);
   const size_t cost = overload::MemoryBudget::CostOf(request->Length(), 1);
