@@ -450,5 +450,56 @@ TEST(GatewayConfigTest, EachBadRedisFlagIsNamed) {
   ExpectError(f, "--redis_fallback_replicas: must be 1..1000");
 }
 
+TEST(GatewayConfigTest, TheQueueIsOnInTheWorkingDirectoryByDefault) {
+  absl::StatusOr<GatewayConfig> config = Resolve(Valid());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->queue);
+  EXPECT_EQ(config->queue_path, "imgw-queue.db");
+  EXPECT_EQ(config->queue_max_pending, 1000000);
+  EXPECT_EQ(config->queue_max_age, absl::Hours(24));
+  EXPECT_TRUE(config->queue_fsync);
+  EXPECT_EQ(config->queue_min_share, 0.1);
+  EXPECT_EQ(config->queue_retry_max, absl::Minutes(5));
+  EXPECT_EQ(config->startup_hold, absl::Seconds(1));
+  GatewayFlags none = Valid();
+  none.queue_backend = "none";
+  none.queue_path = "";  // Not needed without a queue.
+  config = Resolve(none);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->queue);
+}
+
+TEST(GatewayConfigTest, EachBadQueueFlagIsNamed) {
+  GatewayFlags f = Valid();
+  f.queue_backend = "redis";  // Not yet.
+  ExpectError(f, "--queue_backend: must be sqlite or none");
+  f = Valid();
+  f.queue_path = "";
+  ExpectError(f, "--queue_path: must not be empty");
+  for (int64_t bad : {int64_t{0}, int64_t{-1}, int64_t{2000000000}}) {
+    f = Valid();
+    f.queue_max_pending = bad;
+    ExpectError(f, "--queue_max_pending: must be 1..1000000000");
+  }
+  f = Valid();
+  f.queue_max_age = absl::Seconds(59);
+  ExpectError(f, "--queue_max_age: must be at least 1m");
+  for (double bad : {0.0, 1.0, -0.5, 1.5}) {
+    f = Valid();
+    f.queue_min_share = bad;
+    ExpectError(f, "--queue_min_share: must be between 0 and 1");
+  }
+  for (absl::Duration bad : {absl::Milliseconds(999), absl::Hours(2)}) {
+    f = Valid();
+    f.queue_retry_max = bad;
+    ExpectError(f, "--queue_retry_max: must be 1s..1h");
+  }
+  for (absl::Duration bad : {absl::Milliseconds(-1), absl::Milliseconds(1001)}) {
+    f = Valid();
+    f.startup_hold = bad;
+    ExpectError(f, "--startup_hold: must be 0s..1s");
+  }
+}
+
 }  // namespace
 }  // namespace imgw::config

@@ -1105,5 +1105,39 @@ TEST_F(DispatcherTest, CallerCallJoiningABackgroundEntryTakesItIntoItsLane) {
   EXPECT_EQ(std::count(rest.begin(), rest.end(), "bg30"), 0);
 }
 
+TEST_F(DispatcherTest, NothingIsSentDuringTheStartupHold) {
+  Dispatcher::Options options;
+  options.window_limit = 10;
+  options.startup_hold = absl::Seconds(1);
+  Build(options, /*rate=*/100, /*burst=*/10);
+  for (CallId id = 1; id <= 3; ++id) Submit(id);
+  const absl::Duration next = dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 0);
+  EXPECT_EQ(next - clock_.Monotonic(), absl::Seconds(1)) << "wakes when the hold ends";
+  clock_.Advance(absl::Milliseconds(999));
+  dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 0) << "sent during the hold";
+  clock_.Advance(absl::Milliseconds(1));
+  dispatcher_->Step();
+  EXPECT_GE(transport_.started(), 1);
+}
+
+TEST_F(DispatcherTest, FailBackgroundAnswersOnlyTheQueuesUnsentCalls) {
+  Build({}, /*rate=*/10);
+  SubmitBackground(1, "bg1", 1700000000);  // Sent first: the queue alone.
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 1);
+  SubmitBackground(2, "bg2", 1700000000);
+  Submit(3);
+  dispatcher_->FailBackground("stopping");
+  EXPECT_EQ(answers_[2], 1);
+  EXPECT_EQ(outcomes_[2].kind, Outcome::Kind::kShuttingDown);
+  EXPECT_EQ(answers_[1], 0) << "in flight: its answer settles it";
+  EXPECT_EQ(answers_[3], 0) << "a caller's call is not the queue's";
+  transport_.Answer(kOk);
+  EXPECT_EQ(answers_[1], 1);
+  EXPECT_EQ(outcomes_[1].disposition, Disposition::kOk);
+}
+
 }  // namespace
 }  // namespace imgw::dispatch
