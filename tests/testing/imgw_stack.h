@@ -67,6 +67,8 @@ class ImgwStack final {
   int emulator_port() const { return emulator_port_; }
   // The PEM file that the emulator serves and its clients trust.
   const std::string& ca_file() const { return tls_.cert_file; }
+  // The file holding the app's secret key, which the emulator and the gateways read.
+  const std::string& key_file() const { return key_file_; }
   const TempDir& dir() const { return dir_; }
   Subprocess& emulator() { return *emulator_; }
   Subprocess& gateway() { return *gateways_[0].process; }
