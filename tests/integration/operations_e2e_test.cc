@@ -850,10 +850,14 @@ void ExpectRejectedFlags(const TempDir& dir, const std::string& name,
   const std::string key_file = dir.File("secret.key");
   ASSERT_TRUE(testing::WriteFile(key_file, "0123456789abcdef0123456789abcdef\n").ok());
   SubprocessOptions options;
-  options.argv = {BinDir() + "/imgw-gateway",      "--grpc_listen=127.0.0.1:0",
-                  "--metrics_listen=127.0.0.1:0",  "--endpoint=https://127.0.0.1:9",
-                  "--sdkappid=1400000000",         "--identifier=administrator",
-                  "--secret_key_file=" + key_file, "--ready_file=" + ready,
+  options.argv = {BinDir() + "/imgw-gateway",
+                  "--grpc_listen=127.0.0.1:0",
+                  "--metrics_listen=127.0.0.1:0",
+                  "--endpoint=https://127.0.0.1:9",
+                  "--sdkappid=1400000000",
+                  "--identifier=administrator",
+                  "--secret_key_file=" + key_file,
+                  "--ready_file=" + ready,
                   "--queue_path=" + dir.File(name + ".queue.db")};
   options.argv.insert(options.argv.end(), tls_flags.begin(), tls_flags.end());
   options.env = ChildEnv();

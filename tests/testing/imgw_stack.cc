@@ -136,6 +136,7 @@ absl::Status ImgwStack::StartGatewayAt(const ImgwStackOptions& options, size_t i
   const std::string name = starts == 0 ? base : absl::StrCat(base, "-restart", starts);
   const std::string ready = dir_.File(name + ".ready");
   SubprocessOptions child;
+  // Each gateway its own queue file (one gateway per file).
   child.argv = {options.bin_dir + "/imgw-gateway",
                 "--grpc_listen=127.0.0.1:0",
                 "--metrics_listen=127.0.0.1:0",
@@ -145,7 +146,6 @@ absl::Status ImgwStack::StartGatewayAt(const ImgwStackOptions& options, size_t i
                 absl::StrCat("--identifier=", kAdmin),
                 "--secret_key_file=" + key_file_,
                 "--ready_file=" + ready,
-                // Each gateway its own queue file (one gateway per file).
                 "--queue_path=" + dir_.File(base + ".queue.db")};
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   // A sanitized gateway's RSS is mostly the sanitizer's (shadow memory, quarantine): the
