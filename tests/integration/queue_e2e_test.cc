@@ -11,6 +11,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -396,18 +397,19 @@ TEST_F(QueueE2eTest, SetMsgReadOvertakesTheBacklogAndSettlesThePairsEntry) {
   Figure("pending_when_answered", absl::StrCat(queue->pending()));
 }
 
-// 3. SIGKILL at random moments, at least ten times: while a client enqueues batches of 50 at full
-// speed (pairs from a fixed set of 2,000, with rising times, so that later enqueues merge into
-// pending entries and raise them) and the gateway drains, then while it only drains. Each time
-// it starts again on the same file. At the end every acknowledged pair is applied at no less
+// 3. SIGKILL at random moments: ten times while a client enqueues batches of 50 at full speed
+// (pairs from a fixed set of 2,000, with rising times, so that later enqueues merge into
+// pending entries and raise them) and the gateway drains, three more while it only drains.
+// The pauses are drawn from a seed the test prints (IMGW_QUEUE_KILL_SEED draws them again). Each
+// time it starts again on the same file. At the end every acknowledged pair is applied at no less
 // than its largest acknowledged time and no more than its largest attempted one, and no
 // sliding second went over the limit, restarts included.
 TEST_F(QueueE2eTest, SigkillAtRandomMomentsLosesNothingAcknowledged) {
   constexpr int kLimit = 200;
   constexpr int kPairs = 2000;
   constexpr int kBatch = 50;
-  constexpr int kKillsWhileEnqueueing = 8;
-  constexpr int kKills = 12;
+  constexpr int kKillsWhileEnqueueing = 10;
+  constexpr int kKills = 13;
   ImgwStackOptions options;
   options.emulator_rate_limit = kLimit;
   options.gateway_flags = {absl::StrCat("--rate_limit=", kLimit)};
@@ -474,7 +476,10 @@ TEST_F(QueueE2eTest, SigkillAtRandomMomentsLosesNothingAcknowledged) {
   });
   StopAndJoin stop_client(stop, client);
 
-  const uint32_t seed = std::random_device{}();
+  uint32_t seed = std::random_device{}();
+  if (const char* replay = std::getenv("IMGW_QUEUE_KILL_SEED"); replay != nullptr) {
+    ASSERT_TRUE(absl::SimpleAtoi(replay, &seed)) << "IMGW_QUEUE_KILL_SEED=" << replay;
+  }
   std::cout << "kill schedule seed " << seed << std::endl;
   RecordProperty("seed", absl::StrCat(seed));
   std::mt19937 random(seed);
