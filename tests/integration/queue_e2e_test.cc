@@ -580,7 +580,11 @@ TEST_F(QueueE2eTest, SigtermWithABacklogExitsAtOnceAndTheNextStartDrainsIt) {
   });
   StopAndJoin stop_client(stop, client);
 
-  absl::SleepFor(absl::Milliseconds(300));
+  // Draining (past the gateway's --startup_hold): some calls have reached the emulator.
+  for (absl::Time until = absl::Now() + absl::Seconds(5);
+       Stats().calls < 5 && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
   constexpr absl::Duration kUpstreamLatency = absl::Milliseconds(1500);
   ASSERT_TRUE(
       stack_
