@@ -134,8 +134,8 @@ done
 $drained || { echo "  ^ expected the queue to drain within 20 s" >&2; failures=$((failures + 1)); }
 
 step "What the emulator saw (GET $upstream/emulator/stats)"
-curl -sS --cacert "$work/cert.pem" "$upstream/emulator/stats" | head -c 600
-echo " ..."
+stats=$(curl -sS --cacert "$work/cert.pem" "$upstream/emulator/stats")
+echo "${stats:0:600} ..."
 
 step "What the gateway counted (GET http://$metrics/metrics, non-zero series)"
 curl -sS "http://$metrics/metrics" | grep -E '^imgw_(upstream_requests|upstream_answers|rejected_calls|merged_calls|grpc_server_handling_seconds_count|upstream_connections|queue_(enqueued|applied)_total)' |

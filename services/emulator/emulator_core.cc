@@ -120,11 +120,13 @@ usersig::VerifyResult VerifyWithAny(absl::string_view sig, const std::vector<std
   return first;
 }
 
-Verdict CheckQuery(std::string_view query, const EmulatorOptions& options,
-                   const std::vector<std::string>& keys, absl::Time now) {
+using QueryParams = std::map<std::string, std::string, std::less<>>;
+
+// The URL's parameters, percent-decoded; refused when one does not decode or a known one is
+// given twice.
+Verdict ParseQuery(std::string_view query, QueryParams* params) {
   static constexpr std::string_view kKnown[] = {"sdkappid", "identifier", "usersig", "random",
                                                 "contenttype"};
-  std::map<std::string, std::string, std::less<>> params;
   for (size_t start = 0; start <= query.size();) {
     const size_t end = std::min(query.find('&', start), query.size());
     const std::string_view part = query.substr(start, end - start);
@@ -138,10 +140,38 @@ Verdict CheckQuery(std::string_view query, const EmulatorOptions& options,
       return Fail(kHttpParseError, "HTTP parse error: bad percent-encoding in the URL");
     }
     const bool known = std::find(std::begin(kKnown), std::end(kKnown), key) != std::end(kKnown);
-    if (!params.emplace(key, std::move(value)).second && known) {
+    if (!params->emplace(key, std::move(value)).second && known) {
       return Fail(kUrlParamError, absl::StrCat("URL parameter error: ", key, " given twice"));
     }
   }
+  return {};
+}
+
+// What the upstream answers for a UserSig that VerifyWithAny judged so.
+Verdict SignatureVerdict(usersig::VerifyResult result) {
+  switch (result) {
+    case usersig::VerifyResult::kOk:
+      return {};
+    case usersig::VerifyResult::kMalformed:
+      return Fail(kUserSigIllegal, "UserSig illegal: it does not decode");
+    case usersig::VerifyResult::kSdkAppIdMismatch:
+      return Fail(kUserSigSdkAppIdMismatch,
+                  "SDKAppID in the UserSig differs from the sdkappid of the request");
+    case usersig::VerifyResult::kIdentifierMismatch:
+      return Fail(kUserSigIdentifierMismatch,
+                  "identifier in the UserSig differs from the identifier of the request");
+    case usersig::VerifyResult::kExpired:
+      return Fail(kUserSigExpired, "UserSig expired");
+    case usersig::VerifyResult::kBadSignature:
+      return Fail(kUserSigBadSignature, "UserSig verification failed: wrong signature");
+  }
+  return Fail(kUserSigIllegal, "UserSig illegal");
+}
+
+Verdict CheckQuery(std::string_view query, const EmulatorOptions& options,
+                   const std::vector<std::string>& keys, absl::Time now) {
+  QueryParams params;
+  if (Verdict parsed = ParseQuery(query, &params); parsed.code != kOk) return parsed;
   auto get = [&params](std::string_view key) -> const std::string* {
     auto it = params.find(key);
     return it == params.end() || it->second.empty() ? nullptr : &it->second;
@@ -173,23 +203,7 @@ Verdict CheckQuery(std::string_view query, const EmulatorOptions& options,
   if (std::find(options.admins.begin(), options.admins.end(), identifier) == options.admins.end()) {
     return Fail(kNotAdmin, "identifier is not an App admin");
   }
-  switch (VerifyWithAny(*get("usersig"), keys, options.sdkappid, identifier, now)) {
-    case usersig::VerifyResult::kOk:
-      return {};
-    case usersig::VerifyResult::kMalformed:
-      return Fail(kUserSigIllegal, "UserSig illegal: it does not decode");
-    case usersig::VerifyResult::kSdkAppIdMismatch:
-      return Fail(kUserSigSdkAppIdMismatch,
-                  "SDKAppID in the UserSig differs from the sdkappid of the request");
-    case usersig::VerifyResult::kIdentifierMismatch:
-      return Fail(kUserSigIdentifierMismatch,
-                  "identifier in the UserSig differs from the identifier of the request");
-    case usersig::VerifyResult::kExpired:
-      return Fail(kUserSigExpired, "UserSig expired");
-    case usersig::VerifyResult::kBadSignature:
-      return Fail(kUserSigBadSignature, "UserSig verification failed: wrong signature");
-  }
-  return Fail(kUserSigIllegal, "UserSig illegal");
+  return SignatureVerdict(VerifyWithAny(*get("usersig"), keys, options.sdkappid, identifier, now));
 }
 
 struct ParsedBody {

@@ -103,17 +103,6 @@ queue::EnqueueItem ItemOf(const upstream::SetMsgReadParams& params, const std::s
 
 }  // namespace
 
-grpc::ServerUnaryReactor* MsgReadService::RefuseEnqueue(grpc::CallbackServerContext* context,
-                                                        metrics::RpcMethod method,
-                                                        grpc::Status status) {
-  if (metrics_ != nullptr) {
-    metrics_->ObserveRpc(method, static_cast<int>(status.error_code()), absl::ZeroDuration());
-  }
-  auto* reactor = context->DefaultReactor();
-  reactor->Finish(std::move(status));
-  return reactor;
-}
-
 std::optional<grpc::Status> MsgReadService::HoldMemory(grpc::CallbackServerContext& context,
                                                        const std::string& lane, size_t cost) const {
   if (options_.memory == nullptr) return std::nullopt;
@@ -130,14 +119,14 @@ grpc::ServerUnaryReactor* MsgReadService::EnqueueSetMsgRead(grpc::CallbackServer
                                                             grpc::ByteBuffer* response) {
   constexpr auto kMethod = metrics::RpcMethod::kEnqueueSetMsgRead;
   if (ResetBeforeTheRequest(context, request)) {
-    return RefuseEnqueue(context, kMethod,
-                         grpc::Status(grpc::StatusCode::CANCELLED,
-                                      "the stream was reset before its request was read"));
+    return Refuse(context, kMethod,
+                  grpc::Status(grpc::StatusCode::CANCELLED,
+                               "the stream was reset before its request was read"));
   }
   if (options_.queue == nullptr) {
-    return RefuseEnqueue(context, kMethod,
-                         grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                                      "this gateway has no queue (--queue_backend=none)"));
+    return Refuse(context, kMethod,
+                  grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                               "this gateway has no queue (--queue_backend=none)"));
   }
   wire::SetMsgReadRequest decoded;
   upstream::SetMsgReadParams params;
@@ -148,16 +137,15 @@ grpc::ServerUnaryReactor* MsgReadService::EnqueueSetMsgRead(grpc::CallbackServer
   if (!valid.ok()) {
     if (metrics_ != nullptr) metrics_->Rejected(metrics::RejectReason::kInvalidArgument);
     // As SetMsgRead refuses it (a google.rpc.BadRequest naming the field).
-    return RefuseEnqueue(
-        context, kMethod,
-        MapOutcome(upstream::Outcome::Failed(upstream::Outcome::Kind::kInvalidArgument,
-                                             std::string(valid.message())))
-            .status);
+    return Refuse(context, kMethod,
+                  MapOutcome(upstream::Outcome::Failed(upstream::Outcome::Kind::kInvalidArgument,
+                                                       std::string(valid.message())))
+                      .status);
   }
   const std::string lane = LaneOf(*context);
   const size_t cost = overload::MemoryBudget::CostOf(request->Length(), 1);
   if (std::optional<grpc::Status> refused = HoldMemory(*context, lane, cost)) {
-    return RefuseEnqueue(context, kMethod, *std::move(refused));
+    return Refuse(context, kMethod, *std::move(refused));
   }
   auto* reactor = new EnqueueReactor(context, response, active_, metrics_);
   if (options_.memory != nullptr) reactor->HoldUntilDone(options_.memory, lane, cost);
@@ -174,35 +162,20 @@ grpc::ServerUnaryReactor* MsgReadService::BatchEnqueueSetMsgRead(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request,
     grpc::ByteBuffer* response) {
   constexpr auto kMethod = metrics::RpcMethod::kBatchEnqueueSetMsgRead;
-  if (ResetBeforeTheRequest(context, raw_request)) {
-    return RefuseEnqueue(context, kMethod,
-                         grpc::Status(grpc::StatusCode::CANCELLED,
-                                      "the stream was reset before its request was read"));
-  }
   if (options_.queue == nullptr) {
-    return RefuseEnqueue(context, kMethod,
-                         grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                                      "this gateway has no queue (--queue_backend=none)"));
+    return Refuse(context, kMethod,
+                  grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                               "this gateway has no queue (--queue_backend=none)"));
   }
   wire::BatchSetMsgReadRequest request;
-  if (!Decode(raw_request, &request)) {
-    return RefuseEnqueue(context, kMethod,
-                         WithDetails(grpc::StatusCode::INVALID_ARGUMENT,
-                                     "the request is not a valid imgw.v1.BatchSetMsgReadRequest",
-                                     nullptr, std::nullopt, ""));
+  if (std::optional<grpc::Status> refused = ReadBatch(*context, raw_request, &request)) {
+    return Refuse(context, kMethod, *std::move(refused));
   }
   const int items = request.items_size();
-  if (items == 0 || items > kMaxBatchItems) {
-    return RefuseEnqueue(context, kMethod,
-                         WithDetails(grpc::StatusCode::INVALID_ARGUMENT,
-                                     absl::StrCat("a batch holds 1 to ", kMaxBatchItems,
-                                                  " items; this one has ", items),
-                                     nullptr, std::nullopt, "items"));
-  }
   const std::string lane = LaneOf(*context);
   const size_t cost = overload::MemoryBudget::CostOf(raw_request->Length(), items);
   if (std::optional<grpc::Status> refused = HoldMemory(*context, lane, cost)) {
-    return RefuseEnqueue(context, kMethod, *std::move(refused));
+    return Refuse(context, kMethod, *std::move(refused));
   }
   auto* reactor = new BatchEnqueueReactor(response, items, active_, metrics_);
   if (options_.memory != nullptr) reactor->HoldUntilDone(options_.memory, lane, cost);

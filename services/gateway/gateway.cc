@@ -443,7 +443,10 @@ void Gateway::LogServing() const {
        {"rate_limit", absl::StrCat(config_.rate_limit)},
        {"budget", budget_description_},
        {"memory_limit", absl::StrCat(config_.memory_limit, " (", config_.memory_limit_source, ")")},
-       {"pace", absl::StrCat(ratelimit::LocalRateLimiter::PaceFor(LocalBudgetOptions()))}});
+       {"pace", absl::StrCat(ratelimit::LocalRateLimiter::PaceFor(LocalBudgetOptions()))},
+       {"queue", config_.queue ? absl::StrCat(config_.queue_path, " (fsync ",
+                                              config_.queue_fsync ? "on" : "off", ")")
+                               : std::string("none")}});
 }
 
 void Gateway::Shutdown() {

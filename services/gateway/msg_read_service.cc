@@ -1,6 +1,7 @@
 #include "services/gateway/msg_read_service.h"
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -147,6 +148,41 @@ absl::Duration MsgReadService::DeadlineOf(const grpc::CallbackServerContext& con
   return clock_.Monotonic() + remaining;
 }
 
+grpc::ServerUnaryReactor* MsgReadService::Refuse(grpc::CallbackServerContext* context,
+                                                 metrics::RpcMethod method, grpc::Status status) {
+  if (metrics_ != nullptr) {
+    metrics_->ObserveRpc(method, static_cast<int>(status.error_code()), absl::ZeroDuration());
+  }
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(std::move(status));
+  return reactor;
+}
+
+std::optional<grpc::Status> MsgReadService::ReadBatch(grpc::CallbackServerContext& context,
+                                                      const grpc::ByteBuffer* raw,
+                                                      wire::BatchSetMsgReadRequest* batch) const {
+  if (ResetBeforeTheRequest(&context, raw)) {
+    if (metrics_ != nullptr) metrics_->Cancelled();
+    return grpc::Status(grpc::StatusCode::CANCELLED,
+                        "the stream was reset before its request was read");
+  }
+  // `field`: the request field at fault, for the BadRequest detail ("" for none).
+  auto invalid = [this](const std::string& why, const std::string& field) {
+    if (metrics_ != nullptr) metrics_->Rejected(metrics::RejectReason::kInvalidArgument);
+    return WithDetails(grpc::StatusCode::INVALID_ARGUMENT, why, nullptr, std::nullopt, field);
+  };
+  if (!Decode(raw, batch)) {
+    return invalid("the request is not a valid imgw.v1.BatchSetMsgReadRequest", "");
+  }
+  const int items = batch->items_size();
+  if (items == 0 || items > kMaxBatchItems) {
+    return invalid(
+        absl::StrCat("a batch holds 1 to ", kMaxBatchItems, " items; this one has ", items),
+        "items");
+  }
+  return std::nullopt;
+}
+
 grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request,
                                                      grpc::ByteBuffer* response) {
@@ -196,57 +232,17 @@ grpc::ServerUnaryReactor* MsgReadService::SetMsgRead(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* MsgReadService::BatchSetMsgRead(grpc::CallbackServerContext* context,
                                                           const grpc::ByteBuffer* raw_request,
                                                           grpc::ByteBuffer* response) {
-  // `field`: the request field at fault, for the BadRequest detail ("" for none).
-  auto refuse = [this, context](const std::string& why, const std::string& field) {
-    if (metrics_ != nullptr) {
-      metrics_->Rejected(metrics::RejectReason::kInvalidArgument);
-      metrics_->ObserveRpc(metrics::RpcMethod::kBatchSetMsgRead,
-                           static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT),
-                           absl::ZeroDuration());
-    }
-    auto* reactor = context->DefaultReactor();
-    reactor->Finish(
-        WithDetails(grpc::StatusCode::INVALID_ARGUMENT, why, nullptr, std::nullopt, field));
-    return reactor;
-  };
-  if (ResetBeforeTheRequest(context, raw_request)) {
-    if (metrics_ != nullptr) {
-      metrics_->Cancelled();
-      metrics_->ObserveRpc(metrics::RpcMethod::kBatchSetMsgRead,
-                           static_cast<int>(grpc::StatusCode::CANCELLED), absl::ZeroDuration());
-    }
-    auto* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED,
-                                 "the stream was reset before its request was read"));
-    return reactor;
-  }
+  constexpr auto kMethod = metrics::RpcMethod::kBatchSetMsgRead;
   wire::BatchSetMsgReadRequest decoded;
-  if (!Decode(raw_request, &decoded)) {
-    return refuse("the request is not a valid imgw.v1.BatchSetMsgReadRequest", "");
+  if (std::optional<grpc::Status> refused = ReadBatch(*context, raw_request, &decoded)) {
+    return Refuse(context, kMethod, *std::move(refused));
   }
   const wire::BatchSetMsgReadRequest* request = &decoded;
-  int items = request->items_size();
-  if (items == 0 || items > kMaxBatchItems) {
-    return refuse(
-        absl::StrCat("a batch holds 1 to ", kMaxBatchItems, " items; this one has ", items),
-        "items");
-  }
+  const int items = request->items_size();
   std::string caller = LaneOf(*context);
   const size_t cost = overload::MemoryBudget::CostOf(raw_request->Length(), items);
-  if (options_.memory != nullptr) {
-    const overload::MemoryBudget::Refusal refused = options_.memory->TryHold(caller, cost);
-    if (refused != overload::MemoryBudget::Refusal::kNone) {
-      MappedStatus mapped = MapOutcome(MemoryRefusal(refused, *options_.memory));
-      if (metrics_ != nullptr) {
-        metrics_->Rejected(metrics::RejectReason::kMemory);
-        metrics_->ObserveRpc(metrics::RpcMethod::kBatchSetMsgRead,
-                             static_cast<int>(mapped.status.error_code()), absl::ZeroDuration());
-      }
-      AddRefusalTrailers(mapped, *context);
-      auto* reactor = context->DefaultReactor();
-      reactor->Finish(mapped.status);
-      return reactor;
-    }
+  if (std::optional<grpc::Status> refused = HoldMemory(*context, caller, cost)) {
+    return Refuse(context, kMethod, *std::move(refused));
   }
   dispatch::CallId first_id =
       next_id_.fetch_add(static_cast<dispatch::CallId>(items), std::memory_order_relaxed);

@@ -10,6 +10,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/support/byte_buffer.h"
+#include "imgw/gateway/wire.pb.h"
 #include "imgw/v1/msg_read.grpc.pb.h"
 #include "lib/common/clock.h"
 #include "lib/dispatch/dispatch_loop.h"
@@ -101,10 +102,16 @@ class MsgReadService final : public MsgReadServiceBase {
   // HoldUntilDone); or the status of a refusal, its trailers set.
   std::optional<grpc::Status> HoldMemory(grpc::CallbackServerContext& context,
                                          const std::string& lane, size_t cost) const;
-  // Finishes an Enqueue RPC refused before the queue saw it (a reset stream, no queue, no
-  // memory, a malformed or invalid request); returns its reactor.
-  grpc::ServerUnaryReactor* RefuseEnqueue(grpc::CallbackServerContext* context,
-                                          metrics::RpcMethod method, grpc::Status status);
+  // Finishes an RPC refused before anything was queued (a reset stream, no queue, no memory, a
+  // malformed or invalid request); returns its reactor.
+  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context, metrics::RpcMethod method,
+                                   grpc::Status status);
+  // Reads a batch (BatchSetMsgRead, BatchEnqueueSetMsgRead): the RPC's refusal when its stream
+  // was reset, its bytes are not a batch, or it has no items or more than kMaxBatchItems
+  // (counted in the metrics); else nullopt, `batch` filled.
+  std::optional<grpc::Status> ReadBatch(grpc::CallbackServerContext& context,
+                                        const grpc::ByteBuffer* raw,
+                                        imgw::gateway::wire::BatchSetMsgReadRequest* batch) const;
 
   const Options options_;
   dispatch::DispatchLoop& loop_;

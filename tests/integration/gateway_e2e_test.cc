@@ -478,6 +478,40 @@ TEST_F(GatewayE2eTest, SigtermExitsZeroWithinTheGracePeriodAfterTheClientLeft) {
   CheckSigterm("gateway-sigterm-alone", /*keep_channel=*/false);
 }
 
+TEST_F(GatewayE2eTest, CliEnqueuesAndOperatesTheQueue) {
+  testing::RunResult enqueued = RunCli(
+      {"enqueue-set-msg-read", "--report", "erin", "--peer", "frank", "--time", "1700000300"});
+  EXPECT_EQ(enqueued.exit_status, 0) << enqueued.stdout_text << enqueued.stderr_text;
+  EXPECT_THAT(enqueued.stdout_text, StartsWith("OK new msg_read_time=1700000300 pending=1"));
+  testing::RunResult batch = RunCli({"batch-enqueue-set-msg-read", "--report", "erin", "--peer",
+                                     std::string("frank,") + kMissing + ",erin"});
+  EXPECT_EQ(batch.exit_status, 1) << "one item is invalid (the same account on both sides)";
+  // Merged into frank's entry, or new if that one was applied already: the drain is fast.
+  EXPECT_THAT(batch.stdout_text, HasSubstr("frank OK "));
+  EXPECT_THAT(batch.stdout_text, HasSubstr("erin INVALID_ARGUMENT"));
+  // Drained: frank applied, the missing account a dead letter (90008).
+  testing::RunResult stats;
+  for (absl::Time until = absl::Now() + absl::Seconds(10); absl::Now() < until;) {
+    stats = RunCli({"queue-stats"});
+    if (absl::StartsWith(stats.stdout_text, "pending=0 ")) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(stats.exit_status, 0) << stats.stderr_text;
+  EXPECT_THAT(stats.stdout_text, StartsWith("pending=0 "));
+  EXPECT_THAT(stats.stdout_text, HasSubstr("dead_letters=1"));
+  testing::RunResult listed = RunCli({"dead-letters", "list"});
+  EXPECT_EQ(listed.exit_status, 0) << listed.stderr_text;
+  EXPECT_THAT(listed.stdout_text, HasSubstr(std::string("erin ") + kMissing));
+  EXPECT_THAT(listed.stdout_text, HasSubstr("error_code=90008"));
+  testing::RunResult no_selector = RunCli({"dead-letters", "drop"});
+  EXPECT_EQ(no_selector.exit_status, 2) << no_selector.stdout_text;
+  testing::RunResult dropped = RunCli({"dead-letters", "drop", "--all"});
+  EXPECT_EQ(dropped.exit_status, 0) << dropped.stderr_text;
+  EXPECT_THAT(dropped.stdout_text, StartsWith("OK dropped 1 dead letters"));
+  // The batch's item had no time: stamped with its arrival, later than the first one's.
+  EXPECT_GT(Stats().PairTime("erin", "frank").value_or(0), 1700000300);
+}
+
 TEST_F(GatewayE2eTest, CliReportsOkAndNotFound) {
   testing::RunResult ok = RunCli({"set-msg-read", "--report", "alice", "--peer", "bob"});
   EXPECT_EQ(ok.exit_status, 0) << ok.stdout_text << ok.stderr_text;

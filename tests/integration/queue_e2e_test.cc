@@ -159,6 +159,27 @@ class QueueE2eTest : public testing::StackTest {
     if (stack_ != nullptr) Reconnect();
   }
 
+  // The emulator and the gateway both at `limit` calls per second.
+  void StartAtLimit(int limit) {
+    ImgwStackOptions options;
+    options.emulator_rate_limit = limit;
+    options.gateway_flags = {absl::StrCat("--rate_limit=", limit)};
+    Start(std::move(options));
+  }
+
+  // Enqueues `count` items of group `prefix` (item i at kBaseTime + i) in batches of 500,
+  // every one acknowledged, into `acked`.
+  void EnqueueGroup(const std::string& prefix, int count, std::map<Pair, int64_t>& acked) {
+    constexpr int kBatch = 500;
+    for (int first = 0; first < count; first += kBatch) {
+      std::vector<v1::SetMsgReadRequest> items;
+      for (int i = first; i < std::min(count, first + kBatch); ++i) {
+        items.push_back(GroupItem(prefix, i, kBaseTime + i));
+      }
+      ASSERT_NO_FATAL_FAILURE(EnqueueAll(items, acked));
+    }
+  }
+
   // Stubs on the gateway's address of now (a restart changes it).
   void Reconnect() {
     stub_ = testing::NewStub(stack_->gateway_address());
@@ -303,21 +324,11 @@ std::optional<int64_t> FileSize(const std::string& path) {
 TEST_F(QueueE2eTest, EnqueuedItemsAreAppliedWithinTheBudget) {
   constexpr int kLimit = 200;
   constexpr int kItems = 1000;
-  constexpr int kBatch = 500;
-  ImgwStackOptions options;
-  options.emulator_rate_limit = kLimit;
-  options.gateway_flags = {absl::StrCat("--rate_limit=", kLimit)};
-  ASSERT_NO_FATAL_FAILURE(Start(options));
+  ASSERT_NO_FATAL_FAILURE(StartAtLimit(kLimit));
 
   std::map<Pair, int64_t> acked;
   const absl::Time start = absl::Now();
-  for (int b = 0; b < kItems / kBatch; ++b) {
-    std::vector<v1::SetMsgReadRequest> items;
-    for (int i = b * kBatch; i < (b + 1) * kBatch; ++i) {
-      items.push_back(GroupItem("e", i, kBaseTime + i));
-    }
-    ASSERT_NO_FATAL_FAILURE(EnqueueAll(items, acked));
-  }
+  ASSERT_NO_FATAL_FAILURE(EnqueueGroup("e", kItems, acked));
   const absl::Duration acknowledged = absl::Now() - start;
   ASSERT_EQ(acked.size(), static_cast<size_t>(kItems));
 
@@ -352,20 +363,10 @@ TEST_F(QueueE2eTest, EnqueuedItemsAreAppliedWithinTheBudget) {
 TEST_F(QueueE2eTest, SetMsgReadOvertakesTheBacklogAndSettlesThePairsEntry) {
   constexpr int kLimit = 100;
   constexpr int kItems = 1000;
-  constexpr int kBatch = 500;
-  ImgwStackOptions options;
-  options.emulator_rate_limit = kLimit;
-  options.gateway_flags = {absl::StrCat("--rate_limit=", kLimit)};
-  ASSERT_NO_FATAL_FAILURE(Start(options));
+  ASSERT_NO_FATAL_FAILURE(StartAtLimit(kLimit));
 
   std::map<Pair, int64_t> acked;
-  for (int b = 0; b < kItems / kBatch; ++b) {
-    std::vector<v1::SetMsgReadRequest> items;
-    for (int i = b * kBatch; i < (b + 1) * kBatch; ++i) {
-      items.push_back(GroupItem("m", i, kBaseTime + i));
-    }
-    ASSERT_NO_FATAL_FAILURE(EnqueueAll(items, acked));
-  }
+  ASSERT_NO_FATAL_FAILURE(EnqueueGroup("m", kItems, acked));
 
   constexpr int kLast = kItems - 1;
   constexpr int64_t kLarger = kBaseTime + kLast + 5000;
@@ -410,10 +411,7 @@ TEST_F(QueueE2eTest, SigkillAtRandomMomentsLosesNothingAcknowledged) {
   constexpr int kBatch = 50;
   constexpr int kKillsWhileEnqueueing = 10;
   constexpr int kKills = 13;
-  ImgwStackOptions options;
-  options.emulator_rate_limit = kLimit;
-  options.gateway_flags = {absl::StrCat("--rate_limit=", kLimit)};
-  ASSERT_NO_FATAL_FAILURE(Start(options));
+  ASSERT_NO_FATAL_FAILURE(StartAtLimit(kLimit));
 
   struct Ledger {
     absl::Mutex mu;
@@ -545,10 +543,7 @@ TEST_F(QueueE2eTest, SigkillAtRandomMomentsLosesNothingAcknowledged) {
 TEST_F(QueueE2eTest, SigtermWithABacklogExitsAtOnceAndTheNextStartDrainsIt) {
   constexpr int kLimit = 20;
   constexpr int kBacklog = 150;
-  ImgwStackOptions options;
-  options.emulator_rate_limit = kLimit;
-  options.gateway_flags = {absl::StrCat("--rate_limit=", kLimit)};
-  ASSERT_NO_FATAL_FAILURE(Start(options));
+  ASSERT_NO_FATAL_FAILURE(StartAtLimit(kLimit));
 
   std::map<Pair, int64_t> acked;
   std::vector<v1::SetMsgReadRequest> items;
@@ -964,19 +959,9 @@ TEST_F(QueueE2eTest, DeadLettersAreListedRetriedAndDropped) {
 TEST_F(QueueE2eTest, QueueKeepsItsMinimumShareUnderCallerLoad) {
   constexpr int kLimit = 200;
   constexpr int kBacklog = 2000;  // 10 s of the whole budget: it outlasts the span.
-  constexpr int kBatch = 500;
-  ImgwStackOptions options;
-  options.emulator_rate_limit = kLimit;
-  options.gateway_flags = {absl::StrCat("--rate_limit=", kLimit)};
-  ASSERT_NO_FATAL_FAILURE(Start(options));
+  ASSERT_NO_FATAL_FAILURE(StartAtLimit(kLimit));
   std::map<Pair, int64_t> acked;
-  for (int b = 0; b < kBacklog / kBatch; ++b) {
-    std::vector<v1::SetMsgReadRequest> items;
-    for (int i = b * kBatch; i < (b + 1) * kBatch; ++i) {
-      items.push_back(GroupItem("q", i, kBaseTime + i));
-    }
-    ASSERT_NO_FATAL_FAILURE(EnqueueAll(items, acked));
-  }
+  ASSERT_NO_FATAL_FAILURE(EnqueueGroup("q", kBacklog, acked));
 
   testing::OpenLoad::Shape shape;
   shape.prefix = "c";
