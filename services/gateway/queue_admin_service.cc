@@ -74,15 +74,15 @@ grpc::ServerUnaryReactor* QueueAdminService::GetQueueStats(
     grpc::CallbackServerContext* context, const imgw::v1::GetQueueStatsRequest* /*request*/,
     imgw::v1::GetQueueStatsResponse* response) {
   const int64_t in_flight = queue_.in_flight();
-  Clock& clock = clock_;
+  Clock* clock = &clock_;  // Outlives the queue's thread, which runs the task.
   return OnStore(context, metrics::RpcMethod::kGetQueueStats,
-                 [response, in_flight, &clock](queue::PendingStore& store) -> absl::Status {
+                 [response, in_flight, clock](queue::PendingStore& store) -> absl::Status {
                    absl::StatusOr<queue::QueueStats> stats = store.Stats(kMaxCallersListed);
                    if (!stats.ok()) return stats.status();
                    response->set_pending(stats->pending);
                    if (stats->oldest_first_seen_ms > 0) {
                      response->set_oldest_pending_age_ms(std::max<int64_t>(
-                         0, absl::ToUnixMillis(clock.Now()) - stats->oldest_first_seen_ms));
+                         0, absl::ToUnixMillis(clock->Now()) - stats->oldest_first_seen_ms));
                    }
                    response->set_in_flight(in_flight);
                    response->set_dead_letters(stats->dead_letters);
