@@ -4,6 +4,8 @@
 # BIN_DIR defaults to build/bin. Everything listens on 127.0.0.1 only, on free ports. A
 # throwaway certificate, key and app secret are made in a temporary directory. With --keep the
 # gateway and emulator stay up until Ctrl-C. Exits non-zero if any demo call misbehaves.
+# IMGW_GATEWAY_FLAGS: extra imgw-gateway flags, split on spaces (the sanitized test runs lift
+# --memory_limit with it).
 set -euo pipefail
 
 bin=build/bin
@@ -61,7 +63,8 @@ step "The gateway: gRPC on loopback, upstream over verified TLS"
 "$bin/imgw-gateway" --grpc_listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
   --endpoint="$upstream" --ca_file="$work/cert.pem" \
   --sdkappid=1400000000 --identifier=administrator --secret_key_file="$work/secret_key" \
-  --ready_file="$work/gateway.ready" --queue_path="$work/queue.db" 2>"$work/gateway.log" &
+  --ready_file="$work/gateway.ready" --queue_path="$work/queue.db" ${IMGW_GATEWAY_FLAGS:-} \
+  2>"$work/gateway.log" &
 pids+=($!)
 ready=$(wait_ready "$work/gateway.ready" gateway "$work/gateway.log")
 target=$(sed 's/.*"grpc_listen":"\([^"]*\)".*/\1/' <<<"$ready")

@@ -7,6 +7,7 @@
 # so that a client's bursts are refused in part, with retry-after hints it must honour.
 # COMMAND runs under `timeout ${IMGW_CLIENT_TIMEOUT:-120}`; both servers are stopped and their
 # files removed on exit, and the gateway's log tail is printed when COMMAND fails.
+# IMGW_GATEWAY_FLAGS: extra imgw-gateway flags, split on spaces.
 set -euo pipefail
 bin=$1
 shift
@@ -45,7 +46,8 @@ port=$(wait_ready "$work/emulator.ready" emulator "$work/emulator.log" | sed 's/
 "$bin/imgw-gateway" --grpc_listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
   --endpoint="https://127.0.0.1:$port" --ca_file="$work/cert.pem" --rate_limit=5 --max_queued=4 \
   --sdkappid=1400000000 --identifier=administrator --secret_key_file="$work/secret_key" \
-  --ready_file="$work/gateway.ready" --queue_path="$work/queue.db" 2>"$work/gateway.log" &
+  --ready_file="$work/gateway.ready" --queue_path="$work/queue.db" ${IMGW_GATEWAY_FLAGS:-} \
+  2>"$work/gateway.log" &
 pids+=($!)
 ready=$(wait_ready "$work/gateway.ready" gateway "$work/gateway.log")
 export IMGW_TARGET IMGW_METRICS
