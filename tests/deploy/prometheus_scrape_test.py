@@ -335,7 +335,10 @@ def start_upstream_and_gateway(bin_dir, tmp, env, redis_port, redis_password):
                 "--redis_password_file=" + redis_pw, "--redis_fallback_replicas=1",
                 # The longest allowed: on a loaded test machine a 50 ms Redis round trip would
                 # send the gateway to its fallback and make the counts below vary.
-                "--redis_timeout=1s"], gw_log, env)
+                "--redis_timeout=1s"]
+               # Extra flags (the sanitized runs lift --memory_limit: a sanitizer's shadow
+               # memory would make the memory watch refuse calls).
+               + os.environ.get("IMGW_GATEWAY_FLAGS", "").split(), gw_log, env)
     ready = wait_ready_file(gw_ready, gw, "imgw-gateway", gw_log)
     wait_shared_budget(ready["metrics_listen"], gw_log)
     return ready["grpc_listen"], ready["metrics_listen"], gw_log, gw.pid
