@@ -57,8 +57,7 @@ void QueueLoop::Enqueue(std::vector<EnqueueItem> items, EnqueueDone done) {
 }
 
 void QueueLoop::PairApplied(std::string report, std::string peer, int64_t time) {
-  // Only a store that holds entries can hold the pair's (the count is exact).
-  if (store_pending_.load(std::memory_order_relaxed) == 0) return;
+  if (!may_hold_entries()) return;
   absl::MutexLock lock(&mu_);
   // Bounded: a store stuck on its disk must not make the inbox grow with the calls. One left
   // out only means its entry is sent once more (marking read is idempotent).

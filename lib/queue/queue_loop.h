@@ -92,6 +92,9 @@ class QueueLoop final {
 
   // Entries handed to the dispatcher and not settled yet.
   int64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  // Whether the store may hold pending entries now (exact once the thread has started; "yes"
+  // before). Callers skip PairApplied() when it does not: nothing there to settle.
+  bool may_hold_entries() const { return store_pending_.load(std::memory_order_relaxed) > 0; }
   size_t max_outstanding() const { return max_outstanding_; }
 
  private:

@@ -128,7 +128,8 @@ template <typename Complete>
 absl::AnyInvocable<void(Outcome)> MsgReadService::Done(const upstream::SetMsgReadParams& params,
                                                        Complete complete) const {
   queue::QueueLoop* queue = options_.queue;
-  if (queue == nullptr) return complete;
+  // An empty queue has nothing this call could settle: no copy of the pair on the hot path.
+  if (queue == nullptr || !queue->may_hold_entries()) return complete;
   return [queue, complete = std::move(complete), report = params.report_account,
           peer = params.peer_account, time = *params.msg_read_time](Outcome outcome) mutable {
     if (outcome.kind == Outcome::Kind::kAnswered &&
