@@ -936,6 +936,37 @@ TEST_F(QueueE2eTest, DeadLettersAreListedRetriedAndDropped) {
   absl::StatusOr<v1::GetQueueStatsResponse> queue = QueueStats();
   ASSERT_TRUE(queue.ok()) << queue.status();
   EXPECT_EQ(queue->dead_letters(), 2);
+  // What an admin client controls is bounded: a page of more than 1,000, a negative one, a
+  // token the gateway did not make, no selector, all=false, an account over 32 bytes: each is
+  // INVALID_ARGUMENT, and nothing is dropped.
+  auto list_status = [this](int32_t page_size, const std::string& token) {
+    grpc::ClientContext context;
+    v1::ListDeadLettersRequest request;
+    request.set_page_size(page_size);
+    request.set_page_token(token);
+    v1::ListDeadLettersResponse response;
+    return admin_->ListDeadLetters(&context, request, &response).error_code();
+  };
+  EXPECT_EQ(list_status(1001, ""), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(list_status(-1, ""), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(list_status(10, "not a token"), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(list_status(1000, ""), grpc::StatusCode::OK);
+  v1::DeadLetterSelector too_long;
+  too_long.mutable_pair()->set_report_account(std::string(33, 'a'));
+  too_long.mutable_pair()->set_peer_account("d_p2");
+  v1::DeadLetterSelector not_all;
+  not_all.set_all(false);
+  for (const v1::DeadLetterSelector& bad : {v1::DeadLetterSelector(), not_all, too_long}) {
+    grpc::ClientContext context;
+    v1::DropDeadLettersRequest request;
+    *request.mutable_selector() = bad;
+    v1::DropDeadLettersResponse response;
+    EXPECT_EQ(admin_->DropDeadLetters(&context, request, &response).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  queue = QueueStats();
+  ASSERT_TRUE(queue.ok()) << queue.status();
+  EXPECT_EQ(queue->dead_letters(), 2);
   v1::DeadLetterSelector all;
   all.set_all(true);
   EXPECT_EQ(drop(all), 2);
