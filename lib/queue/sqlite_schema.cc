@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "lib/queue/sqlite_vfs.h"
 
 namespace imgw::queue::sqlite {
 namespace {
@@ -83,9 +84,9 @@ absl::StatusOr<std::string> QueryText(sqlite3* db, const char* sql, absl::string
 // memory (no -shm file).
 absl::StatusOr<DbPtr> Connect(const std::string& path) {
   sqlite3* raw = nullptr;
-  const int rc =
-      sqlite3_open_v2(path.c_str(), &raw,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  const int rc = sqlite3_open_v2(path.c_str(), &raw,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                 BufferedWalVfs());
   DbPtr db(raw);
   if (rc != SQLITE_OK) return Error(rc, db.get(), absl::StrCat(path, ": open"));
   sqlite3_extended_result_codes(db.get(), 1);
@@ -113,14 +114,16 @@ absl::StatusOr<bool> CheckFile(sqlite3* db, const std::string& path) {
   return true;
 }
 
-absl::Status Configure(sqlite3* db, const std::string& path, bool fsync) {
+// Every commit syncs the WAL through the VFS, which writes it out there and fsyncs it or not
+// as the store asks (sqlite_vfs.h); checkpoints always fsync.
+absl::Status Configure(sqlite3* db, const std::string& path) {
   absl::StatusOr<std::string> mode = QueryText(db, "PRAGMA journal_mode=WAL", path);
   if (!mode.ok()) return mode.status();
   if (*mode != "wal") {
     return absl::FailedPreconditionError(absl::StrCat(path, ": cannot use WAL mode (", *mode, ")"));
   }
-  const char* sync = fsync ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL";
-  if (absl::Status s = Exec(db, sync, path); !s.ok()) return s;
+  if (absl::Status s = Exec(db, "PRAGMA synchronous=FULL", path); !s.ok()) return s;
+  if (absl::Status s = Exec(db, "PRAGMA checkpoint_fullfsync=ON", path); !s.ok()) return s;
   // After a large transaction, the WAL shrinks back to this once checkpointed.
   return Exec(db, "PRAGMA journal_size_limit=16777216", path);
 }
@@ -173,11 +176,14 @@ absl::StatusOr<OpenedDb> OpenDb(const std::string& path, bool fsync) {
   };
   absl::StatusOr<bool> create = CheckFile(raw, path);
   if (!create.ok()) return fail(create.status());
-  if (absl::Status s = Configure(raw, path, fsync); !s.ok()) return fail(s);
+  if (absl::Status s = Configure(raw, path); !s.ok()) return fail(s);
   OpenedDb opened;
   if (absl::Status s = Exec(raw, "BEGIN EXCLUSIVE", path); !s.ok()) return fail(s);
   if (absl::Status s = Recover(raw, path, *create, opened); !s.ok()) return fail(s);
   if (absl::Status s = Exec(raw, "COMMIT", path); !s.ok()) return fail(s);
+  if (!SetCommitSync(raw, fsync)) {
+    return absl::InternalError(absl::StrCat(path, ": its WAL is not the queue VFS's"));
+  }
   opened.db = *std::move(db);
   return opened;
 }

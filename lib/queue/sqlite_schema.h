@@ -20,8 +20,9 @@ struct OpenedDb {
   int64_t unclaimed = 0;     // entries that were claimed when the last owner stopped
 };
 
-// Opens (creating it if needed) the database at `path` for this process alone, in WAL mode,
-// with synchronous=FULL when `fsync` (else NORMAL); creates the schema in a new file, refuses
+// Opens (creating it if needed) the database at `path` for this process alone, in WAL mode
+// through the queue's VFS (sqlite_vfs.h), its commits fsynced when `fsync` (SetCommitSync);
+// creates the schema in a new file, refuses
 // a file of another schema version, runs PRAGMA quick_check, and makes every claimed entry
 // unclaimed. Every error is one line naming the path; a file it refuses is left as it was.
 absl::StatusOr<OpenedDb> OpenDb(const std::string& path, bool fsync);

@@ -8,6 +8,7 @@
 #include "lib/common/text.h"
 #include "lib/queue/sqlite_schema.h"
 #include "lib/queue/sqlite_statements.h"
+#include "lib/queue/sqlite_vfs.h"
 
 namespace imgw::queue {
 
@@ -85,14 +86,11 @@ void SqliteStore::Apply(const Deltas& deltas) {
 }
 
 absl::Status SqliteStore::Begin(Durability durability) {
-  // The connection's synchronous level lasts until changed; switch it only when it differs.
-  // Not a cached statement: SQLite applies PRAGMA synchronous when it prepares it, and a
-  // prepared one does nothing when stepped.
-  const bool relax = durability == Durability::kRelaxed && options_.fsync;
-  if (relax != relaxed_now_) {
-    const char* pragma = relax ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL";
-    if (absl::Status s = sqlite::Exec(db_.get(), pragma, "synchronous"); !s.ok()) return s;
-    relaxed_now_ = relax;
+  // Every commit writes the WAL out before it returns (sqlite_vfs.h); whether it also waits
+  // for the disk is this transaction's choice.
+  const bool sync = options_.fsync && durability == Durability::kAsOptions;
+  if (!sqlite::SetCommitSync(db_.get(), sync)) {
+    return absl::InternalError("the WAL is not the queue VFS's");
   }
   return statements_->begin.Run("begin").status();
 }

@@ -23,11 +23,12 @@ namespace imgw::queue {
 // synchronously and blocks on the disk: an Enqueue with fsync waits for one fsync of the WAL.
 // Nothing here starts a thread.
 //
-// Durability: Enqueue, RetryDeadLetters and DropDeadLetters commit with synchronous=FULL when
-// Options::fsync (an fsync of the WAL per transaction), else NORMAL. Claim, Settle and
-// SettlePairApplied always commit with NORMAL: a machine crash may lose their last
-// transactions, which at worst sends an entry again (marking read is idempotent); a process
-// kill loses nothing. The WAL is written in order, so a later FULL commit makes them durable too.
+// Durability: every commit hands the WAL to the kernel before it returns, so a process kill
+// loses nothing committed (sqlite_vfs.h: the WAL's frames are gathered and written in one
+// call). Enqueue, RetryDeadLetters and DropDeadLetters also fsync the WAL when Options::fsync
+// (one fsync per transaction). Claim, Settle and SettlePairApplied never do: a machine crash
+// may lose their last transactions, which at worst sends an entry again (marking read is
+// idempotent). The WAL is written in order, so a later fsynced commit makes them durable too.
 //
 // Open: takes the file's lock for the connection's life (locking_mode=EXCLUSIVE; another
 // process, or another SqliteStore of this one, fails at Open with "<path> is in use by another
@@ -55,7 +56,8 @@ class SqliteStore final : public PendingStore {
  public:
   struct Options {
     std::string path;
-    // synchronous=FULL; false: NORMAL (survives a process kill, not a machine crash).
+    // Enqueues fsync the WAL; false: they only reach the kernel (they survive a process kill,
+    // not a machine crash).
     bool fsync = true;
   };
 
@@ -117,7 +119,6 @@ class SqliteStore final : public PendingStore {
   const Options options_;
   sqlite::DbPtr db_;
   std::unique_ptr<Statements> statements_;
-  bool relaxed_now_ = false;  // the connection's synchronous is NORMAL while options_ say FULL
   int64_t pending_ = 0;
   int64_t dead_letters_ = 0;
   int64_t unclaimed_at_open_ = 0;
