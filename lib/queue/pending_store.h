@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 
 // The durable queue of "mark read" requests accepted by EnqueueSetMsgRead and not yet applied
@@ -39,7 +40,9 @@ struct EnqueueResult {
 };
 
 struct PendingEntry {
-  int64_t id = 0;  // unique among live entries; may be reused once the entry is gone
+  // The claim's id, which Settle() takes back: in SQLite the entry's row id (unique among live
+  // entries, reused once it is gone), in Redis a number each claim takes anew.
+  int64_t id = 0;
   std::string report_account, peer_account;
   int64_t msg_read_time = 0;
   std::string caller;  // who created the entry (merges keep it)
@@ -61,7 +64,9 @@ struct DeadLetter {
 
 struct Settlement {
   enum class Kind { kApplied, kRetryLater, kDeadLetter } kind = Kind::kApplied;
-  int64_t id = 0;           // PendingEntry::id
+  int64_t id = 0;  // PendingEntry::id
+  // PendingEntry's pair: how a store that keys entries by pair (Redis) finds the entry.
+  std::string report_account, peer_account;
   int64_t sent_time = 0;    // kApplied: the msg_read_time the upstream applied
   int64_t next_try_ms = 0;  // kRetryLater
   bool count_attempt =
@@ -86,11 +91,18 @@ struct DeadLetterFilter {
   std::optional<std::pair<std::string, std::string>> pair;  // (report, peer); nullopt: all
 };
 
-// The storage seam of the queue: SQLite now (sqlite_store.h), Redis later. An implementation
-// says whether it is thread-safe. Every method is one transaction: on error nothing of it is
-// stored and the in-memory counts are unchanged. Errors: Unavailable when the storage cannot
-// write now (disk full, I/O error, read-only) and may later; DataLoss when it is corrupt;
-// InvalidArgument for arguments that break the bounds above.
+// A claim to renew (PendingStore::RenewClaims).
+struct ClaimRef {
+  int64_t id = 0;  // PendingEntry::id
+  std::string report_account, peer_account;
+};
+
+// The storage seam of the queue: one SQLite file (sqlite_store.h) or Redis, shared by every
+// replica (redis_store.h). An implementation says whether it is thread-safe. Every method is
+// one transaction: on error nothing of it is stored and the in-memory counts are unchanged.
+// Errors: Unavailable when the storage cannot write now (disk full, I/O error, read-only,
+// Redis unreachable) and may later; DataLoss when it is corrupt; InvalidArgument for arguments
+// that break the bounds above.
 class PendingStore {
  public:
   virtual ~PendingStore() = default;
@@ -103,9 +115,19 @@ class PendingStore {
 
   // Marks up to `max` (at most kMaxClaim) unclaimed entries with next_try_ms <= now_ms as
   // claimed and returns them ordered by (next_try_ms, id): new entries are due at arrival, so
-  // this is oldest first. A claimed entry is not returned again until it is settled (or the
-  // store is reopened: every claim is then dropped, so what was in flight is sent again).
+  // this is oldest first. A claimed entry is not returned again until it is settled, or its
+  // lease() ends (renewed by RenewClaims), or the store is reopened when the store is this
+  // process's alone (every claim is then dropped): what was in flight is then sent again.
   virtual absl::StatusOr<std::vector<PendingEntry>> Claim(size_t max, int64_t now_ms) = 0;
+
+  // How long a claim lasts unless renewed: infinite for a store this process alone uses.
+  virtual absl::Duration lease() const { return absl::InfiniteDuration(); }
+  // Extends the claims that are still this process's by lease() from now; the others (settled,
+  // or expired and claimed elsewhere) are left alone.
+  virtual absl::Status RenewClaims(absl::Span<const ClaimRef> claims) {
+    (void)claims;
+    return absl::OkStatus();
+  }
 
   // Ends claims, in one transaction. kApplied deletes the entry unless its time grew above
   // sent_time meanwhile (then it stays pending, unclaimed, due at its old next_try_ms, which
@@ -137,7 +159,21 @@ class PendingStore {
   // Deletes the matching dead letters; returns how many.
   virtual absl::StatusOr<int64_t> DropDeadLetters(const DeadLetterFilter& filter) = 0;
 
-  // Exact counts kept in memory (no I/O).
+  // What the store did since it opened, for the metrics (a store behind a network counts its
+  // round trips; one with leases, the expired claims it found).
+  struct Totals {
+    int64_t lease_expiries = 0;
+    int64_t round_trips = 0;
+    int64_t failed_round_trips = 0;
+  };
+  virtual Totals totals() const { return {}; }
+
+  // Whether a write that failed (Enqueue's error) may have been stored all the same: a store
+  // behind a network cannot know, when the answer is lost, whether the write happened.
+  virtual bool failed_writes_may_be_stored() const { return false; }
+
+  // The counts as of the last call (no I/O): exact for a store this process alone writes;
+  // for one shared by replicas, the whole app's as the last call saw them.
   virtual int64_t pending() const = 0;
   virtual int64_t dead_letters() const = 0;
 };

@@ -117,10 +117,12 @@ void QueueLoop::Run() {
       continue;
     }
     const absl::Duration now = clock_.Monotonic();
+    MeasureDrain(now, inbox.answered.size());
     // New entries or room in the dispatcher: look at once rather than at the next poll.
     if (now >= next_feed || !inbox.answered.empty() || !inbox.enqueues.empty()) {
       next_feed = Feed(now);
     }
+    RenewLeases(now);
     PublishGauges();
   }
   PublishGauges();
@@ -130,6 +132,7 @@ void QueueLoop::Settle(std::vector<Answered>& answered) {
   const int64_t now_ms = NowMs();
   std::uniform_real_distribution<double> draw(0, 1);
   for (Answered& a : answered) {
+    leased_.erase(a.entry.id);
     Verdict verdict = Judge(a.entry, a.outcome, now_ms, options_.retry, draw(jitter_));
     if (verdict.pause > absl::ZeroDuration()) {
       paused_until_ = std::max(paused_until_, clock_.Monotonic() + verdict.pause);
@@ -254,8 +257,12 @@ void QueueLoop::WriteGroup(std::vector<EnqueueRequest*>& group) {
     EnqueueAnswer answer;
     const size_t count = request->items.size();
     if (!results.ok()) {
-      answer.status = absl::UnavailableError(absl::StrCat(
-          "the queue's store cannot write (nothing was stored): ", results.status().message()));
+      answer.status = absl::UnavailableError(
+          absl::StrCat("the queue's store cannot write (",
+                       store_.failed_writes_may_be_stored()
+                           ? "it may have been stored: enqueueing it again is safe"
+                           : "nothing was stored",
+                       "): ", results.status().message()));
       if (metrics_) {
         metrics_->Refused(metrics::QueueMetrics::Refusal::kStore, static_cast<double>(count));
       }
@@ -283,8 +290,9 @@ absl::Duration QueueLoop::Feed(absl::Duration now) {
   // Settlements that could not be written first: the store is failing.
   if (!unsettled_.empty()) return now + absl::Seconds(1);
   // Topped up when half is used, so that claims come in batches.
-  if (outstanding > max_outstanding_ / 2) return now + options_.idle_poll;
-  const size_t want = max_outstanding_ - outstanding;
+  const size_t cap = Cap();
+  if (outstanding > cap / 2) return now + options_.idle_poll;
+  const size_t want = cap - outstanding;
   const absl::Duration start = clock_.Monotonic();
   absl::StatusOr<std::vector<PendingEntry>> claimed = store_.Claim(want, NowMs());
   if (metrics_) metrics_->ObserveWrite(clock_.Monotonic() - start, claimed.ok());
@@ -296,7 +304,10 @@ absl::Duration QueueLoop::Feed(absl::Duration now) {
   if (!claimed->empty()) {
     std::vector<dispatch::Call> calls;
     calls.reserve(claimed->size());
+    const bool leased = store_.lease() != absl::InfiniteDuration();
+    if (leased && leased_.empty()) next_renew_ = now + store_.lease() / 3;
     for (PendingEntry& entry : *claimed) {
+      if (leased) leased_[entry.id] = {entry.id, entry.report_account, entry.peer_account};
       dispatch::Call call;
       call.id = next_call_++;
       call.caller = entry.caller;
@@ -308,10 +319,50 @@ absl::Duration QueueLoop::Feed(absl::Duration now) {
       calls.push_back(std::move(call));
     }
     in_flight_.fetch_add(static_cast<int64_t>(calls.size()), std::memory_order_relaxed);
+    if (metrics_) metrics_->Claimed(static_cast<double>(calls.size()));
     submit_(std::move(calls));
   }
   // All it asked for: more may be due at once; else nothing is due until the next look.
   return claimed->size() == want ? now : now + options_.idle_poll;
+}
+
+size_t QueueLoop::Cap() const {
+  if (!options_.pace_by_drain) return max_outstanding_;
+  const auto paced = static_cast<size_t>(2 * drain_per_second_ + 0.5);
+  return std::clamp(paced, std::min(kMinPacedClaims, max_outstanding_), max_outstanding_);
+}
+
+void QueueLoop::MeasureDrain(absl::Duration now, size_t settled) {
+  settled_in_window_ += static_cast<int64_t>(settled);
+  if (window_start_ == -absl::InfiniteDuration()) window_start_ = now;
+  const absl::Duration elapsed = now - window_start_;
+  if (elapsed < absl::Seconds(1)) return;
+  const double rate = static_cast<double>(settled_in_window_) / absl::ToDoubleSeconds(elapsed);
+  // Rises at once (a replica must not starve itself), falls by halves.
+  drain_per_second_ = std::max(rate, (drain_per_second_ + rate) / 2);
+  settled_in_window_ = 0;
+  window_start_ = now;
+}
+
+void QueueLoop::RenewLeases(absl::Duration now) {
+  if (leased_.empty()) {
+    next_renew_ = absl::InfiniteDuration();
+    return;
+  }
+  if (now < next_renew_) return;
+  next_renew_ = now + store_.lease() / 3;
+  std::vector<ClaimRef> claims;
+  claims.reserve(leased_.size());
+  for (const auto& [id, ref] : leased_) claims.push_back(ref);
+  const absl::Duration start = clock_.Monotonic();
+  absl::Status status = store_.RenewClaims(claims);
+  if (metrics_) metrics_->ObserveWrite(clock_.Monotonic() - start, status.ok());
+  // Not renewed is not lost: once its lease ends the entry is claimed again, here or by
+  // another replica, and sent once more (marking read is idempotent).
+  if (!status.ok()) {
+    Log(LogLevel::kWarning, "the queue's store could not renew its claims",
+        {{"claims", absl::StrCat(claims.size())}, {"error", std::string(status.message())}});
+  }
 }
 
 void QueueLoop::PublishGauges() {
@@ -326,6 +377,8 @@ void QueueLoop::PublishGauges() {
             : 0;
   }
   metrics_->SetGauges(store_.pending(), oldest_seconds_, in_flight(), store_.dead_letters());
+  const PendingStore::Totals totals = store_.totals();
+  metrics_->SetStoreTotals(totals.lease_expiries, totals.round_trips, totals.failed_round_trips);
 }
 
 }  // namespace imgw::queue

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
@@ -45,6 +46,10 @@ class QueueLoop final {
     // How often to look for due entries when the last claim found none.
     absl::Duration idle_poll = absl::Milliseconds(200);
     size_t max_group = 8192;  // Items written in one transaction (a request is never split).
+    // For a store shared by replicas: claims sized by this replica's own drain, at most two
+    // seconds of what it settled per second lately (at least kMinPacedClaims), within
+    // max_outstanding, so that no replica holds entries it cannot send soon.
+    bool pace_by_drain = false;
     RetryPolicy retry;
     uint64_t seed = 0;  // The backoff's jitter; 0: random.
   };
@@ -65,6 +70,8 @@ class QueueLoop final {
 
   // PairApplied() reports waiting for the queue's thread at most (the rest are dropped).
   static constexpr size_t kMaxAppliedInbox = 65536;
+  // The least a paced replica claims (Options::pace_by_drain).
+  static constexpr size_t kMinPacedClaims = 32;
   // Call ids of the queue's calls: kFirstCallId and up (callers' ids stay below it).
   static constexpr dispatch::CallId kFirstCallId = dispatch::CallId{1} << 62;
 
@@ -129,6 +136,12 @@ class QueueLoop final {
   void WriteGroup(std::vector<EnqueueRequest*>& group);
   // Claims and submits what the dispatcher may hold; returns when to look again.
   absl::Duration Feed(absl::Duration now);
+  // What the dispatcher may hold from the queue now (Options::pace_by_drain).
+  size_t Cap() const;
+  // Counts what was settled, for Cap().
+  void MeasureDrain(absl::Duration now, size_t settled);
+  // Renews the leases of the claims handed to the dispatcher, every third of a lease.
+  void RenewLeases(absl::Duration now);
   void PublishGauges();
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !inbox_.empty() || stop_; }
   void OnAnswered(PendingEntry entry, upstream::Outcome outcome) ABSL_LOCKS_EXCLUDED(mu_);
@@ -154,6 +167,12 @@ class QueueLoop final {
   absl::Duration paused_until_ = -absl::InfiniteDuration();
   absl::Duration last_oldest_ = -absl::InfiniteDuration();  // When Stats() last ran.
   double oldest_seconds_ = 0;
+  // Claims handed to the dispatcher and not settled, when the store's claims have a lease.
+  absl::flat_hash_map<int64_t, ClaimRef> leased_;
+  absl::Duration next_renew_ = absl::InfiniteDuration();
+  double drain_per_second_ = 0;  // Smoothed; Options::pace_by_drain.
+  int64_t settled_in_window_ = 0;
+  absl::Duration window_start_ = -absl::InfiniteDuration();
   std::atomic<int64_t> in_flight_{0};
   // store_.pending(), for PairApplied's quick look; "maybe some" until the thread has read it
   // (the store is used from the queue's thread only).

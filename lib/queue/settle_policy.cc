@@ -14,18 +14,24 @@ using upstream::Outcome;
 
 int64_t Ms(absl::Duration d) { return absl::ToInt64Milliseconds(d); }
 
-Settlement Applied(const PendingEntry& entry) {
+// A settlement of `entry`'s claim.
+Settlement For(const PendingEntry& entry, Settlement::Kind kind) {
   Settlement s;
-  s.kind = Settlement::Kind::kApplied;
+  s.kind = kind;
   s.id = entry.id;
+  s.report_account = entry.report_account;
+  s.peer_account = entry.peer_account;
+  return s;
+}
+
+Settlement Applied(const PendingEntry& entry) {
+  Settlement s = For(entry, Settlement::Kind::kApplied);
   s.sent_time = entry.msg_read_time;
   return s;
 }
 
 Settlement Dead(const PendingEntry& entry, int32_t code, std::string info, int64_t now_ms) {
-  Settlement s;
-  s.kind = Settlement::Kind::kDeadLetter;
-  s.id = entry.id;
+  Settlement s = For(entry, Settlement::Kind::kDeadLetter);
   s.error_code = code;
   s.error_info = std::move(info);
   s.dead_at_ms = now_ms;
@@ -35,9 +41,7 @@ Settlement Dead(const PendingEntry& entry, int32_t code, std::string info, int64
 // Back in the queue at `next_try_ms`, counted as a failed attempt or not.
 Settlement Later(const PendingEntry& entry, int64_t next_try_ms, bool count, int32_t code,
                  std::string info) {
-  Settlement s;
-  s.kind = Settlement::Kind::kRetryLater;
-  s.id = entry.id;
+  Settlement s = For(entry, Settlement::Kind::kRetryLater);
   s.next_try_ms = next_try_ms;
   s.count_attempt = count;
   s.error_code = code;

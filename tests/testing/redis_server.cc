@@ -84,11 +84,17 @@ absl::Status RedisServer::Restart() {
 absl::Status RedisServer::Launch() {
   SubprocessOptions sub;
   sub.argv = {options_.program, "--port", absl::StrCat(port_), "--bind", "127.0.0.1"};
-  // No persistence (a restart starts empty, as a lost Redis would), logs to stdout, and DEBUG
-  // SLEEP allowed for the tests that make Redis slow.
-  for (const char* arg : {"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
-                          "--enable-debug-command", "local"}) {
+  // No persistence (a restart starts empty, as a lost Redis would) unless asked for an
+  // append-only file synced at every write; logs to stdout, and DEBUG SLEEP allowed for the
+  // tests that make Redis slow.
+  for (const char* arg :
+       {"--save", "", "--daemonize", "no", "--logfile", "", "--enable-debug-command", "local"}) {
     sub.argv.push_back(arg);
+  }
+  if (options_.append_only) {
+    sub.argv.insert(sub.argv.end(), {"--appendonly", "yes", "--appendfsync", "always"});
+  } else {
+    sub.argv.insert(sub.argv.end(), {"--appendonly", "no"});
   }
   sub.argv.push_back("--dir");
   sub.argv.push_back(dir_.path());

@@ -11,15 +11,17 @@
 
 namespace imgw::testing {
 
-// Debian's redis-server as a child process on 127.0.0.1: no persistence, an optional
-// password. The port is chosen once (a free ephemeral port: bind port 0, read it, close) and
-// kept across Stop()/Start(), so a test can take Redis away and bring it back where clients
-// expect it. Not thread-safe: one test thread drives it.
+// Debian's redis-server as a child process on 127.0.0.1: no persistence (or an append-only
+// file synced at every write, kept across Restart()), an optional password. The port is chosen once
+// (a free ephemeral port: bind port 0, read it, close) and kept across Stop()/Start(), so a test
+// can take Redis away and bring it back where clients expect it. Not thread-safe: one test thread
+// drives it.
 class RedisServer final {
  public:
   struct Options {
     std::string password;  // --requirepass when not empty.
     std::string program = "redis-server";
+    bool append_only = false;  // appendonly yes, appendfsync always
   };
 
   // Picks the port and starts the server; returns once it answers PING.

@@ -4,6 +4,7 @@
 // counts transactions and fails them on demand; everything else is the SqliteStore.
 #include "lib/queue/queue_loop.h"
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -60,12 +61,29 @@ class ForwardingStore final : public PendingStore {
   }
   int64_t pending() const override { return store_->pending(); }
   int64_t dead_letters() const override { return store_->dead_letters(); }
+  // As a store shared by replicas would: claims with a lease, renewals recorded.
+  absl::Duration lease() const override { return lease_; }
+  absl::Status RenewClaims(absl::Span<const ClaimRef> claims) override {
+    absl::MutexLock lock(&mu_);
+    std::vector<int64_t> ids;
+    for (const ClaimRef& c : claims) ids.push_back(c.id);
+    std::sort(ids.begin(), ids.end());
+    renewals_.push_back(std::move(ids));
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<int64_t>> renewals() {
+    absl::MutexLock lock(&mu_);
+    return renewals_;
+  }
 
   std::atomic<int> enqueue_calls{0};
   std::atomic<int> fail_enqueues{0};
+  absl::Duration lease_ = absl::InfiniteDuration();  // set before the loop starts
 
  private:
   std::unique_ptr<PendingStore> store_;
+  absl::Mutex mu_;
+  std::vector<std::vector<int64_t>> renewals_ ABSL_GUARDED_BY(mu_);
 };
 
 // What the loop handed to the "dispatcher", for the test to answer.
@@ -88,6 +106,19 @@ class Calls {
       calls.swap(calls_);
     }
     for (dispatch::Call& call : calls) call.done(outcome(call));
+    return calls.size();
+  }
+  // Answers the first `n` calls held (or all, if fewer) OK; returns how many.
+  size_t AnswerOk(size_t n) {
+    std::vector<dispatch::Call> calls;
+    {
+      absl::MutexLock lock(&mu_);
+      n = std::min(n, calls_.size());
+      calls.assign(std::make_move_iterator(calls_.begin()),
+                   std::make_move_iterator(calls_.begin() + static_cast<long>(n)));
+      calls_.erase(calls_.begin(), calls_.begin() + static_cast<long>(n));
+    }
+    for (dispatch::Call& call : calls) call.done(Outcome::Answered("OK", 0, ""));
     return calls.size();
   }
 
@@ -277,6 +308,44 @@ TEST_F(QueueLoopTest, HandsTheDispatcherNoMoreThanMaxOutstanding) {
   }
   EXPECT_EQ(answered, 300u);
   EXPECT_TRUE(Eventually([&] { return Pending() == 0; }));
+}
+
+TEST_F(QueueLoopTest, LeasedClaimsAreRenewedUntilSettled) {
+  store_->lease_ = absl::Milliseconds(300);  // renewed every 100 ms
+  Start(QueueLoop::Options{});
+  EnqueueEach(Names("r", 3));
+  ASSERT_TRUE(Eventually([&] { return calls_.size() == 3; }));
+  ASSERT_TRUE(Eventually([&] { return store_->renewals().size() >= 2; }));
+  EXPECT_EQ(store_->renewals().back().size(), 3u);
+  calls_.AnswerOk(2);
+  const size_t before = store_->renewals().size();
+  ASSERT_TRUE(Eventually([&] { return store_->renewals().size() >= before + 2; }));
+  EXPECT_EQ(store_->renewals().back().size(), 1u);  // the one still held
+  calls_.AnswerOk(1);
+  ASSERT_TRUE(Eventually([&] { return Pending() == 0; }));
+  absl::SleepFor(absl::Milliseconds(250));
+  const size_t settled = store_->renewals().size();
+  absl::SleepFor(absl::Milliseconds(250));
+  EXPECT_EQ(store_->renewals().size(), settled);  // nothing held: nothing renewed
+}
+
+TEST_F(QueueLoopTest, APacedReplicaHoldsAboutTwoSecondsOfWhatItSends) {
+  QueueLoop::Options options;
+  options.max_outstanding = 400;
+  options.pace_by_drain = true;
+  Start(options);
+  EnqueueEach(Names("r", 500));
+  // Before anything was sent: the least a paced replica claims.
+  ASSERT_TRUE(Eventually([&] { return calls_.size() == QueueLoop::kMinPacedClaims; }));
+  // Its dispatcher sends 40 a second; unpaced, it would be handed up to 400.
+  size_t most = 0;
+  for (int i = 0; i < 30; ++i) {  // 3 s
+    calls_.AnswerOk(4);
+    absl::SleepFor(absl::Milliseconds(100));
+    if (i >= 10) most = std::max(most, calls_.size());
+  }
+  EXPECT_GE(most, 8u);
+  EXPECT_LE(most, 2 * 40 + 16u);
 }
 
 TEST_F(QueueLoopTest, PerPairRefusalsBecomeDeadLettersAndTransientOnesComeBack) {

@@ -49,6 +49,24 @@ inline Settlement Dead(int64_t id, int64_t dead_at_ms, int32_t code, std::string
   return s;
 }
 
+// The same for `entry`'s claim: its id and its pair (what a store keyed by pair, Redis, needs).
+inline Settlement ForClaim(Settlement s, const PendingEntry& entry) {
+  s.id = entry.id;
+  s.report_account = entry.report_account;
+  s.peer_account = entry.peer_account;
+  return s;
+}
+inline Settlement Applied(const PendingEntry& entry, int64_t sent_time) {
+  return ForClaim(Applied(entry.id, sent_time), entry);
+}
+inline Settlement RetryLater(const PendingEntry& entry, int64_t next_try_ms, bool count_attempt) {
+  return ForClaim(RetryLater(entry.id, next_try_ms, count_attempt), entry);
+}
+inline Settlement Dead(const PendingEntry& entry, int64_t dead_at_ms, int32_t code,
+                       std::string info = "") {
+  return ForClaim(Dead(entry.id, dead_at_ms, code, std::move(info)), entry);
+}
+
 // A test with a temporary directory and a store in it (store.db, fsync off: the tests check
 // what is stored, not what reaches the platter; the kill test turns it on).
 class StoreTest : public ::testing::Test {

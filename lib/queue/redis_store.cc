@@ -1,0 +1,369 @@
+#include "lib/queue/redis_store.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "lib/common/text.h"
+#include "lib/queue/redis_queue_script.h"
+
+namespace imgw::queue {
+namespace {
+
+using ratelimit::RedisReply;
+
+// The script's KEYS, in its order (redis_queue.lua).
+constexpr const char* kKeyNames[] = {"entries", "due",  "claimed", "seen",
+                                     "callers", "dead", "order",   "seq"};
+
+std::string Int(int64_t v) { return absl::StrCat(v); }
+
+// Accounts become "<report>\n<peer>" in Redis: they must hold no newline (the API's accounts
+// hold no control character at all).
+absl::Status CheckAccounts(const std::string& report, const std::string& peer,
+                           absl::string_view what) {
+  auto ok = [](const std::string& a) {
+    return !a.empty() && a.size() <= kMaxAccountBytes && a.find('\n') == std::string::npos;
+  };
+  if (ok(report) && ok(peer)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, ": accounts must be 1..", kMaxAccountBytes, " bytes, without newline"));
+}
+
+// An integer the script returned as a number or as decimal text.
+int64_t AsInt(const RedisReply& r) {
+  if (r.type == RedisReply::Type::kInteger) return r.integer;
+  int64_t v = 0;
+  if (r.type == RedisReply::Type::kString && absl::SimpleAtoi(r.text, &v)) return v;
+  return 0;
+}
+
+absl::Status Malformed(absl::string_view what) {
+  return absl::InternalError(absl::StrCat(what, ": the script's reply is malformed"));
+}
+
+// "<report>\n<peer>" back into its two accounts.
+std::pair<std::string, std::string> Split(const std::string& pair) {
+  const size_t nl = pair.find('\n');
+  if (nl == std::string::npos) return {pair, ""};
+  return {pair.substr(0, nl), pair.substr(nl + 1)};
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RedisStore>> RedisStore::Open(Options options) {
+  if (options.app.empty()) return absl::InvalidArgumentError("redis queue: no app (SDKAppID)");
+  if (options.port <= 0 || options.port > 65535) {
+    return absl::InvalidArgumentError("redis queue: port out of range");
+  }
+  if (options.lease <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("redis queue: the lease must be positive");
+  }
+  if (options.max_batch == 0 || options.admin_batch == 0) {
+    return absl::InvalidArgumentError("redis queue: batches must hold at least one item");
+  }
+  return std::unique_ptr<RedisStore>(new RedisStore(std::move(options)));
+}
+
+RedisStore::RedisStore(Options options) : options_(std::move(options)) {
+  for (const char* name : kKeyNames) {
+    keys_.push_back(absl::StrCat(options_.key_prefix, "{", options_.app, "}:queue:", name));
+  }
+}
+
+RedisStore::~RedisStore() = default;
+
+absl::Status RedisStore::Connect() {
+  if (connection_ != nullptr && connection_->open()) return absl::OkStatus();
+  const absl::Time now = absl::Now();
+  if (now < next_connect_) {
+    return absl::UnavailableError("Redis was unreachable a moment ago; trying again shortly");
+  }
+  if (connection_ == nullptr) {
+    ratelimit::RedisConnection::Options o;
+    o.host = options_.host;
+    o.port = options_.port;
+    o.connect_timeout = options_.connect_timeout;
+    o.command_timeout = options_.command_timeout;
+    o.script = kRedisQueueScript;
+    connection_ = std::make_unique<ratelimit::RedisConnection>(o);
+  }
+  absl::Status status = connection_->Open(options_.password());
+  if (!status.ok()) next_connect_ = now + options_.reconnect_after;
+  return status;
+}
+
+absl::StatusOr<std::vector<RedisReply>> RedisStore::Call(
+    const std::vector<std::vector<std::string>>& calls, absl::string_view what, bool counted) {
+  auto failed = [&](const absl::Status& status) {
+    ++totals_.failed_round_trips;
+    return absl::UnavailableError(absl::StrCat("redis queue: ", what, ": ", status.message()));
+  };
+  // A connection kept from an earlier call may have died since (Redis restarted): the first
+  // failure on it is tried once more on a new one. Running a call twice is safe here: enqueues
+  // merge, settlements check their claim, and a claim whose answer was lost ends with its lease.
+  const bool reused = connection_ != nullptr && connection_->open();
+  if (absl::Status s = Connect(); !s.ok()) return failed(s);
+  std::vector<std::vector<std::string>> full;
+  full.reserve(calls.size());
+  for (const std::vector<std::string>& call : calls) {
+    std::vector<std::string> args = {Int(static_cast<int64_t>(keys_.size()))};
+    args.insert(args.end(), keys_.begin(), keys_.end());
+    args.insert(args.end(), call.begin(), call.end());
+    full.push_back(std::move(args));
+  }
+  ++totals_.round_trips;
+  absl::StatusOr<std::vector<RedisReply>> replies = connection_->Eval(full);
+  if (!replies.ok() && reused) {
+    ++totals_.failed_round_trips;
+    if (absl::Status s = Connect(); !s.ok()) return failed(s);
+    ++totals_.round_trips;
+    replies = connection_->Eval(full);
+  }
+  if (!replies.ok()) return failed(replies.status());
+  for (const RedisReply& reply : *replies) {
+    if (reply.type != RedisReply::Type::kArray || (counted && reply.elements.size() < 2)) {
+      connection_->Close();
+      return Malformed(what);
+    }
+  }
+  if (counted && !replies->empty()) {
+    pending_ = AsInt(replies->back().elements[0]);
+    dead_letters_ = AsInt(replies->back().elements[1]);
+  }
+  return replies;
+}
+
+absl::StatusOr<std::vector<EnqueueResult>> RedisStore::Enqueue(
+    absl::Span<const EnqueueItem> items) {
+  for (size_t i = 0; i < items.size(); ++i) {
+    const EnqueueItem& item = items[i];
+    if (absl::Status s = CheckAccounts(item.report_account, item.peer_account,
+                                       absl::StrCat("enqueue: item ", i));
+        !s.ok()) {
+      return s;
+    }
+    if (item.caller.size() > kMaxCallerBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("enqueue: item ", i, ": caller over ", kMaxCallerBytes, " bytes"));
+    }
+  }
+  std::vector<EnqueueResult> results;
+  if (items.empty()) return results;
+  std::vector<std::vector<std::string>> calls;
+  for (size_t first = 0; first < items.size(); first += options_.max_batch) {
+    const size_t n = std::min(options_.max_batch, items.size() - first);
+    std::vector<std::string> call = {"enqueue", Int(static_cast<int64_t>(n))};
+    for (size_t i = first; i < first + n; ++i) {
+      const EnqueueItem& item = items[i];
+      call.insert(call.end(), {item.report_account, item.peer_account, Int(item.msg_read_time),
+                               item.caller, Int(item.arrived_ms)});
+    }
+    calls.push_back(std::move(call));
+  }
+  absl::StatusOr<std::vector<RedisReply>> replies = Call(calls, "enqueue", true);
+  if (!replies.ok()) return replies.status();
+  results.reserve(items.size());
+  for (const RedisReply& reply : *replies) {
+    for (size_t i = 2; i < reply.elements.size(); ++i) {
+      const int64_t r = AsInt(reply.elements[i]);
+      results.push_back({r != 0, r == 2});
+    }
+  }
+  if (results.size() != items.size()) return Malformed("enqueue");
+  return results;
+}
+
+absl::StatusOr<std::vector<PendingEntry>> RedisStore::Claim(size_t max, int64_t now_ms) {
+  max = std::min(max, kMaxClaim);
+  absl::StatusOr<std::vector<RedisReply>> replies =
+      Call({{"claim", Int(static_cast<int64_t>(max)), Int(now_ms),
+             Int(absl::ToInt64Milliseconds(options_.lease))}},
+           "claim", true);
+  if (!replies.ok()) return replies.status();
+  const RedisReply& reply = replies->front();
+  if (reply.elements.size() < 3) return Malformed("claim");
+  totals_.lease_expiries += AsInt(reply.elements[2]);
+  std::vector<PendingEntry> entries;
+  for (size_t i = 3; i < reply.elements.size(); ++i) {
+    const RedisReply& row = reply.elements[i];
+    if (row.type != RedisReply::Type::kArray || row.elements.size() != 9) {
+      return Malformed("claim");
+    }
+    PendingEntry e;
+    e.id = AsInt(row.elements[0]);
+    e.report_account = row.elements[1].text;
+    e.peer_account = row.elements[2].text;
+    e.msg_read_time = AsInt(row.elements[3]);
+    e.caller = row.elements[4].text;
+    e.first_seen_ms = AsInt(row.elements[5]);
+    e.next_try_ms = AsInt(row.elements[6]);
+    e.attempts = static_cast<int32_t>(AsInt(row.elements[7]));
+    e.version = AsInt(row.elements[8]);
+    entries.push_back(std::move(e));
+  }
+  claimed_ += static_cast<int64_t>(entries.size());
+  return entries;
+}
+
+absl::Status RedisStore::RenewClaims(absl::Span<const ClaimRef> claims) {
+  if (claims.empty()) return absl::OkStatus();
+  std::vector<std::vector<std::string>> calls;
+  for (size_t first = 0; first < claims.size(); first += options_.max_batch) {
+    std::vector<std::string> call = {"renew", Int(absl::ToInt64Milliseconds(options_.lease))};
+    for (size_t i = first; i < std::min(claims.size(), first + options_.max_batch); ++i) {
+      call.insert(call.end(),
+                  {claims[i].report_account, claims[i].peer_account, Int(claims[i].id)});
+    }
+    calls.push_back(std::move(call));
+  }
+  return Call(calls, "renew claims", false).status();
+}
+
+absl::Status RedisStore::Settle(absl::Span<const Settlement> settlements) {
+  if (settlements.empty()) return absl::OkStatus();
+  std::vector<std::vector<std::string>> calls;
+  for (size_t first = 0; first < settlements.size(); first += options_.max_batch) {
+    const size_t n = std::min(options_.max_batch, settlements.size() - first);
+    std::vector<std::string> call = {"settle", Int(static_cast<int64_t>(n))};
+    for (size_t i = first; i < first + n; ++i) {
+      const Settlement& s = settlements[i];
+      if (absl::Status c = CheckAccounts(s.report_account, s.peer_account, "settle"); !c.ok()) {
+        return c;
+      }
+      const char* kind = s.kind == Settlement::Kind::kApplied      ? "a"
+                         : s.kind == Settlement::Kind::kRetryLater ? "r"
+                                                                   : "d";
+      call.insert(call.end(), {kind, Int(s.id), s.report_account, s.peer_account, Int(s.sent_time),
+                               Int(s.next_try_ms), s.count_attempt ? "1" : "0", Int(s.error_code),
+                               CapText(s.error_info, kMaxErrorInfoBytes), Int(s.dead_at_ms)});
+    }
+    calls.push_back(std::move(call));
+  }
+  return Call(calls, "settle", true).status();
+}
+
+absl::StatusOr<bool> RedisStore::SettlePairApplied(const std::string& report,
+                                                   const std::string& peer, int64_t time) {
+  if (absl::Status s = CheckAccounts(report, peer, "settle pair"); !s.ok()) return s;
+  absl::StatusOr<std::vector<RedisReply>> replies =
+      Call({{"pair_applied", report, peer, Int(time)}}, "settle pair", true);
+  if (!replies.ok()) return replies.status();
+  const RedisReply& reply = replies->front();
+  if (reply.elements.size() < 3) return Malformed("settle pair");
+  return AsInt(reply.elements[2]) != 0;
+}
+
+absl::StatusOr<QueueStats> RedisStore::Stats(size_t max_callers) {
+  absl::StatusOr<std::vector<RedisReply>> replies =
+      Call({{"stats", Int(static_cast<int64_t>(max_callers))}}, "stats", true);
+  if (!replies.ok()) return replies.status();
+  const RedisReply& reply = replies->front();
+  if (reply.elements.size() < 4 || reply.elements.size() % 2 != 0) return Malformed("stats");
+  QueueStats stats;
+  stats.pending = AsInt(reply.elements[0]);
+  stats.dead_letters = AsInt(reply.elements[1]);
+  stats.oldest_first_seen_ms = AsInt(reply.elements[2]);
+  stats.claimed = AsInt(reply.elements[3]);
+  for (size_t i = 4; i + 1 < reply.elements.size(); i += 2) {
+    stats.pending_by_caller.emplace_back(reply.elements[i].text, AsInt(reply.elements[i + 1]));
+  }
+  return stats;
+}
+
+absl::StatusOr<std::pair<std::vector<DeadLetter>, std::string>> RedisStore::ListDeadLetters(
+    const std::string& page_token, size_t page_size) {
+  if (page_size == 0) page_size = kDefaultPageSize;
+  page_size = std::min(page_size, kMaxPageSize);
+  // The token is the script's own: the last order member of the page before,
+  // "<13 digits>\n<report>\n<peer>".
+  if (!page_token.empty()) {
+    const auto [report, peer] = Split(page_token.size() > 14 ? page_token.substr(14) : "");
+    const bool digits = page_token.size() > 14 && page_token[13] == '\n' &&
+                        std::all_of(page_token.begin(), page_token.begin() + 13,
+                                    [](char c) { return c >= '0' && c <= '9'; });
+    if (!digits || !CheckAccounts(report, peer, "").ok()) {
+      return absl::InvalidArgumentError("list dead letters: malformed page token");
+    }
+  }
+  absl::StatusOr<std::vector<RedisReply>> replies =
+      Call({{"list_dead", page_token, Int(static_cast<int64_t>(page_size))}}, "list dead letters",
+           false);
+  if (!replies.ok()) return replies.status();
+  const RedisReply& reply = replies->front();
+  if (reply.elements.empty()) return Malformed("list dead letters");
+  std::vector<DeadLetter> letters;
+  for (size_t i = 1; i < reply.elements.size(); ++i) {
+    const RedisReply& row = reply.elements[i];
+    if (row.type != RedisReply::Type::kArray || row.elements.size() != 9) {
+      return Malformed("list dead letters");
+    }
+    DeadLetter d;
+    d.report_account = row.elements[0].text;
+    d.peer_account = row.elements[1].text;
+    d.msg_read_time = AsInt(row.elements[2]);
+    d.caller = row.elements[3].text;
+    d.first_seen_ms = AsInt(row.elements[4]);
+    d.dead_at_ms = AsInt(row.elements[5]);
+    d.attempts = static_cast<int32_t>(AsInt(row.elements[6]));
+    d.error_code = static_cast<int32_t>(AsInt(row.elements[7]));
+    d.error_info = row.elements[8].text;
+    letters.push_back(std::move(d));
+  }
+  return std::make_pair(std::move(letters), reply.elements[0].text);
+}
+
+namespace {
+
+// The filter as the script's two arguments: the pair, or "" "" for all.
+absl::StatusOr<std::pair<std::string, std::string>> FilterArgs(const DeadLetterFilter& filter,
+                                                               absl::string_view what) {
+  if (!filter.pair.has_value()) return std::make_pair(std::string(), std::string());
+  if (absl::Status s = CheckAccounts(filter.pair->first, filter.pair->second, what); !s.ok()) {
+    return s;
+  }
+  return *filter.pair;
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> RedisStore::RetryDeadLetters(const DeadLetterFilter& filter,
+                                                     int64_t now_ms) {
+  absl::StatusOr<std::pair<std::string, std::string>> args =
+      FilterArgs(filter, "retry dead letters");
+  if (!args.ok()) return args.status();
+  int64_t moved = 0;
+  // All: batch after batch until one moves fewer than a batch (each call is atomic; the
+  // whole is not, as in the SQLite store a single pair's is).
+  while (true) {
+    absl::StatusOr<std::vector<RedisReply>> replies =
+        Call({{"retry_dead", args->first, args->second, Int(now_ms),
+               Int(static_cast<int64_t>(options_.admin_batch))}},
+             "retry dead letters", true);
+    if (!replies.ok()) return replies.status();
+    const int64_t n =
+        AsInt(replies->front().elements.size() > 2 ? replies->front().elements[2] : RedisReply{});
+    moved += n;
+    if (filter.pair.has_value() || n < static_cast<int64_t>(options_.admin_batch)) return moved;
+  }
+}
+
+absl::StatusOr<int64_t> RedisStore::DropDeadLetters(const DeadLetterFilter& filter) {
+  absl::StatusOr<std::pair<std::string, std::string>> args =
+      FilterArgs(filter, "drop dead letters");
+  if (!args.ok()) return args.status();
+  int64_t dropped = 0;
+  while (true) {
+    absl::StatusOr<std::vector<RedisReply>> replies = Call(
+        {{"drop_dead", args->first, args->second, Int(static_cast<int64_t>(options_.admin_batch))}},
+        "drop dead letters", true);
+    if (!replies.ok()) return replies.status();
+    const int64_t n =
+        AsInt(replies->front().elements.size() > 2 ? replies->front().elements[2] : RedisReply{});
+    dropped += n;
+    if (filter.pair.has_value() || n < static_cast<int64_t>(options_.admin_batch)) return dropped;
+  }
+}
+
+}  // namespace imgw::queue
