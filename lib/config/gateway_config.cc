@@ -143,11 +143,12 @@ absl::Status ResolveRedis(const GatewayFlags& flags, GatewayConfig& config) {
     return Bad("ratelimit_backend", "must be local or redis");
   }
   config.redis_budget = flags.ratelimit_backend == "redis";
-  if (!config.redis_budget) {
-    // A Redis address without the backend would silently leave every replica its own budget.
+  if (!config.redis_budget && flags.queue_backend != "redis") {
+    // A Redis address without a backend would silently leave every replica its own budget.
     if (!flags.redis_address.empty()) {
       return Bad("redis_address",
-                 "set, but --ratelimit_backend=local: add --ratelimit_backend=redis");
+                 "set, but --ratelimit_backend=local and --queue_backend is not redis: add "
+                 "--ratelimit_backend=redis (the budget) or --queue_backend=redis (the queue)");
     }
     return absl::OkStatus();
   }
@@ -357,11 +358,15 @@ absl::Status ResolveCalls(const GatewayFlags& flags, GatewayConfig& config) {
 
 // Resolves gRPC's own TLS.
 absl::Status ResolveQueue(const GatewayFlags& flags, GatewayConfig& config) {
-  if (flags.queue_backend != "sqlite" && flags.queue_backend != "none") {
-    return Bad("queue_backend", "must be sqlite or none");
+  if (flags.queue_backend != "sqlite" && flags.queue_backend != "redis" &&
+      flags.queue_backend != "none") {
+    return Bad("queue_backend", "must be sqlite, redis or none");
   }
-  config.queue = flags.queue_backend == "sqlite";
-  if (config.queue && flags.queue_path.empty()) return Bad("queue_path", "must not be empty");
+  config.queue = flags.queue_backend != "none";
+  config.queue_redis = flags.queue_backend == "redis";
+  if (flags.queue_backend == "sqlite" && flags.queue_path.empty()) {
+    return Bad("queue_path", "must not be empty");
+  }
   config.queue_path = flags.queue_path;
   if (flags.queue_max_pending < 1 || flags.queue_max_pending > 1000000000) {
     return Bad("queue_max_pending", "must be 1..1000000000");
@@ -380,6 +385,16 @@ absl::Status ResolveQueue(const GatewayFlags& flags, GatewayConfig& config) {
     return Bad("queue_retry_max", "must be 1s..1h");
   }
   config.queue_retry_max = flags.queue_retry_max;
+  // Long enough for a claim to be sent and answered (the dispatcher renews it every third).
+  if (flags.queue_lease < absl::Seconds(1) || flags.queue_lease > absl::Hours(1)) {
+    return Bad("queue_lease", "must be 1s..1h");
+  }
+  config.queue_lease = flags.queue_lease;
+  if (flags.queue_redis_timeout < absl::Milliseconds(10) ||
+      flags.queue_redis_timeout > absl::Seconds(30)) {
+    return Bad("queue_redis_timeout", "must be 10ms..30s");
+  }
+  config.queue_redis_timeout = flags.queue_redis_timeout;
   return absl::OkStatus();
 }
 

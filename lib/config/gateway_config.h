@@ -71,7 +71,7 @@ struct GatewayFlags {
   int premature_reset_streams = 100;
   absl::Duration grpc_handshake_timeout = absl::Seconds(10);
   absl::Duration grpc_idle_eviction = absl::Seconds(5);
-  // The durable queue behind EnqueueSetMsgRead (lib/queue): "sqlite" or "none".
+  // The durable queue behind EnqueueSetMsgRead (lib/queue): "sqlite", "redis" or "none".
   std::string queue_backend = "sqlite";
   std::string queue_path = "imgw-queue.db";
   int64_t queue_max_pending = 1000000;
@@ -79,6 +79,10 @@ struct GatewayFlags {
   bool queue_fsync = true;
   double queue_min_share = 0.1;
   absl::Duration queue_retry_max = absl::Minutes(5);
+  // The queue in Redis: how long a replica's claim lasts unless renewed, and the longest wait
+  // for one of its Redis calls.
+  absl::Duration queue_lease = absl::Seconds(20);
+  absl::Duration queue_redis_timeout = absl::Seconds(1);
 };
 
 // The checked settings the gateway is built from.
@@ -114,7 +118,8 @@ struct GatewayConfig {
   std::string grpc_tls_cert_pem;
   std::string grpc_tls_key_pem;  // Never logged.
   std::string grpc_client_ca_pem;
-  // The budget shared through Redis (lib/ratelimit/redis_rate_limiter.h); off when false.
+  // The budget shared through Redis (lib/ratelimit/redis_rate_limiter.h); off when false. The
+  // redis_* settings below are set when the budget or the queue (queue_redis) is in Redis.
   bool redis_budget = false;
   std::string redis_host;
   int redis_port = 0;
@@ -141,12 +146,15 @@ struct GatewayConfig {
   absl::Duration grpc_idle_eviction = absl::Seconds(5);
   // The durable queue (lib/queue); off when false (EnqueueSetMsgRead answers UNIMPLEMENTED).
   bool queue = true;
-  std::string queue_path;  // The SQLite file.
+  bool queue_redis = false;  // In Redis (the redis_* settings), shared by the replicas.
+  std::string queue_path;    // The SQLite file.
   int64_t queue_max_pending = 1000000;
   absl::Duration queue_max_age = absl::Hours(24);
   bool queue_fsync = true;       // A commit survives a machine crash, not only the process's.
   double queue_min_share = 0.1;  // Of the sends, while callers' calls wait too.
-  absl::Duration queue_retry_max = absl::Minutes(5);  // The longest backoff between attempts.
+  absl::Duration queue_retry_max = absl::Minutes(5);      // The longest backoff between attempts.
+  absl::Duration queue_lease = absl::Seconds(20);         // Redis: a claim unless renewed.
+  absl::Duration queue_redis_timeout = absl::Seconds(1);  // Redis: one call of the queue's.
 };
 
 // A size: digits with an optional suffix Ki, Mi, Gi (powers of 1024) or K, M, G (of 1000),

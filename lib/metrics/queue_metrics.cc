@@ -69,7 +69,32 @@ QueueMetrics::QueueMetrics(prometheus::Registry& registry)
                     "Age of the oldest pending entry (0 when none).")),
       in_flight_(Gauge(registry, "imgw_queue_in_flight",
                        "Pending entries handed to the dispatcher and not yet settled.")),
-      dead_letters_(Gauge(registry, "imgw_queue_dead_letters", "Dead letters held.")) {}
+      dead_letters_(Gauge(registry, "imgw_queue_dead_letters", "Dead letters held.")),
+      claimed_(Counter(registry, "imgw_queue_claimed_total",
+                       "Pending entries this gateway claimed to send.")),
+      lease_expiries_(Counter(registry, "imgw_queue_lease_expiries_total",
+                              "Claims (of any replica) whose lease ended before they were "
+                              "settled, returned to the queue by this gateway (Redis queue).")),
+      round_trips_family_(prometheus::BuildCounter()
+                              .Name("imgw_queue_store_round_trips_total")
+                              .Help("Calls to the queue's store over the network (Redis), by "
+                                    "result.")
+                              .Register(registry)),
+      round_trips_ok_(round_trips_family_.Add({{"result", "ok"}})),
+      round_trips_failed_(round_trips_family_.Add({{"result", "failed"}})) {}
+
+void QueueMetrics::Claimed(double entries) { claimed_.Increment(entries); }
+
+void QueueMetrics::SetStoreTotals(int64_t lease_expiries, int64_t round_trips,
+                                  int64_t failed_round_trips) {
+  auto add = [](prometheus::Counter& counter, int64_t now, int64_t& last) {
+    if (now > last) counter.Increment(static_cast<double>(now - last));
+    last = now;
+  };
+  add(lease_expiries_, lease_expiries, last_expiries_);
+  add(round_trips_ok_, round_trips - failed_round_trips, last_round_trips_);
+  add(round_trips_failed_, failed_round_trips, last_failed_);
+}
 
 void QueueMetrics::Enqueued(bool merged) {
   (merged ? enqueued_merged_ : enqueued_new_).Increment();

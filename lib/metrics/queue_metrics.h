@@ -34,6 +34,12 @@ class QueueMetrics final {
   // One transaction of the store, how long it took and whether it failed.
   void ObserveWrite(absl::Duration took, bool ok);
   void SetGauges(int64_t pending, double oldest_seconds, int64_t in_flight, int64_t dead_letters);
+  // Entries claimed by this gateway to be sent (imgw_queue_claimed_total).
+  void Claimed(double entries);
+  // The store's own totals since it opened, applied as increases: claims of this gateway's
+  // whose lease ended (imgw_queue_lease_expiries_total: counted by the replica that found them)
+  // and calls to a store behind a network (imgw_queue_store_round_trips_total{result}).
+  void SetStoreTotals(int64_t lease_expiries, int64_t round_trips, int64_t failed_round_trips);
 
  private:
   prometheus::Family<prometheus::Counter>& enqueued_family_;
@@ -52,6 +58,13 @@ class QueueMetrics final {
   prometheus::Gauge& oldest_;
   prometheus::Gauge& in_flight_;
   prometheus::Gauge& dead_letters_;
+  prometheus::Counter& claimed_;
+  prometheus::Counter& lease_expiries_;
+  prometheus::Family<prometheus::Counter>& round_trips_family_;
+  prometheus::Counter& round_trips_ok_;
+  prometheus::Counter& round_trips_failed_;
+  // What SetStoreTotals saw last (one thread calls it: the queue's).
+  int64_t last_expiries_ = 0, last_round_trips_ = 0, last_failed_ = 0;
 };
 
 }  // namespace imgw::metrics

@@ -19,6 +19,7 @@
 #include "lib/common/files.h"
 #include "lib/common/log.h"
 #include "lib/metrics/process_stats.h"
+#include "lib/queue/redis_store.h"
 #include "lib/queue/sqlite_store.h"
 
 namespace imgw::gateway {
@@ -226,24 +227,68 @@ absl::Status Gateway::BuildDispatcher() {
   return absl::OkStatus();
 }
 
-absl::Status Gateway::BuildQueue() {
-  if (!config_.queue) return absl::OkStatus();
+absl::Status Gateway::OpenSqliteQueue() {
   absl::StatusOr<std::unique_ptr<queue::SqliteStore>> store =
       queue::SqliteStore::Open({config_.queue_path, config_.queue_fsync});
-  if (!store.ok())
+  if (!store.ok()) {
     return absl::Status(store.status().code(),
                         absl::StrCat("--queue_path: ", store.status().message()));
+  }
   if ((*store)->unclaimed_at_open() > 0) {
     Log(LogLevel::kInfo, "queue entries in flight at the last stop will be sent again",
         {{"entries", absl::StrCat((*store)->unclaimed_at_open())}});
   }
   store_ = *std::move(store);
+  queue_description_ =
+      absl::StrCat(config_.queue_path, " (fsync ", config_.queue_fsync ? "on" : "off", ")");
+  return absl::OkStatus();
+}
+
+absl::Status Gateway::OpenRedisQueue() {
+  {
+    absl::MutexLock lock(&redis_password_mu_);
+    redis_password_ = config_.redis_password;
+  }
+  queue::RedisStore::Options options;
+  options.host = config_.redis_host;
+  options.port = config_.redis_port;
+  options.password = [this] {
+    absl::MutexLock lock(&redis_password_mu_);
+    return redis_password_;
+  };
+  options.key_prefix = config_.redis_key_prefix;
+  options.app = absl::StrCat(config_.sdkappid);
+  options.command_timeout = config_.queue_redis_timeout;
+  options.connect_timeout = std::min(config_.queue_redis_timeout, absl::Seconds(1));
+  options.lease = config_.queue_lease;
+  absl::StatusOr<std::unique_ptr<queue::RedisStore>> store = queue::RedisStore::Open(options);
+  if (!store.ok()) {
+    return absl::Status(store.status().code(),
+                        absl::StrCat("--queue_backend=redis: ", store.status().message()));
+  }
+  store_ = *std::move(store);
+  queue_description_ = absl::StrCat("redis ", config_.redis_host, ":", config_.redis_port,
+                                    " (lease ", absl::FormatDuration(config_.queue_lease), ")");
+  return absl::OkStatus();
+}
+
+absl::Status Gateway::BuildQueue() {
+  if (!config_.queue) return absl::OkStatus();
+  if (absl::Status s = config_.queue_redis ? OpenRedisQueue() : OpenSqliteQueue(); !s.ok()) {
+    return s;
+  }
   queue_metrics_ = std::make_unique<metrics::QueueMetrics>(*metrics_->registry());
   queue::QueueLoop::Options options;
   options.max_pending = config_.queue_max_pending;
   options.rate = config_.rate_limit;
   options.retry.max_age = config_.queue_max_age;
   options.retry.retry_max = config_.queue_retry_max;
+  if (config_.queue_redis) {
+    // One script call per group, so that a group is stored whole or not at all; and claims
+    // sized by what this replica sends, since the others drain the same queue.
+    options.max_group = queue::kRedisMaxBatch;
+    options.pace_by_drain = true;
+  }
   dispatch::DispatchLoop* loop = loop_.get();
   queue_ = std::make_unique<queue::QueueLoop>(
       options, *store_, clock_,
@@ -360,13 +405,17 @@ absl::Status Gateway::WatchSecrets() {
         [usersigs](std::string key) { return usersigs->SetSecretKey(std::move(key)); },
         metrics_.get()));
   }
-  if (redis_limiter_ != nullptr && !config_.redis_password_file.empty()) {
+  if ((redis_limiter_ != nullptr || config_.queue_redis) && !config_.redis_password_file.empty()) {
     ratelimit::RedisRateLimiter* limiter = redis_limiter_;
     secrets.push_back(WatchSecret(
         metrics::Secret::kRedisPassword, "redis_password_file", config_.redis_password_file,
         config_.redis_password, config::RedisPasswordFromFile,
-        [limiter](std::string password) {
-          limiter->SetPassword(std::move(password));
+        [this, limiter](std::string password) {
+          {
+            absl::MutexLock lock(&redis_password_mu_);
+            redis_password_ = password;  // the queue's store reads it at its next connection
+          }
+          if (limiter != nullptr) limiter->SetPassword(std::move(password));
           return absl::OkStatus();
         },
         metrics_.get()));
@@ -444,9 +493,7 @@ void Gateway::LogServing() const {
        {"budget", budget_description_},
        {"memory_limit", absl::StrCat(config_.memory_limit, " (", config_.memory_limit_source, ")")},
        {"pace", absl::StrCat(ratelimit::LocalRateLimiter::PaceFor(LocalBudgetOptions()))},
-       {"queue", config_.queue ? absl::StrCat(config_.queue_path, " (fsync ",
-                                              config_.queue_fsync ? "on" : "off", ")")
-                               : std::string("none")}});
+       {"queue", config_.queue ? queue_description_ : std::string("none")}});
 }
 
 void Gateway::Shutdown() {

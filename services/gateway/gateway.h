@@ -4,7 +4,9 @@
 #include <memory>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/server.h"
 #include "lib/common/clock.h"
 #include "lib/common/file_watch.h"
@@ -67,11 +69,13 @@ class Gateway final {
   absl::Status BuildBudget();      // limiter_: a local token bucket or the Redis budget.
   absl::Status BuildDispatcher();  // dispatcher_ and loop_ (not started).
   absl::Status BuildQueue();       // store_ (opened), queue_ (not started), queue_admin_.
-  absl::Status BuildService();     // memory_budget_, memory_watch_ (not started), service_.
-  absl::Status BuildFront();       // front_, bound, not accepting.
-  absl::Status StartProbes();      // http_: /metrics, /healthz, /readyz ("starting").
-  absl::Status WatchSecrets();     // secret_watch_ (not started).
-  absl::Status Serve();            // Starts the threads and gRPC; ready from here.
+  absl::Status OpenSqliteQueue();  // BuildQueue's store, by --queue_backend.
+  absl::Status OpenRedisQueue();
+  absl::Status BuildService();  // memory_budget_, memory_watch_ (not started), service_.
+  absl::Status BuildFront();    // front_, bound, not accepting.
+  absl::Status StartProbes();   // http_: /metrics, /healthz, /readyz ("starting").
+  absl::Status WatchSecrets();  // secret_watch_ (not started).
+  absl::Status Serve();         // Starts the threads and gRPC; ready from here.
   void LogServing() const;
   ratelimit::LocalRateLimiter::Options LocalBudgetOptions() const;
   // Shutdown()'s steps.
@@ -100,8 +104,8 @@ class Gateway final {
   std::unique_ptr<upstream::RequestFactory> requests_;
   std::unique_ptr<dispatch::Dispatcher> dispatcher_;
   std::unique_ptr<dispatch::DispatchLoop> loop_;
-  // The durable queue (--queue_backend=sqlite): its store, used by queue_'s thread only, and
-  // the thread, which hands background calls to loop_.
+  // The durable queue (--queue_backend=sqlite or redis): its store, used by queue_'s thread
+  // only, and the thread, which hands background calls to loop_.
   std::unique_ptr<queue::PendingStore> store_;
   std::unique_ptr<metrics::QueueMetrics> queue_metrics_;
   std::unique_ptr<queue::QueueLoop> queue_;
@@ -118,6 +122,11 @@ class Gateway final {
   std::string grpc_address_;
   std::string metrics_address_;
   std::string budget_description_;  // For the log: "local", or Redis' address and replica.
+  std::string queue_description_;   // For the log: the queue's file, or Redis'.
+  // The Redis password as --redis_password_file holds it now: the Redis queue's store reads it
+  // at each connection (secret_watch_ updates it).
+  absl::Mutex redis_password_mu_;
+  std::string redis_password_ ABSL_GUARDED_BY(redis_password_mu_);
   bool shut_down_ = false;
 };
 

@@ -115,14 +115,15 @@ ABSL_FLAG(absl::Duration, startup_hold, absl::Seconds(1),
           "restarted cannot know what it sent in its last second, and takes it as full, so "
           "that a crash and a restart never put a second over the limit.");
 ABSL_FLAG(std::string, queue_backend, "sqlite",
-          "The durable queue behind EnqueueSetMsgRead: sqlite (a file, --queue_path) or none "
-          "(EnqueueSetMsgRead answers UNIMPLEMENTED).");
+          "The durable queue behind EnqueueSetMsgRead: sqlite (a file, --queue_path), redis "
+          "(shared by every replica: --redis_address, the password and key prefix of the "
+          "budget's) or none (EnqueueSetMsgRead answers UNIMPLEMENTED).");
 ABSL_FLAG(std::string, queue_path, "imgw-queue.db",
           "The queue's SQLite file (WAL mode; one gateway per file). Relative to the working "
           "directory, which the container mounts as a volume.");
 ABSL_FLAG(int64_t, queue_max_pending, 1000000,
-          "Pending entries the queue holds at most; past it EnqueueSetMsgRead answers "
-          "RESOURCE_EXHAUSTED with imgw-retry-after-ms.");
+          "Pending entries the queue holds at most (with redis: the whole app's); past it "
+          "EnqueueSetMsgRead answers RESOURCE_EXHAUSTED with imgw-retry-after-ms.");
 ABSL_FLAG(absl::Duration, queue_max_age, absl::Hours(24),
           "An entry still failing transiently (upstream error codes) after this long becomes a "
           "dead letter.");
@@ -134,6 +135,13 @@ ABSL_FLAG(double, queue_min_share, 0.1,
           "too.");
 ABSL_FLAG(absl::Duration, queue_retry_max, absl::Minutes(5),
           "The longest backoff between two attempts of a queued entry.");
+ABSL_FLAG(absl::Duration, queue_lease, absl::Seconds(20),
+          "--queue_backend=redis: how long a replica's claim on queued entries lasts unless it "
+          "renews it (every third of it, while it holds them); a replica that dies loses its "
+          "claims this long after, and the others send them.");
+ABSL_FLAG(absl::Duration, queue_redis_timeout, absl::Seconds(1),
+          "--queue_backend=redis: the longest wait for one Redis call of the queue's (an "
+          "enqueue slower than this answers UNAVAILABLE).");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(std::string, ready_file, "",
           "Once serving, write {\"grpc_listen\":\"host:port\",\"metrics_listen\":\"host:port\"} "
@@ -228,6 +236,8 @@ imgw::config::GatewayFlags FlagsFromCommandLine() {
   flags.queue_fsync = absl::GetFlag(FLAGS_queue_fsync);
   flags.queue_min_share = absl::GetFlag(FLAGS_queue_min_share);
   flags.queue_retry_max = absl::GetFlag(FLAGS_queue_retry_max);
+  flags.queue_lease = absl::GetFlag(FLAGS_queue_lease);
+  flags.queue_redis_timeout = absl::GetFlag(FLAGS_queue_redis_timeout);
   return flags;
 }
 

@@ -394,6 +394,29 @@ TEST(GatewayConfigTest, RedisBackendReadsAddressPrefixAndTimeout) {
   EXPECT_EQ(config->redis_fallback_replicas, 10);
 }
 
+TEST(GatewayConfigTest, TheQueueInRedisWithALocalBudgetTakesTheRedisFlags) {
+  GatewayFlags flags = Valid();
+  flags.queue_backend = "redis";
+  flags.queue_path = "";  // not used
+  flags.redis_address = "redis.infra:6380";
+  flags.redis_key_prefix = "prod:";
+  flags.queue_lease = absl::Seconds(7);
+  flags.queue_redis_timeout = absl::Milliseconds(300);
+  absl::StatusOr<GatewayConfig> config = Resolve(flags);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->redis_budget);
+  EXPECT_TRUE(config->queue);
+  EXPECT_TRUE(config->queue_redis);
+  EXPECT_EQ(config->redis_host, "redis.infra");
+  EXPECT_EQ(config->redis_port, 6380);
+  EXPECT_EQ(config->redis_key_prefix, "prod:");
+  EXPECT_EQ(config->queue_lease, absl::Seconds(7));
+  EXPECT_EQ(config->queue_redis_timeout, absl::Milliseconds(300));
+  flags.queue_backend = "sqlite";  // the address is then for nothing
+  flags.queue_path = "q.db";
+  ExpectError(flags, "--redis_address: set, but --ratelimit_backend=local and --queue_backend");
+}
+
 TEST(GatewayConfigTest, RedisPasswordFileWinsOverTheEnvironment) {
   absl::StatusOr<testing::TempDir> dir = testing::TempDir::Create("config-redis");
   ASSERT_TRUE(dir.ok()) << dir.status();
@@ -471,8 +494,11 @@ TEST(GatewayConfigTest, TheQueueIsOnInTheWorkingDirectoryByDefault) {
 
 TEST(GatewayConfigTest, EachBadQueueFlagIsNamed) {
   GatewayFlags f = Valid();
-  f.queue_backend = "redis";  // Not yet.
-  ExpectError(f, "--queue_backend: must be sqlite or none");
+  f.queue_backend = "file";
+  ExpectError(f, "--queue_backend: must be sqlite, redis or none");
+  f = Valid();
+  f.queue_backend = "redis";  // Redis' address is the budget's flag.
+  ExpectError(f, "--redis_address: missing");
   f = Valid();
   f.queue_path = "";
   ExpectError(f, "--queue_path: must not be empty");
@@ -493,6 +519,16 @@ TEST(GatewayConfigTest, EachBadQueueFlagIsNamed) {
     f = Valid();
     f.queue_retry_max = bad;
     ExpectError(f, "--queue_retry_max: must be 1s..1h");
+  }
+  for (absl::Duration bad : {absl::Milliseconds(999), absl::Hours(2)}) {
+    f = Valid();
+    f.queue_lease = bad;
+    ExpectError(f, "--queue_lease: must be 1s..1h");
+  }
+  for (absl::Duration bad : {absl::Milliseconds(9), absl::Seconds(31)}) {
+    f = Valid();
+    f.queue_redis_timeout = bad;
+    ExpectError(f, "--queue_redis_timeout: must be 10ms..30s");
   }
   for (absl::Duration bad : {absl::Milliseconds(-1), absl::Milliseconds(1001)}) {
     f = Valid();
