@@ -5,6 +5,7 @@ throughput with and without fsync, a burst absorbed and drained, a million entri
 Imported by bench/run.py, which owns the processes (class Bench)."""
 
 import os
+import socket
 import time
 
 
@@ -118,6 +119,127 @@ def million(bench, args):
             "restarted_rss": restarted_rss}
 
 
+def redis_command(redis, *args):
+    """One command to the bench's Redis (RESP over a socket, after AUTH with its password): its
+    reply, decoded, when it is a simple string, an integer or a bulk string."""
+    host, port = redis.address.rsplit(":", 1)
+
+    def encode(parts):
+        out = f"*{len(parts)}\r\n".encode()
+        for part in parts:
+            b = str(part).encode()
+            out += f"${len(b)}\r\n".encode() + b + b"\r\n"
+        return out
+
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(encode(["AUTH", "bench-password"]) + encode(list(args)))
+        data = b""
+
+        def need(n):
+            nonlocal data
+            while len(data) < n:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    raise RuntimeError("redis closed the connection")
+                data += chunk
+
+        def line(at):
+            while b"\r\n" not in data[at:]:
+                need(len(data) + 1)
+            end = data.index(b"\r\n", at)
+            return data[at:end].decode(), end + 2
+
+        auth, at = line(0)
+        if not auth.startswith("+OK"):
+            raise RuntimeError(f"redis AUTH: {auth}")
+        head, at = line(at)
+        if head.startswith("$"):
+            n = int(head[1:])
+            need(at + n + 2)
+            return data[at:at + n].decode(errors="replace")
+        return head[1:]
+
+
+def redis_used_memory(redis):
+    info = redis_command(redis, "INFO", "memory")
+    for line in info.splitlines():
+        if line.startswith("used_memory:"):
+            return int(line.split(":")[1])
+    return 0
+
+
+def redis_gateways(bench, emulator, redis, replicas, *flags):
+    return [bench.gateway(emulator, *bench.redis_flags(redis), "--queue_backend=redis",
+                          f"--redis_fallback_replicas={replicas}", "--redis_timeout=500ms",
+                          *flags)
+            for _ in range(replicas)]
+
+
+def redis_enqueue_throughput(bench, args, replicas):
+    """Closed loop, 64 in flight in all (split over the replicas, one loadgen each), distinct
+    pairs, through the queue in Redis; then Redis' memory per pending entry."""
+    redis = bench.redis()
+    emulator = bench.emulator(200)
+    memory0 = redis_used_memory(redis)
+    gateways = redis_gateways(bench, emulator, redis, replicas)
+    cpu0 = [g.cpu_seconds() for g in gateways]
+    redis_cpu0 = redis.cpu_seconds()
+    procs = [bench.loadgen_start(g.target, f"--duration={args.queue_duration}s", "--mode=closed",
+                                 f"--concurrency={args.concurrency // replicas}", "--rpc=enqueue",
+                                 "--pairs=distinct", f"--seed={i + 1}", "--channels=4",
+                                 "--deadline=10s")
+             for i, g in enumerate(gateways)]
+    results = [bench.loadgen_result(p, args.queue_duration + 120) for p in procs]
+    cpu = sum(g.cpu_seconds() - c for g, c in zip(gateways, cpu0))
+    redis_cpu = redis.cpu_seconds() - redis_cpu0
+    pending = _queue_samples(bench, gateways[0])["pending"]
+    memory = redis_used_memory(redis) - memory0
+    bench.stop_all()
+    ok = sum(r["codes"].get("OK", 0) for r in results)
+    answered = sum(r["answered"] for r in results)
+    p99 = max(r["latency_ms"]["p99"] for r in results)
+    p50 = sorted(r["latency_ms"]["p50"] for r in results)[len(results) // 2]
+    return {"ok": ok, "answered": answered, "rate": ok / args.queue_duration, "p50": p50,
+            "p99": p99, "cpu": cpu, "redis_cpu": redis_cpu, "pending": pending,
+            "bytes_per_entry": memory / max(pending, 1)}
+
+
+def redis_drain(bench, args, replicas=3):
+    """`backlog` entries enqueued through one replica, drained by `replicas` sharing the budget
+    (200/s) and the queue in Redis: the drain rate while more than a second's work is left."""
+    limit = 200
+    backlog = args.queue_redis_backlog
+    redis = bench.redis()
+    emulator = bench.emulator(limit)
+    gateways = redis_gateways(bench, emulator, redis, replicas, f"--rate_limit={limit}")
+    bench.reset(emulator)
+    proc = bench.loadgen_start(gateways[0].target, "--duration=600s", "--mode=closed",
+                               "--concurrency=4", "--rpc=batch_enqueue", "--batch_size=500",
+                               "--pairs=distinct", "--deadline=30s", "--channels=2")
+    start = time.monotonic()
+    while time.monotonic() < start + 120:
+        if _queue_samples(bench, gateways[0])["pending"] + bench.stats(emulator)["ok"] >= backlog:
+            break
+        time.sleep(0.1)
+    proc.popen.kill()
+    proc.popen.wait()
+    time.sleep(2)
+    t0, calls0 = time.monotonic(), bench.stats(emulator)["calls"]
+    t1, calls1 = t0, calls0
+    while time.monotonic() < t0 + backlog / limit + 60:
+        pending = _queue_samples(bench, gateways[1])["pending"]
+        if pending <= limit:
+            break
+        t1, calls1 = time.monotonic(), bench.stats(emulator)["calls"]
+        time.sleep(0.5)
+    stats = bench.stats(emulator)
+    per_replica = [_queue_samples(bench, g)["applied"] for g in gateways]
+    bench.stop_all()
+    return {"rate": (calls1 - calls0) / max(t1 - t0, 1e-9), "seconds": t1 - t0, "limit": limit,
+            "backlog": backlog,
+            "max_window": stats["max_calls_in_window"], "per_replica": per_replica}
+
+
 def run(bench, args, rows, targets, log, yes):
     """Runs the queue's scenarios and appends their rows and targets."""
     for fsync in (True, False):
@@ -164,3 +286,26 @@ def run(bench, args, rows, targets, log, yes):
                  f"(--startup_hold=1s included); RSS {m['restarted_rss'] / 1024:.1f} MiB"])
     targets.append([f"RSS <= 64 MB with {m['pending']:,.0f} pending",
                     f"{m['hwm'] * 1024 / 1e6:.1f} MB", yes(m["hwm"] * 1024 <= 64e6)])
+    for replicas in (1, 3):
+        log(f"queue: enqueue throughput through Redis, {replicas} replica(s) ...")
+        e = redis_enqueue_throughput(bench, args, replicas)
+        rows.append(["queue", f"EnqueueSetMsgRead through the queue in Redis, {replicas} "
+                     f"replica(s), {args.concurrency} in flight in all, distinct pairs, "
+                     f"{args.queue_duration} s", f"{e['rate']:,.0f} calls/s",
+                     f"{e['p50']:.2f} / {e['p99']:.2f} ms",
+                     f"{e['cpu'] / max(e['answered'], 1) * 1e6:.0f} µs",
+                     f"{e['ok']:,} acknowledged of {e['answered']:,}; Redis "
+                     f"{e['redis_cpu'] / max(e['answered'], 1) * 1e6:.0f} µs of CPU per call; "
+                     f"{e['pending']:,.0f} pending after, {e['bytes_per_entry']:.0f} bytes of "
+                     f"Redis memory per pending entry"])
+    log("queue: three replicas draining one backlog in Redis ...")
+    d = redis_drain(bench, args)
+    rows.append(["queue", f"three replicas draining {d['backlog']:,} entries in Redis against one "
+                 "200/s budget in Redis", f"{d['rate']:.1f} drained/s", "", "",
+                 f"{d['rate'] / d['limit']:.1%} of the limit over {d['seconds']:.0f} s, max "
+                 f"{d['max_window']} in a sliding second; applied by each replica: "
+                 + ", ".join(f"{a:,.0f}" for a in d["per_replica"])])
+    targets.append(["Redis queue: three replicas drain at >= 97% of the limit",
+                    f"{d['rate'] / d['limit']:.1%}", yes(d["rate"] >= 0.97 * d["limit"])])
+    targets.append(["Redis queue: no sliding second over the limit", f"max {d['max_window']}",
+                    yes(d["max_window"] <= d["limit"])])

@@ -501,6 +501,8 @@ def main():
     parser.add_argument("--queue_duration", type=int, default=10)
     parser.add_argument("--queue_burst", type=int, default=20)
     parser.add_argument("--queue_fill", type=int, default=1000000)
+    parser.add_argument("--queue_redis_backlog", type=int, default=6000,
+                        help="entries three replicas drain through the queue in Redis")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--distances", default="20,50,100,250",
@@ -515,6 +517,7 @@ def main():
         args.queue_duration = 2
         args.queue_burst = 2
         args.queue_fill = 20000
+        args.queue_redis_backlog = 600
         args.distances = [100]
     only = set(args.only.split(","))
     for binary in ("imgw-emulator", "imgw-gateway", "imgw-loadgen", "imgw-noop-server"):

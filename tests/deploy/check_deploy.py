@@ -677,8 +677,20 @@ def check_queue_volume(name, pod, c, flags):
     if backend == "none":
         print("ok: %s: --queue_backend=none, no queue file" % name)
         return
+    if backend == "redis":
+        # The queue in Redis (README "The queue in Redis"): no file; Redis' address is the
+        # budget's flag, and a manifest's replicas must share the budget too, or each spends
+        # the whole limit on the one queue.
+        if not flags.get("redis_address"):
+            problem("%s: --queue_backend=redis without --redis_address" % name)
+        elif flags.get("ratelimit_backend") != "redis":
+            problem("%s: --queue_backend=redis with a local budget: every replica would spend "
+                    "the whole limit on the one queue (add --ratelimit_backend=redis)" % name)
+        else:
+            print("ok: %s: the queue in Redis %s, with the budget" % (name, flags["redis_address"]))
+        return
     if backend != "sqlite":
-        problem("%s: --queue_backend=%s (sqlite or none)" % (name, backend))
+        problem("%s: --queue_backend=%s (sqlite, redis or none)" % (name, backend))
         return
     workdir = c.get("workingDir") or IMAGE_WORKDIR
     queue_path = flags.get("queue_path", "imgw-queue.db")
@@ -745,6 +757,11 @@ def check_queue_volume_rules():
         ("an absolute --queue_path on a PVC", case("/data", {"persistentVolumeClaim": {"claimName": "q"}},
                                                    working_dir="/tmp"), {"queue_path": "/data/q.db"}, 0),
         ("--queue_backend=none, no volume", case(), {"queue_backend": "none"}, 0),
+        ("the queue in Redis with the budget, no volume", case(),
+         {"queue_backend": "redis", "ratelimit_backend": "redis", "redis_address": "r:6379"}, 0),
+        ("the queue in Redis without an address", case(), {"queue_backend": "redis"}, 1),
+        ("the queue in Redis with a local budget", case(),
+         {"queue_backend": "redis", "redis_address": "r:6379"}, 1),
         ("workingDir not mounted", case("/var/lib/other"), {}, 1),
         ("no volume at all", case(), {}, 1),
         ("no workingDir, the image's not mounted", case("/data", working_dir=None), {}, 1),
