@@ -192,7 +192,8 @@ def redis_enqueue_throughput(bench, args, replicas):
     results = [bench.loadgen_result(p, args.queue_duration + 120) for p in procs]
     cpu = sum(g.cpu_seconds() - c for g, c in zip(gateways, cpu0))
     redis_cpu = redis.cpu_seconds() - redis_cpu0
-    pending = _queue_samples(bench, gateways[0])["pending"]
+    # The app's entries as Redis holds them (a replica's gauge is as of its last call).
+    pending = int(redis_command(redis, "HLEN", f"imgw:{{{bench.sdkappid}}}:queue:entries"))
     memory = redis_used_memory(redis) - memory0
     bench.stop_all()
     ok = sum(r["codes"].get("OK", 0) for r in results)
@@ -213,17 +214,14 @@ def redis_drain(bench, args, replicas=3):
     emulator = bench.emulator(limit)
     gateways = redis_gateways(bench, emulator, redis, replicas, f"--rate_limit={limit}")
     bench.reset(emulator)
-    proc = bench.loadgen_start(gateways[0].target, "--duration=600s", "--mode=closed",
-                               "--concurrency=4", "--rpc=batch_enqueue", "--batch_size=500",
-                               "--pairs=distinct", "--deadline=30s", "--channels=2")
-    start = time.monotonic()
-    while time.monotonic() < start + 120:
-        if _queue_samples(bench, gateways[0])["pending"] + bench.stats(emulator)["ok"] >= backlog:
-            break
-        time.sleep(0.1)
-    proc.popen.kill()
-    proc.popen.wait()
-    time.sleep(2)
+    # Exactly `backlog` items: batches of 100 at a fixed rate for a whole number of seconds.
+    seconds = max(1, backlog // 1000)
+    result = bench.loadgen(gateways[0].target, seconds, "--mode=open",
+                           f"--rate={backlog / (100 * seconds):g}", "--rpc=batch_enqueue",
+                           "--batch_size=100", "--pairs=distinct", "--deadline=30s",
+                           "--channels=2")
+    backlog = result["codes"].get("OK", 0) * 100
+    time.sleep(1)
     t0, calls0 = time.monotonic(), bench.stats(emulator)["calls"]
     t1, calls1 = t0, calls0
     while time.monotonic() < t0 + backlog / limit + 60:
@@ -290,7 +288,8 @@ def run(bench, args, rows, targets, log, yes):
         log(f"queue: enqueue throughput through Redis, {replicas} replica(s) ...")
         e = redis_enqueue_throughput(bench, args, replicas)
         rows.append(["queue", f"EnqueueSetMsgRead through the queue in Redis, {replicas} "
-                     f"replica(s), {args.concurrency} in flight in all, distinct pairs, "
+                     f"replica(s), {args.concurrency} in flight in all, distinct pairs"
+                     f"{' (one loadgen per replica, drawing the same names: they merge)' if replicas > 1 else ''}, "
                      f"{args.queue_duration} s", f"{e['rate']:,.0f} calls/s",
                      f"{e['p50']:.2f} / {e['p99']:.2f} ms",
                      f"{e['cpu'] / max(e['answered'], 1) * 1e6:.0f} µs",

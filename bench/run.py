@@ -113,6 +113,7 @@ class Bench:
     def __init__(self, bin_dir, work):
         self.bin = bin_dir
         self.work = work
+        self.sdkappid = SDKAPPID
         self.procs = []
         self.cert = os.path.join(work, "cert.pem")
         self.key = os.path.join(work, "key.pem")
@@ -517,7 +518,7 @@ def main():
         args.queue_duration = 2
         args.queue_burst = 2
         args.queue_fill = 20000
-        args.queue_redis_backlog = 600
+        args.queue_redis_backlog = 1500
         args.distances = [100]
     only = set(args.only.split(","))
     for binary in ("imgw-emulator", "imgw-gateway", "imgw-loadgen", "imgw-noop-server"):
