@@ -25,6 +25,14 @@ const prometheus::Histogram::BucketBoundaries& WriteBuckets() {
   return *buckets;
 }
 
+// From a claim to its apply: a round trip when the budget has room, up to the claims' two
+// seconds of the budget (and more when the upstream slows the drain).
+const prometheus::Histogram::BucketBoundaries& ClaimBuckets() {
+  static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
+      0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60};
+  return *buckets;
+}
+
 }  // namespace
 
 QueueMetrics::QueueMetrics(prometheus::Registry& registry)
@@ -72,6 +80,12 @@ QueueMetrics::QueueMetrics(prometheus::Registry& registry)
       dead_letters_(Gauge(registry, "imgw_queue_dead_letters", "Dead letters held.")),
       claimed_(Counter(registry, "imgw_queue_claimed_total",
                        "Pending entries this gateway claimed to send.")),
+      claim_to_apply_(prometheus::BuildHistogram()
+                          .Name("imgw_queue_claim_to_apply_seconds")
+                          .Help("From a pending entry's claim by this gateway to the upstream's "
+                                "OK: its wait for the budget in the dispatcher, then the request.")
+                          .Register(registry)
+                          .Add({}, ClaimBuckets())),
       lease_expiries_(Counter(registry, "imgw_queue_lease_expiries_total",
                               "Claims (of any replica) whose lease ended before they were "
                               "settled, returned to the queue by this gateway (Redis queue).")),
@@ -84,6 +98,10 @@ QueueMetrics::QueueMetrics(prometheus::Registry& registry)
       round_trips_failed_(round_trips_family_.Add({{"result", "failed"}})) {}
 
 void QueueMetrics::Claimed(double entries) { claimed_.Increment(entries); }
+
+void QueueMetrics::ObserveClaimToApply(absl::Duration took) {
+  claim_to_apply_.Observe(absl::ToDoubleSeconds(took));
+}
 
 void QueueMetrics::SetStoreTotals(int64_t lease_expiries, int64_t round_trips,
                                   int64_t failed_round_trips) {

@@ -36,6 +36,9 @@ class QueueMetrics final {
   void SetGauges(int64_t pending, double oldest_seconds, int64_t in_flight, int64_t dead_letters);
   // Entries claimed by this gateway to be sent (imgw_queue_claimed_total).
   void Claimed(double entries);
+  // From an entry's claim to its upstream's OK (imgw_queue_claim_to_apply_seconds): its wait in
+  // the dispatcher for the budget, then the request.
+  void ObserveClaimToApply(absl::Duration took);
   // The store's own totals since it opened, applied as increases: claims of this gateway's
   // whose lease ended (imgw_queue_lease_expiries_total: counted by the replica that found them)
   // and calls to a store behind a network (imgw_queue_store_round_trips_total{result}).
@@ -59,6 +62,7 @@ class QueueMetrics final {
   prometheus::Gauge& in_flight_;
   prometheus::Gauge& dead_letters_;
   prometheus::Counter& claimed_;
+  prometheus::Histogram& claim_to_apply_;
   prometheus::Counter& lease_expiries_;
   prometheus::Family<prometheus::Counter>& round_trips_family_;
   prometheus::Counter& round_trips_ok_;

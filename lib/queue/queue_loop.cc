@@ -87,9 +87,9 @@ void QueueLoop::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void QueueLoop::OnAnswered(PendingEntry entry, Outcome outcome) {
+void QueueLoop::OnAnswered(PendingEntry entry, Outcome outcome, absl::Duration claimed_at) {
   absl::MutexLock lock(&mu_);
-  inbox_.answered.push_back({std::move(entry), std::move(outcome)});
+  inbox_.answered.push_back({std::move(entry), std::move(outcome), claimed_at});
 }
 
 void QueueLoop::Run() {
@@ -142,7 +142,12 @@ void QueueLoop::Settle(std::vector<Answered>& answered) {
           {{"error_code", absl::StrCat(verdict.settlement.error_code)},
            {"error_info", verdict.settlement.error_info}});
     }
-    if (metrics_) Count(verdict.settlement);
+    if (metrics_) {
+      Count(verdict.settlement);
+      if (verdict.settlement.kind == Settlement::Kind::kApplied) {
+        metrics_->ObserveClaimToApply(clock_.Monotonic() - a.claimed_at);
+      }
+    }
     unsettled_.push_back(std::move(verdict.settlement));
   }
   in_flight_.fetch_sub(static_cast<int64_t>(answered.size()), std::memory_order_relaxed);
@@ -313,8 +318,8 @@ absl::Duration QueueLoop::Feed(absl::Duration now) {
       call.caller = entry.caller;
       call.background = true;
       call.params = {entry.report_account, entry.peer_account, entry.msg_read_time};
-      call.done = [this, entry = std::move(entry)](Outcome outcome) mutable {
-        OnAnswered(std::move(entry), std::move(outcome));
+      call.done = [this, entry = std::move(entry), now](Outcome outcome) mutable {
+        OnAnswered(std::move(entry), std::move(outcome), now);
       };
       calls.push_back(std::move(call));
     }

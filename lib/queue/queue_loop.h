@@ -112,6 +112,7 @@ class QueueLoop final {
   struct Answered {
     PendingEntry entry;
     upstream::Outcome outcome;
+    absl::Duration claimed_at;  // Monotonic.
   };
   struct AppliedPair {
     std::string report, peer;
@@ -144,7 +145,8 @@ class QueueLoop final {
   void RenewLeases(absl::Duration now);
   void PublishGauges();
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !inbox_.empty() || stop_; }
-  void OnAnswered(PendingEntry entry, upstream::Outcome outcome) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnAnswered(PendingEntry entry, upstream::Outcome outcome, absl::Duration claimed_at)
+      ABSL_LOCKS_EXCLUDED(mu_);
   int64_t NowMs() const { return absl::ToUnixMillis(clock_.Now()); }
 
   const Options options_;

@@ -288,6 +288,13 @@ TEST_F(QueueLoopTest, DrainsOldestFirstAndRemovesWhatWasApplied) {
   EXPECT_EQ(order, Names("r", 50));
   EXPECT_TRUE(Eventually([&] { return Pending() == 0; }));
   EXPECT_EQ(loop_->in_flight(), 0);
+  // Each applied entry's time from its claim to its OK, in the histogram.
+  uint64_t observed = 0;
+  for (const prometheus::MetricFamily& family : registry_.Collect()) {
+    if (family.name != "imgw_queue_claim_to_apply_seconds") continue;
+    for (const prometheus::ClientMetric& m : family.metric) observed += m.histogram.sample_count;
+  }
+  EXPECT_EQ(observed, 50u);
 }
 
 TEST_F(QueueLoopTest, HandsTheDispatcherNoMoreThanMaxOutstanding) {
