@@ -4,8 +4,11 @@
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "lib/common/text.h"
+#include "lib/queue/page_token.h"
 #include "lib/queue/redis_queue_script.h"
 
 namespace imgw::queue {
@@ -96,15 +99,6 @@ absl::Status RedisStore::Connect() {
 
 absl::StatusOr<std::vector<RedisReply>> RedisStore::Call(
     const std::vector<std::vector<std::string>>& calls, absl::string_view what, bool counted) {
-  auto failed = [&](const absl::Status& status) {
-    ++totals_.failed_round_trips;
-    return absl::UnavailableError(absl::StrCat("redis queue: ", what, ": ", status.message()));
-  };
-  // A connection kept from an earlier call may have died since (Redis restarted): the first
-  // failure on it is tried once more on a new one. Running a call twice is safe here: enqueues
-  // merge, settlements check their claim, and a claim whose answer was lost ends with its lease.
-  const bool reused = connection_ != nullptr && connection_->open();
-  if (absl::Status s = Connect(); !s.ok()) return failed(s);
   std::vector<std::vector<std::string>> full;
   full.reserve(calls.size());
   for (const std::vector<std::string>& call : calls) {
@@ -113,15 +107,28 @@ absl::StatusOr<std::vector<RedisReply>> RedisStore::Call(
     args.insert(args.end(), call.begin(), call.end());
     full.push_back(std::move(args));
   }
-  ++totals_.round_trips;
-  absl::StatusOr<std::vector<RedisReply>> replies = connection_->Eval(full);
-  if (!replies.ok() && reused) {
-    ++totals_.failed_round_trips;
-    if (absl::Status s = Connect(); !s.ok()) return failed(s);
+  // One attempt: a connection if needed, then the pipeline. Counted as a round trip, failed or
+  // not (a failed connect too).
+  auto attempt = [&]() -> absl::StatusOr<std::vector<RedisReply>> {
     ++totals_.round_trips;
-    replies = connection_->Eval(full);
+    if (absl::Status s = Connect(); !s.ok()) {
+      ++totals_.failed_round_trips;
+      return s;
+    }
+    absl::StatusOr<std::vector<RedisReply>> replies = connection_->Eval(full);
+    if (!replies.ok()) ++totals_.failed_round_trips;
+    return replies;
+  };
+  // A connection kept from an earlier call may have died since (Redis restarted): the first
+  // failure on it is tried once more on a new one. Running a call twice is safe here: enqueues
+  // merge, settlements check their claim, and a claim whose answer was lost ends with its lease.
+  const bool reused = connection_ != nullptr && connection_->open();
+  absl::StatusOr<std::vector<RedisReply>> replies = attempt();
+  if (!replies.ok() && reused) replies = attempt();
+  if (!replies.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("redis queue: ", what, ": ", replies.status().message()));
   }
-  if (!replies.ok()) return failed(replies.status());
   for (const RedisReply& reply : *replies) {
     if (reply.type != RedisReply::Type::kArray || (counted && reply.elements.size() < 2)) {
       connection_->Close();
@@ -276,20 +283,20 @@ absl::StatusOr<std::pair<std::vector<DeadLetter>, std::string>> RedisStore::List
     const std::string& page_token, size_t page_size) {
   if (page_size == 0) page_size = kDefaultPageSize;
   page_size = std::min(page_size, kMaxPageSize);
-  // The token is the script's own: the last order member of the page before,
-  // "<13 digits>\n<report>\n<peer>".
+  // The script pages by its order member, "<dead_at, 13 digits>\n<report>\n<peer>"; clients
+  // see the tokens every store uses (page_token.h).
+  absl::StatusOr<PageKey> key = DecodePageToken(page_token);
+  if (!key.ok()) return key.status();
+  std::string after;
   if (!page_token.empty()) {
-    const auto [report, peer] = Split(page_token.size() > 14 ? page_token.substr(14) : "");
-    const bool digits = page_token.size() > 14 && page_token[13] == '\n' &&
-                        std::all_of(page_token.begin(), page_token.begin() + 13,
-                                    [](char c) { return c >= '0' && c <= '9'; });
-    if (!digits || !CheckAccounts(report, peer, "").ok()) {
-      return absl::InvalidArgumentError("list dead letters: malformed page token");
+    if (key->dead_at_ms < 0 || key->dead_at_ms > 9999999999999 ||
+        !CheckAccounts(key->report, key->peer, "").ok()) {
+      return absl::InvalidArgumentError("list dead letters: bad page token");
     }
+    after = absl::StrFormat("%013d\n%s\n%s", key->dead_at_ms, key->report, key->peer);
   }
-  absl::StatusOr<std::vector<RedisReply>> replies =
-      Call({{"list_dead", page_token, Int(static_cast<int64_t>(page_size))}}, "list dead letters",
-           false);
+  absl::StatusOr<std::vector<RedisReply>> replies = Call(
+      {{"list_dead", after, Int(static_cast<int64_t>(page_size))}}, "list dead letters", false);
   if (!replies.ok()) return replies.status();
   const RedisReply& reply = replies->front();
   if (reply.elements.empty()) return Malformed("list dead letters");
@@ -311,7 +318,17 @@ absl::StatusOr<std::pair<std::vector<DeadLetter>, std::string>> RedisStore::List
     d.error_info = row.elements[8].text;
     letters.push_back(std::move(d));
   }
-  return std::make_pair(std::move(letters), reply.elements[0].text);
+  std::string next;
+  if (!reply.elements[0].text.empty()) {
+    const std::string& member = reply.elements[0].text;
+    int64_t dead_at = 0;
+    const auto [report, peer] = Split(member.size() > 14 ? member.substr(14) : "");
+    if (member.size() <= 14 || !absl::SimpleAtoi(member.substr(0, 13), &dead_at)) {
+      return Malformed("list dead letters");
+    }
+    next = EncodePageToken(dead_at, report, peer);
+  }
+  return std::make_pair(std::move(letters), std::move(next));
 }
 
 namespace {

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "lib/queue/page_token.h"
 #include "lib/queue/sqlite_statements.h"
 #include "lib/queue/sqlite_store.h"
 
@@ -19,32 +20,6 @@ namespace imgw::queue {
 using sqlite::Statement;
 
 namespace {
-
-// Where a page of dead letters starts: after this (dead_at_ms, report, peer).
-struct PageKey {
-  int64_t dead_at_ms = std::numeric_limits<int64_t>::min();
-  std::string report, peer;  // "" sorts before every account
-};
-
-// "<dead_at_ms>.<report>.<peer>", the accounts in web-safe base64 (which has no '.').
-std::string EncodeToken(const DeadLetter& last) {
-  return absl::StrCat(last.dead_at_ms, ".", absl::WebSafeBase64Escape(last.report_account), ".",
-                      absl::WebSafeBase64Escape(last.peer_account));
-}
-
-absl::StatusOr<PageKey> DecodeToken(const std::string& token) {
-  PageKey key;
-  if (token.empty()) return key;
-  const absl::Status bad = absl::InvalidArgumentError("list dead letters: bad page token");
-  if (token.size() > 200) return bad;
-  std::vector<std::string> parts = absl::StrSplit(token, '.');
-  if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &key.dead_at_ms) ||
-      !absl::WebSafeBase64Unescape(parts[1], &key.report) ||
-      !absl::WebSafeBase64Unescape(parts[2], &key.peer) || key.report.empty() || key.peer.empty()) {
-    return bad;
-  }
-  return key;
-}
 
 DeadLetter ReadDeadLetter(const Statement& s) {
   DeadLetter dead;
@@ -109,7 +84,7 @@ absl::StatusOr<QueueStats> SqliteStore::Stats(size_t max_callers) {
 absl::StatusOr<std::pair<std::vector<DeadLetter>, std::string>> SqliteStore::ListDeadLetters(
     const std::string& page_token, size_t page_size) {
   owner_.Check();
-  absl::StatusOr<PageKey> key = DecodeToken(page_token);
+  absl::StatusOr<PageKey> key = DecodePageToken(page_token);
   if (!key.ok()) return key.status();
   if (page_size == 0) page_size = kDefaultPageSize;
   page_size = std::min(page_size, kMaxPageSize);
@@ -128,7 +103,8 @@ absl::StatusOr<std::pair<std::vector<DeadLetter>, std::string>> SqliteStore::Lis
   if (!status.ok()) return status;
   if (page.first.size() > page_size) {
     page.first.pop_back();
-    page.second = EncodeToken(page.first.back());
+    page.second = EncodePageToken(page.first.back().dead_at_ms, page.first.back().report_account,
+                                  page.first.back().peer_account);
   }
   return page;
 }

@@ -42,6 +42,7 @@
 #include "tests/testing/imgw_stack.h"
 #include "tests/testing/open_load.h"
 #include "tests/testing/process.h"
+#include "tests/testing/queue_admin_client.h"
 #include "tests/testing/stack_test.h"
 
 namespace imgw {
@@ -854,22 +855,10 @@ TEST_F(QueueE2eTest, DeadLettersAreListedRetriedAndDropped) {
 
   // Every page holds one, in order of death; the last page has no token.
   auto list_all = [this](std::vector<v1::DeadLetter>* letters) {
-    std::string token;
-    for (int page = 0; page < 10; ++page) {
-      grpc::ClientContext context;
-      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-      v1::ListDeadLettersRequest request;
-      request.set_page_size(1);
-      request.set_page_token(token);
-      v1::ListDeadLettersResponse response;
-      grpc::Status status = admin_->ListDeadLetters(&context, request, &response);
-      ASSERT_TRUE(status.ok()) << Describe(status);
-      ASSERT_LE(response.dead_letters_size(), 1);
-      for (const v1::DeadLetter& letter : response.dead_letters()) letters->push_back(letter);
-      token = response.next_page_token();
-      if (token.empty()) return;
-    }
-    FAIL() << "more than 10 pages";
+    absl::StatusOr<std::vector<v1::DeadLetter>> all =
+        testing::ListAllDeadLetters(*admin_, /*page_size=*/1);
+    ASSERT_TRUE(all.ok()) << all.status();
+    *letters = *std::move(all);
   };
   std::vector<v1::DeadLetter> letters;
   ASSERT_NO_FATAL_FAILURE(list_all(&letters));

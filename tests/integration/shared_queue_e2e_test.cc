@@ -11,6 +11,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -29,6 +30,7 @@
 #include "tests/testing/imgw_stack.h"
 #include "tests/testing/metric_samples.h"
 #include "tests/testing/process.h"
+#include "tests/testing/queue_admin_client.h"
 #include "tests/testing/redis_server.h"
 
 namespace imgw {
@@ -88,7 +90,8 @@ class SharedQueueE2eTest : public ::testing::Test {
 
   // Redis (with an append-only file synced at every write when `aof`), the emulator at
   // `limit`, and kReplicas gateways sharing the queue and the budget through Redis.
-  void StartAll(int limit, absl::Duration lease, bool aof = false) {
+  void StartAll(int limit, absl::Duration lease, bool aof = false,
+                std::vector<std::string> missing_accounts = {}) {
     ASSERT_FALSE(BinDir().empty()) << "IMGW_BIN_DIR is not set (CTest sets it)";
     testing::PinCallbackThreads();
     RedisServer::Options redis_options;
@@ -107,6 +110,7 @@ class SharedQueueE2eTest : public ::testing::Test {
     options.bin_dir = BinDir();
     options.dir_prefix = "imgw-shared-queue";
     options.emulator_rate_limit = limit;
+    options.missing_accounts = std::move(missing_accounts);
     options.gateways = kReplicas;
     options.gateway_flags = {"--queue_backend=redis", "--ratelimit_backend=redis",
                              absl::StrCat("--redis_address=127.0.0.1:", redis_->port()),
@@ -154,6 +158,34 @@ class SharedQueueE2eTest : public ::testing::Test {
       grpc::Status status;
       ASSERT_TRUE(EnqueueOn(i, items, &status)) << Describe(status);
     }
+  }
+
+  // imgw-cli `args` against replica `i`.
+  testing::RunResult RunCli(int i, std::vector<std::string> args) {
+    testing::SubprocessOptions options;
+    options.argv = {BinDir() + "/imgw-cli"};
+    options.argv.insert(options.argv.end(), args.begin(), args.end());
+    options.argv.push_back("--target=" + stack_->gateway_address(i));
+    options.env = {{"no_proxy", "127.0.0.1,localhost"}, {"NO_PROXY", "127.0.0.1,localhost"}};
+    options.output_dir = stack_->dir().path();
+    options.name = absl::StrCat("cli-", ++cli_runs_);
+    absl::StatusOr<testing::RunResult> run = testing::Run(options, absl::Seconds(15));
+    EXPECT_TRUE(run.ok()) << run.status();
+    return run.ok() ? *std::move(run) : testing::RunResult{};
+  }
+
+  std::unique_ptr<v1::QueueAdminService::Stub> Admin(int i) {
+    return v1::QueueAdminService::NewStub(testing::NewChannel(stack_->gateway_address(i)));
+  }
+
+  // GetQueueStats through replica `i`.
+  v1::GetQueueStatsResponse QueueStatsVia(int i) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::GetQueueStatsResponse response;
+    grpc::Status status = Admin(i)->GetQueueStats(&context, v1::GetQueueStatsRequest(), &response);
+    EXPECT_TRUE(status.ok()) << Describe(status);
+    return response;
   }
 
   std::map<std::string, double> MetricsOf(int i) {
@@ -222,6 +254,7 @@ class SharedQueueE2eTest : public ::testing::Test {
   std::unique_ptr<ImgwStack> stack_;
   std::vector<std::unique_ptr<v1::MsgReadService::Stub>> stubs_;
   Acked acked_;
+  int cli_runs_ = 0;
 };
 
 // 1. Three replicas, callers enqueueing on all of them at five times the limit for 6 s: every
@@ -384,6 +417,88 @@ TEST_F(SharedQueueE2eTest, RedisRestartedLosesNothingAndRedisAwayPausesEverythin
   ExpectEveryAckedPairApplied(stats);
   EXPECT_LE(stats.max_calls_in_window, static_cast<uint64_t>(kLimit));
   Figure("calls_while_redis_was_away", absl::StrCat(during));
+}
+
+// 5. The dead letters and QueueAdminService are the whole app's, on any replica: entries
+// enqueued on one replica die for missing accounts; another lists them (pages of one, the
+// tokens of every store); a third retries one and they die again; the CLI, on yet another,
+// says so and drops them all.
+TEST_F(SharedQueueE2eTest, DeadLettersAndTheAdminRpcsAreTheWholeAppsOnAnyReplica) {
+  ASSERT_NO_FATAL_FAILURE(StartAll(200, absl::Seconds(20), false, {"ghost"}));
+  auto item = [](const std::string& report, const std::string& peer, int64_t time) {
+    v1::SetMsgReadRequest request;
+    request.set_report_account(report);
+    request.set_peer_account(peer);
+    request.set_msg_read_time(time);
+    return request;
+  };
+  grpc::Status status;
+  ASSERT_TRUE(EnqueueOn(0,
+                        {item("ghost", "d_p1", kBaseTime + 1), item("ghost", "d_p2", kBaseTime + 2),
+                         item("d_r3", "ghost", kBaseTime + 3), item("d_r4", "d_p4", kBaseTime + 4)},
+                        &status))
+      << Describe(status);
+  v1::GetQueueStatsResponse stats;
+  for (absl::Time give_up = absl::Now() + absl::Seconds(15); absl::Now() < give_up;) {
+    stats = QueueStatsVia(1);
+    if (stats.dead_letters() == 3 && stats.pending() == 0) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(stats.dead_letters(), 3);
+  EXPECT_EQ(stats.pending(), 0);
+
+  absl::StatusOr<std::vector<v1::DeadLetter>> listed_via_2 =
+      testing::ListAllDeadLetters(*Admin(2), /*page_size=*/1);
+  ASSERT_TRUE(listed_via_2.ok()) << listed_via_2.status();
+  const std::vector<v1::DeadLetter>& letters = *listed_via_2;
+  ASSERT_EQ(letters.size(), 3u);
+  std::map<Pair, v1::DeadLetter> by_pair;
+  for (const v1::DeadLetter& letter : letters) {
+    by_pair[{letter.report_account(), letter.peer_account()}] = letter;
+  }
+  const Pair report_missing("ghost", "d_p1"), peer_missing("d_r3", "ghost");
+  ASSERT_EQ(by_pair.count(report_missing), 1u);
+  EXPECT_EQ(by_pair[report_missing].error_code(), 90003);
+  EXPECT_EQ(by_pair[report_missing].msg_read_time(), kBaseTime + 1);
+  EXPECT_EQ(by_pair[report_missing].attempts(), 1);
+  ASSERT_EQ(by_pair.count(peer_missing), 1u);
+  EXPECT_EQ(by_pair[peer_missing].error_code(), 90008);
+  for (size_t k = 1; k < letters.size(); ++k) {
+    EXPECT_LE(letters[k - 1].dead_unix_ms(), letters[k].dead_unix_ms()) << "in order of death";
+  }
+
+  // Retried through replica 1: back in the app's queue, refused again, a dead letter again.
+  {
+    grpc::ClientContext context;
+    v1::RetryDeadLettersRequest request;
+    request.mutable_selector()->mutable_pair()->set_report_account("ghost");
+    request.mutable_selector()->mutable_pair()->set_peer_account("d_p1");
+    v1::RetryDeadLettersResponse response;
+    grpc::Status status = Admin(1)->RetryDeadLetters(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << Describe(status);
+    EXPECT_EQ(response.retried(), 1);
+  }
+  bool again = false;
+  for (absl::Time give_up = absl::Now() + absl::Seconds(15); !again && absl::Now() < give_up;) {
+    absl::StatusOr<EmulatorStatsView> view = stack_->Stats();
+    again = view.ok() && view->ErrorCount(90003) == 3 && QueueStatsVia(0).dead_letters() == 3;
+    if (!again) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(again) << "the retried entry was not sent and dead-lettered again";
+
+  // The CLI on replica 2: the app's figures, the list, and a drop of all.
+  testing::RunResult cli_stats = RunCli(2, {"queue-stats"});
+  EXPECT_EQ(cli_stats.exit_status, 0) << cli_stats.stderr_text;
+  EXPECT_NE(cli_stats.stdout_text.find("dead_letters=3"), std::string::npos)
+      << cli_stats.stdout_text;
+  testing::RunResult listed = RunCli(2, {"dead-letters", "list"});
+  EXPECT_EQ(listed.exit_status, 0) << listed.stderr_text;
+  EXPECT_NE(listed.stdout_text.find("error_code=90008"), std::string::npos) << listed.stdout_text;
+  testing::RunResult dropped = RunCli(2, {"dead-letters", "drop", "--all"});
+  EXPECT_EQ(dropped.exit_status, 0) << dropped.stderr_text;
+  EXPECT_EQ(dropped.stdout_text.rfind("OK dropped 3 dead letters", 0), 0u) << dropped.stdout_text;
+  EXPECT_EQ(QueueStatsVia(0).dead_letters(), 0);
+  EXPECT_EQ(Stats().PairTime("d_r4", "d_p4"), std::optional<int64_t>(kBaseTime + 4));
 }
 
 }  // namespace
