@@ -162,7 +162,7 @@ absl::Status Recover(sqlite3* db, const std::string& path, bool create, OpenedDb
 
 }  // namespace
 
-absl::StatusOr<OpenedDb> OpenDb(const std::string& path, bool fsync) {
+absl::StatusOr<OpenedDb> OpenDb(const std::string& path) {
   absl::StatusOr<DbPtr> db = Connect(path);
   if (!db.ok()) return db.status();
   sqlite3* raw = db->get();
@@ -181,7 +181,9 @@ absl::StatusOr<OpenedDb> OpenDb(const std::string& path, bool fsync) {
   if (absl::Status s = Exec(raw, "BEGIN EXCLUSIVE", path); !s.ok()) return fail(s);
   if (absl::Status s = Recover(raw, path, *create, opened); !s.ok()) return fail(s);
   if (absl::Status s = Exec(raw, "COMMIT", path); !s.ok()) return fail(s);
-  if (!SetCommitSync(raw, fsync)) {
+  // Each transaction says whether its commit reaches the disk (SqliteStore::Begin): checked
+  // here that it can, before the store serves.
+  if (!SetCommitSync(raw, /*sync=*/true)) {
     return absl::InternalError(absl::StrCat(path, ": its WAL is not the queue VFS's"));
   }
   opened.db = *std::move(db);

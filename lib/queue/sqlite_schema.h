@@ -21,10 +21,10 @@ struct OpenedDb {
 };
 
 // Opens (creating it if needed) the database at `path` for this process alone, in WAL mode
-// through the queue's VFS (sqlite_vfs.h), its commits fsynced when `fsync` (SetCommitSync);
-// creates the schema in a new file, refuses
-// a file of another schema version, runs PRAGMA quick_check, and makes every claimed entry
-// unclaimed. Every error is one line naming the path; a file it refuses is left as it was.
-absl::StatusOr<OpenedDb> OpenDb(const std::string& path, bool fsync);
+// through the queue's VFS (sqlite_vfs.h: each transaction then says whether its commit is
+// fsynced); creates the schema in a new file, refuses a file of another schema version, runs
+// PRAGMA quick_check, and makes every claimed entry unclaimed. Every error is one line naming
+// the path; a file it refuses is left as it was.
+absl::StatusOr<OpenedDb> OpenDb(const std::string& path);
 
 }  // namespace imgw::queue::sqlite

@@ -48,7 +48,7 @@ PendingEntry ReadEntry(const Statement& s) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const Options& options) {
-  absl::StatusOr<sqlite::OpenedDb> opened = sqlite::OpenDb(options.path, options.fsync);
+  absl::StatusOr<sqlite::OpenedDb> opened = sqlite::OpenDb(options.path);
   if (!opened.ok()) return opened.status();
   absl::StatusOr<std::unique_ptr<Statements>> statements =
       Statements::Prepare(opened->db.get(), options.path);

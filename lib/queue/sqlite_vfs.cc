@@ -9,7 +9,7 @@ namespace imgw::queue::sqlite {
 namespace {
 
 // A commit of 64 new pairs writes ~45 frames (185 KiB); larger transactions flush on the way.
-constexpr size_t kBufferBytes = 256 * 1024;  // more than kMaxWrite: SQLite writes a page at most
+constexpr size_t kBufferBytes = 256 * 1024;
 // The unix VFS writes at most this much per xWrite call (its seekAndWrite masks the length
 // with 0x1ffff), so a flush hands it the buffer in pieces no larger.
 constexpr size_t kMaxWrite = 0x1ffff;
@@ -80,7 +80,8 @@ int Write(sqlite3_file* file, const void* data, int amount, sqlite3_int64 offset
   if (!contiguous || buffer.size() + size > kBufferBytes) {
     if (int rc = Flush(f); rc != SQLITE_OK) return rc;
   }
-  if (size > kBufferBytes) return f->real()->pMethods->xWrite(f->real(), data, amount, offset);
+  // (A write larger than the buffer, which SQLite never makes, is buffered whole all the same:
+  // Flush hands it over in pieces the unix VFS takes.)
   if (buffer.empty()) f->start = offset;
   const char* bytes = static_cast<const char*>(data);
   buffer.insert(buffer.end(), bytes, bytes + size);

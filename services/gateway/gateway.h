@@ -69,13 +69,13 @@ class Gateway final {
   absl::Status BuildBudget();      // limiter_: a local token bucket or the Redis budget.
   absl::Status BuildDispatcher();  // dispatcher_ and loop_ (not started).
   absl::Status BuildQueue();       // store_ (opened), queue_ (not started), queue_admin_.
-  absl::Status OpenSqliteQueue();  // BuildQueue's store, by --queue_backend.
-  absl::Status OpenRedisQueue();
-  absl::Status BuildService();  // memory_budget_, memory_watch_ (not started), service_.
-  absl::Status BuildFront();    // front_, bound, not accepting.
-  absl::Status StartProbes();   // http_: /metrics, /healthz, /readyz ("starting").
-  absl::Status WatchSecrets();  // secret_watch_ (not started).
-  absl::Status Serve();         // Starts the threads and gRPC; ready from here.
+  absl::Status OpenSqliteQueue();  // BuildQueue's store_ with --queue_backend=sqlite,
+  absl::Status OpenRedisQueue();   // or with --queue_backend=redis.
+  absl::Status BuildService();     // memory_budget_, memory_watch_ (not started), service_.
+  absl::Status BuildFront();       // front_, bound, not accepting.
+  absl::Status StartProbes();      // http_: /metrics, /healthz, /readyz ("starting").
+  absl::Status WatchSecrets();     // secret_watch_ (not started).
+  absl::Status Serve();            // Starts the threads and gRPC; ready from here.
   void LogServing() const;
   ratelimit::LocalRateLimiter::Options LocalBudgetOptions() const;
   // Shutdown()'s steps.
