@@ -154,12 +154,13 @@ if op == 'claim' then
   return out
 end
 
--- renew lease_ms {report peer claim}* -> {renewed}: pushes back the leases still held.
+-- renew n lease_ms {report peer claim}*n -> {renewed}: pushes back the leases still held.
 if op == 'renew' then
-  local lease = tonumber(ARGV[2])
+  local n, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
   local rnow = redis_now()
   local renewed = 0
-  for b = 3, #ARGV, 3 do
+  for i = 0, n - 1 do
+    local b = 4 + i * 3
     local pair = ARGV[b] .. '\n' .. ARGV[b + 1]
     local e = get(pair)
     if e and e.claim == tonumber(ARGV[b + 2]) then

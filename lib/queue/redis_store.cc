@@ -1,9 +1,9 @@
 #include "lib/queue/redis_store.h"
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -51,6 +51,22 @@ std::pair<std::string, std::string> Split(const std::string& pair) {
   const size_t nl = pair.find('\n');
   if (nl == std::string::npos) return {pair, ""};
   return {pair.substr(0, nl), pair.substr(nl + 1)};
+}
+
+// `n` items as script calls of at most `max` each: `op`, the call's item count, `head`, then
+// each item's arguments, which `append(i, call)` adds for item i.
+template <typename Append>
+std::vector<std::vector<std::string>> Batches(const char* op, const std::vector<std::string>& head,
+                                              size_t n, size_t max, Append append) {
+  std::vector<std::vector<std::string>> calls;
+  for (size_t first = 0; first < n; first += max) {
+    const size_t count = std::min(max, n - first);
+    std::vector<std::string> call = {op, Int(static_cast<int64_t>(count))};
+    call.insert(call.end(), head.begin(), head.end());
+    for (size_t i = first; i < first + count; ++i) append(i, call);
+    calls.push_back(std::move(call));
+  }
+  return calls;
 }
 
 }  // namespace
@@ -158,17 +174,13 @@ absl::StatusOr<std::vector<EnqueueResult>> RedisStore::Enqueue(
   }
   std::vector<EnqueueResult> results;
   if (items.empty()) return results;
-  std::vector<std::vector<std::string>> calls;
-  for (size_t first = 0; first < items.size(); first += options_.max_batch) {
-    const size_t n = std::min(options_.max_batch, items.size() - first);
-    std::vector<std::string> call = {"enqueue", Int(static_cast<int64_t>(n))};
-    for (size_t i = first; i < first + n; ++i) {
-      const EnqueueItem& item = items[i];
-      call.insert(call.end(), {item.report_account, item.peer_account, Int(item.msg_read_time),
-                               item.caller, Int(item.arrived_ms)});
-    }
-    calls.push_back(std::move(call));
-  }
+  auto calls = Batches("enqueue", {}, items.size(), options_.max_batch,
+                       [&](size_t i, std::vector<std::string>& call) {
+                         const EnqueueItem& item = items[i];
+                         call.insert(call.end(),
+                                     {item.report_account, item.peer_account,
+                                      Int(item.msg_read_time), item.caller, Int(item.arrived_ms)});
+                       });
   absl::StatusOr<std::vector<RedisReply>> replies = Call(calls, "enqueue", true);
   if (!replies.ok()) return replies.status();
   results.reserve(items.size());
@@ -216,38 +228,33 @@ absl::StatusOr<std::vector<PendingEntry>> RedisStore::Claim(size_t max, int64_t 
 
 absl::Status RedisStore::RenewClaims(absl::Span<const ClaimRef> claims) {
   if (claims.empty()) return absl::OkStatus();
-  std::vector<std::vector<std::string>> calls;
-  for (size_t first = 0; first < claims.size(); first += options_.max_batch) {
-    std::vector<std::string> call = {"renew", Int(absl::ToInt64Milliseconds(options_.lease))};
-    for (size_t i = first; i < std::min(claims.size(), first + options_.max_batch); ++i) {
-      call.insert(call.end(),
-                  {claims[i].report_account, claims[i].peer_account, Int(claims[i].id)});
-    }
-    calls.push_back(std::move(call));
-  }
+  auto calls = Batches("renew", {Int(absl::ToInt64Milliseconds(options_.lease))}, claims.size(),
+                       options_.max_batch, [&](size_t i, std::vector<std::string>& call) {
+                         call.insert(call.end(), {claims[i].report_account, claims[i].peer_account,
+                                                  Int(claims[i].id)});
+                       });
   return Call(calls, "renew claims", false).status();
 }
 
 absl::Status RedisStore::Settle(absl::Span<const Settlement> settlements) {
   if (settlements.empty()) return absl::OkStatus();
-  std::vector<std::vector<std::string>> calls;
-  for (size_t first = 0; first < settlements.size(); first += options_.max_batch) {
-    const size_t n = std::min(options_.max_batch, settlements.size() - first);
-    std::vector<std::string> call = {"settle", Int(static_cast<int64_t>(n))};
-    for (size_t i = first; i < first + n; ++i) {
-      const Settlement& s = settlements[i];
-      if (absl::Status c = CheckAccounts(s.report_account, s.peer_account, "settle"); !c.ok()) {
-        return c;
-      }
-      const char* kind = s.kind == Settlement::Kind::kApplied      ? "a"
-                         : s.kind == Settlement::Kind::kRetryLater ? "r"
-                                                                   : "d";
-      call.insert(call.end(), {kind, Int(s.id), s.report_account, s.peer_account, Int(s.sent_time),
-                               Int(s.next_try_ms), s.count_attempt ? "1" : "0", Int(s.error_code),
-                               CapText(s.error_info, kMaxErrorInfoBytes), Int(s.dead_at_ms)});
+  for (const Settlement& s : settlements) {
+    if (absl::Status c = CheckAccounts(s.report_account, s.peer_account, "settle"); !c.ok()) {
+      return c;
     }
-    calls.push_back(std::move(call));
   }
+  auto calls =
+      Batches("settle", {}, settlements.size(), options_.max_batch,
+              [&](size_t i, std::vector<std::string>& call) {
+                const Settlement& s = settlements[i];
+                const char* kind = s.kind == Settlement::Kind::kApplied      ? "a"
+                                   : s.kind == Settlement::Kind::kRetryLater ? "r"
+                                                                             : "d";
+                call.insert(call.end(),
+                            {kind, Int(s.id), s.report_account, s.peer_account, Int(s.sent_time),
+                             Int(s.next_try_ms), s.count_attempt ? "1" : "0", Int(s.error_code),
+                             CapText(s.error_info, kMaxErrorInfoBytes), Int(s.dead_at_ms)});
+              });
   return Call(calls, "settle", true).status();
 }
 
@@ -331,56 +338,41 @@ absl::StatusOr<std::pair<std::vector<DeadLetter>, std::string>> RedisStore::List
   return std::make_pair(std::move(letters), std::move(next));
 }
 
-namespace {
-
-// The filter as the script's two arguments: the pair, or "" "" for all.
-absl::StatusOr<std::pair<std::string, std::string>> FilterArgs(const DeadLetterFilter& filter,
-                                                               absl::string_view what) {
-  if (!filter.pair.has_value()) return std::make_pair(std::string(), std::string());
-  if (absl::Status s = CheckAccounts(filter.pair->first, filter.pair->second, what); !s.ok()) {
-    return s;
+absl::StatusOr<int64_t> RedisStore::DeadLettersInBatches(const char* op,
+                                                         const DeadLetterFilter& filter,
+                                                         const std::vector<std::string>& extra,
+                                                         absl::string_view what) {
+  // The script's two filter arguments: the pair, or "" "" for all.
+  std::string report, peer;
+  if (filter.pair.has_value()) {
+    if (absl::Status s = CheckAccounts(filter.pair->first, filter.pair->second, what); !s.ok()) {
+      return s;
+    }
+    std::tie(report, peer) = *filter.pair;
   }
-  return *filter.pair;
+  std::vector<std::string> call = {op, report, peer};
+  call.insert(call.end(), extra.begin(), extra.end());
+  call.push_back(Int(static_cast<int64_t>(options_.admin_batch)));
+  int64_t total = 0;
+  // All: batch after batch until one does fewer than a batch (each call is atomic; the whole
+  // is not, as in the SQLite store a single pair's is).
+  while (true) {
+    absl::StatusOr<std::vector<RedisReply>> replies = Call({call}, what, true);
+    if (!replies.ok()) return replies.status();
+    if (replies->front().elements.size() < 3) return Malformed(what);
+    const int64_t n = AsInt(replies->front().elements[2]);
+    total += n;
+    if (filter.pair.has_value() || n < static_cast<int64_t>(options_.admin_batch)) return total;
+  }
 }
-
-}  // namespace
 
 absl::StatusOr<int64_t> RedisStore::RetryDeadLetters(const DeadLetterFilter& filter,
                                                      int64_t now_ms) {
-  absl::StatusOr<std::pair<std::string, std::string>> args =
-      FilterArgs(filter, "retry dead letters");
-  if (!args.ok()) return args.status();
-  int64_t moved = 0;
-  // All: batch after batch until one moves fewer than a batch (each call is atomic; the
-  // whole is not, as in the SQLite store a single pair's is).
-  while (true) {
-    absl::StatusOr<std::vector<RedisReply>> replies =
-        Call({{"retry_dead", args->first, args->second, Int(now_ms),
-               Int(static_cast<int64_t>(options_.admin_batch))}},
-             "retry dead letters", true);
-    if (!replies.ok()) return replies.status();
-    const int64_t n =
-        AsInt(replies->front().elements.size() > 2 ? replies->front().elements[2] : RedisReply{});
-    moved += n;
-    if (filter.pair.has_value() || n < static_cast<int64_t>(options_.admin_batch)) return moved;
-  }
+  return DeadLettersInBatches("retry_dead", filter, {Int(now_ms)}, "retry dead letters");
 }
 
 absl::StatusOr<int64_t> RedisStore::DropDeadLetters(const DeadLetterFilter& filter) {
-  absl::StatusOr<std::pair<std::string, std::string>> args =
-      FilterArgs(filter, "drop dead letters");
-  if (!args.ok()) return args.status();
-  int64_t dropped = 0;
-  while (true) {
-    absl::StatusOr<std::vector<RedisReply>> replies = Call(
-        {{"drop_dead", args->first, args->second, Int(static_cast<int64_t>(options_.admin_batch))}},
-        "drop dead letters", true);
-    if (!replies.ok()) return replies.status();
-    const int64_t n =
-        AsInt(replies->front().elements.size() > 2 ? replies->front().elements[2] : RedisReply{});
-    dropped += n;
-    if (filter.pair.has_value() || n < static_cast<int64_t>(options_.admin_batch)) return dropped;
-  }
+  return DeadLettersInBatches("drop_dead", filter, {}, "drop dead letters");
 }
 
 }  // namespace imgw::queue

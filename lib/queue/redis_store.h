@@ -90,6 +90,11 @@ class RedisStore final : public PendingStore {
   absl::StatusOr<std::vector<ratelimit::RedisReply>> Call(
       const std::vector<std::vector<std::string>>& calls, absl::string_view what, bool counted);
   absl::Status Connect();
+  // retry_dead or drop_dead (`op`, then the filter, `extra`, the batch) until it is done: once
+  // for a pair, call after call of admin_batch for all. Returns how many dead letters it did.
+  absl::StatusOr<int64_t> DeadLettersInBatches(const char* op, const DeadLetterFilter& filter,
+                                               const std::vector<std::string>& extra,
+                                               absl::string_view what);
 
   const Options options_;
   std::vector<std::string> keys_;                           // the script's KEYS, in its order
