@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "lib/common/files.h"
+#include "lib/common/thread_name.h"
 
 namespace imgw {
 
@@ -17,7 +18,10 @@ void FileWatch::Start() {
   absl::MutexLock lock(&mu_);
   if (thread_.joinable()) return;
   stop_ = false;
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("imgw-filewatch");
+    Run();
+  });
 }
 
 void FileWatch::Stop() {

@@ -4,6 +4,8 @@
 #include <utility>
 #include <vector>
 
+#include "lib/common/thread_name.h"
+
 namespace imgw::dispatch {
 namespace {
 
@@ -30,7 +32,10 @@ DispatchLoop::DispatchLoop(Dispatcher& dispatcher, upstream::CurlClient& client,
 DispatchLoop::~DispatchLoop() { Stop(absl::ZeroDuration()); }
 
 void DispatchLoop::Start() {
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("imgw-dispatch");
+    Run();
+  });
 }
 
 void DispatchLoop::Submit(Call call) {

@@ -23,6 +23,7 @@
 #include "boost/asio/ssl.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "boost/asio/write.hpp"
+#include "lib/common/thread_name.h"
 #include "lib/net/listener.h"
 
 namespace imgw::front {
@@ -411,7 +412,10 @@ void GrpcFront::Start() {
   if (started_ || stopped_) return;
   started_ = true;
   impl_->Accept();
-  thread_ = std::thread([impl = impl_.get()] { impl->ioc.run(); });
+  thread_ = std::thread([impl = impl_.get()] {
+    NameThisThread("imgw-front");
+    impl->ioc.run();
+  });
 }
 
 void GrpcFront::StopAccepting() {

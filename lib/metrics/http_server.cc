@@ -25,6 +25,7 @@
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
 #include "lib/common/log.h"
+#include "lib/common/thread_name.h"
 #include "lib/net/listener.h"
 #include "prometheus/text_serializer.h"
 
@@ -417,7 +418,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(const Options& op
   server->impl_->Accept();
   server->threads_.reserve(static_cast<size_t>(options.threads));
   for (int i = 0; i < options.threads; ++i) {
-    server->threads_.emplace_back([impl = server->impl_.get()] { impl->ioc.run(); });
+    server->threads_.emplace_back([impl = server->impl_.get()] {
+      NameThisThread("imgw-http");
+      impl->ioc.run();
+    });
   }
   return server;
 }

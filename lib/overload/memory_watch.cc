@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/common/log.h"
+#include "lib/common/thread_name.h"
 #include "lib/overload/process_memory.h"
 
 namespace imgw::overload {
@@ -28,7 +29,10 @@ void MemoryWatch::Start() {
   absl::MutexLock lock(&mu_);
   if (thread_.joinable()) return;
   stop_ = false;
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("imgw-memwatch");
+    Run();
+  });
 }
 
 void MemoryWatch::Stop() {

@@ -7,6 +7,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "lib/common/log.h"
+#include "lib/common/thread_name.h"
 
 namespace imgw::queue {
 namespace {
@@ -37,7 +38,10 @@ QueueLoop::QueueLoop(const Options& options, PendingStore& store, Clock& clock, 
 QueueLoop::~QueueLoop() { Stop(); }
 
 void QueueLoop::Start() {
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("imgw-queue");
+    Run();
+  });
 }
 
 void QueueLoop::Enqueue(std::vector<EnqueueItem> items, EnqueueDone done) {

@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "lib/common/log.h"
+#include "lib/common/thread_name.h"
 #include "lib/ratelimit/pace.h"
 #include "lib/ratelimit/redis_scripts.h"
 
@@ -56,7 +57,12 @@ absl::StatusOr<std::unique_ptr<RedisRateLimiter>> RedisRateLimiter::Create(const
   if (opts.replica_id.empty()) opts.replica_id = DefaultReplicaId();
   if (opts.increase_per_second <= 0) opts.increase_per_second = opts.limit / 20;
   auto limiter = std::unique_ptr<RedisRateLimiter>(new RedisRateLimiter(opts, clock));
-  if (opts.start_thread) limiter->thread_ = std::thread([raw = limiter.get()] { raw->Run(); });
+  if (opts.start_thread) {
+    limiter->thread_ = std::thread([raw = limiter.get()] {
+      NameThisThread("imgw-redis-rl");
+      raw->Run();
+    });
+  }
   return limiter;
 }
 
