@@ -4,7 +4,9 @@
 //  - Drain: the cost per call of one Step() that sends every queued upstream call (building
 //    and signing each request) and of answering them all OK (parsing, interpreting, answering
 //    every waiter). The limiter grants everything, so the clock never needs to move.
-//  - RoundTrip: one call at a time through a long-lived dispatcher: submit, step, answer.
+//  - RoundTrip: one call at a time through a long-lived dispatcher: submit, step, answer. It
+//    also reports the heap allocations per call (alloc_counter.h); the others build their
+//    dispatchers inside the loop, with the timer paused, which that count would include.
 //  - ExpireHotPair: N calls merged on one pair, waiting (the budget is spent), all reaching
 //    their deadlines in one Step(): the cost per call of answering them one by one. Linear per
 //    call when each answer walks the entry's waiters; flat when it does not.
@@ -17,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "bench/micro/alloc_counter.h"
 #include "benchmark/benchmark.h"
 #include "lib/dispatch/dispatcher.h"
 #include "lib/ratelimit/local_rate_limiter.h"
@@ -182,7 +185,7 @@ void BM_DispatcherRoundTrip(benchmark::State& state) {
   Rig rig(/*unlimited=*/true);
   const std::vector<std::string>& accounts = Accounts();
   CallId id = 0;
-  for (auto _ : state) {
+  for (auto _ : bench::CountAllocs(state)) {
     ++id;
     rig.Submit(id, accounts[id % accounts.size()], kReadTime);
     rig.dispatcher().Step();

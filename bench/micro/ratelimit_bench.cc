@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "absl/time/time.h"
+#include "bench/micro/alloc_counter.h"
 #include "benchmark/benchmark.h"
 #include "lib/ratelimit/local_rate_limiter.h"
 #include "lib/ratelimit/token_bucket.h"
@@ -35,7 +36,7 @@ void BM_TokenBucketTryTake(benchmark::State& state) {
   }
   absl::Duration now = absl::ZeroDuration();
   int64_t taken = 0;
-  for (auto _ : state) {
+  for (auto _ : bench::CountAllocs(state)) {
     now += absl::Microseconds(1);
     taken += shared_bucket->TryTake(now);
   }
@@ -60,7 +61,7 @@ void BM_LocalRateLimiterTryAcquire(benchmark::State& state) {
   }
   absl::Duration now = absl::ZeroDuration();
   int64_t taken = 0;
-  for (auto _ : state) {
+  for (auto _ : bench::CountAllocs(state)) {
     now += absl::Microseconds(1);
     taken += shared_limiter->TryAcquire(now);
   }

@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "bench/micro/alloc_counter.h"
 #include "benchmark/benchmark.h"
 #include "lib/usersig/usersig.h"
 #include "lib/usersig/usersig_cache.h"
@@ -23,7 +24,7 @@ SignParams Params() { return {kSdkAppId, kIdentifier, kSignedAt, absl::Hours(24)
 
 void BM_UserSigSign(benchmark::State& state) {
   const SignParams params = Params();
-  for (auto _ : state) {
+  for (auto _ : bench::CountAllocs(state)) {
     absl::StatusOr<std::string> sig = Sign(kKey, params);
     benchmark::DoNotOptimize(sig);
   }
@@ -31,7 +32,7 @@ void BM_UserSigSign(benchmark::State& state) {
 BENCHMARK(BM_UserSigSign);
 
 void BM_UserSigComputeHmac(benchmark::State& state) {
-  for (auto _ : state) {
+  for (auto _ : bench::CountAllocs(state)) {
     std::string hmac = ComputeHmac(kKey, kSdkAppId, kIdentifier, 1700000000, 86400);
     benchmark::DoNotOptimize(hmac);
   }
@@ -40,7 +41,7 @@ BENCHMARK(BM_UserSigComputeHmac);
 
 void BM_UserSigVerify(benchmark::State& state) {
   const std::string sig = *Sign(kKey, Params());
-  for (auto _ : state) {
+  for (auto _ : bench::CountAllocs(state)) {
     VerifyResult result = Verify(sig, kKey, kSdkAppId, kIdentifier, kSignedAt + absl::Hours(1));
     benchmark::DoNotOptimize(result);
   }
@@ -55,7 +56,7 @@ void BM_UserSigCacheGet(benchmark::State& state) {
   testing::FakeClock clock(kSignedAt);
   std::unique_ptr<UserSigCache> cache =
       *UserSigCache::Create({kKey, kSdkAppId, kIdentifier, absl::Hours(24), 0.5}, clock);
-  for (auto _ : state) {
+  for (auto _ : bench::CountAllocs(state)) {
     std::string sig = cache->Get();
     benchmark::DoNotOptimize(sig);
   }

@@ -45,13 +45,22 @@ TextCheck CheckText(absl::string_view text) {
 }
 
 std::string CapText(absl::string_view text, size_t max_bytes) {
-  if (text.size() <= max_bytes) return std::string(text);
-  const std::string mark = absl::StrCat(" ...(cut, ", text.size(), " bytes)");
+  return CapText(text, text.size(), max_bytes);
+}
+
+std::string CapText(absl::string_view prefix, size_t size, size_t max_bytes) {
+  if (size <= max_bytes) return std::string(prefix.substr(0, size));
+  const std::string mark = absl::StrCat(" ...(cut, ", size, " bytes)");
   // The mark counts toward max_bytes, so that a capped text is capped no further.
   size_t cut = max_bytes > mark.size() ? max_bytes - mark.size() : 0;
+  // A prefix shorter than the contract says is cut where it ends: never read past.
+  if (cut >= prefix.size()) cut = prefix.size();
   // Back up over continuation bytes (10xxxxxx) to the start of the character that would be cut.
-  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
-  return absl::StrCat(text.substr(0, cut), mark);
+  while (cut > 0 && cut < prefix.size() &&
+         (static_cast<unsigned char>(prefix[cut]) & 0xC0) == 0x80) {
+    --cut;
+  }
+  return absl::StrCat(prefix.substr(0, cut), mark);
 }
 
 }  // namespace imgw

@@ -23,4 +23,9 @@ TextCheck CheckText(absl::string_view text);
 // peer controls (the upstream's ErrorInfo) that reaches status messages, trailers and logs.
 std::string CapText(absl::string_view text, size_t max_bytes);
 
+// CapText(text, max_bytes) for a text known by its first bytes and its length, as when it is
+// read in parts and never kept whole: `prefix` is the start of the text, at least
+// min(`size`, `max_bytes`) bytes of it, and `size` the text's whole length.
+std::string CapText(absl::string_view prefix, size_t size, size_t max_bytes);
+
 }  // namespace imgw

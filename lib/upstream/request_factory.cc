@@ -10,10 +10,11 @@ RequestFactory::RequestFactory(const Options& options, usersig::UserSigCache& us
 
 HttpRequest RequestFactory::Build(const SetMsgReadParams& params, absl::Duration timeout) {
   owner_.Check();
+  usersigs_.GetInto(&usersig_);
   HttpRequest request;
-  request.url = BuildUrl(options_.base_url, kSetMsgReadPath, options_.credentials, usersigs_.Get(),
-                         uint32_(random_));
-  request.body = BuildSetMsgReadBody(params);
+  AppendUrl(options_.base_url, kSetMsgReadPath, options_.credentials, usersig_, uint32_(random_),
+            &request.url);
+  AppendSetMsgReadBody(params, &request.body);
   request.timeout = timeout;
   return request;
 }

@@ -38,12 +38,23 @@ struct Credentials {
 
 // https://host[:port]/v4/openim/...?sdkappid=..&identifier=..&usersig=..&random=..&contenttype=json
 // `base_url` is "https://host[:port]" without a trailing slash. Values are percent-encoded.
+// One allocation.
 std::string BuildUrl(absl::string_view base_url, absl::string_view path,
                      const Credentials& credentials, absl::string_view usersig, uint32_t random);
+// The same URL appended to `*out`, which grows at most once (sized first), and not at all when
+// it has the room.
+void AppendUrl(absl::string_view base_url, absl::string_view path, const Credentials& credentials,
+               absl::string_view usersig, uint32_t random, std::string* out);
 
 // {"Report_Account":"..","Peer_Account":"..","MsgReadTime":N}. MsgReadTime is sent as a JSON
-// integer, as Tencent's Java SDK does (the doc's "String" is open; see README.md).
+// integer, as Tencent's Java SDK does (the doc's "String" is open; see README.md). One
+// allocation.
 std::string BuildSetMsgReadBody(const SetMsgReadParams& params);
+// The same body appended to `*out`, which grows at most once (sized first), and not at all when
+// it has the room. Written byte for byte as boost::json::serialize writes that object: valid JSON
+// for any UTF-8 accounts, with '"', '\\' and control characters escaped (accounts that pass
+// Validate() need no escape).
+void AppendSetMsgReadBody(const SetMsgReadParams& params, std::string* out);
 
 // The URL with the value of `usersig` replaced by "REDACTED": the only form that may be logged.
 std::string RedactUrl(absl::string_view url);
@@ -59,7 +70,9 @@ struct Answer {
 // object, names a top-level field twice, ErrorCode is missing or not a 32-bit integer,
 // ActionStatus or ErrorInfo have the wrong type, or ActionStatus contradicts ErrorCode ("OK"
 // with a non-zero code or "FAIL" with 0). ActionStatus and ErrorInfo are capped at 256 bytes
-// (CapText: cut at a character, marked). Safe on arbitrary bytes (fuzzed).
+// (CapText: cut at a character, marked). Safe on arbitrary bytes (fuzzed). One pass over the
+// body; allocates nothing for an ordinary answer besides ActionStatus and ErrorInfo longer than a
+// std::string holds inline (15 bytes in libstdc++); errors allocate their message.
 absl::StatusOr<Answer> ParseAnswer(absl::string_view body);
 
 // The Retry-After header's wait: delta-seconds ("120") or an HTTP-date

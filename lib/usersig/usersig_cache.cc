@@ -33,13 +33,19 @@ void UserSigCache::RenewLocked() {
 }
 
 std::string UserSigCache::Get() {
+  std::string sig;
+  GetInto(&sig);
+  return sig;
+}
+
+void UserSigCache::GetInto(std::string* out) {
   absl::MutexLock lock(&mu_);
   absl::Time now = clock_.Now();
   // Also renew when the wall clock went back past the signing time.
   if (now - signed_at_ >= options_.lifetime * options_.renew_after || now < signed_at_) {
     RenewLocked();
   }
-  return current_;
+  out->assign(current_);
 }
 
 absl::Status UserSigCache::SetSecretKey(std::string secret_key) {

@@ -32,6 +32,9 @@ class UserSigCache final {
 
   // The current signature, renewed first when due.
   std::string Get() ABSL_LOCKS_EXCLUDED(mu_);
+  // The same, copied into `*out` (replacing what it held): a caller that keeps one buffer for
+  // it allocates nothing once the buffer is large enough.
+  void GetInto(std::string* out) ABSL_LOCKS_EXCLUDED(mu_);
   // Drops the cached signature: the next Get() signs anew.
   void Invalidate() ABSL_LOCKS_EXCLUDED(mu_);
   // Signs with this key from the next Get() on (a rotated key, read again from its file).

@@ -1,5 +1,6 @@
 #include "lib/common/text.h"
 
+#include <algorithm>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -58,6 +59,21 @@ TEST(CapTextTest, CappingTwiceIsCappingOnce) {
     const std::string once = CapText(std::string(size, 'y'), 256);
     EXPECT_LE(once.size(), 256u);
     EXPECT_EQ(CapText(once, 256), once) << size;
+  }
+}
+
+// A text read in parts need not be kept whole: its first max_bytes bytes and its length give
+// the same cut, at every size around the cap and in the middle of every kind of character.
+TEST(CapTextTest, APrefixAndTheLengthCapAsTheWholeText) {
+  std::string text;
+  while (text.size() < 400) text += "ab\xC3\xA9\xE4\xB8\xAD\xF0\x9F\x98\x80";
+  for (size_t size = 0; size <= text.size(); ++size) {
+    const std::string whole = text.substr(0, size);
+    for (size_t max : {0u, 10u, 30u, 31u, 32u, 33u, 64u, 256u}) {
+      const std::string prefix = whole.substr(0, std::min(size, max));
+      EXPECT_EQ(CapText(prefix, size, max), CapText(whole, max)) << size << " capped at " << max;
+      EXPECT_EQ(CapText(whole, size, max), CapText(whole, max)) << "a longer prefix is fine";
+    }
   }
 }
 

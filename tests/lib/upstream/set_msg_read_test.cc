@@ -1,12 +1,19 @@
 #include "lib/upstream/set_msg_read.h"
 
+#include <algorithm>
+#include <limits>
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "boost/json/parse.hpp"
+#include "boost/json/serialize.hpp"
+#include "boost/json/value.hpp"
 #include "gtest/gtest.h"
+#include "lib/common/text.h"
 #include "lib/upstream/request_factory.h"
 #include "lib/usersig/usersig.h"
 #include "tests/testing/fake_clock.h"
@@ -96,6 +103,103 @@ TEST(RequestFactoryTest, SignsWithTheCacheAndDrawsAFreshRandomEachTime) {
   EXPECT_TRUE(high_half) << "random never used the upper half of the 32-bit range";
 }
 
+// The body as Boost.JSON writes that object, which is what BuildSetMsgReadBody wrote before it
+// wrote the JSON itself: the request bytes must not change.
+std::string SerializedByBoost(const SetMsgReadParams& params) {
+  boost::json::object body;
+  body["Report_Account"] = params.report_account;
+  body["Peer_Account"] = params.peer_account;
+  if (params.msg_read_time.has_value()) body["MsgReadTime"] = *params.msg_read_time;
+  return boost::json::serialize(body);
+}
+
+TEST(BuildBodyTest, IsPinnedByteForByte) {
+  EXPECT_EQ(BuildSetMsgReadBody({"dramon1", "dramon2", 1700000000}),
+            R"({"Report_Account":"dramon1","Peer_Account":"dramon2","MsgReadTime":1700000000})");
+  EXPECT_EQ(BuildSetMsgReadBody({"user_1-x", "-_", {}}),
+            R"({"Report_Account":"user_1-x","Peer_Account":"-_"})");
+}
+
+TEST(BuildBodyTest, WritesWhatBoostJsonSerializeWritesForAnyByte) {
+  std::vector<SetMsgReadParams> cases = {
+      {"dramon1", "dramon2", 1700000000},
+      {"ABCDEFGHIJKLMNOPQRSTUVWXYZ_-0123", "abcdefghijklmnopqrstuvwxyz456789", 1},
+      {"a", "b", {}},
+      {"", "", 0},
+      {"a", "b", -1},
+      {"a", "b", std::numeric_limits<int64_t>::max()},
+      {"a", "b", std::numeric_limits<int64_t>::min()},
+      {"a\"b\\c/d", "\b\f\n\r\t", {}},
+      {std::string("nul\0byte", 8), "\x01\x1f\x7f", 5},
+      {"\xe7\x94\xa8\xe6\x88\xb7", "caf\xc3\xa9", 7},  // UTF-8 passes as is.
+  };
+  for (int c = 0; c < 256; ++c) {  // Every byte, alone and between others.
+    const std::string byte(1, static_cast<char>(c));
+    cases.push_back({byte, "x" + byte + "y", c});
+  }
+  for (const SetMsgReadParams& params : cases) {
+    EXPECT_EQ(BuildSetMsgReadBody(params), SerializedByBoost(params)) << params.report_account;
+  }
+}
+
+TEST(BuildBodyTest, EscapedBodiesAreValidJsonThatReadsBack) {
+  std::string all_ascii;
+  for (int c = 0; c < 128; ++c) all_ascii.push_back(static_cast<char>(c));
+  const std::string body = BuildSetMsgReadBody({all_ascii, "\"\\", 3});
+  boost::system::error_code ec;
+  boost::json::value value = boost::json::parse(body, ec);
+  ASSERT_FALSE(ec) << ec.message() << ": " << body;
+  EXPECT_EQ(value.at("Report_Account").as_string(), all_ascii);
+  EXPECT_EQ(value.at("Peer_Account").as_string(), "\"\\");
+  EXPECT_EQ(value.at("MsgReadTime").as_int64(), 3);
+}
+
+TEST(BuildBodyTest, AppendsToABufferWithoutGrowingItWhenItHasTheRoom) {
+  const SetMsgReadParams params{"dramon1", "dramon2", 1700000000};
+  std::string buffer = "prefix";
+  buffer.reserve(200);
+  const char* data = buffer.data();
+  AppendSetMsgReadBody(params, &buffer);
+  EXPECT_EQ(buffer, "prefix" + BuildSetMsgReadBody(params));
+  EXPECT_EQ(buffer.data(), data) << "reallocated";
+}
+
+TEST(BuildUrlTest, AppendUrlAppendsTheSameUrlWithoutGrowingABufferWithTheRoom) {
+  const Credentials credentials{1400000000, "ad&min=x"};
+  const std::string url = BuildUrl("https://h:1", kSetMsgReadPath, credentials, "eJw*sig-_", 9);
+  std::string buffer = "prefix";
+  buffer.reserve(500);
+  const char* data = buffer.data();
+  AppendUrl("https://h:1", kSetMsgReadPath, credentials, "eJw*sig-_", 9, &buffer);
+  EXPECT_EQ(buffer, "prefix" + url);
+  EXPECT_EQ(buffer.data(), data) << "reallocated";
+  EXPECT_EQ(url,
+            "https://h:1/v4/openim/admin_set_msg_read?sdkappid=1400000000&identifier=ad%26min%3Dx"
+            "&usersig=eJw*sig-_&random=9&contenttype=json");
+  // Every byte that is not kept is escaped, in the signature too.
+  EXPECT_EQ(QueryOf(BuildUrl("https://h", kSetMsgReadPath, {1, "a"}, "s+/= %\xff", 0))["usersig"],
+            "s%2B%2F%3D%20%25%FF");
+}
+
+// The signature comes through a buffer the factory keeps: a new signature replaces the old one
+// whole (a shorter one leaves nothing of the longer behind).
+TEST(RequestFactoryTest, EachRequestCarriesTheCurrentSignature) {
+  testing::FakeClock clock;
+  auto cache =
+      usersig::UserSigCache::Create({"key", 1400000000, "admin", absl::Hours(24), 0.5}, clock);
+  ASSERT_TRUE(cache.ok());
+  RequestFactory factory({"https://127.0.0.1:8443", {1400000000, "admin"}}, **cache);
+  const std::string first = QueryOf(factory.Build({"a", "b", 1}, absl::Seconds(4)).url)["usersig"];
+  EXPECT_EQ(first, (*cache)->Get());
+  clock.Advance(absl::Seconds(1));
+  factory.OnSignatureRejected();
+  const std::string second = QueryOf(factory.Build({"a", "b", 1}, absl::Seconds(4)).url)["usersig"];
+  EXPECT_NE(second, first);
+  EXPECT_EQ(second, (*cache)->Get());
+  EXPECT_EQ(usersig::Verify(second, "key", 1400000000, "admin", clock.Now()),
+            usersig::VerifyResult::kOk);
+}
+
 TEST(ParseAnswerTest, ReadsSuccessAndFailure) {
   absl::StatusOr<Answer> ok = ParseAnswer(R"({"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0})");
   ASSERT_TRUE(ok.ok()) << ok.status();
@@ -156,6 +260,206 @@ TEST(ParseAnswerTest, RejectsMalformedAndContradictoryAnswers) {
        }) {
     EXPECT_FALSE(ParseAnswer(body).ok()) << "accepted: " << body;
   }
+}
+
+// The message of ParseAnswer's refusal of `body`.
+std::string RefusalOf(absl::string_view body) {
+  absl::StatusOr<Answer> answer = ParseAnswer(body);
+  if (answer.ok()) return "accepted";
+  EXPECT_EQ(answer.status().code(), absl::StatusCode::kInvalidArgument) << body;
+  return std::string(answer.status().message());
+}
+
+// What boost::json::parse says of a body that is not JSON (ParseAnswer's words before it read
+// the answer in one pass).
+std::string BoostRefusalOf(absl::string_view body) {
+  boost::system::error_code ec;
+  boost::json::parse(boost::json::string_view(body.data(), body.size()), ec);
+  return ec ? "answer is not JSON: " + ec.message() : "parsed";
+}
+
+TEST(ParseAnswerTest, SaysWhatIsWrongInTheSameWordsAndOrder) {
+  for (const char* body :
+       {"", "not json", R"({"ErrorCode":0)", R"({"ErrorCode":0} x)", "{\"ErrorCode\":0}\x01garbage",
+        R"({"ErrorCode":0,})", "[1,", R"({"a":1,"a":2)", R"({"ErrorCode":0,"ErrorInfo":"\x"})",
+        "{\"ErrorCode\":0,\"ErrorInfo\":\"\xff\"}", "// c\n{\"ErrorCode\":0}"}) {
+    EXPECT_NE(BoostRefusalOf(body), "parsed") << body;
+    EXPECT_EQ(RefusalOf(body), BoostRefusalOf(body)) << body;
+  }
+  // Nested deeper than Boost.JSON's default limit (32).
+  const std::string deep =
+      absl::StrCat(R"({"ErrorCode":0,"X":)", std::string(40, '['), std::string(40, ']'), "}");
+  EXPECT_NE(BoostRefusalOf(deep), "parsed");
+  EXPECT_EQ(RefusalOf(deep), BoostRefusalOf(deep));
+  EXPECT_EQ(RefusalOf("[]"), "answer is not a JSON object");
+  EXPECT_EQ(RefusalOf(R"("OK")"), "answer is not a JSON object");
+  EXPECT_EQ(RefusalOf("null"), "answer is not a JSON object");
+  EXPECT_EQ(RefusalOf(R"([{"ErrorCode":0}])"), "answer is not a JSON object");
+  EXPECT_EQ(RefusalOf(R"({"ErrorCode":0,"ErrorCode":0})"), "answer names a field twice");
+  EXPECT_EQ(RefusalOf(R"({"ActionStatus":"OK"})"), "answer has no ErrorCode");
+  EXPECT_EQ(RefusalOf(R"({"X":{"ErrorCode":0}})"), "answer has no ErrorCode");
+  EXPECT_EQ(RefusalOf(R"({"ErrorCode":"0"})"), "answer's ErrorCode is not a 32-bit integer");
+  EXPECT_EQ(RefusalOf(R"({"ErrorCode":0,"ActionStatus":1})"), "ActionStatus is not a string");
+  EXPECT_EQ(RefusalOf(R"({"ErrorCode":0,"ErrorInfo":{}})"), "ErrorInfo is not a string");
+  EXPECT_EQ(RefusalOf(R"({"ActionStatus":"OK","ErrorCode":90001})"),
+            "ActionStatus \"OK\" contradicts ErrorCode 90001");
+  EXPECT_EQ(RefusalOf(R"({"ActionStatus":"FAIL","ErrorCode":0})"),
+            "ActionStatus \"FAIL\" contradicts ErrorCode 0");
+  EXPECT_EQ(RefusalOf(R"({"ErrorCode":5})"), "accepted") << "no ActionStatus: FAIL is implied";
+  // The first thing wrong is the one said: not JSON, not an object, a field named twice, no
+  // ErrorCode, its type, ActionStatus's type, ErrorInfo's type, a contradiction.
+  EXPECT_EQ(RefusalOf(R"({"a":1,"a":2,"ErrorCode":"x")"),
+            BoostRefusalOf(R"({"a":1,"a":2,"ErrorCode":"x")"));
+  EXPECT_EQ(RefusalOf(R"({"ErrorCode":"x","ErrorInfo":1,"ErrorCode":"y"})"),
+            "answer names a field twice");
+  EXPECT_EQ(RefusalOf(R"({"ActionStatus":1,"ErrorInfo":1})"), "answer has no ErrorCode");
+  EXPECT_EQ(RefusalOf(R"({"ActionStatus":1,"ErrorInfo":1,"ErrorCode":1.0})"),
+            "answer's ErrorCode is not a 32-bit integer");
+  EXPECT_EQ(RefusalOf(R"({"ErrorInfo":1,"ActionStatus":1,"ErrorCode":1})"),
+            "ActionStatus is not a string");
+  EXPECT_EQ(RefusalOf(R"({"ErrorInfo":1,"ActionStatus":"OK","ErrorCode":1})"),
+            "ErrorInfo is not a string");
+}
+
+TEST(ParseAnswerTest, ErrorCodeIsAnyJsonIntegerOf32Bits) {
+  struct Case {
+    const char* code;
+    bool ok;
+    int32_t value;
+  };
+  for (const Case& c : std::vector<Case>{{"0", true, 0},
+                                         {"-0", true, 0},
+                                         {"90008", true, 90008},
+                                         {"2147483647", true, INT32_MAX},
+                                         {"-2147483648", true, INT32_MIN},
+                                         {"2147483648", false, 0},
+                                         {"-2147483649", false, 0},
+                                         {"4294967296", false, 0},
+                                         {"9223372036854775807", false, 0},
+                                         {"9223372036854775808", false, 0},   // uint64
+                                         {"18446744073709551615", false, 0},  // uint64
+                                         {"-9223372036854775808", false, 0},
+                                         {"1e2", false, 0},
+                                         {"1.0", false, 0},
+                                         {"true", false, 0},
+                                         {"null", false, 0},
+                                         {"[]", false, 0},
+                                         {"{}", false, 0},
+                                         {"[0]", false, 0}}) {
+    const std::string body = absl::StrCat(R"({"ErrorCode":)", c.code, "}");
+    absl::StatusOr<Answer> answer = ParseAnswer(body);
+    ASSERT_EQ(answer.ok(), c.ok) << body << ": " << answer.status();
+    if (c.ok) {
+      EXPECT_EQ(answer->error_code, c.value) << body;
+    } else {
+      EXPECT_EQ(answer.status().message(), "answer's ErrorCode is not a 32-bit integer");
+    }
+  }
+}
+
+TEST(ParseAnswerTest, AFieldNamedTwiceIsRefusedWhateverItsName) {
+  for (const char* body : {
+           R"({"ErrorCode":0,"ActionStatus":"OK","ErrorInfo":"","ErrorInfo":""})",
+           R"({"ErrorCode":0,"X":1,"X":2})",
+           R"({"X":1,"ErrorCode":0,"Y":2,"X":{}})",
+           R"({"ErrorCode":0,"":1,"":2})",
+           // Keys are compared once unescaped, whether known or not.
+           R"({"ErrorCode":0,"Error\u0043ode":0})",
+           R"({"ErrorCode":0,"k\u0065y":1,"key":2})",
+       }) {
+    EXPECT_EQ(RefusalOf(body), "answer names a field twice") << body;
+  }
+  // Similar keys are different keys.
+  EXPECT_EQ(RefusalOf(R"({"ErrorCode":0,"X":1,"x":2,"X ":3,"errorcode":1})"), "accepted");
+}
+
+// Past the few keys kept in fixed storage (8 keys, 128 bytes), the keys move to a hash set: a
+// duplicate is found on either side of that move, and a body of many keys stays linear.
+TEST(ParseAnswerTest, FindsDuplicatesAmongManyOtherKeys) {
+  auto body_of = [](int keys, size_t key_size, int duplicate_of) {
+    std::string body = R"({"ErrorCode":0)";
+    for (int i = 0; i < keys; ++i) {
+      std::string key = absl::StrCat("k", i);
+      key.resize(std::max(key.size(), key_size), '_');
+      absl::StrAppend(&body, ",\"", key, "\":", i);
+    }
+    if (duplicate_of >= 0) {
+      std::string key = absl::StrCat("k", duplicate_of);
+      key.resize(std::max(key.size(), key_size), '_');
+      absl::StrAppend(&body, ",\"", key, "\":[]");
+    }
+    return body + "}";
+  };
+  for (size_t key_size : {1, 20, 200}) {
+    for (int keys : {1, 7, 8, 9, 100, 5000}) {
+      EXPECT_EQ(RefusalOf(body_of(keys, key_size, -1)), "accepted") << keys << " x " << key_size;
+      for (int duplicate_of : {0, keys / 2, keys - 1}) {
+        EXPECT_EQ(RefusalOf(body_of(keys, key_size, duplicate_of)), "answer names a field twice")
+            << keys << " x " << key_size << ", duplicate of " << duplicate_of;
+      }
+    }
+  }
+}
+
+TEST(ParseAnswerTest, NestedValuesAreCheckedOnlyAsJson) {
+  absl::StatusOr<Answer> a = ParseAnswer(
+      R"({"X":{"ErrorCode":5,"ErrorCode":6,"ActionStatus":1,"a":{"a":[1,{"a":2}]}},)"
+      R"("ErrorCode":70500,"Y":[{"ErrorCode":1},["ErrorInfo"],[]],"ActionStatus":"FAIL",)"
+      R"("Z":{},"ErrorInfo":"busy","W":[null,true,1.5,-1,18446744073709551615,"s"]})");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->error_code, 70500);
+  EXPECT_EQ(a->action_status, "FAIL");
+  EXPECT_EQ(a->error_info, "busy");
+}
+
+// Escapes make the parser hand keys and strings over in parts.
+TEST(ParseAnswerTest, ReadsKeysAndStringsThatComeInParts) {
+  absl::StatusOr<Answer> a = ParseAnswer(
+      R"({"Error\u0043ode":90008,"Action\u0053tatus":"FA\u0049L",)"
+      R"("\u0045rrorInf\u006f":"a\"b\\c\u00e9\ud83d\ude00 \/ \n end",)"
+      R"("A very long key with an \u0065scape in it, longer than any small buffer":1})");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->error_code, 90008);
+  EXPECT_EQ(a->action_status, "FAIL");
+  EXPECT_EQ(a->error_info, "a\"b\\c\xc3\xa9\xf0\x9f\x98\x80 / \n end");
+}
+
+// A long text is capped as CapText caps the whole of it, though only its start is kept while
+// reading, in one piece or in parts, cut in the middle of a character or not.
+TEST(ParseAnswerTest, CapsLongTextsAsCapTextDoes) {
+  const std::string ascii(4000, 'x');
+  const std::string accented = [] {
+    std::string s;
+    for (int i = 0; i < 300; ++i) s += "\xc3\xa9";
+    return s;
+  }();
+  std::string escaped_accented;  // The same, written as \u00e9 escapes: 300 parts.
+  for (int i = 0; i < 300; ++i) escaped_accented += "\\u00e9";
+  std::string escaped_ascii;  // "x" and an escaped quote, over and over.
+  std::string unescaped_ascii;
+  for (int i = 0; i < 2000; ++i) {
+    escaped_ascii += "x\\\"";
+    unescaped_ascii += "x\"";
+  }
+  struct Case {
+    std::string json;  // As written in the answer.
+    std::string text;  // As read.
+  };
+  for (const Case& c : std::vector<Case>{{ascii, ascii},
+                                         {accented, accented},
+                                         {escaped_accented, accented},
+                                         {escaped_ascii, unescaped_ascii},
+                                         {std::string(256, 'y'), std::string(256, 'y')},
+                                         {std::string(257, 'y'), std::string(257, 'y')}}) {
+    absl::StatusOr<Answer> a = ParseAnswer(absl::StrCat(
+        R"({"ActionStatus":")", c.json, R"(","ErrorCode":90008,"ErrorInfo":")", c.json, "\"}"));
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_EQ(a->error_info, CapText(c.text, 256)) << c.json.substr(0, 20);
+    EXPECT_EQ(a->action_status, CapText(c.text, 256)) << c.json.substr(0, 20);
+  }
+  // A capped ActionStatus is still compared with "OK".
+  EXPECT_EQ(RefusalOf(absl::StrCat(R"({"ErrorCode":0,"ActionStatus":")", ascii, "\"}")),
+            absl::StrCat("ActionStatus \"", CapText(ascii, 256), "\" contradicts ErrorCode 0"));
 }
 
 TEST(InterpretTest, ClassifiesHttpOutcomes) {

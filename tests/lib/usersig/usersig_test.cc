@@ -172,6 +172,23 @@ TEST(UserSigCacheTest, ANewSecretKeySignsFromTheNextGet) {
   EXPECT_EQ(Verify((*cache)->Get(), new_key, 1400000000, "admin", clock.Now()), VerifyResult::kOk);
 }
 
+// GetInto replaces what the buffer held: a new signature of another length leaves nothing of the
+// old one behind.
+TEST(UserSigCacheTest, GetIntoCopiesTheCurrentSignatureIntoTheBuffer) {
+  testing::FakeClock clock;
+  auto cache = UserSigCache::Create({kKey, 1400000000, "admin", absl::Hours(24), 0.5}, clock);
+  ASSERT_TRUE(cache.ok());
+  std::string buffer(1000, '#');
+  (*cache)->GetInto(&buffer);
+  EXPECT_EQ(buffer, (*cache)->Get());
+  EXPECT_EQ(Verify(buffer, kKey, 1400000000, "admin", clock.Now()), VerifyResult::kOk);
+  const std::string first = buffer;
+  clock.Advance(absl::Hours(12));
+  (*cache)->GetInto(&buffer);
+  EXPECT_NE(buffer, first) << "not renewed";
+  EXPECT_EQ(buffer, (*cache)->Get());
+}
+
 TEST(UserSigCacheTest, CreateFailsOnOptionsThatCannotSign) {
   testing::FakeClock clock;
   EXPECT_FALSE(UserSigCache::Create({"", 1, "admin", absl::Hours(24), 0.5}, clock).ok());
