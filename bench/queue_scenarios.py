@@ -36,7 +36,8 @@ def enqueue_throughput(bench, args, fsync):
 
 def burst(bench, args):
     """1,000 calls/s of distinct pairs enqueued for `queue_burst` s at the real 200/s limit:
-    every call acknowledged, then the backlog drained; the lag sampled every second."""
+    every call acknowledged, then the backlog drained; the backlog and the lag sampled every
+    0.5 s (bench/run.py plots them)."""
     limit = 200
     emulator = bench.emulator(limit)
     gateway = bench.gateway(emulator)
@@ -45,7 +46,7 @@ def burst(bench, args):
                                "--rate=1000", "--rpc=enqueue", "--pairs=distinct",
                                "--deadline=5s", "--channels=4")
     start = time.monotonic()
-    series = []  # (t, pending, oldest, applied)
+    series = []  # (t, pending, oldest, applied), t in seconds since the start
     drain_from = None
     bound = start + args.queue_burst * 1000 / limit + 60
     result = None
@@ -59,7 +60,7 @@ def burst(bench, args):
             result = bench.loadgen_result(proc, 10)
         if result is not None and s["pending"] == 0:
             break
-        time.sleep(1)
+        time.sleep(0.5)
     if result is None:
         result = bench.loadgen_result(proc, 60)
     # The steady drain: from 3 s in to the last sample with a backlog left.
@@ -268,7 +269,8 @@ def redis_drain(bench, args, replicas=3):
 
 
 def run(bench, args, rows, targets, log, yes):
-    """Runs the queue's scenarios and appends their rows and targets."""
+    """Runs the queue's scenarios and appends their rows and targets; returns burst()'s
+    figures (its "series" of samples for the plot)."""
     for fsync in (True, False):
         log(f"queue: enqueue throughput, fsync {fsync} ...")
         result, cpu, samples = enqueue_throughput(bench, args, fsync)
@@ -339,3 +341,4 @@ def run(bench, args, rows, targets, log, yes):
                     f"{d['rate'] / d['limit']:.1%}", yes(d["rate"] >= 0.97 * d["limit"])])
     targets.append(["Redis queue: no sliding second over the limit", f"max {d['max_window']}",
                     yes(d["max_window"] <= d["limit"])])
+    return b

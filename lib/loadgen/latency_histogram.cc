@@ -26,6 +26,10 @@ double LatencyHistogram::MiddleOf(int index) {
   return kMinNanos * std::exp((index + 0.5) * kLogGrowth);
 }
 
+double LatencyHistogram::UpperEdgeOf(int index) {
+  return kMinNanos * std::exp((index + 1) * kLogGrowth);
+}
+
 void LatencyHistogram::Record(absl::Duration latency) {
   if (latency < absl::ZeroDuration()) latency = absl::ZeroDuration();
   ++buckets_[static_cast<size_t>(BucketOf(absl::ToInt64Nanoseconds(latency)))];
@@ -55,6 +59,25 @@ absl::Duration LatencyHistogram::Percentile(double q) const {
     }
   }
   return max_;
+}
+
+std::vector<LatencyHistogram::CdfPoint> LatencyHistogram::Cdf() const {
+  std::vector<CdfPoint> points;
+  if (count_ == 0) return points;
+  const auto total = static_cast<double>(count_);
+  int64_t seen = 0;
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    if (buckets_[i] == 0) continue;
+    seen += buckets_[i];
+    if (seen == count_) {
+      // The last bucket holds the maximum (the top bucket also everything over 100 s).
+      points.push_back({max_, 1.0});
+      break;
+    }
+    points.push_back(
+        {absl::Nanoseconds(UpperEdgeOf(static_cast<int>(i))), static_cast<double>(seen) / total});
+  }
+  return points;
 }
 
 }  // namespace imgw::loadgen

@@ -28,10 +28,23 @@ class LatencyHistogram final {
   // The largest latency recorded, exactly; zero when nothing was recorded.
   absl::Duration Max() const { return max_; }
 
+  // One point of the cumulative distribution: `fraction` of the samples are <= `latency`.
+  struct CdfPoint {
+    absl::Duration latency;
+    double fraction;
+  };
+  // The cumulative distribution at the buckets' resolution: one point per non-empty bucket,
+  // latencies increasing, each at its bucket's upper edge (every sample of the bucket is <= it,
+  // within 1%), except the last point, which is the exact maximum with fraction 1. Empty when
+  // nothing was recorded.
+  std::vector<CdfPoint> Cdf() const;
+
  private:
   static int BucketOf(int64_t nanos);
   // The geometric middle of bucket `index`, in nanoseconds.
   static double MiddleOf(int index);
+  // The upper edge of bucket `index`, in nanoseconds.
+  static double UpperEdgeOf(int index);
 
   std::vector<int64_t> buckets_;
   int64_t count_ = 0;

@@ -73,6 +73,11 @@ std::string ToJson(const Report& r) {
   for (const Quantile& q : kQuantiles) latency[q.json_key] = Millis(r.latency.Percentile(q.q));
   latency["max"] = Millis(r.latency.Max());
   o["latency_ms"] = std::move(latency);
+  boost::json::array cdf;
+  for (const LatencyHistogram::CdfPoint& point : r.latency.Cdf()) {
+    cdf.push_back(boost::json::array{Millis(point.latency), point.fraction});
+  }
+  o["latency_cdf_ms"] = std::move(cdf);
   boost::json::object codes;
   for (const auto& [name, count] : r.codes) codes[name] = count;
   o["codes"] = std::move(codes);

@@ -40,8 +40,11 @@ void PrintText(const Report& report, std::ostream& out);
 // One JSON object on one line, with a newline:
 // {"rpc","batch_size","mode","target_rate","concurrency","pairs","pair_count","duration_s",
 //  "sent","answered","not_sent","rate","latency_ms":{"p50","p90","p99","p999","max"},
-//  "codes":{"OK":n,...},"item_codes":{...}}
-// target_rate, concurrency and pair_count are null where they do not apply.
+//  "latency_cdf_ms":[[ms,fraction],...],"codes":{"OK":n,...},"item_codes":{...}}
+// target_rate, concurrency and pair_count are null where they do not apply. latency_cdf_ms is
+// the answered calls' cumulative distribution, LatencyHistogram::Cdf(): one point per non-empty
+// bucket (1% wide), latencies increasing, `fraction` of the calls answered within `ms`; the last
+// point is the exact maximum with fraction 1; empty when nothing was answered.
 std::string ToJson(const Report& report);
 void PrintJson(const Report& report, std::ostream& out);
 

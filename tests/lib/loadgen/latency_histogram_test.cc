@@ -80,6 +80,37 @@ TEST(LatencyHistogramTest, EmptyIsZero) {
   EXPECT_EQ(histogram.Count(), 0);
   EXPECT_EQ(histogram.Percentile(0.5), absl::ZeroDuration());
   EXPECT_EQ(histogram.Max(), absl::ZeroDuration());
+  EXPECT_TRUE(histogram.Cdf().empty());
+}
+
+TEST(LatencyHistogramTest, CdfMatchesTheSamplesAtEachPoint) {
+  std::vector<int64_t> samples = SampleNanos(20000, 4);
+  LatencyHistogram histogram;
+  for (int64_t ns : samples) histogram.Record(absl::Nanoseconds(ns));
+  std::sort(samples.begin(), samples.end());
+  const auto n = static_cast<double>(samples.size());
+  // The fraction of the samples <= `nanos`.
+  auto exact = [&](double nanos) {
+    return static_cast<double>(
+               std::upper_bound(samples.begin(), samples.end(), static_cast<int64_t>(nanos)) -
+               samples.begin()) /
+           n;
+  };
+  const std::vector<LatencyHistogram::CdfPoint> cdf = histogram.Cdf();
+  ASSERT_GT(cdf.size(), 100u);
+  ASSERT_LT(cdf.size(), samples.size());
+  for (size_t i = 0; i < cdf.size(); ++i) {
+    const double nanos = absl::ToDoubleNanoseconds(cdf[i].latency);
+    if (i > 0) {
+      EXPECT_GT(cdf[i].latency, cdf[i - 1].latency) << i;
+      EXPECT_GT(cdf[i].fraction, cdf[i - 1].fraction) << i;
+    }
+    // Every sample of the point's bucket is <= its upper edge, and none of the next bucket is.
+    EXPECT_GE(exact(nanos * 1.001), cdf[i].fraction - 1e-12) << i;
+    EXPECT_LE(exact(nanos * 0.999), cdf[i].fraction + 1e-12) << i;
+  }
+  EXPECT_EQ(cdf.back().latency, absl::Nanoseconds(samples.back()));
+  EXPECT_EQ(cdf.back().fraction, 1.0);
 }
 
 TEST(LatencyHistogramTest, OutOfRangeValuesAreCountedAndMaxIsExact) {

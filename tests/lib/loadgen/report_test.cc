@@ -1,5 +1,6 @@
 #include "lib/loadgen/report.h"
 
+#include <cmath>
 #include <sstream>
 #include <string>
 
@@ -36,7 +37,7 @@ TEST(ReportTest, JsonHasTheDocumentedKeysAndValues) {
   const boost::json::object& o = parsed.as_object();
   for (const char* key :
        {"rpc", "mode", "target_rate", "concurrency", "pairs", "pair_count", "duration_s", "sent",
-        "answered", "not_sent", "rate", "latency_ms", "codes", "item_codes"}) {
+        "answered", "not_sent", "rate", "latency_ms", "latency_cdf_ms", "codes", "item_codes"}) {
     EXPECT_TRUE(o.contains(key)) << key;
   }
   EXPECT_EQ(o.at("rpc").as_string(), "batch");
@@ -71,6 +72,40 @@ TEST(ReportTest, JsonHasTheDocumentedKeysAndValues) {
   EXPECT_EQ(Number(items.at("NOT_FOUND")), 50);
 }
 
+TEST(ReportTest, JsonHasTheLatencyCdf) {
+  const Report r = OpenLoopBatch();  // 998 calls: 0.1 ms, 0.2 ms, ... 99.8 ms.
+  boost::json::value parsed = boost::json::parse(ToJson(r));
+  const boost::json::array& cdf = parsed.as_object().at("latency_cdf_ms").as_array();
+  // One point per 1% bucket holding a sample: one per sample up to about 10 ms (0.1 ms apart,
+  // wider than a bucket), then one per bucket (331 in all).
+  ASSERT_GT(cdf.size(), 300u);
+  ASSERT_LT(cdf.size(), 400u);
+  double last_ms = 0, last_fraction = 0;
+  for (const boost::json::value& v : cdf) {
+    const boost::json::array& point = v.as_array();
+    ASSERT_EQ(point.size(), 2u);
+    const double ms = Number(point[0]);
+    const double fraction = Number(point[1]);
+    EXPECT_GT(ms, last_ms);
+    EXPECT_GT(fraction, last_fraction);
+    // Samples every 0.1 ms: the share within `ms` is floor(ms / 0.1) / 998 (one sample more or
+    // less should one fall on a bucket's edge).
+    EXPECT_NEAR(fraction, std::floor(ms / 0.1 + 1e-9) / 998.0, 1.0 / 998 + 1e-9) << ms;
+    last_ms = ms;
+    last_fraction = fraction;
+  }
+  EXPECT_DOUBLE_EQ(Number(cdf.back().as_array()[0]), 99.8);  // The exact maximum.
+  EXPECT_DOUBLE_EQ(Number(cdf.back().as_array()[1]), 1.0);
+  // The median point: half of the calls within 49.9 ms, to the bucket.
+  for (const boost::json::value& v : cdf) {
+    const boost::json::array& point = v.as_array();
+    if (Number(point[1]) >= 0.5) {
+      EXPECT_NEAR(Number(point[0]), 49.9, 0.5);
+      break;
+    }
+  }
+}
+
 TEST(ReportTest, ClosedLoopHasConcurrencyAndNoRate) {
   Report r;
   r.rpc = "set";
@@ -94,6 +129,7 @@ TEST(ReportTest, ClosedLoopHasConcurrencyAndNoRate) {
   EXPECT_DOUBLE_EQ(Number(o.at("rate")), 200.0);
   EXPECT_TRUE(o.at("item_codes").as_object().empty());
   EXPECT_EQ(Number(o.at("latency_ms").as_object().at("p50")), 0.0);  // Nothing recorded.
+  EXPECT_TRUE(o.at("latency_cdf_ms").as_array().empty());
 }
 
 TEST(ReportTest, TextShowsTheFigures) {
