@@ -128,6 +128,8 @@ class CurlClient final : public HttpTransport {
   // While connections beyond the need are open: shrinks the pool when they have been for
   // `spare_idle`, else says when to look again (shrink_at_).
   void ShrinkSpare(int64_t needed, std::chrono::steady_clock::time_point now);
+  // Sets the request's URL on `e`: the origin as CURLOPT_URL, the rest as the request target.
+  void SetUrl(CURL* e, const std::string& url);
   // The idle time past which a transfer starting now makes libcurl close a connection.
   long MaxIdleSeconds() const;
   size_t InFlightTotal() const;
@@ -142,6 +144,7 @@ class CurlClient final : public HttpTransport {
   X509_STORE* shared_store_ = nullptr;
   curl_slist* headers_ = nullptr;             // The same for every request.
   std::vector<CURL*> idle_easy_;              // Finished handles, ready for reuse.
+  std::string origin_;                        // Of the last request (SetUrl).
   absl::flat_hash_set<Transfer*> transfers_;  // Started and not completed.
   std::vector<Transfer*> failed_to_start_;    // Completed by the next Poll().
   std::atomic<int64_t> open_sockets_{0};
