@@ -1,6 +1,7 @@
 #include "lib/overload/process_memory.h"
 
 #include <malloc.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -65,6 +66,27 @@ bool FixMallocThresholds() {
   constexpr int kThreshold = 128 * 1024;  // glibc's initial value of both.
   // mallopt answers 1 on success (a sanitizer's allocator answers otherwise).
   return mallopt(M_MMAP_THRESHOLD, kThreshold) == 1 && mallopt(M_TRIM_THRESHOLD, kThreshold) == 1;
+}
+
+size_t PageOutFileMappings() {
+#ifdef MADV_PAGEOUT
+  absl::StatusOr<size_t> before = ReadRssBytes();
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    // "start-end perms offset dev inode path": a path after a non-zero inode is a file.
+    unsigned long start = 0, end = 0, inode = 0;
+    char perms[5] = {0};
+    if (std::sscanf(line.c_str(), "%lx-%lx %4s %*s %*s %lu", &start, &end, perms, &inode) != 4 ||
+        inode == 0 || perms[1] == 'w') {
+      continue;
+    }
+    madvise(reinterpret_cast<void*>(start), end - start, MADV_PAGEOUT);
+  }
+  absl::StatusOr<size_t> after = ReadRssBytes();
+  if (before.ok() && after.ok() && *after < *before) return *before - *after;
+#endif
+  return 0;
 }
 
 }  // namespace imgw::overload

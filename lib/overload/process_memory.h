@@ -33,4 +33,12 @@ void ReturnFreeMemory();
 // GLIBC_TUNABLES). Whether it fixed them.
 bool FixMallocThresholds();
 
+// Asks the kernel to reclaim the pages of read-only file mappings (shared libraries' code and
+// constants, the binary's own) that this process alone maps (madvise MADV_PAGEOUT, Linux 5.4
+// and later): most were touched only to start (relocations, static initializers, flag and
+// proto registration, certificate loading). Pages still in use come back on their next touch,
+// from the page cache or the disk. Writable and anonymous memory is left alone. Returns the
+// resident bytes dropped (0 where the kernel does not support it).
+size_t PageOutFileMappings();
+
 }  // namespace imgw::overload

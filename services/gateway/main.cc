@@ -320,6 +320,11 @@ int main(int argc, char** argv) {
   if (!ready_file.empty()) std::remove((ready_file + ".probe").c_str());
   auto gateway = imgw::gateway::Gateway::Create(*config, imgw::RealClock::Get());
   if (!gateway.ok()) Die(std::string(gateway.status().message()));
+  // Most of the libraries' code and constants resident now were needed only to start: let the
+  // kernel take them back (what the calls use comes back with the first calls).
+  const size_t dropped = imgw::overload::PageOutFileMappings();
+  imgw::Log(imgw::LogLevel::kDebug, "start-up pages of code given back",
+            {{"bytes", absl::StrCat(dropped)}});
   if (!ready_file.empty() &&
       !WriteReadyFile(ready_file, absl::StrCat("{\"grpc_listen\":\"", (*gateway)->grpc_address(),
                                                "\",\"metrics_listen\":\"",

@@ -1,6 +1,9 @@
 #include "lib/overload/memory_watch.h"
 
+#include <fcntl.h>
 #include <malloc.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -101,6 +104,41 @@ TEST(ProcessMemoryTest, RssGrowsWithTouchedMemory) {
   absl::StatusOr<size_t> after = ReadRssBytes();
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_GE(*after, *before + 60 * kMiB) << static_cast<int>(block[12345]);
+}
+
+// A read-only file mapping this process alone has touched is reclaimed; a private writable
+// one, whose pages hold what the process wrote, is left resident with its content.
+TEST(ProcessMemoryTest, PageOutDropsReadOnlyFileMappingsOnly) {
+  const std::string path = ::testing::TempDir() + "/page_out_test.bin";
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
+  ASSERT_GE(fd, 0);
+  const std::string chunk(kMiB, 'x');
+  for (int i = 0; i < 32; ++i) ASSERT_EQ(write(fd, chunk.data(), chunk.size()), chunk.size());
+  ASSERT_EQ(fsync(fd), 0);  // Clean pages: reclaimable without writing them back.
+  const size_t size = 32 * kMiB;
+  auto* ro = static_cast<const char*>(mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0));
+  auto* rw = static_cast<char*>(mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0));
+  close(fd);
+  std::remove(path.c_str());
+  ASSERT_NE(ro, MAP_FAILED);
+  ASSERT_NE(rw, MAP_FAILED);
+  long sum = 0;
+  for (size_t i = 0; i < size; i += 4096) sum += ro[i];
+  for (size_t i = 0; i < size; i += 4096) rw[i] = 'y';  // Copied on write: anonymous now.
+  absl::StatusOr<size_t> before = ReadRssBytes();
+  const size_t dropped = PageOutFileMappings();
+  absl::StatusOr<size_t> after = ReadRssBytes();
+  ASSERT_TRUE(before.ok() && after.ok());
+  EXPECT_GE(dropped, 24 * kMiB) << "RSS " << *before << " -> " << *after;
+  // The written pages stayed: RSS still holds them, and they still read back.
+  EXPECT_GE(*after, 32 * kMiB);
+  for (size_t i = 0; i < size; i += 4096) ASSERT_EQ(rw[i], 'y') << i;
+  // The dropped pages read back from the file.
+  long again = 0;
+  for (size_t i = 0; i < size; i += 4096) again += ro[i];
+  EXPECT_EQ(again, sum);
+  munmap(const_cast<char*>(ro), size);
+  munmap(rw, size);
 }
 
 TEST(ProcessMemoryTest, FreedMemoryGoesBackWhenTrimmed) {
