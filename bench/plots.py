@@ -2,8 +2,9 @@
 (Debian's python3-matplotlib; the Agg backend, so no display is needed).
 
 Each function takes plain data (lists of numbers and labels) and writes one PNG of 8x4.5 inches
-at 100 dpi; it raises ValueError rather than draw a chart without data. Imported by bench/run.py, which checks unavailable() first and draws nothing, saying
-so once, when matplotlib is missing."""
+at 100 dpi; it raises ValueError rather than draw a chart without data. Imported by
+bench/run.py, which checks unavailable() first and draws nothing, saying so once, when
+matplotlib is missing."""
 
 try:
     import matplotlib
@@ -56,7 +57,8 @@ def budget_over_time(path, title, curves, limit, window_s=1.0, sample_s=0.25):
     ax.set_xlim(left=0)
     ax.set_title(title)
     ax.set_xlabel("seconds since the load started")
-    ax.set_ylabel(f"upstream calls/s\n(in the last {window_s:g} s, every {sample_s:g} s)")
+    ax.set_ylabel(f"upstream calls in the last {window_s:g} s\n(the emulator's count, every "
+                  f"{sample_s:g} s)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small", ncol=2 if len(curves) > 4 else 1)
     _save(fig, path)

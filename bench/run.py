@@ -31,7 +31,8 @@ Scenarios (the distance rows are also in the README, "The upstream far away"):
 Plots (bench/plots.py, with matplotlib: Debian's python3-matplotlib, in /usr/bin/python3, which
 bench/run uses), written to --plots_dir (docs/perf by default) for the scenarios that ran:
   budget-one-gateway.png     budget, distance: upstream calls/s over time against the limit,
-  budget-three-gateways.png  one line per setup (sampled every 0.25 s, counted over the last 1 s)
+  budget-three-gateways.png  one line per setup (the emulator's count of the sliding second
+                             before each poll, polled every 0.25 s)
   latency-cdf.png            latency: end-to-end latency CDFs, imgw (local budget, budget in
                              Redis) beside imgw-noop-server
   queue-burst.png            queue: the burst's backlog and lag (the oldest entry's age) over time
@@ -252,11 +253,13 @@ class Bench:
             return json.load(r)
 
     def calls_poller(self, emulator):
-        """A function returning (when, calls): the emulator's `calls` and the time its stats were
-        taken, over one kept-alive HTTPS/1.1 connection, opened now (a poll every 0.25 s would
-        otherwise cost a TLS handshake each, several round trips of a far emulator, and add to
-        the connections in the stats). `when` is halfway from the request to the answer's
-        headers: the emulator's path latency delays both halves alike."""
+        """A function returning (when, calls, calls_last_second): the emulator's `calls`, the
+        calls of the second before its stats (counted by the emulator, on its own clock, so that
+        no network delay skews it), and the time its stats were taken, over one kept-alive
+        HTTPS/1.1 connection, opened now (a poll every 0.25 s would otherwise cost a TLS
+        handshake each, several round trips of a far emulator, and add to the connections in
+        the stats). `when` is halfway from the request to the answer's headers: the emulator's
+        path latency delays both halves alike."""
         host, port = emulator.url.split("://", 1)[1].rsplit(":", 1)
         conn = http.client.HTTPSConnection(host, int(port), context=self.tls, timeout=10)
         conn.connect()
@@ -268,8 +271,8 @@ class Bench:
                     conn.request("GET", "/emulator/stats")
                     with conn.getresponse() as r:
                         when = (sent + time.monotonic()) / 2
-                        calls = json.load(r)["calls"]
-                    return when, calls
+                        stats = json.load(r)
+                    return when, stats["calls"], stats["calls_last_second"]
                 except (http.client.HTTPException, OSError):
                     conn.close()  # The next request opens a new connection.
                     if attempt == 2:
@@ -405,11 +408,12 @@ def scenario_ceiling(bench, rows, args):
         nginx.stop()
     add("ceiling", "imgw → nginx, limits lifted, one pair (every call merged)", merged,
         merged_cpu, f"{merged_cpu / noop_cpu:.2f}x the no-op's CPU per call (run "
-        f"{len(rounds)})")
+        f"{len(rounds)}'s); by thread: {merged_split}")
     add("ceiling", "imgw → nginx at 200/s, deadlines 100 ms (nearly all refused at once)",
         refused, refused_cpu,
         f"{refused['codes'].get('RESOURCE_EXHAUSTED', 0) / max(refused['answered'], 1):.1%} "
-        f"RESOURCE_EXHAUSTED; {refused_cpu / noop_cpu:.2f}x the no-op's CPU per call; by thread: "
+        f"RESOURCE_EXHAUSTED; {refused_cpu / noop_cpu:.2f}x the no-op's CPU per call (run "
+        f"{len(rounds)}'s); by thread: "
         f"{refused_split}")
 
     results = {}
@@ -458,13 +462,15 @@ def scenario_budget(bench, args, replicas=1, emulator_flags=()):
     end = duration - 0.2
     ticks = [i * SAMPLE_S for i in range(int(end / SAMPLE_S) + 1)] + [end]
     samples = []  # (seconds since the start, calls)
+    rates = []  # (seconds since the start, calls in the second before)
     first = None
     for tick in ticks:
         if tick < end and time.monotonic() - start > tick + SAMPLE_S / 2:
             continue
         time.sleep(max(0.0, start + tick - time.monotonic()))
-        when, calls = poll()
+        when, calls, last_second = poll()
         samples.append((when - start, calls))
+        rates.append((when - start, last_second))
         if first is None and tick >= warmup:
             first = samples[-1]
     last = samples[-1]
@@ -496,22 +502,8 @@ def scenario_budget(bench, args, replicas=1, emulator_flags=()):
             'imgw_upstream_failures_total{api="admin_set_msg_read",kind="timeout"}'),
         "connections": stats.get("connections", 0),
         "limit": limit,
-        "per_second": per_second(samples),
+        "per_second": rates,
     }
-
-
-def per_second(samples, window=1.0):
-    """A count sampled over time, [(t, count)] with t in seconds since the count was 0 (the
-    emulator is reset before the load starts), as [(t, what it counted in the `window` s before
-    t, per second)]."""
-    rates = []
-    j = -1  # The latest sample at least `window` before t (within half a sampling period).
-    for t, count in samples:
-        while j + 1 < len(samples) and samples[j + 1][0] <= t - window + SAMPLE_S / 2:
-            j += 1
-        t0, count0 = samples[j] if j >= 0 else (t - window, 0)  # Nothing counted before 0.
-        rates.append((t, (count - count0) / max(t - t0, 1e-9)))
-    return rates
 
 
 def scenario_distance(bench, args, rows, targets, curves):

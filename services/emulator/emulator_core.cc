@@ -593,6 +593,9 @@ EmulatorStats EmulatorCore::Stats() const {
   stats.ok = ok_;
   stats.errors = errors_;
   stats.max_calls_in_window = max_calls_in_window_;
+  // The window holds the arrivals of the last second, in order, as of the latest call.
+  const absl::Duration since = clock_.Monotonic() - absl::Seconds(1);
+  stats.calls_last_second = window_.end() - std::upper_bound(window_.begin(), window_.end(), since);
   stats.rate_limit = options_.rate_limit;
   for (size_t i = 0; i < kFaultKinds.size(); ++i) {
     stats.faults_injected[kFaultKinds[i]] = faults_injected_[i];
@@ -624,6 +627,7 @@ std::string EmulatorCore::StatsJson() const {
   doc["ok"] = stats.ok;
   doc["errors"] = std::move(errors);
   doc["max_calls_in_window"] = stats.max_calls_in_window;
+  doc["calls_last_second"] = stats.calls_last_second;
   doc["rate_limit"] = stats.rate_limit;
   doc["pairs"] = std::move(pairs);
   boost::json::object faults;

@@ -202,6 +202,7 @@ struct EmulatorStats {
   // ErrorCode -> count of FAIL answers, the injected error_NNNNN ones included.
   std::map<int, uint64_t> errors;
   uint64_t max_calls_in_window = 0;  // Most calls seen in any sliding one-second window.
+  uint64_t calls_last_second = 0;    // Calls in the second before the stats were taken.
   int rate_limit = 0;
   // Only APPLIED calls change this, so a test can compare it with the answers a client got.
   std::vector<PairState> pairs;  // Sorted by (report, peer).
@@ -265,7 +266,7 @@ class EmulatorCore final {
 
   // The stats as JSON:
   //   {"calls":N,"requests":N,"ok":N,"errors":{"90003":n,...},"max_calls_in_window":N,
-  //    "rate_limit":N,"pairs":[{"report":"a","peer":"b","msg_read_time":T},...],
+  //    "calls_last_second":N,"rate_limit":N,"pairs":[{"report":"a","peer":"b","msg_read_time":T},...],
   //    "faults_injected":{"http_5xx":n,"drop_connection":n,...,"latency":n},
   //    "options_requests":N,"connections":N,"http2_connections":N,"open_connections":N,
   //    "max_open_connections":N}

@@ -379,6 +379,24 @@ TEST_F(EmulatorCoreTest, MaxCallsInWindowIsExact) {
   EXPECT_EQ(core_->Stats().max_calls_in_window, 502u);
 }
 
+// What a plot of calls per second reads: the calls of the second before the stats, as of the
+// stats' own time, whether or not a call came since.
+TEST_F(EmulatorCoreTest, CallsLastSecondCountsTheSecondBeforeTheStats) {
+  options_.rate_limit = 0;
+  Restart();
+  EXPECT_EQ(core_->Stats().calls_last_second, 0u);
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(Code(Post(kBody)), 0);  // t = 0
+  clock_.Advance(absl::Milliseconds(400));
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(Code(Post(kBody)), 0);  // t = 0.4
+  EXPECT_EQ(core_->Stats().calls_last_second, 5u);
+  clock_.Advance(absl::Milliseconds(600));  // t = 1: the calls at 0 are outside (0, 1].
+  EXPECT_EQ(core_->Stats().calls_last_second, 2u);
+  EXPECT_NE(core_->StatsJson().find("\"calls_last_second\":2"), std::string::npos);
+  clock_.Advance(absl::Milliseconds(400));  // t = 1.4: none left.
+  EXPECT_EQ(core_->Stats().calls_last_second, 0u);
+  EXPECT_EQ(core_->Stats().max_calls_in_window, 5u);
+}
+
 TEST_F(EmulatorCoreTest, OnlyAuthenticatedCallsCountAndBodyErrorsDo) {
   options_.rate_limit = 2;
   Restart();
