@@ -2,7 +2,8 @@
 ALPN, keep-alive, the upstream's JSON answer for any POST), and h2load, nghttp2's own client,
 POSTing the gateway's request to it. h2load's CPU per call is what a bare HTTPS client spends on
 this machine; the no-op gRPC server's is what a bare gRPC server spends; imgw does both, so the
-ceiling row compares imgw's CPU per call with their sum.
+ceiling row compares imgw's CPU per call with their sum. (h2load does not verify the server's
+certificate, where imgw does; that costs once per connection, and both keep theirs open.)
 
 Imported by bench/run.py. nginx (Debian's nginx-light) and h2load (nghttp2-client) are bench
 dependencies, installed by .ci/deps."""
