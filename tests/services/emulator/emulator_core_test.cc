@@ -423,7 +423,7 @@ TEST_F(EmulatorCoreTest, StatsJsonAndReset) {
   EXPECT_EQ(stats.content_type, "application/json");
   EXPECT_EQ(boost::json::parse(stats.body), boost::json::parse(R"({"calls":2,"requests":3,"ok":1,
                                    "errors":{"60025":1,"90003":1},"max_calls_in_window":2,
-                                   "rate_limit":200,
+                                   "calls_last_second":2,"rate_limit":200,
                                    "pairs":[{"report":"a","peer":"b","msg_read_time":5}],
                                    "faults_injected":)" + kNoFaultsInjected +
                                                                kNoConnections + "}"));
@@ -432,7 +432,8 @@ TEST_F(EmulatorCoreTest, StatsJsonAndReset) {
   EXPECT_EQ(reset.http_status, 200);
   EXPECT_EQ(boost::json::parse(core_->Handle(Request{"GET", kStatsPath, ""}).body),
             boost::json::parse(R"({"calls":0,"requests":0,"ok":0,"errors":{},
-                                   "max_calls_in_window":0,"rate_limit":200,"pairs":[],
+                                   "max_calls_in_window":0,"calls_last_second":0,
+                                   "rate_limit":200,"pairs":[],
                                    "faults_injected":)" +
                                kNoFaultsInjected + kNoConnections + "}"));
 }
