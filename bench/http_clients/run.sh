@@ -184,6 +184,7 @@ for ((r = 1; r <= REPEATS; r++)); do
 done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+span() { sort -g | sed -n '1p;$p' | paste -sd' ' | awk '{ print $1 "–" $2 }'; }
 
 echo
 echo "$REQUESTS requests, $IN_FLIGHT in flight, $REPEATS runs each (medians; min–max):"
@@ -197,8 +198,8 @@ for i in "${!cases[@]}"; do
   protocol=$(cut -f2 <<<"$rows" | head -1)
   rps=$(cut -f3 <<<"$rows" | median)
   cpu=$(cut -f4 <<<"$rows" | median)
-  cpu_range=$(cut -f4 <<<"$rows" | sort -g | sed -n '1p;$p' | paste -sd' ' | awk '{ print $1 "–" $2 }')
-  rps_range=$(cut -f3 <<<"$rows" | sort -g | sed -n '1p;$p' | paste -sd' ' | awk '{ print $1 "–" $2 }')
+  cpu_range=$(cut -f4 <<<"$rows" | span)
+  rps_range=$(cut -f3 <<<"$rows" | span)
   ok=$(cut -f5 <<<"$rows" | sort -g | head -1)
   printf '| %s | %s | %.0f | %.1f | %s | %s | %s |\n' "$name" "$protocol" "$rps" "$cpu" \
     "$cpu_range" "$rps_range" "$ok"

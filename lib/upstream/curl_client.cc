@@ -338,7 +338,7 @@ void CurlClient::Start(HttpRequest request, Callback done) {
 void CurlClient::SetUrl(CURL* e, const std::string& url) {
   // libcurl 7.88 rebuilds the whole URL of every transfer with its own printf, a byte at a
   // time, and writes the request line from it the same way: with the signed query that is
-  // about a fifth of its CPU per request (bench/http_clients). So it is given the origin as the
+  // about 15% of its CPU per request (bench/http_clients). So it is given the origin as the
   // URL, whose connection it picks, and the path and query as the request target, which it
   // copies whole into the request line (HTTP/1.1) or :path (HTTP/2). libcurl copies both
   // strings. The last request's origin is kept: the same origin again costs no allocation.
