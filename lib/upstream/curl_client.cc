@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "lib/common/log.h"
+#include "lib/upstream/trust_store.h"
 
 namespace imgw::upstream {
 
@@ -126,17 +127,6 @@ struct CurlCallbacks {
 
 namespace {
 
-absl::Status LoadCertificates(const std::string& path, std::vector<X509*>* out) {
-  FILE* file = std::fopen(path.c_str(), "r");
-  if (file == nullptr) return absl::InvalidArgumentError(absl::StrCat("cannot open ", path));
-  while (X509* cert = PEM_read_X509(file, nullptr, nullptr, nullptr)) out->push_back(cert);
-  std::fclose(file);
-  if (out->empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("no PEM certificate in ", path));
-  }
-  return absl::OkStatus();
-}
-
 HttpResponse::Error ErrorOf(CURLcode code) {
   switch (code) {
     case CURLE_OK:
@@ -157,29 +147,6 @@ HttpResponse::Error ErrorOf(CURLcode code) {
     default:
       return HttpResponse::Error::kProtocol;
   }
-}
-
-// What libcurl trusts by default (its built-in bundle and directory) plus `extra`, in one
-// store, as libcurl's OpenSSL backend would build it for each connection; nullptr when the
-// defaults are unknown or do not load, so that libcurl keeps doing it (and failing) itself.
-X509_STORE* LoadSharedStore(const std::vector<X509*>& extra) {
-  const curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
-  if (info == nullptr || info->age < CURLVERSION_SEVENTH ||
-      (info->cainfo == nullptr && info->capath == nullptr)) {
-    return nullptr;
-  }
-  X509_STORE* store = X509_STORE_new();
-  if (store == nullptr) return nullptr;
-  bool ok = (info->cainfo == nullptr || X509_STORE_load_file(store, info->cainfo) == 1) &&
-            (info->capath == nullptr || X509_STORE_load_path(store, info->capath) == 1);
-  if (!ok) {
-    X509_STORE_free(store);
-    return nullptr;
-  }
-  for (X509* cert : extra) X509_STORE_add_cert(store, cert);  // Duplicates fail harmlessly.
-  // libcurl sets this on the stores it builds (unless CURLSSLOPT_NO_PARTIALCHAIN).
-  X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
-  return store;
 }
 
 // Finished handles kept for reuse at most; more are only ever needed for a burst.
@@ -607,7 +574,9 @@ void CurlClient::Poll(absl::Duration max_wait) {
                            .count();
     timeout_ms = static_cast<int>(std::clamp<int64_t>(until + 1, 0, timeout_ms));
   }
-  curl_multi_poll(multi_, nullptr, 0, timeout_ms, nullptr);
+  curl_waitfd extra{extra_fd_, CURL_WAIT_POLLIN, 0};
+  curl_multi_poll(multi_, extra_fd_ >= 0 ? &extra : nullptr, extra_fd_ >= 0 ? 1 : 0, timeout_ms,
+                  nullptr);
   int running = 0;
   curl_multi_perform(multi_, &running);
   std::vector<Transfer*> failed;

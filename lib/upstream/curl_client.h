@@ -57,7 +57,7 @@ namespace imgw::upstream {
 // one store every connection shares (libcurl would otherwise parse the whole system bundle
 // for each new connection, ~50 ms of CPU with OpenSSL 3), and finished easy handles are kept
 // for the next request with their fixed options already set.
-class CurlClient final : public HttpTransport {
+class CurlClient final : public LoopTransport {
  public:
   struct Options {
     int max_connections = 8;
@@ -85,22 +85,25 @@ class CurlClient final : public HttpTransport {
   void Anticipate(size_t requests) override;
   // Loop thread only. Waits up to `max_wait` (less when the pool is due to shrink) for
   // activity, then completes what finished.
-  void Poll(absl::Duration max_wait);
+  void Poll(absl::Duration max_wait) override;
   // Loop thread only. Fails every unfinished request with kCancelled.
-  void CancelAll();
+  void CancelAll() override;
   // Thread-safe. Makes a Poll() in progress return early.
-  void Wakeup();
+  void Wakeup() override;
+  // Loop thread only. Polls these descriptors too (POLLIN): Poll() returns early when one is
+  // readable. (The transport that hands requests over to this one waits with it.)
+  void set_extra_poll_fd(int fd) { extra_fd_ = fd; }
 
   // Thread-safe counters.
-  int64_t open_connections() const { return open_sockets_.load(); }
-  int64_t connections_made() const { return connections_made_.load(); }
+  int64_t open_connections() const override { return open_sockets_.load(); }
+  int64_t connections_made() const override { return connections_made_.load(); }
   int64_t in_flight() const { return in_flight_.load(); }  // Requests (warm-ups apart).
   int64_t warmups_in_flight() const { return warmups_in_flight_.load(); }
   // Warm-ups by outcome: kept (a connection ready in the pool), not kept (the server closed
   // it), failed (no answer).
-  int64_t warmups_kept() const { return warmups_kept_.load(); }
-  int64_t warmups_not_kept() const { return warmups_not_kept_.load(); }
-  int64_t warmups_failed() const { return warmups_failed_.load(); }
+  int64_t warmups_kept() const override { return warmups_kept_.load(); }
+  int64_t warmups_not_kept() const override { return warmups_not_kept_.load(); }
+  int64_t warmups_failed() const override { return warmups_failed_.load(); }
   // The requests at once the last Anticipate() asked for.
   int64_t anticipated() const { return anticipated_.load(); }
   // Loop thread only. Finished easy handles kept for reuse.
@@ -108,6 +111,9 @@ class CurlClient final : public HttpTransport {
     owner_.Check();
     return idle_easy_.size();
   }
+  // The trusted certificates every connection shares (nullptr: verification is off, or
+  // libcurl loads them per connection). Owned by the client.
+  X509_STORE* trust_store() const { return shared_store_; }
   // Whether the server answered over HTTP/2 last.
   bool http2() const { return http2_.load(); }
 
@@ -145,6 +151,7 @@ class CurlClient final : public HttpTransport {
   curl_slist* headers_ = nullptr;             // The same for every request.
   std::vector<CURL*> idle_easy_;              // Finished handles, ready for reuse.
   std::string origin_;                        // Of the last request (SetUrl).
+  int extra_fd_ = -1;                         // Polled too (set_extra_poll_fd); -1: none.
   absl::flat_hash_set<Transfer*> transfers_;  // Started and not completed.
   std::vector<Transfer*> failed_to_start_;    // Completed by the next Poll().
   std::atomic<int64_t> open_sockets_{0};

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <string>
 
@@ -69,6 +70,30 @@ class HttpTransport {
   // About `requests` requests are expected in flight at once soon: open connections ahead so
   // that they find them warm. Connections beyond the need close once idle. Cheap to call often.
   virtual void Anticipate(size_t requests) {}
+};
+
+// A transport that runs on its owner's event loop and owns no thread of its own: the loop
+// calls Poll(), which waits for network activity (or Wakeup()) and completes finished requests
+// by running their callbacks. Start(), Poll() and CancelAll() are called from that one loop
+// thread; Wakeup() and the counters are thread-safe.
+class LoopTransport : public HttpTransport {
+ public:
+  // Waits up to `max_wait` (less when a timer of the transport is due first) for activity,
+  // then completes what finished.
+  virtual void Poll(absl::Duration max_wait) = 0;
+  // Fails every unfinished request with kCancelled.
+  virtual void CancelAll() = 0;
+  // Makes a Poll() in progress return early.
+  virtual void Wakeup() = 0;
+
+  // Thread-safe counters, for the metrics.
+  virtual int64_t open_connections() const = 0;
+  virtual int64_t connections_made() const = 0;
+  // Connections opened ahead of need, by outcome: kept (ready in the pool), not kept (the
+  // server closed it before it carried a request), failed (no connection).
+  virtual int64_t warmups_kept() const = 0;
+  virtual int64_t warmups_not_kept() const = 0;
+  virtual int64_t warmups_failed() const = 0;
 };
 
 }  // namespace imgw::upstream
