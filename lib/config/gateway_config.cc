@@ -324,6 +324,14 @@ absl::Status ResolveCalls(const GatewayFlags& flags, GatewayConfig& config) {
   config.max_connections = flags.max_connections;
   config.reuse_connections = flags.reuse_connections;
   config.warm_connections = flags.warm_connections;
+  if (flags.upstream_http_client != "auto" && flags.upstream_http_client != "libcurl") {
+    return Bad("upstream_http_client", "must be auto or libcurl");
+  }
+  config.libcurl_only = flags.upstream_http_client == "libcurl";
+  if (flags.max_upstream_answer_bytes < 1024 || flags.max_upstream_answer_bytes > (16 << 20)) {
+    return Bad("max_upstream_answer_bytes", "must be 1024..16777216");
+  }
+  config.max_upstream_answer_bytes = static_cast<size_t>(flags.max_upstream_answer_bytes);
   if (flags.default_deadline <= absl::ZeroDuration()) {
     return Bad("default_deadline", "must be positive");
   }

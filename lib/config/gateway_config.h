@@ -38,6 +38,8 @@ struct GatewayFlags {
   int max_connections = 64;
   bool reuse_connections = true;
   bool warm_connections = true;
+  std::string upstream_http_client = "auto";
+  int64_t max_upstream_answer_bytes = 64 * 1024;
   absl::Duration default_deadline = absl::Seconds(10);
   absl::Duration request_timeout = absl::Seconds(5);
   absl::Duration usersig_lifetime = absl::Hours(24);
@@ -105,6 +107,8 @@ struct GatewayConfig {
   int max_connections = 64;
   bool reuse_connections = true;
   bool warm_connections = true;
+  bool libcurl_only = false;  // --upstream_http_client=libcurl.
+  size_t max_upstream_answer_bytes = 64 * 1024;
   absl::Duration default_deadline;
   absl::Duration request_timeout;
   absl::Duration usersig_lifetime;

@@ -26,7 +26,7 @@ void ClearKeepingLittle(std::vector<T>& inbox) {
 
 using upstream::Outcome;
 
-DispatchLoop::DispatchLoop(Dispatcher& dispatcher, upstream::CurlClient& client, Clock& clock)
+DispatchLoop::DispatchLoop(Dispatcher& dispatcher, upstream::LoopTransport& client, Clock& clock)
     : dispatcher_(dispatcher), client_(client), clock_(clock) {}
 
 DispatchLoop::~DispatchLoop() { Stop(absl::ZeroDuration()); }

@@ -8,20 +8,20 @@
 #include "absl/time/time.h"
 #include "lib/common/clock.h"
 #include "lib/dispatch/dispatcher.h"
-#include "lib/upstream/curl_client.h"
+#include "lib/upstream/http_transport.h"
 
 namespace imgw::dispatch {
 
 // The dispatcher's thread. It owns no state of its own but an inbox: Submit() and Cancel()
 // from any thread append to it and wake the loop, which applies them to the Dispatcher, runs
-// Dispatcher::Step(), and sleeps in CurlClient::Poll() until the next step is due, a request
-// completes or the inbox fills. So the Dispatcher and the curl handles are only ever touched
+// Dispatcher::Step(), and sleeps in the transport's Poll() until the next step is due, a request
+// completes or the inbox fills. So the Dispatcher and the transport are only ever touched
 // from this one thread, and no caller ever waits for the loop.
 //
 // Thread-safe. Borrows the dispatcher and the client, which must outlive it.
 class DispatchLoop final {
  public:
-  DispatchLoop(Dispatcher& dispatcher, upstream::CurlClient& client, Clock& clock);
+  DispatchLoop(Dispatcher& dispatcher, upstream::LoopTransport& client, Clock& clock);
   ~DispatchLoop();  // Stop(ZeroDuration()) if still running.
 
   void Start();
@@ -42,7 +42,7 @@ class DispatchLoop final {
   void Run();
 
   Dispatcher& dispatcher_;
-  upstream::CurlClient& client_;
+  upstream::LoopTransport& client_;
   Clock& clock_;
   std::thread thread_;
 

@@ -141,15 +141,18 @@ absl::Status Gateway::BuildUpstream() {
   if (!usersigs.ok()) return usersigs.status();
   usersigs_ = *std::move(usersigs);
 
-  upstream::CurlClient::Options client_options;
-  client_options.max_connections = config_.max_connections;
-  client_options.reuse_connections = config_.reuse_connections;
-  client_options.ca_file = config_.ca_file;
-  client_options.insecure_skip_verify = config_.insecure_skip_verify;
-  client_options.warm_origin = config_.base_url;
-  client_options.warm_connections = config_.warm_connections;
-  absl::StatusOr<std::unique_ptr<upstream::CurlClient>> client =
-      upstream::CurlClient::Create(client_options);
+  upstream::UpstreamClient::Options client_options;
+  client_options.curl.max_connections = config_.max_connections;
+  client_options.curl.reuse_connections = config_.reuse_connections;
+  client_options.curl.ca_file = config_.ca_file;
+  client_options.curl.insecure_skip_verify = config_.insecure_skip_verify;
+  client_options.curl.warm_origin = config_.base_url;
+  client_options.curl.warm_connections = config_.warm_connections;
+  client_options.curl.max_response_bytes = config_.max_upstream_answer_bytes;
+  client_options.choice = config_.libcurl_only ? upstream::HttpClientChoice::kLibcurl
+                                               : upstream::HttpClientChoice::kAuto;
+  absl::StatusOr<std::unique_ptr<upstream::UpstreamClient>> client =
+      upstream::UpstreamClient::Create(std::move(client_options));
   if (!client.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--ca_file: ", client.status().message()));
   }
@@ -191,7 +194,7 @@ absl::Status Gateway::BuildBudget() {
   redis.command_timeout = config_.redis_timeout;
   redis.connect_timeout = std::max(absl::Milliseconds(200), 2 * config_.redis_timeout);
   redis.fallback_replicas = config_.redis_fallback_replicas;
-  upstream::CurlClient* client = client_.get();
+  upstream::UpstreamClient* client = client_.get();
   redis.on_permit = [client] { client->Wakeup(); };  // No polling for permits.
   shared_budget_metrics_ = std::make_unique<metrics::SharedBudgetMetrics>(*metrics_->registry());
   metrics::SharedBudgetMetrics* budget_metrics = shared_budget_metrics_.get();
@@ -487,6 +490,9 @@ void Gateway::LogServing() const {
                     : config_.grpc_client_ca_pem.empty() ? "on"
                                                          : "mutual"},
        {"upstream", config_.base_url},
+       {"upstream_client", client_->libcurl_reason().empty()
+                               ? std::string("nghttp2 (libcurl if the upstream declines HTTP/2)")
+                               : absl::StrCat("libcurl: ", client_->libcurl_reason())},
        {"sdkappid", absl::StrCat(config_.sdkappid)},
        {"identifier", config_.identifier},
        {"rate_limit", absl::StrCat(config_.rate_limit)},

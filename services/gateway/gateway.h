@@ -23,8 +23,8 @@
 #include "lib/queue/queue_loop.h"
 #include "lib/ratelimit/local_rate_limiter.h"
 #include "lib/ratelimit/redis_rate_limiter.h"
-#include "lib/upstream/curl_client.h"
 #include "lib/upstream/request_factory.h"
+#include "lib/upstream/upstream_client.h"
 #include "lib/usersig/usersig_cache.h"
 #include "services/gateway/msg_read_service.h"
 #include "services/gateway/queue_admin_service.h"
@@ -98,7 +98,7 @@ class Gateway final {
   std::unique_ptr<metrics::HttpServer> http_;
   std::atomic<bool> serving_{false};
   std::unique_ptr<usersig::UserSigCache> usersigs_;
-  std::unique_ptr<upstream::CurlClient> client_;
+  std::unique_ptr<upstream::UpstreamClient> client_;
   std::unique_ptr<ratelimit::RateLimiter> limiter_;
   ratelimit::RedisRateLimiter* redis_limiter_ = nullptr;  // limiter_, when it is the Redis one.
   std::unique_ptr<upstream::RequestFactory> requests_;

@@ -76,6 +76,11 @@ ABSL_FLAG(bool, reuse_connections, true,
           "Keep upstream connections alive and reuse them (off only to measure the pool).");
 ABSL_FLAG(bool, warm_connections, true,
           "Open upstream connections ahead of need (OPTIONS *), sized by rate x round trip.");
+ABSL_FLAG(std::string, upstream_http_client, "auto",
+          "auto: nghttp2 while the upstream speaks HTTP/2 and no proxy is set, else libcurl; "
+          "libcurl: libcurl always.");
+ABSL_FLAG(int64_t, max_upstream_answer_bytes, 64 * 1024,
+          "Largest upstream answer body read; a larger one fails the request (1024..16777216).");
 ABSL_FLAG(absl::Duration, default_deadline, absl::Seconds(10),
           "Deadline for calls whose caller set none.");
 ABSL_FLAG(absl::Duration, upstream_timeout, absl::Seconds(5),
@@ -203,6 +208,8 @@ imgw::config::GatewayFlags FlagsFromCommandLine() {
   flags.max_connections = absl::GetFlag(FLAGS_max_connections);
   flags.reuse_connections = absl::GetFlag(FLAGS_reuse_connections);
   flags.warm_connections = absl::GetFlag(FLAGS_warm_connections);
+  flags.upstream_http_client = absl::GetFlag(FLAGS_upstream_http_client);
+  flags.max_upstream_answer_bytes = absl::GetFlag(FLAGS_max_upstream_answer_bytes);
   flags.default_deadline = absl::GetFlag(FLAGS_default_deadline);
   flags.request_timeout = absl::GetFlag(FLAGS_upstream_timeout);
   flags.max_attempts = absl::GetFlag(FLAGS_max_attempts);

@@ -93,9 +93,9 @@ absl::Status ImgwStack::StartEmulator(const ImgwStackOptions& options) {
     child.argv.push_back(
         absl::StrCat("--missing_accounts=", absl::StrJoin(options.missing_accounts, ",")));
   }
-  // HTTP/1.1 unless emulator_flags say --http2=true (the last occurrence of a flag wins): the
-  // suites written before the emulator spoke HTTP/2 keep the upstream they were measured on.
-  child.argv.push_back("--http2=false");
+  // HTTP/2 over ALPN, as the real upstream, unless emulator_flags say --http2=false (the last
+  // occurrence of a flag wins): the gateway then runs its production path (nghttp2).
+  child.argv.push_back("--http2=true");
   child.argv.insert(child.argv.end(), options.emulator_flags.begin(), options.emulator_flags.end());
   child.env = ChildEnv();
   child.unset_env = {"IMGW_SECRET_KEY"};

@@ -27,8 +27,9 @@ struct ImgwStackOptions {
   // The emulator's --missing_accounts.
   std::vector<std::string> missing_accounts;
   // Flags appended to the emulator's command line, e.g. a far-away upstream:
-  // {"--latency_ms=100", "--jitter_ms=10", "--http2=true"}. The stack starts the emulator with
-  // --http2=false (HTTP/1.1 only, as before it spoke HTTP/2); "--http2=true" here offers h2.
+  // {"--latency_ms=100", "--jitter_ms=10", "--http2=false"}. The stack starts the emulator with
+  // --http2=true (h2 offered over ALPN, as the real upstream does); "--http2=false" here makes
+  // it HTTP/1.1 only (the gateway then carries its requests with libcurl).
   std::vector<std::string> emulator_flags;
   // Flags appended to the gateway's command line (the stack sets only what it must: listen
   // addresses, endpoint, CA, app, identifier, key and ready file).

@@ -258,6 +258,20 @@ TEST(GatewayConfigTest, MemoryLimitFromTheFlagTheCgroupOrTheDefault) {
   ExpectError(f, "--memory_limit: must be at least 64Mi (cgroup");
 }
 
+TEST(GatewayConfigTest, TheUpstreamClientAndItsAnswerBound) {
+  absl::StatusOr<GatewayConfig> config = Resolve(Valid());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->libcurl_only);
+  EXPECT_EQ(config->max_upstream_answer_bytes, 64u * 1024);
+  GatewayFlags f = Valid();
+  f.upstream_http_client = "libcurl";
+  f.max_upstream_answer_bytes = 1 << 20;
+  config = Resolve(f);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->libcurl_only);
+  EXPECT_EQ(config->max_upstream_answer_bytes, 1u << 20);
+}
+
 TEST(GatewayConfigTest, EachBadFlagIsNamed) {
   GatewayFlags f = Valid();
   f.region = "mars";
@@ -313,6 +327,15 @@ TEST(GatewayConfigTest, EachBadFlagIsNamed) {
   f = Valid();
   f.request_timeout = absl::Seconds(3);
   ExpectError(f, "--upstream_timeout");
+  f = Valid();
+  f.upstream_http_client = "curl";
+  ExpectError(f, "--upstream_http_client: must be auto or libcurl");
+  f = Valid();
+  f.max_upstream_answer_bytes = 1023;
+  ExpectError(f, "--max_upstream_answer_bytes: must be 1024..16777216");
+  f = Valid();
+  f.max_upstream_answer_bytes = (16 << 20) + 1;
+  ExpectError(f, "--max_upstream_answer_bytes");
   f = Valid();
   f.metrics_max_connections = 0;
   ExpectError(f, "--metrics_max_connections");
