@@ -84,6 +84,8 @@ class HttpClientBench {
 // The clients (curl_clients.cc, nghttp2_client.cc, beast_client.cc).
 absl::StatusOr<std::unique_ptr<HttpClientBench>> MakeCurlClientBench(const ClientOptions& options);
 absl::StatusOr<std::unique_ptr<HttpClientBench>> MakeCurlLeanBench(const ClientOptions& options);
+absl::StatusOr<std::unique_ptr<HttpClientBench>> MakeUpstreamClientBench(
+    const ClientOptions& options);
 absl::StatusOr<std::unique_ptr<HttpClientBench>> MakeNghttp2Bench(const ClientOptions& options);
 absl::StatusOr<std::unique_ptr<HttpClientBench>> MakeBeastBench(const ClientOptions& options);
 

@@ -29,11 +29,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "bench/http_clients/bench_client.h"
 #include "lib/upstream/curl_client.h"
+#include "lib/upstream/upstream_client.h"
 
 namespace imgw::bench {
 namespace {
@@ -43,10 +45,13 @@ std::string ProtocolName(bool http2) { return http2 ? "h2" : "http/1.1"; }
 // ---------------------------------------------------------------------------------------------
 // curl: CurlClient as the gateway uses it.
 
-class CurlClientBench final : public HttpClientBench {
+// The gateway's own transports, driven as the dispatcher drives them: CurlClient ("curl") and
+// UpstreamClient ("imgw": nghttp2 while the server speaks HTTP/2, what the gateway runs).
+class LoopTransportBench final : public HttpClientBench {
  public:
-  explicit CurlClientBench(const ClientOptions& options, std::unique_ptr<upstream::CurlClient> c)
-      : options_(options), client_(std::move(c)) {}
+  LoopTransportBench(const ClientOptions& options, std::unique_ptr<upstream::LoopTransport> c,
+                     std::function<std::string()> protocol)
+      : options_(options), client_(std::move(c)), protocol_(std::move(protocol)) {}
 
   RunResult Run(int64_t requests, SteadyTime deadline) override {
     RunResult result;
@@ -86,12 +91,13 @@ class CurlClientBench final : public HttpClientBench {
     return result;
   }
 
-  std::string Protocol() const override { return ProtocolName(client_->http2()); }
+  std::string Protocol() const override { return protocol_(); }
   int64_t Connections() const override { return client_->connections_made(); }
 
  private:
   const ClientOptions options_;
-  std::unique_ptr<upstream::CurlClient> client_;
+  std::unique_ptr<upstream::LoopTransport> client_;
+  std::function<std::string()> protocol_;
   RequestPaths paths_;
 };
 
@@ -392,7 +398,28 @@ absl::StatusOr<std::unique_ptr<HttpClientBench>> MakeCurlClientBench(const Clien
   absl::StatusOr<std::unique_ptr<upstream::CurlClient>> client =
       upstream::CurlClient::Create(client_options);
   if (!client.ok()) return client.status();
-  return std::unique_ptr<HttpClientBench>(new CurlClientBench(options, *std::move(client)));
+  upstream::CurlClient* curl = client->get();
+  return std::unique_ptr<HttpClientBench>(new LoopTransportBench(
+      options, *std::move(client), [curl] { return ProtocolName(curl->http2()); }));
+}
+
+absl::StatusOr<std::unique_ptr<HttpClientBench>> MakeUpstreamClientBench(
+    const ClientOptions& options) {
+  if (options.http1) {
+    return absl::InvalidArgumentError(
+        "imgw offers HTTP/2 first; for HTTP/1.1 point --url at a server that does not");
+  }
+  upstream::UpstreamClient::Options client_options;
+  client_options.curl.max_connections = options.in_flight;
+  client_options.curl.ca_file = options.ca_file;
+  client_options.curl.warm_origin = options.origin;
+  absl::StatusOr<std::unique_ptr<upstream::UpstreamClient>> client =
+      upstream::UpstreamClient::Create(std::move(client_options));
+  if (!client.ok()) return client.status();
+  upstream::UpstreamClient* imgw = client->get();
+  return std::unique_ptr<HttpClientBench>(new LoopTransportBench(
+      options, *std::move(client),
+      [imgw] { return std::string(imgw->active()) == "nghttp2" ? "h2" : "libcurl"; }));
 }
 
 absl::StatusOr<std::unique_ptr<HttpClientBench>> MakeCurlLeanBench(const ClientOptions& options) {

@@ -22,7 +22,7 @@
 #include "absl/time/time.h"
 #include "bench/http_clients/bench_client.h"
 
-ABSL_FLAG(std::string, client, "curl", "curl, curl-lean, nghttp2 or beast");
+ABSL_FLAG(std::string, client, "curl", "imgw, curl, curl-lean, nghttp2 or beast");
 ABSL_FLAG(std::string, url, "", "The server's origin, https://host:port");
 ABSL_FLAG(std::string, ca_file, "", "PEM certificates to trust (empty: the system store)");
 ABSL_FLAG(int64_t, requests, 30000, "Requests measured");
@@ -43,11 +43,12 @@ double CpuSeconds(const timeval& t) { return static_cast<double>(t.tv_sec) + t.t
 
 absl::StatusOr<std::unique_ptr<HttpClientBench>> MakeClient(const std::string& name,
                                                             const ClientOptions& options) {
+  if (name == "imgw") return MakeUpstreamClientBench(options);
   if (name == "curl") return MakeCurlClientBench(options);
   if (name == "curl-lean") return MakeCurlLeanBench(options);
   if (name == "nghttp2") return MakeNghttp2Bench(options);
   if (name == "beast") return MakeBeastBench(options);
-  return absl::InvalidArgumentError("--client: curl, curl-lean, nghttp2 or beast");
+  return absl::InvalidArgumentError("--client: imgw, curl, curl-lean, nghttp2 or beast");
 }
 
 int Main() {

@@ -102,6 +102,8 @@ path+="&usersig=$usersig&random=123456789&contenttype=json"
 
 # The cases: "name|command". Each prints imgw-bench-http-clients' key=value line.
 cases=(
+  "imgw (UpstreamClient: nghttp2)|$BIN --client=imgw --url=$h2_url"
+  "imgw, h1-only server (libcurl)|$BIN --client=imgw --url=$h1_url"
   "curl|$BIN --client=curl --url=$h2_url"
   "curl, h1-only server|$BIN --client=curl --url=$h1_url"
   "curl-lean|$BIN --client=curl-lean --url=$h2_url"
