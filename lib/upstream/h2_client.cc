@@ -40,9 +40,6 @@ constexpr Clock::time_point kNever = Clock::time_point::max();
 
 // Frames gathered for one write; the session is asked for more only once they are written.
 constexpr size_t kMaxOutBuffer = 64 * 1024;
-// What one turn reads from one connection at most, so that a flooding server cannot keep the
-// loop on its connection (epoll is level-triggered: the rest is read the next turn).
-constexpr size_t kMaxReadPerTurn = 256 * 1024;
 // How often a request refused unprocessed is sent again before it fails (kConnect).
 constexpr int kMaxRefusals = 2;
 // How long a resolved address is used for new connections.
@@ -247,6 +244,7 @@ struct H2Client::Connection {
   bool draining = false;           // Takes no new streams.
   bool goaway = false;             // The server sent GOAWAY.
   bool settled = false;            // The server's SETTINGS came.
+  bool read_pending = false;       // TLS holds read data that no epoll event will announce.
   std::vector<Exchange*> streams;  // Exchanges with a stream open on it.
   std::string out;                 // Frames for the server; out_sent of them written.
   size_t out_sent = 0;
@@ -378,6 +376,8 @@ absl::Status H2Client::Init() {
   // No SSL_MODE_RELEASE_BUFFERS: it frees and allocates the TLS buffers around every read and
   // write, and one connection usually carries everything (about 34 KiB kept).
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  // One recv() takes every record the socket holds, not two per record (header, then body).
+  SSL_CTX_set_read_ahead(ctx, 1);
   static constexpr unsigned char kAlpn[] = "\x02h2\x08http/1.1";
   SSL_CTX_set_alpn_protos(ctx, kAlpn, sizeof(kAlpn) - 1);
   if (options_.insecure_skip_verify) {
@@ -819,6 +819,9 @@ void H2Client::BecomeReady(Connection& c) {
   c.last_read = now;
   connections_made_.fetch_add(1);
   Watch(c, EPOLLIN);
+  // Read ahead, the handshake may have taken the server's first frames from the socket too:
+  // no event would announce them.
+  if (SSL_has_pending(c.ssl)) Receive(c);
 }
 
 // The server chose HTTP/1.1 (or nothing): from now on requests go to the fallback.
@@ -947,11 +950,12 @@ void H2Client::HandleEvents(Connection& c, uint32_t events) {
   }
 }
 
-// Reads what the socket holds (at most kMaxReadPerTurn) and hands it to the session.
+// Reads what the socket holds (at most max_read_per_turn; epoll is level-triggered, and what
+// TLS already read ahead is read_pending) and hands it to the session.
 void H2Client::Receive(Connection& c) {
   uint8_t buffer[16 * 1024];
   size_t taken = 0;
-  while (taken < kMaxReadPerTurn) {
+  while (taken < options_.max_read_per_turn) {
     ERR_clear_error();
     const int n = SSL_read(c.ssl, buffer, sizeof(buffer));
     if (n > 0) {
@@ -976,6 +980,8 @@ void H2Client::Receive(Connection& c) {
     if (why.empty()) why = "the upstream closed the connection";
     return CloseConnection(c, HttpResponse::Error::kProtocol, why);
   }
+  // Stopped at the bound with records already read ahead: the next turn takes them.
+  c.read_pending = SSL_has_pending(c.ssl) == 1;
   if (nghttp2_session_want_read(c.session) == 0 && nghttp2_session_want_write(c.session) == 0) {
     // The session is over (GOAWAY both ways, or a connection error it announced).
     CloseConnection(c, HttpResponse::Error::kProtocol, "the HTTP/2 session ended");
@@ -1097,8 +1103,10 @@ Clock::time_point H2Client::NextTimer(Clock::time_point now) const {
         next = std::min(next, c->connect_by);
         break;
       case Connection::State::kReady:
-        // Frames queued (by Start()) and not blocked on the socket go out at the next Poll().
-        if (c->out_sent == c->out.size() && nghttp2_session_want_write(c->session) != 0) {
+        // Frames queued (by Start()) and not blocked on the socket go out at the next Poll(),
+        // which also reads what TLS read ahead.
+        if (c->read_pending ||
+            (c->out_sent == c->out.size() && nghttp2_session_want_write(c->session) != 0)) {
           return now;
         }
         next = std::min(next, c->ready_at + absl::ToChronoNanoseconds(options_.max_lifetime));
@@ -1122,8 +1130,13 @@ absl::Duration H2Client::NextTimerIn() const {
 
 void H2Client::Poll(absl::Duration max_wait) {
   owner_.Check();
-  // The requests started since the last turn go out now, together.
-  for (size_t i = 0; i < connections_.size(); ++i) Flush(*connections_[i]);
+  // What TLS read ahead beyond the last turn's bound, then the requests started since the last
+  // turn, together.
+  for (size_t i = 0; i < connections_.size(); ++i) {
+    Connection& c = *connections_[i];
+    if (c.read_pending && c.state == Connection::State::kReady) Receive(c);
+    Flush(c);
+  }
   auto now = Clock::now();
   const Clock::time_point until = std::min(
       NextTimer(now), now + absl::ToChronoNanoseconds(std::max(

@@ -79,6 +79,9 @@ class H2Client final : public LoopTransport {
     X509_STORE* trust_store = nullptr;
     size_t max_response_bytes = 64 * 1024;
     size_t max_response_header_bytes = 16 * 1024;
+    // What one turn reads from one connection at most (the rest waits for the next turn), so
+    // that a flooding server cannot keep the loop on its connection.
+    size_t max_read_per_turn = 256 * 1024;
     bool warm_connections = true;
     // Takes the requests the server would not carry over HTTP/2 (loop thread, from Poll()).
     // Unset: they fail with kProtocol.

@@ -58,7 +58,10 @@ class HostileH2Server {
     kSilent,        // Takes each request and never answers it (nor anything else).
     kGoaway,        // Answers each request with GOAWAY(last_stream_id 0): refused, unprocessed.
     kGoawayAtOnce,  // Sends GOAWAY(last_stream_id 0) right after its SETTINGS.
+    kBurst,         // As kHeaders, but holds the answers until kBurstStreams requests came, then
+                    // writes them all at once.
   };
+  static constexpr int kBurstStreams = 40;
 
   HostileH2Server(const testing::TlsFiles& tls, Mode mode, size_t header_bytes = 0)
       : mode_(mode), header_bytes_(header_bytes) {
@@ -178,6 +181,7 @@ class HostileH2Server {
     std::string preface(sizeof(h2::kPreface) - 1, '\0');
     if (!ReadExactly(ssl, preface.data(), preface.size()) || preface != h2::kPreface) return;
     bool settings_sent = false;
+    std::vector<std::string> held;  // kBurst's answers, not yet written.
     for (;;) {
       unsigned char header[9];
       if (!ReadExactly(ssl, reinterpret_cast<char*>(header), sizeof(header))) return;
@@ -199,6 +203,16 @@ class HostileH2Server {
         ++requests_;
         if (mode_ == Mode::kHeaders) out = Answer(stream);
         if (mode_ == Mode::kGoaway) out = Goaway(0);
+        if (mode_ == Mode::kBurst) {
+          held.push_back(Answer(stream));
+          if (static_cast<int>(held.size()) == kBurstStreams) {
+            // A TLS record each, back to back: the client reads several with one recv().
+            for (const std::string& answer : held) {
+              if (!WriteAll(ssl, answer)) return;
+            }
+            held.clear();
+          }
+        }
       }
       if (!out.empty() && !WriteAll(ssl, out)) return;
       if (type == h2::kSettings && (flags & kAck) == 0) ++settings_sent_;
@@ -919,6 +933,29 @@ TEST_F(H2ClientTest, AnOversizedHeaderBlockIsAnError) {
 
 // A server that takes a request and never answers: the request times out at its timeout, and
 // the connection, silent since, takes no new stream and closes.
+// Answers that arrive in one burst larger than what one turn reads from a connection are all
+// read, over several turns, those that TLS read ahead included: none waits for an event that
+// would not come.
+TEST_F(H2ClientTest, ABurstBeyondTheReadBoundIsReadWhole) {
+  HostileH2Server burst(*tls_, HostileH2Server::Mode::kBurst, /*header_bytes=*/1000);
+  ASSERT_TRUE(burst.ok());
+  H2Client::Options options = TrustingOptions(burst.origin());
+  options.max_requests = HostileH2Server::kBurstStreams;
+  options.max_read_per_turn = 2048;
+  auto client = MakeClient(std::move(options));
+  ASSERT_NE(client, nullptr);
+  std::vector<HttpRequest> requests;
+  for (int i = 0; i < HostileH2Server::kBurstStreams; ++i) {
+    requests.push_back(RequestTo(burst.origin(), "u" + std::to_string(i)));
+  }
+  for (const HttpResponse& r : Run(*client, std::move(requests))) {
+    EXPECT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
+    EXPECT_EQ(r.http_status, 200);
+  }
+  EXPECT_EQ(burst.requests(), HostileH2Server::kBurstStreams);
+  EXPECT_EQ(client->connections_made(), 1);
+}
+
 TEST_F(H2ClientTest, ASilentStreamTimesOutAndRetiresItsConnection) {
   HostileH2Server silent(*tls_, HostileH2Server::Mode::kSilent);
   ASSERT_TRUE(silent.ok());
