@@ -33,4 +33,12 @@ absl::StatusOr<TlsFiles> GenerateSelfSignedCert(const std::string& dir, absl::Du
   return files;
 }
 
+absl::StatusOr<std::unique_ptr<SuiteTls>> MakeSuiteTls(const std::string& prefix) {
+  absl::StatusOr<TempDir> dir = TempDir::Create(prefix);
+  if (!dir.ok()) return dir.status();
+  absl::StatusOr<TlsFiles> files = GenerateSelfSignedCert(dir->path());
+  if (!files.ok()) return files.status();
+  return std::unique_ptr<SuiteTls>(new SuiteTls{*std::move(dir), *std::move(files)});
+}
+
 }  // namespace imgw::testing

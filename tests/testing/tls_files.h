@@ -1,9 +1,11 @@
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "tests/testing/process.h"
 
 // TLS material for tests that run the HTTPS emulator. Needs the `openssl` command.
 namespace imgw::testing {
@@ -18,5 +20,14 @@ struct TlsFiles {
 // Fails with openssl's stderr when it does not succeed within `timeout`.
 absl::StatusOr<TlsFiles> GenerateSelfSignedCert(const std::string& dir,
                                                 absl::Duration timeout = absl::Seconds(30));
+
+// A self-signed certificate (above) in a temporary directory of its own: what a test suite
+// makes once in SetUpTestSuite (ctest runs each test in a process of its own, so each needs
+// its own directory). The directory goes with the object.
+struct SuiteTls {
+  TempDir dir;
+  TlsFiles files;
+};
+absl::StatusOr<std::unique_ptr<SuiteTls>> MakeSuiteTls(const std::string& prefix);
 
 }  // namespace imgw::testing

@@ -237,17 +237,13 @@ class H2ClientTest : public ::testing::Test {
  protected:
   // A directory of its own: ctest runs the tests of this suite in parallel processes.
   static void SetUpTestSuite() {
-    absl::StatusOr<testing::TempDir> dir = testing::TempDir::Create("h2-client-test");
-    ASSERT_TRUE(dir.ok()) << dir.status();
-    dir_ = new testing::TempDir(*std::move(dir));
-    absl::StatusOr<testing::TlsFiles> tls = testing::GenerateSelfSignedCert(dir_->path());
+    absl::StatusOr<std::unique_ptr<testing::SuiteTls>> tls =
+        testing::MakeSuiteTls("h2-client-test");
     ASSERT_TRUE(tls.ok()) << tls.status();
-    tls_ = new testing::TlsFiles(*tls);
+    suite_tls_ = tls->release();
+    tls_ = &suite_tls_->files;
   }
-  static void TearDownTestSuite() {
-    delete tls_;
-    delete dir_;
-  }
+  static void TearDownTestSuite() { delete suite_tls_; }
 
   void SetUp() override { StartServer(Http2()); }
 
@@ -375,8 +371,8 @@ class H2ClientTest : public ::testing::Test {
     EXPECT_EQ(r.error_detail.find("usersig"), std::string::npos) << "URL leaked into the error";
   }
 
+  static testing::SuiteTls* suite_tls_;
   static testing::TlsFiles* tls_;
-  static testing::TempDir* dir_;
   std::unique_ptr<emulator::EmulatorCore> core_;
   std::unique_ptr<emulator::HttpsServer> server_;
   std::string base_url_;
@@ -384,7 +380,7 @@ class H2ClientTest : public ::testing::Test {
   std::atomic<int> api_requests_{0};
 };
 
-testing::TempDir* H2ClientTest::dir_ = nullptr;
+testing::SuiteTls* H2ClientTest::suite_tls_ = nullptr;
 testing::TlsFiles* H2ClientTest::tls_ = nullptr;
 
 bool IsApi(const emulator::Request& r) { return r.target.rfind(emulator::kApiPath, 0) == 0; }

@@ -70,17 +70,13 @@ TEST(ProxyConfiguredForTest, ReadsTheProxyAndNoProxyVariablesAsLibcurlDoes) {
 class UpstreamClientTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<testing::TempDir> dir = testing::TempDir::Create("upstream-client-test");
-    ASSERT_TRUE(dir.ok()) << dir.status();
-    dir_ = new testing::TempDir(*std::move(dir));
-    absl::StatusOr<testing::TlsFiles> tls = testing::GenerateSelfSignedCert(dir_->path());
+    absl::StatusOr<std::unique_ptr<testing::SuiteTls>> tls =
+        testing::MakeSuiteTls("upstream-client-test");
     ASSERT_TRUE(tls.ok()) << tls.status();
-    tls_ = new testing::TlsFiles(*tls);
+    suite_tls_ = tls->release();
+    tls_ = &suite_tls_->files;
   }
-  static void TearDownTestSuite() {
-    delete tls_;
-    delete dir_;
-  }
+  static void TearDownTestSuite() { delete suite_tls_; }
 
   void StartServer(bool http2) {
     emulator::EmulatorOptions options;
@@ -140,14 +136,14 @@ class UpstreamClientTest : public ::testing::Test {
     return "https://" + host + ":" + std::to_string(port_);
   }
 
+  static testing::SuiteTls* suite_tls_;
   static testing::TlsFiles* tls_;
-  static testing::TempDir* dir_;
   std::unique_ptr<emulator::EmulatorCore> core_;
   std::unique_ptr<emulator::HttpsServer> server_;
   int port_ = 0;
 };
 
-testing::TempDir* UpstreamClientTest::dir_ = nullptr;
+testing::SuiteTls* UpstreamClientTest::suite_tls_ = nullptr;
 testing::TlsFiles* UpstreamClientTest::tls_ = nullptr;
 
 TEST_F(UpstreamClientTest, AnHttp2UpstreamIsServedByNghttp2) {
