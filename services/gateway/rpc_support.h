@@ -34,6 +34,11 @@ class CountedReactor : public grpc::ServerUnaryReactor {
     active_.fetch_sub(1);
     delete this;
   }
+  // gRPC 1.51 runs the reactions of a reactor that says so where the call ends, instead of
+  // handing each to its executor threads (a thread hop of 9 to 15 µs per call here): what its
+  // own DefaultReactor does. Ours are as short and never block: OnDone above, and OnCancel,
+  // which posts the cancellation to the dispatch loop (a short lock, a wake-up).
+  bool InternalInlineable() override { return true; }
 
   // Gives `held` bytes of the lane back to `memory` when gRPC is done with the call, its answer
   // sent (or the call cancelled). Before the call is submitted.
