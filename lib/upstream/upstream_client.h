@@ -56,12 +56,15 @@ class UpstreamClient final : public LoopTransport {
 
   // "nghttp2" or "libcurl": which client takes new requests now.
   const char* active() const;
-  // Why the H2Client is not used ("" while it is, or until it is known).
+  // Why the H2Client is not used ("" while it is, or until it is known). The loop thread's,
+  // or anyone's before the loop starts.
   std::string libcurl_reason() const { return libcurl_reason_; }
 
  private:
   UpstreamClient() = default;
   bool UseH2() const;
+  // `url` is for origin_ ("https://host:44" is not the origin of "https://host:443/...").
+  bool ForOrigin(const std::string& url) const;
 
   std::unique_ptr<CurlClient> curl_;
   std::unique_ptr<H2Client> h2_;  // nullptr: libcurl only.

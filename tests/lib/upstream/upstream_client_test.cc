@@ -203,6 +203,20 @@ TEST_F(UpstreamClientTest, AHostNameIsResolved) {
   EXPECT_EQ(core_->Stats().ok, 3u);
 }
 
+// A request for another origin goes to libcurl, even one whose URL starts with the origin's
+// text ("https://127.0.0.1:3852" is not the origin of "https://127.0.0.1:38521/...").
+TEST_F(UpstreamClientTest, ARequestForAnotherOriginGoesToLibcurl) {
+  StartServer(/*http2=*/true);
+  const std::string prefix = Origin().substr(0, Origin().size() - 1);
+  auto client = MakeClient(prefix);
+  for (const HttpResponse& r : Run(*client, Origin(), 2)) {
+    ASSERT_EQ(r.error, HttpResponse::Error::kNone) << r.error_detail;
+    EXPECT_EQ(r.http_status, 200);
+  }
+  EXPECT_STREQ(client->active(), "nghttp2") << "the origin's client was not given up";
+  EXPECT_EQ(core_->Stats().ok, 2u);
+}
+
 TEST_F(UpstreamClientTest, AProxyInTheEnvironmentLeavesItToLibcurl) {
   StartServer(/*http2=*/true);
   int fd = socket(AF_INET, SOCK_STREAM, 0);
