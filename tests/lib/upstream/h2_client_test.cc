@@ -454,7 +454,9 @@ TEST_F(H2ClientTest, TheServersStreamLimitOpensAnotherConnection) {
   // The first connection's SETTINGS are known before any request goes out.
   ASSERT_NO_FATAL_FAILURE(WarmOne(*client));
   for (const HttpResponse& r : Run(*client, Requests(4, "a"))) ExpectOk(r);
-  EXPECT_EQ(client->connections_made(), 2);
+  // The two requests that found no room opened a second connection; they may have ended on
+  // the first one before its handshake did, so it is waited for.
+  PollUntil(*client, [&] { return client->connections_made() == 2; });
   for (const HttpResponse& r : Run(*client, Requests(30, "b"))) ExpectOk(r);
   EXPECT_EQ(client->connections_made(), 2) << "2 connections of 2 streams carry 4 requests";
   EXPECT_EQ(core_->Stats().ok, 34u);
@@ -780,6 +782,49 @@ TEST_F(H2ClientTest, AnIdleConnectionCloses) {
   std::vector<HttpResponse> r = Run(*client, {Request("after-idle")});
   ExpectOk(r[0]);
   EXPECT_TRUE(r[0].new_connection);
+  EXPECT_EQ(client->connections_made(), 2);
+}
+
+// A connection older than max_lifetime takes no new stream: the next request opens another,
+// and the old one closes once idle.
+TEST_F(H2ClientTest, AConnectionPastItsLifetimeIsReplaced) {
+  H2Client::Options options = TrustingOptions();
+  options.max_lifetime = absl::Milliseconds(500);
+  auto client = MakeClient(std::move(options));
+  ASSERT_NE(client, nullptr);
+  ExpectOk(Run(*client, {Request("young")})[0]);
+  EXPECT_EQ(client->connections_made(), 1);
+  const absl::Time old = absl::Now() + absl::Milliseconds(600);
+  PollUntil(*client, [&] { return absl::Now() >= old; });
+  std::vector<HttpResponse> r = Run(*client, {Request("old")});
+  ExpectOk(r[0]);
+  EXPECT_TRUE(r[0].new_connection);
+  EXPECT_EQ(client->connections_made(), 2);
+  PollUntil(*client, [&] { return client->open_connections() <= 1; });
+  EXPECT_LE(client->open_connections(), 1) << "the old connection stayed open";
+}
+
+// A second connection, opened because the server allows one stream per connection, closes
+// once idle for spare_idle; the first stays (until max_idle).
+TEST_F(H2ClientTest, ASpareConnectionClosesWhenIdle) {
+  emulator::HttpsServerOptions server_options = Http2();
+  server_options.max_concurrent_streams = 1;
+  StartServer(server_options);
+  H2Client::Options options = TrustingOptions();
+  options.max_requests = 2;
+  options.spare_idle = absl::Seconds(1);
+  auto client = MakeClient(std::move(options));
+  ASSERT_NE(client, nullptr);
+  ASSERT_NO_FATAL_FAILURE(WarmOne(*client));
+  for (const HttpResponse& r : Run(*client, Requests(2, "a"))) ExpectOk(r);
+  // The request that found no room opened a second connection (it may have ended on the first
+  // before that handshake did).
+  PollUntil(*client, [&] { return client->connections_made() == 2; });
+  PollUntil(*client, [&] { return client->open_connections() == 1; });
+  EXPECT_EQ(client->open_connections(), 1) << "the spare connection stayed, or both closed";
+  std::vector<HttpResponse> r = Run(*client, {Request("after")});
+  ExpectOk(r[0]);
+  EXPECT_FALSE(r[0].new_connection) << "the first connection did not stay";
   EXPECT_EQ(client->connections_made(), 2);
 }
 
