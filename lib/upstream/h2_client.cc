@@ -242,7 +242,6 @@ struct H2Client::Connection {
   bool warmup = false;             // Opened by Anticipate().
   bool carried = false;            // Has carried a request.
   bool draining = false;           // Takes no new streams.
-  bool goaway = false;             // The server sent GOAWAY.
   bool settled = false;            // The server's SETTINGS came.
   bool read_pending = false;       // TLS holds read data that no epoll event will announce.
   std::vector<Exchange*> streams;  // Exchanges with a stream open on it.
@@ -319,7 +318,6 @@ struct H2Callbacks {
       if (c->warmup) c->client->warmups_kept_.fetch_add(1);
     }
     if (frame->hd.type == NGHTTP2_GOAWAY) {
-      c->goaway = true;
       c->draining = true;
     }
     return 0;
@@ -464,7 +462,6 @@ size_t H2Client::WarmCapacity() {
 
 void H2Client::Anticipate(size_t requests) {
   owner_.Check();
-  anticipated_ = requests;
   if (requests == 0 || !options_.warm_connections || declined_.load()) return;
   const auto now = Clock::now();
   if (now < warm_paused_until_) return;

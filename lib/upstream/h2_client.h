@@ -151,7 +151,6 @@ class H2Client final : public LoopTransport {
 
   Options options_;
   OwnerThread owner_{"the H2Client"};
-  std::string scheme_host_port_;  // The origin as given.
   std::string host_;
   std::string port_;
   std::string authority_;    // :authority, "host[:port]".
@@ -167,7 +166,6 @@ class H2Client final : public LoopTransport {
   std::vector<std::unique_ptr<Exchange>> free_;  // Recycled exchanges, for reuse.
   std::vector<Exchange*> completions_;           // Answered; their callbacks run in Poll().
   std::vector<std::pair<HttpRequest, Callback>> declined_requests_;  // For the fallback.
-  size_t anticipated_ = 0;
   int warmups_closed_in_a_row_ = 0;
   SteadyTime warm_paused_until_;
   std::atomic<int64_t> open_connections_{0};
