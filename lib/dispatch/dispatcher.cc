@@ -170,8 +170,8 @@ void Dispatcher::RefuseOverloaded(Call& call, absl::Duration turn, absl::Duratio
       absl::StrCat("the call's deadline (in ", Millis(call.deadline - now),
                    ") would pass before its answer could come back: its turn for the upstream "
                    "budget in about ",
-                   Millis(turn - now), ", then the upstream's round trip (p99 ", Millis(round_trip),
-                   ")"));
+                   Millis(turn - now), ", then the upstream's round trip (p99 and spread ",
+                   Millis(round_trip), ")"));
   out.retry_after = std::max(absl::Milliseconds(1), turn - now + round_trip);
   call.done(std::move(out));
 }
@@ -202,8 +202,9 @@ void Dispatcher::AddWaiter(EntryId target, Call call, absl::Duration now) {
   const CallId id = call.id;
   deadlines_.emplace(call.deadline, id);
   // When it will be too late to send for it: the hopeless scan must run by then.
-  next_hopeless_scan_ = std::min(
-      next_hopeless_scan_, call.deadline - round_trips_.High(now) - Margin(call.deadline, now));
+  next_hopeless_scan_ =
+      std::min(next_hopeless_scan_,
+               call.deadline - ExpectedRoundTrip(now, /*cold=*/false) - Margin(call.deadline, now));
   waiters_[id] = Waiter{std::move(call), target, /*index=*/0, now};
   Attach(id, entry);
 }
@@ -769,12 +770,12 @@ void Dispatcher::EndInWindow(const Entry& entry, uint64_t send_id,
 }
 
 absl::Duration Dispatcher::ExpectedRoundTrip(absl::Duration now, bool cold) {
-  absl::Duration round_trip = round_trips_.High(now);
+  absl::Duration round_trip = round_trips_.ForDeadlines(now);
   if (cold) {
     // A new connection first: its measured set-up, else TCP and TLS handshakes of about two
     // round trips.
     absl::Duration setup = round_trips_.ConnectHigh(now);
-    round_trip += setup > absl::ZeroDuration() ? setup : 2 * round_trip;
+    round_trip += setup > absl::ZeroDuration() ? setup : 2 * round_trips_.High(now);
   }
   return round_trip;
 }
@@ -850,7 +851,7 @@ void Dispatcher::AnswerLate(const std::vector<CallId>& late, absl::Duration now,
     const Entry& entry = entries_.at(waiter->second.entry);
     const absl::Duration left = waiter->second.call.deadline - now;
     std::string why = absl::StrCat("its deadline (in ", Millis(left),
-                                   ") leaves less than the upstream's round trip (p99 ",
+                                   ") leaves less than the upstream's round trip (p99 and spread ",
                                    Millis(expected), cold ? ", with a new connection" : "", ")");
     Outcome out;
     if (entry.attempts > 0) {

@@ -263,8 +263,8 @@ class Dispatcher final {
   // the limiter.
   void EndInWindow(const Entry& entry, uint64_t send_id, const upstream::HttpResponse& response,
                    absl::Duration now);
-  // What a request sent now must expect until its answer: the round trip's high percentile,
-  // plus a connection's set-up when `cold`.
+  // What a request sent now must expect until its answer: the round trip's high percentile and
+  // its spread (RoundTrips::ForDeadlines), plus a connection's set-up when `cold`.
   absl::Duration ExpectedRoundTrip(absl::Duration now, bool cold);
   // Whether a request sent at `start` for a call that arrived at `arrived` can be answered
   // before its `deadline`, with a margin for the way back to the caller.

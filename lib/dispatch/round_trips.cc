@@ -91,6 +91,11 @@ absl::Duration RoundTrips::High(absl::Duration now) {
   return std::max(series_.high, Fastest(now));
 }
 
+absl::Duration RoundTrips::ForDeadlines(absl::Duration now) {
+  const absl::Duration high = High(now);
+  return high + std::max(absl::ZeroDuration(), high - Typical(now));
+}
+
 absl::Duration RoundTrips::ConnectHigh(absl::Duration now) {
   Refresh(connects_, now);
   return connects_.high;

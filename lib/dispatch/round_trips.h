@@ -15,6 +15,10 @@ namespace imgw::dispatch {
 //    path (propagation). The window guard credits it back (Credit(), README "Admission").
 //  - Typical() and High(): the median and a high quantile (p99 by default); High() is what a
 //    request must expect, for deadlines and for sizing the connection pool (Little's law).
+//  - ForDeadlines(): what a request must expect before its deadline: High() plus the spread
+//    High() - Typical() once more. Past its p99 a path's tail goes on about as far again (the
+//    p99.98 of an exponential tail, beyond the p99.99 of a normal one): a path that is steady
+//    adds little, one whose tail grows (a busy machine, a congested link) adds what it grew.
 //  - ConnectHigh(): how long setting up a new connection took (a high quantile).
 // Until `min_samples` round trips are known, every figure is zero (no knowledge: the guard
 // credits nothing, deadlines expect nothing).
@@ -49,6 +53,7 @@ class RoundTrips final {
   absl::Duration Fastest(absl::Duration now);
   absl::Duration Typical(absl::Duration now);
   absl::Duration High(absl::Duration now);
+  absl::Duration ForDeadlines(absl::Duration now);
   absl::Duration ConnectHigh(absl::Duration now);
   // What the window guard may take off a request's answer time to place its end on the
   // upstream's side: Fastest() less the margin, never negative.

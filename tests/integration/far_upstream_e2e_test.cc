@@ -127,11 +127,17 @@ class FarUpstreamE2eTest : public ::testing::Test {
     std::map<grpc::StatusCode, int> codes;
     int answered_twice = 0;
     int calls = 0;
+    int late_shown = 0;
     for (const OpenLoad::Batch& batch : load.batches()) {
       for (const testing::AsyncCalls::Result& r : batch.calls->Results()) {
         ++calls;
         ++codes[r.code];
         answered_twice += r.answers > 1 ? 1 : 0;
+        if (r.code == grpc::StatusCode::DEADLINE_EXCEEDED && late_shown < 5) {
+          ++late_shown;  // What made it late, as the caller saw it.
+          std::cout << "DEADLINE_EXCEEDED after " << r.latency << " (deadline " << r.deadline
+                    << "): " << r.message << "\n";
+        }
       }
     }
     const double rate =

@@ -677,7 +677,7 @@ TEST_F(DispatcherTest, ARefusalsHintIncludesTheUpstreamsRoundTrip) {
   ASSERT_EQ(answers_[2], 1);
   EXPECT_EQ(outcomes_[2].kind, Outcome::Kind::kOverloaded);
   EXPECT_GE(outcomes_[2].retry_after, absl::Seconds(2));
-  EXPECT_NE(outcomes_[2].detail.find("round trip (p99 2000ms)"), std::string::npos)
+  EXPECT_NE(outcomes_[2].detail.find("round trip (p99 and spread 2000ms)"), std::string::npos)
       << outcomes_[2].detail;
 }
 
@@ -880,6 +880,33 @@ TEST_F(DispatcherTest, ACallWhoseTurnLeavesLessThanTheRoundTripIsAnsweredUnsent)
   EXPECT_GT(outcomes_[3].retry_after, absl::ZeroDuration());
   EXPECT_EQ(dispatcher_->stats().unsent_late, 1u);
   EXPECT_TRUE(dispatcher_->idle());
+}
+
+// What a request must expect is the round trip's p99 and its spread once more: a path whose
+// tail widened (here 8 answers in 100 ms, 2 in 200 ms: p99 200, median 100) needs 300 ms. A
+// call with 260 ms left, which the p99 and margin alone (210 ms) would have let through, is
+// refused at once; one with 320 ms is sent.
+TEST_F(DispatcherTest, ADeadlineMustCoverTheRoundTripsP99AndItsSpread) {
+  Dispatcher::Options options;
+  options.round_trips.min_samples = 1;
+  Build(options, /*rate=*/1000);
+  for (CallId id = 1; id <= 10; ++id) {
+    Submit(id);
+    dispatcher_->Step();
+    clock_.Advance(absl::Milliseconds(id <= 8 ? 100 : 200));
+    transport_.Answer(kOk);
+    dispatcher_->Step();
+    ASSERT_EQ(outcomes_[id].disposition, Disposition::kOk);
+  }
+  Submit(11, absl::Milliseconds(260));
+  ASSERT_EQ(answers_[11], 1);
+  EXPECT_EQ(outcomes_[11].kind, Outcome::Kind::kOverloaded);
+  EXPECT_NE(outcomes_[11].detail.find("round trip (p99 and spread 300ms)"), std::string::npos)
+      << outcomes_[11].detail;
+  Submit(12, absl::Milliseconds(320));
+  EXPECT_EQ(answers_[12], 0);
+  dispatcher_->Step();
+  EXPECT_EQ(transport_.started(), 11);
 }
 
 // A waiting call is answered as soon as its deadline can no longer cover a round trip and its

@@ -36,6 +36,28 @@ TEST(RoundTripsTest, FastestMedianAndHighOverTheWindow) {
   EXPECT_EQ(trips.Credit(t), Milliseconds(200 - 1 - 2));
 }
 
+// Deadlines expect the p99 and the spread again: a steady path adds little, a widening tail
+// what it widened by.
+TEST(RoundTripsTest, ForDeadlinesAddsTheSpreadToTheHighQuantile) {
+  RoundTrips::Options options;
+  options.min_samples = 1;
+  RoundTrips trips(options);
+  absl::Duration t = Seconds(100);
+  for (int i = 0; i < 98; ++i) trips.Add(t, Milliseconds(100));
+  trips.Add(t, Milliseconds(104));
+  trips.Add(t, Milliseconds(105));
+  EXPECT_EQ(trips.Typical(t), Milliseconds(100));
+  EXPECT_EQ(trips.High(t), Milliseconds(104));
+  EXPECT_EQ(trips.ForDeadlines(t), Milliseconds(108));
+  // A busier second: 50 slow ones widen the tail.
+  const absl::Duration later = t + Seconds(1);
+  for (int i = 0; i < 50; ++i) trips.Add(later, Milliseconds(150 + i));
+  EXPECT_EQ(trips.Typical(later), Milliseconds(100));
+  EXPECT_EQ(trips.High(later), Milliseconds(198));
+  EXPECT_EQ(trips.ForDeadlines(later), Milliseconds(198 + 98));
+  EXPECT_EQ(RoundTrips().ForDeadlines(t), absl::ZeroDuration()) << "nothing known";
+}
+
 TEST(RoundTripsTest, OldSamplesLeaveTheWindowAndTheMinimumFollows) {
   RoundTrips::Options options;
   options.min_samples = 1;
