@@ -457,8 +457,8 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
   ++in_flight_;
   ++stats_.requests;
   if (guard_) guard_->OnSent();
-  const uint64_t send_id = ++sends_;  // Entries are retried: the limiter needs each send apart.
-  limiter_.OnSent(send_id, now);
+  entry.send_id = ++sends_;  // Entries are retried: the limiter needs each send apart.
+  limiter_.OnSent(entry.send_id, now);
   const absl::Duration remaining = LatestDeadline(entry) - now;
   absl::Duration timeout = std::min(options_.request_timeout, remaining);
   entry.cut_short = timeout < options_.request_timeout;
@@ -471,8 +471,9 @@ void Dispatcher::Send(EntryId id, Entry& entry, absl::Duration now) {
          {"attempt", absl::StrCat(entry.attempts)},
          {"waiters", absl::StrCat(entry.waiters.size())}});
   }
-  transport_.Start(std::move(request), [this, id, send_id](upstream::HttpResponse response) {
-    OnResponse(id, send_id, std::move(response));
+  // Two words, held in the callback itself: no allocation.
+  transport_.Start(std::move(request), [this, id](upstream::HttpResponse response) {
+    OnResponse(id, std::move(response));
   });
 }
 
@@ -482,12 +483,13 @@ absl::Duration Dispatcher::LatestDeadline(const Entry& entry) const {
   return latest;
 }
 
-void Dispatcher::OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse response) {
+void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
   owner_.Check();
+  requests_.Recycle(std::move(response.spent));
   Entry& entry = entries_.at(id);
   const absl::Duration now = clock_.Monotonic();
   --in_flight_;
-  EndInWindow(entry, send_id, response, now);
+  EndInWindow(entry, response, now);
   // A timeout the caller's deadline imposed (shorter than --upstream_timeout) says nothing
   // about the upstream's health. Only a timeout at the deadline is that one: a connect timeout
   // that fired earlier (a handshake that never completes) is the upstream's failure.
@@ -750,8 +752,8 @@ int64_t Dispatcher::TimeOf(Entry& entry) {
   return entry.time;
 }
 
-void Dispatcher::EndInWindow(const Entry& entry, uint64_t send_id,
-                             const upstream::HttpResponse& response, absl::Duration now) {
+void Dispatcher::EndInWindow(const Entry& entry, const upstream::HttpResponse& response,
+                             absl::Duration now) {
   // An answer is a round trip of the path; its end in the upstream's window is credited with
   // the path's fastest round trip (ratelimit::WindowGuard says why). A request that failed
   // without an answer may have reached the upstream any time before now: no credit.
@@ -766,7 +768,7 @@ void Dispatcher::EndInWindow(const Entry& entry, uint64_t send_id,
     credit = std::clamp(round_trips_.Credit(now), absl::ZeroDuration(), round_trip);
   }
   if (guard_) guard_->OnEnded(now - credit);
-  limiter_.OnEnded(send_id, now - credit);
+  limiter_.OnEnded(entry.send_id, now - credit);
 }
 
 absl::Duration Dispatcher::ExpectedRoundTrip(absl::Duration now, bool cold) {

@@ -178,6 +178,7 @@ class Dispatcher final {
     bool time_stale = false;  // A waiter left: `time` may be too large (TimeOf() fixes it).
     int64_t sent_time = 0;    // What the request in flight carries.
     absl::Duration sent_at;   // When the last request was sent.
+    uint64_t send_id = 0;     // The request in flight's, for the limiter.
     std::vector<CallId> waiters;
     int attempts = 0;
     bool resigned = false;
@@ -258,11 +259,10 @@ class Dispatcher final {
   absl::Duration NextStep(absl::Duration now, bool pool_full);
   void PublishGauges(absl::Duration now, size_t wanted);
   void Send(EntryId id, Entry& entry, absl::Duration now);
-  void OnResponse(EntryId id, uint64_t send_id, upstream::HttpResponse response);
+  void OnResponse(EntryId id, upstream::HttpResponse response);
   // Learns the round trip of an answer and ends the request's span in the window guard and
   // the limiter.
-  void EndInWindow(const Entry& entry, uint64_t send_id, const upstream::HttpResponse& response,
-                   absl::Duration now);
+  void EndInWindow(const Entry& entry, const upstream::HttpResponse& response, absl::Duration now);
   // What a request sent now must expect until its answer: the round trip's high percentile and
   // its spread (RoundTrips::ForDeadlines), plus a connection's set-up when `cold`.
   absl::Duration ExpectedRoundTrip(absl::Duration now, bool cold);

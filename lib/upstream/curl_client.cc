@@ -559,6 +559,7 @@ void CurlClient::Complete(Transfer* t, int curl_code) {
   transfers_.erase(t);
   Callback done = std::move(t->done);
   HttpResponse response = std::move(t->response);
+  response.spent = std::move(t->request);  // libcurl is done with its URL and body.
   delete t;
   done(std::move(response));
 }

@@ -642,8 +642,12 @@ void H2Client::RunCompletions() {
       response.elapsed = Since(x->started, now);
       Callback callback = std::move(x->done);
       x->delivered = true;
-      // The exchange stays while its stream is open (the session may still read its body).
-      if (x->connection == nullptr) Recycle(x);
+      // The exchange stays while its stream is open (the session may still read its body);
+      // once closed, its request's buffers go back with the answer.
+      if (x->connection == nullptr) {
+        response.spent = std::move(x->request);
+        Recycle(x);
+      }
       callback(std::move(response));
     }
   }

@@ -43,6 +43,10 @@ struct HttpResponse {
   // and TLS handshakes), or waiting for one. Zero or nearly on a warm connection. So
   // `elapsed - setup` is the request's own round trip.
   absl::Duration setup = absl::ZeroDuration();
+  // The request, handed back once the transport is done with it, so that its buffers can
+  // carry another (RequestFactory::Recycle). Empty when the transport still holds them or keeps
+  // none. Its URL is signed: never log it.
+  HttpRequest spent;
 };
 
 const char* ErrorName(HttpResponse::Error error);

@@ -12,11 +12,25 @@ HttpRequest RequestFactory::Build(const SetMsgReadParams& params, absl::Duration
   owner_.Check();
   usersigs_.GetInto(&usersig_);
   HttpRequest request;
+  if (!spare_.empty()) {
+    request.url = std::move(spare_.back().url);
+    request.body = std::move(spare_.back().body);
+    spare_.pop_back();
+    request.url.clear();
+    request.body.clear();
+  }
   AppendUrl(options_.base_url, kSetMsgReadPath, options_.credentials, usersig_, uint32_(random_),
             &request.url);
   AppendSetMsgReadBody(params, &request.body);
   request.timeout = timeout;
   return request;
+}
+
+void RequestFactory::Recycle(HttpRequest spent) {
+  owner_.Check();
+  if (spare_.size() >= kMaxSpare || (spent.url.empty() && spent.body.empty())) return;
+  if (spare_.capacity() == 0) spare_.reserve(kMaxSpare);
+  spare_.push_back(std::move(spent));
 }
 
 }  // namespace imgw::upstream

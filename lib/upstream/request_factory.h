@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "lib/common/thread_checker.h"
 #include "lib/upstream/http_transport.h"
@@ -23,9 +24,13 @@ class RequestFactory final {
 
   RequestFactory(const Options& options, usersig::UserSigCache& usersigs);
 
-  // Two allocations, each sized first: the request's URL and body. The transport takes the
-  // request by value and holds both until the answer, so they cannot be buffers kept here.
+  // The request's URL and body, each sized first, written into the buffers of a request
+  // handed back by Recycle() when there is one: no allocation once requests come back.
   HttpRequest Build(const SetMsgReadParams& params, absl::Duration timeout);
+  // Takes back a finished request (HttpResponse::spent) to build another in its buffers. At
+  // most kMaxSpare are kept (a few hundred bytes each); empty ones are dropped.
+  void Recycle(HttpRequest spent);
+  static constexpr size_t kMaxSpare = 256;
   // The upstream rejected the signature (70001, 60004, 60005): sign anew for the next request.
   void OnSignatureRejected() { usersigs_.Invalidate(); }
 
@@ -38,6 +43,7 @@ class RequestFactory final {
   // The signature of the request being built, only read into its URL: one buffer from request
   // to request.
   std::string usersig_;
+  std::vector<HttpRequest> spare_;
 };
 
 }  // namespace imgw::upstream

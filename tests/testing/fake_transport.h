@@ -44,6 +44,7 @@ class FakeTransport final : public upstream::HttpTransport {
     upstream::HttpResponse response;
     response.http_status = status;
     response.body = body;
+    response.spent = std::move(p.request);  // As the real transports hand it back.
     p.done(std::move(response));
   }
   void Fail(upstream::HttpResponse::Error error) {
@@ -52,6 +53,7 @@ class FakeTransport final : public upstream::HttpTransport {
     upstream::HttpResponse response;
     response.error = error;
     response.error_detail = "injected";
+    response.spent = std::move(p.request);
     p.done(std::move(response));
   }
 

@@ -168,6 +168,27 @@ TEST_F(DispatcherTest, PacesRequestsAtTheRateAndAnswersEachCallOnce) {
   EXPECT_EQ(dispatcher_->Step(), absl::InfiniteDuration());
 }
 
+// An answer hands its request back (HttpResponse::spent): the next request is built in its
+// buffers. (Seen in the body's capacity: a freed buffer could come back from malloc at the
+// same address, but a short request's own body would not be sized for a long one's text.)
+TEST_F(DispatcherTest, TheNextRequestIsBuiltInTheBuffersOfTheLastAnswered) {
+  Build({}, /*rate=*/1000);
+  SubmitFor(1, std::string(300, 'r'), 1700000000, "caller");
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.pending().size(), 1u);
+  const size_t long_body = transport_.pending()[0].request.body.size();
+  transport_.Answer(kOk);
+  ASSERT_EQ(outcomes_[1].disposition, Disposition::kOk);
+  clock_.Advance(absl::Milliseconds(10));  // The next token.
+  Submit(2);
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.pending().size(), 1u);
+  const upstream::HttpRequest& next = transport_.pending()[0].request;
+  EXPECT_EQ(ReportOf(next), "r2");
+  EXPECT_LT(next.body.size(), long_body - 250);
+  EXPECT_GE(next.body.capacity(), long_body);
+}
+
 TEST_F(DispatcherTest, DeadlinePassedInQueueAnswersWithoutSpendingAToken) {
   Build({}, /*rate=*/1);
   Submit(1);

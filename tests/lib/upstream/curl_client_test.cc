@@ -155,6 +155,10 @@ TEST_F(CurlClientTest, SequentialRequestsReuseOneVerifiedConnection) {
     EXPECT_EQ(r[0].http_status, 200);
     EXPECT_EQ(r[0].new_connection, i == 0) << "request " << i;
     EXPECT_EQ(r[0].http_version, 11) << "the emulator speaks HTTP/1.1 only";
+    // The request comes back with its answer, for its buffers to carry the next one.
+    EXPECT_EQ(r[0].spent.body,
+              BuildSetMsgReadBody({"user" + std::to_string(i), "peer", 1700000000}));
+    EXPECT_EQ(r[0].spent.url.rfind(base_url_ + "/", 0), 0u) << "request " << i;
     absl::StatusOr<Answer> answer = ParseAnswer(r[0].body);
     ASSERT_TRUE(answer.ok()) << r[0].body;
     EXPECT_EQ(answer->error_code, 0) << r[0].body;

@@ -405,6 +405,10 @@ TEST_F(H2ClientTest, SequentialRequestsReuseOneVerifiedConnection) {
     std::vector<HttpResponse> r = Run(*client, {Request("user" + std::to_string(i))});
     ExpectOk(r[0]);
     EXPECT_EQ(r[0].new_connection, i == 0) << "request " << i;
+    // The request comes back with its answer, for its buffers to carry the next one.
+    EXPECT_EQ(r[0].spent.body,
+              BuildSetMsgReadBody({"user" + std::to_string(i), "peer", 1700000000}));
+    EXPECT_EQ(r[0].spent.url.rfind(base_url_ + "/", 0), 0u) << "request " << i;
   }
   EXPECT_EQ(client->connections_made(), 1);
   EXPECT_EQ(client->open_connections(), 1);

@@ -103,6 +103,36 @@ TEST(RequestFactoryTest, SignsWithTheCacheAndDrawsAFreshRandomEachTime) {
   EXPECT_TRUE(high_half) << "random never used the upper half of the 32-bit range";
 }
 
+// A request handed back is built into again: the same buffers, none of its old text left.
+TEST(RequestFactoryTest, BuildsIntoTheBuffersOfARecycledRequest) {
+  testing::FakeClock clock;
+  auto cache =
+      usersig::UserSigCache::Create({"key", 1400000000, "admin", absl::Hours(24), 0.5}, clock);
+  ASSERT_TRUE(cache.ok());
+  RequestFactory factory({"https://127.0.0.1:8443", {1400000000, "admin"}}, **cache);
+  HttpRequest first =
+      factory.Build({"a_longer_report_account", "b_longer_peer", 1}, absl::Seconds(4));
+  const char* url_buffer = first.url.data();
+  const char* body_buffer = first.body.data();
+  first.max_total = absl::Seconds(1);
+  factory.Recycle(std::move(first));
+  HttpRequest second = factory.Build({"a", "b", 2}, absl::Seconds(3));
+  EXPECT_EQ(second.url.data(), url_buffer);
+  EXPECT_EQ(second.body.data(), body_buffer);
+  EXPECT_EQ(second.body, BuildSetMsgReadBody({"a", "b", 2}));
+  std::map<std::string, std::string> q = QueryOf(second.url);
+  EXPECT_EQ(usersig::Verify(q["usersig"], "key", 1400000000, "admin", clock.Now()),
+            usersig::VerifyResult::kOk);
+  EXPECT_EQ(second.timeout, absl::Seconds(3));
+  EXPECT_EQ(second.max_total, absl::InfiniteDuration())
+      << "nothing of the old request but its buffers";
+  // Nothing to take from a request without buffers; a third Build allocates its own.
+  factory.Recycle(HttpRequest());
+  HttpRequest third = factory.Build({"a", "b", 3}, absl::Seconds(3));
+  EXPECT_NE(third.url.data(), second.url.data());
+  EXPECT_EQ(third.body, BuildSetMsgReadBody({"a", "b", 3}));
+}
+
 // The body as Boost.JSON writes that object, which is what BuildSetMsgReadBody wrote before it
 // wrote the JSON itself: the request bytes must not change.
 std::string SerializedByBoost(const SetMsgReadParams& params) {
