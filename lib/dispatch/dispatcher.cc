@@ -278,6 +278,19 @@ void Dispatcher::Unqueue(Entry& entry) {
   --queued_;
 }
 
+void Dispatcher::RetireLane(const std::string& name, Lane& lane) {
+  // Kept, empty, for its caller's next call: a new lane's deque would allocate twice. Only
+  // while there are few lanes, so that callers' names cannot hold memory.
+  if (lanes_.size() > kKeptLanes) {
+    lanes_.erase(name);
+    return;
+  }
+  lane.queue.clear();  // Its storage stays.
+  lane.live = 0;
+  lane.in_ring = false;
+  lane.served = 0;
+}
+
 Dispatcher::Lane& Dispatcher::LaneOf(const Entry& entry) {
   return entry.background ? background_ : lanes_[entry.lane];
 }
@@ -367,7 +380,7 @@ bool Dispatcher::SendInTurn(absl::Duration now) {
     Lane& lane = background ? background_ : lanes_.at(name);
     if (lane.live == 0) {  // Only skipped ids are left (never so for background_: live > 0).
       ring_.pop_front();
-      lanes_.erase(name);
+      RetireLane(name, lane);
       continue;
     }
     const EntryId id = FrontOf(lane);
@@ -384,7 +397,7 @@ bool Dispatcher::SendInTurn(absl::Duration now) {
       // background_ is never in the ring.
     } else if (lane.live == 0) {
       ring_.pop_front();
-      lanes_.erase(name);
+      RetireLane(name, lane);
     } else if (++lane.served >= WeightOf(name)) {  // Its turn is over: to the back.
       lane.served = 0;
       ring_.pop_front();

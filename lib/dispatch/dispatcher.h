@@ -100,6 +100,9 @@ struct DispatcherStats {
 // must outlive the dispatcher.
 class Dispatcher final {
  public:
+  // Empty lanes are kept for their caller's next call while there are no more lanes than this.
+  static constexpr size_t kKeptLanes = 64;
+
   struct Options {
     size_t max_queued = 10000;  // Calls held (waiting or in flight) at once.
     // Requests per upstream call for transient failures, first included; re-signing and
@@ -246,6 +249,8 @@ class Dispatcher final {
   void Unqueue(Entry& entry);
   // The lane an entry waits in: its caller's, or background_.
   Lane& LaneOf(const Entry& entry);
+  // A lane with nothing queued, out of the ring: kept (cleared) or erased.
+  void RetireLane(const std::string& name, Lane& lane);
   // The next queued entry of `lane`, skipping ids that left it (0 when none is left).
   EntryId FrontOf(Lane& lane);
   // Whether the next send is the background lane's (SendInTurn).

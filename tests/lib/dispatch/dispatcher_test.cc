@@ -635,6 +635,51 @@ TEST_F(DispatcherTest, CallersAreServedInTurn) {
   for (CallId id = 101; id <= 103; ++id) EXPECT_EQ(answers_[id], 1);
 }
 
+// A lane that emptied is kept for its caller's next call (its storage reused) and takes its
+// turns again like a new one; past kKeptLanes lanes, emptied ones are dropped, and callers
+// come back to lanes of their own all the same.
+TEST_F(DispatcherTest, ALaneThatEmptiedTakesItsTurnsAgain) {
+  Build({}, /*rate=*/10);
+  std::vector<std::string> order;
+  auto drain = [&](int steps) {
+    for (int i = 0; i < steps; ++i) {
+      dispatcher_->Step();
+      while (!transport_.pending().empty()) {
+        order.push_back(ReportOf(transport_.pending()[0].request));
+        transport_.Answer(kOk);
+      }
+      clock_.Advance(absl::Milliseconds(100));
+    }
+  };
+  SubmitFor(1, "a1", 1, "a");
+  drain(1);
+  ASSERT_EQ(order, std::vector<std::string>({"a1"}));
+  order.clear();
+  SubmitFor(11, "b1", 1, "b");
+  SubmitFor(12, "b2", 1, "b");
+  SubmitFor(13, "b3", 1, "b");
+  SubmitFor(2, "a2", 1, "a");
+  SubmitFor(3, "a3", 1, "a");
+  drain(10);
+  EXPECT_EQ(order, std::vector<std::string>({"b1", "a2", "b2", "a3", "b3"}));
+  // More callers than lanes are kept, each emptying its lane at once.
+  order.clear();
+  const int callers = static_cast<int>(Dispatcher::kKeptLanes) + 10;
+  for (int c = 0; c < callers; ++c) {
+    SubmitFor(1000 + c, "once" + std::to_string(c), 1, "c" + std::to_string(c));
+  }
+  drain(callers + 5);
+  ASSERT_EQ(order.size(), static_cast<size_t>(callers));
+  order.clear();
+  SubmitFor(21, "b4", 1, "b");
+  SubmitFor(22, "b5", 1, "b");
+  SubmitFor(4, "a4", 1, "a");
+  SubmitFor(5, "c0-again", 1, "c0");
+  SubmitFor(6, "new", 1, "new");
+  drain(10);
+  EXPECT_EQ(order, std::vector<std::string>({"b4", "a4", "c0-again", "new", "b5"}));
+}
+
 // Weighted shares: a lane of weight 3 sends three calls per turn to a lane of weight 1's one,
 // and the admission estimate counts with the weights.
 TEST_F(DispatcherTest, LanesAreServedByWeight) {
