@@ -511,7 +511,7 @@ void Dispatcher::OnResponse(EntryId id, upstream::HttpResponse response) {
   Outcome outcome = upstream::Interpret(response);
   outcome.attempts = entry.attempts;
   LearnFromAnswer(response, outcome, now);
-  const bool opened = JudgeUpstream(id, outcome, cut_short, now);
+  const bool opened = JudgeUpstream(id, outcome, cut_short, response.broken_connection, now);
   if (entry.waiters.empty()) {  // Everyone left while it was in flight.
     PairKey pair = entry.pair;
     entries_.erase(id);
@@ -554,11 +554,16 @@ void Dispatcher::LearnFromAnswer(const upstream::HttpResponse& response, const O
 }
 
 bool Dispatcher::JudgeUpstream(EntryId id, const Outcome& outcome, bool cut_short,
-                               absl::Duration now) {
+                               uint64_t broken_connection, absl::Duration now) {
   // The upstream is unwell when it did not answer properly or answered an internal error;
-  // any other answer proves it alive. A cut-short timeout is neither.
+  // any other answer proves it alive. A cut-short timeout is neither. The requests a broken
+  // connection carried (many over HTTP/2) fail together: one failure, counted once.
   bool opened = false;
-  if (!cut_short && outcome.disposition == Disposition::kRetry) {
+  if (!cut_short && outcome.disposition == Disposition::kRetry && broken_connection != 0 &&
+      broken_connection == counted_broken_connection_ && id != probe_) {
+    // Already counted.
+  } else if (!cut_short && outcome.disposition == Disposition::kRetry) {
+    if (broken_connection != 0) counted_broken_connection_ = broken_connection;
     opened = breaker_.OnFailure(now, id == probe_);
     if (opened) {
       ++stats_.circuit_opened;

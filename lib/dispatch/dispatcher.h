@@ -238,7 +238,7 @@ class Dispatcher final {
   void LearnFromAnswer(const upstream::HttpResponse& response, const upstream::Outcome& outcome,
                        absl::Duration now);
   bool JudgeUpstream(EntryId id, const upstream::Outcome& outcome, bool cut_short,
-                     absl::Duration now);
+                     uint64_t broken_connection, absl::Duration now);
   bool TryAgain(EntryId id, Entry& entry, upstream::Outcome& outcome,
                 const upstream::HttpResponse& response, absl::Duration now);
   // A lane's sends per turn (Options::lane_weights, else 1).
@@ -334,6 +334,8 @@ class Dispatcher final {
   std::optional<ratelimit::WindowGuard> guard_;
   CircuitBreaker breaker_;
   EntryId probe_ = 0;  // The half-open probe in flight, if any.
+  // The last broken connection whose failures the breaker counted (JudgeUpstream).
+  uint64_t counted_broken_connection_ = 0;
   absl::Duration last_throttle_log_ = -absl::InfiniteDuration();
   DispatcherStats stats_;
   metrics::Metrics* metrics_ = nullptr;

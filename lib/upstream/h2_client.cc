@@ -226,6 +226,7 @@ struct H2Client::Exchange {
 struct H2Client::Connection {
   enum class State { kResolving, kConnecting, kHandshaking, kReady, kClosed };
   H2Client* client = nullptr;
+  uint64_t serial = 0;  // Its number, from 1 (HttpResponse::broken_connection).
   State state = State::kResolving;
   int fd = -1;
   SSL* ssl = nullptr;
@@ -685,6 +686,7 @@ void H2Client::Connect(bool warmup) {
   Connection& c = *owned;
   connections_.push_back(std::move(owned));
   c.client = this;
+  c.serial = ++connection_serials_;
   c.warmup = warmup;
   c.opened = Clock::now();
   c.connect_by = c.opened + absl::ToChronoNanoseconds(options_.connect_timeout);
@@ -859,6 +861,7 @@ void H2Client::CloseConnection(Connection& c, HttpResponse::Error error, const s
     x->failure_detail = why;
     if (error != HttpResponse::Error::kCancelled) {
       x->failure_detail = absl::StrCat("the connection broke: ", why);
+      x->response.broken_connection = c.serial;
     }
     Answer(x);
   }

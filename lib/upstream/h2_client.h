@@ -170,6 +170,7 @@ class H2Client final : public LoopTransport {
   SteadyTime warm_paused_until_;
   std::atomic<int64_t> open_connections_{0};
   std::atomic<int64_t> connections_made_{0};
+  uint64_t connection_serials_ = 0;  // The loop thread's.
   std::atomic<int64_t> warmups_kept_{0};
   std::atomic<int64_t> warmups_not_kept_{0};
   std::atomic<int64_t> warmups_failed_{0};

@@ -43,6 +43,10 @@ struct HttpResponse {
   // and TLS handshakes), or waiting for one. Zero or nearly on a warm connection. So
   // `elapsed - setup` is the request's own round trip.
   absl::Duration setup = absl::ZeroDuration();
+  // Nonzero when the request failed because its connection broke: that connection's number,
+  // the same for every request it carried then (HTTP/2 multiplexes them), so that they can be
+  // told apart from failures of their own. Zero when the transport does not know.
+  uint64_t broken_connection = 0;
   // The request, handed back once the transport is done with it, so that its buffers can
   // carry another (RequestFactory::Recycle). Empty when the transport still holds them or keeps
   // none. Its URL is signed: never log it.

@@ -47,11 +47,14 @@ class FakeTransport final : public upstream::HttpTransport {
     response.spent = std::move(p.request);  // As the real transports hand it back.
     p.done(std::move(response));
   }
-  void Fail(upstream::HttpResponse::Error error) {
+  // Fails the oldest pending request; `broken_connection` as a transport sets it when the
+  // request's connection broke.
+  void Fail(upstream::HttpResponse::Error error, uint64_t broken_connection = 0) {
     Pending p = std::move(pending_.front());
     pending_.pop_front();
     upstream::HttpResponse response;
     response.error = error;
+    response.broken_connection = broken_connection;
     response.error_detail = "injected";
     response.spent = std::move(p.request);
     p.done(std::move(response));

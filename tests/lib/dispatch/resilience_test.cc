@@ -170,6 +170,31 @@ TEST_F(ResilienceTest, FailingUpstreamOpensTheBreakerAndEveryoneIsAnsweredAtOnce
   EXPECT_EQ(outcomes_[6].kind, Outcome::Kind::kAnswered);
 }
 
+// The requests one broken connection carried (many streams over HTTP/2) fail together: one
+// failure of the upstream's, not one per request. Three connections breaking in turn are three.
+TEST_F(ResilienceTest, RequestsFailingWithOneBrokenConnectionCountOnceForTheBreaker) {
+  Dispatcher::Options options;
+  options.breaker.window = 3;
+  options.breaker.failure_ratio = 1.0;
+  Build(options);
+  for (CallId id = 1; id <= 6; ++id) Submit(id);
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 6);
+  for (int i = 0; i < 6; ++i) transport_.Fail(HttpResponse::Error::kProtocol, /*broken=*/7);
+  EXPECT_EQ(dispatcher_->stats().circuit_opened, 0u);
+  EXPECT_FALSE(dispatcher_->failing_fast());
+  // Their retries go, on connections that break one after another: 8, 9, then 10 opens it.
+  clock_.Advance(absl::Seconds(1));
+  dispatcher_->Step();
+  ASSERT_EQ(transport_.started(), 12);
+  transport_.Fail(HttpResponse::Error::kProtocol, /*broken=*/8);
+  transport_.Fail(HttpResponse::Error::kProtocol, /*broken=*/8);
+  EXPECT_FALSE(dispatcher_->failing_fast()) << "7, 8: two failures of three";
+  transport_.Fail(HttpResponse::Error::kProtocol, /*broken=*/9);
+  EXPECT_TRUE(dispatcher_->failing_fast()) << "7, 8, 9: three in a row";
+  EXPECT_EQ(dispatcher_->stats().circuit_opened, 1u);
+}
+
 TEST_F(ResilienceTest, FailedProbeReopensForLongerAndAnswersTheWaiting) {
   Dispatcher::Options options;
   options.breaker.window = 1;

@@ -848,21 +848,29 @@ TEST_F(H2ClientTest, TheServerClosingAnIdleConnectionIsNoError) {
 }
 
 // The server drops the TCP connection while a request is on it (as a crashing upstream): that
-// request fails kProtocol, and the next one goes on a new connection.
+// request fails kProtocol, carrying the broken connection's number, and the next one goes on a
+// new connection.
 TEST_F(H2ClientTest, AConnectionDroppedMidRequestFailsItsRequest) {
   StartServer(Http2(), [this](const emulator::Request& r) {
     emulator::Response response = core_->Handle(r);
-    if (IsApi(r) && api_requests_++ == 0) response.drop_connection = true;
+    if (IsApi(r) && api_requests_++ < 2) response.drop_connection = true;
     return response;
   });
   auto client = MakeClient(TrustingOptions());
   ASSERT_NE(client, nullptr);
   std::vector<HttpResponse> r = Run(*client, {Request("u")});
   ExpectError(r[0], HttpResponse::Error::kProtocol);
+  const uint64_t first = r[0].broken_connection;
+  EXPECT_NE(first, 0u);
+  r = Run(*client, {Request("u")});
+  ExpectError(r[0], HttpResponse::Error::kProtocol);
+  EXPECT_NE(r[0].broken_connection, 0u);
+  EXPECT_NE(r[0].broken_connection, first) << "another connection, another number";
   r = Run(*client, {Request("u")});
   ExpectOk(r[0]);
+  EXPECT_EQ(r[0].broken_connection, 0u);
   EXPECT_TRUE(r[0].new_connection);
-  EXPECT_EQ(client->connections_made(), 2);
+  EXPECT_EQ(client->connections_made(), 3);
   EXPECT_EQ(client->open_connections(), 1);
 }
 
