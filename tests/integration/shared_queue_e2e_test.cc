@@ -149,14 +149,27 @@ class SharedQueueE2eTest : public ::testing::Test {
     return all;
   }
 
-  // Pairs first..first+n-1 at kBaseTime + pair, all on replica `i`, in batches of 200.
-  void EnqueueBacklog(int i, int first, int n) {
+  // Pairs first..first+n-1 at kBaseTime + pair, all on replica `i`, in batches of 200. With
+  // `retry_unavailable_for`, a batch refused UNAVAILABLE is sent again for that long, as the
+  // answer says a caller may ("enqueueing it again is safe"): a replica that saw Redis go a
+  // moment ago refuses enqueues until its next reconnection attempt.
+  void EnqueueBacklog(int i, int first, int n,
+                      absl::Duration retry_unavailable_for = absl::ZeroDuration()) {
     for (int b = first; b < first + n; b += 200) {
       std::vector<v1::SetMsgReadRequest> items;
       for (int p = b; p < std::min(first + n, b + 200); ++p)
         items.push_back(Item(p, kBaseTime + p));
+      const absl::Time until = absl::Now() + retry_unavailable_for;
       grpc::Status status;
-      ASSERT_TRUE(EnqueueOn(i, items, &status)) << Describe(status);
+      int refused = 0;
+      bool acked = EnqueueOn(i, items, &status);
+      while (!acked && status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+             absl::Now() < until) {
+        ++refused;
+        absl::SleepFor(absl::Milliseconds(100));
+        acked = EnqueueOn(i, items, &status);
+      }
+      ASSERT_TRUE(acked) << Describe(status) << " (after " << refused << " refusals)";
     }
   }
 
@@ -390,7 +403,7 @@ TEST_F(SharedQueueE2eTest, RedisRestartedLosesNothingAndRedisAwayPausesEverythin
   ASSERT_NO_FATAL_FAILURE(EnqueueBacklog(0, 0, 400));  // 8 s of work
   absl::SleepFor(absl::Seconds(1));
   ASSERT_TRUE(redis_->Restart().ok());
-  ASSERT_NO_FATAL_FAILURE(EnqueueBacklog(1, 400, 100));
+  ASSERT_NO_FATAL_FAILURE(EnqueueBacklog(1, 400, 100, /*retry_unavailable_for=*/absl::Seconds(5)));
 
   redis_->Stop();
   grpc::Status status;
