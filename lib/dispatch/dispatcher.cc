@@ -286,7 +286,6 @@ void Dispatcher::RetireLane(const std::string& name, Lane& lane) {
     return;
   }
   lane.queue.clear();  // Its storage stays.
-  lane.live = 0;
   lane.in_ring = false;
   lane.served = 0;
 }
@@ -558,22 +557,23 @@ bool Dispatcher::JudgeUpstream(EntryId id, const Outcome& outcome, bool cut_shor
   // The upstream is unwell when it did not answer properly or answered an internal error;
   // any other answer proves it alive. A cut-short timeout is neither. The requests a broken
   // connection carried (many over HTTP/2) fail together: one failure, counted once.
-  bool opened = false;
-  if (!cut_short && outcome.disposition == Disposition::kRetry && broken_connection != 0 &&
-      broken_connection == counted_broken_connection_ && id != probe_) {
-    // Already counted.
-  } else if (!cut_short && outcome.disposition == Disposition::kRetry) {
-    if (broken_connection != 0) counted_broken_connection_ = broken_connection;
-    opened = breaker_.OnFailure(now, id == probe_);
-    if (opened) {
-      ++stats_.circuit_opened;
-      Log(LogLevel::kWarning, "the upstream keeps failing: failing fast",
-          {{"last_error", outcome.detail}, {"probe_in", Millis(breaker_.open_until() - now)}});
-    }
-  } else if (!cut_short) {
+  const bool probe = id == probe_;
+  if (probe) probe_ = 0;
+  if (cut_short) return false;
+  if (outcome.disposition != Disposition::kRetry) {
     breaker_.OnSuccess();
+    return false;
   }
-  if (id == probe_) probe_ = 0;
+  if (broken_connection != 0) {
+    if (broken_connection == counted_broken_connection_ && !probe) return false;
+    counted_broken_connection_ = broken_connection;
+  }
+  const bool opened = breaker_.OnFailure(now, probe);
+  if (opened) {
+    ++stats_.circuit_opened;
+    Log(LogLevel::kWarning, "the upstream keeps failing: failing fast",
+        {{"last_error", outcome.detail}, {"probe_in", Millis(breaker_.open_until() - now)}});
+  }
   return opened;
 }
 

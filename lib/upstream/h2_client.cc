@@ -492,8 +492,7 @@ void H2Client::Start(HttpRequest request, Callback done) {
   live_.push_back(x);
   in_flight_.fetch_add(1);
   const std::string& url = x->request.url;
-  if (url.size() <= options_.origin.size() || !absl::StartsWith(url, options_.origin) ||
-      url[options_.origin.size()] != '/') {
+  if (!OnOrigin(url, options_.origin)) {
     x->failure = HttpResponse::Error::kProtocol;
     x->failure_detail = "the request is not for this client's origin";
     Answer(x);  // Its callback runs in the next Poll(), never from inside Start().

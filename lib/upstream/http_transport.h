@@ -6,6 +6,8 @@
 #include <string>
 
 #include "absl/functional/any_invocable.h"
+#include "absl/strings/match.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace imgw::upstream {
@@ -54,6 +56,12 @@ struct HttpResponse {
 };
 
 const char* ErrorName(HttpResponse::Error error);
+
+// Whether `url` is a path on `origin` ("https://host[:port]"): "https://host:44" is not the
+// origin of "https://host:443/v4".
+inline bool OnOrigin(absl::string_view url, absl::string_view origin) {
+  return url.size() > origin.size() && absl::StartsWith(url, origin) && url[origin.size()] == '/';
+}
 
 // Sends HTTP POST requests. The seam the dispatcher is tested through (tests/testing holds a
 // fake). Start() and the completion callbacks run on the owner's event-loop thread; an

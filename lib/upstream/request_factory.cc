@@ -29,7 +29,6 @@ HttpRequest RequestFactory::Build(const SetMsgReadParams& params, absl::Duration
 void RequestFactory::Recycle(HttpRequest spent) {
   owner_.Check();
   if (spare_.size() >= kMaxSpare || (spent.url.empty() && spent.body.empty())) return;
-  if (spare_.capacity() == 0) spare_.reserve(kMaxSpare);
   spare_.push_back(std::move(spent));
 }
 

@@ -108,13 +108,8 @@ bool UpstreamClient::UseH2() const { return h2_ != nullptr && !h2_->http2_declin
 
 const char* UpstreamClient::active() const { return UseH2() ? "nghttp2" : "libcurl"; }
 
-bool UpstreamClient::ForOrigin(const std::string& url) const {
-  return url.size() > origin_.size() && absl::StartsWith(url, origin_) &&
-         url[origin_.size()] == '/';
-}
-
 void UpstreamClient::Start(HttpRequest request, Callback done) {
-  if (UseH2() && ForOrigin(request.url)) {
+  if (UseH2() && OnOrigin(request.url, origin_)) {
     return h2_->Start(std::move(request), std::move(done));
   }
   curl_used_ = true;

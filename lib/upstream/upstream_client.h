@@ -63,8 +63,6 @@ class UpstreamClient final : public LoopTransport {
  private:
   UpstreamClient() = default;
   bool UseH2() const;
-  // `url` is for origin_ ("https://host:44" is not the origin of "https://host:443/...").
-  bool ForOrigin(const std::string& url) const;
 
   std::unique_ptr<CurlClient> curl_;
   std::unique_ptr<H2Client> h2_;  // nullptr: libcurl only.
