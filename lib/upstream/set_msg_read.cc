@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <utility>
 
@@ -384,11 +385,14 @@ void AppendUrl(absl::string_view base_url, absl::string_view path, const Credent
   static constexpr absl::string_view kContentType = "&contenttype=json";
   const absl::AlphaNum appid(credentials.sdkappid);
   const absl::AlphaNum rand(random);
+  // Room for the widest random, not this one's: a buffer handed back is built into again with
+  // another random, which then never needs more room than the last one had.
+  constexpr size_t kWidestRandom = std::numeric_limits<uint32_t>::digits10 + 1;
   const size_t identifier_size = EscapedSize(credentials.identifier);
   const size_t usersig_size = EscapedSize(usersig);
   out->reserve(out->size() + base_url.size() + path.size() + kAppId.size() + appid.size() +
                kIdentifier.size() + identifier_size + kUserSig.size() + usersig_size +
-               kRandom.size() + rand.size() + kContentType.size());
+               kRandom.size() + kWidestRandom + kContentType.size());
   absl::StrAppend(out, base_url, path, kAppId, appid, kIdentifier);
   AppendEscaped(credentials.identifier, identifier_size, out);
   out->append(kUserSig.data(), kUserSig.size());

@@ -119,6 +119,14 @@ TEST(RequestFactoryTest, BuildsIntoTheBuffersOfARecycledRequest) {
   HttpRequest second = factory.Build({"a", "b", 2}, absl::Seconds(3));
   EXPECT_EQ(second.url.data(), url_buffer);
   EXPECT_EQ(second.body.data(), body_buffer);
+  // Each Build draws another random, of one to ten digits: the buffers stay the same whatever
+  // it is.
+  for (int i = 0; i < 200; ++i) {
+    factory.Recycle(std::move(second));
+    second = factory.Build({"a", "b", 2}, absl::Seconds(3));
+    ASSERT_EQ(second.url.data(), url_buffer) << "reallocated on rebuild " << i;
+    ASSERT_EQ(second.body.data(), body_buffer) << "reallocated on rebuild " << i;
+  }
   EXPECT_EQ(second.body, BuildSetMsgReadBody({"a", "b", 2}));
   std::map<std::string, std::string> q = QueryOf(second.url);
   EXPECT_EQ(usersig::Verify(q["usersig"], "key", 1400000000, "admin", clock.Now()),
@@ -209,6 +217,19 @@ TEST(BuildUrlTest, AppendUrlAppendsTheSameUrlWithoutGrowingABufferWithTheRoom) {
   // Every byte that is not kept is escaped, in the signature too.
   EXPECT_EQ(QueryOf(BuildUrl("https://h", kSetMsgReadPath, {1, "a"}, "s+/= %\xff", 0))["usersig"],
             "s%2B%2F%3D%20%25%FF");
+}
+
+// A buffer built into once has the room for the same URL with any other random: the factory
+// builds each request into the buffer of one answered, and the random is drawn anew each time.
+TEST(BuildUrlTest, AUrlBufferHasRoomForTheWidestRandom) {
+  const Credentials credentials{1400000000, "admin"};
+  std::string buffer;
+  AppendUrl("https://h:1", kSetMsgReadPath, credentials, "sig", 7, &buffer);
+  const char* data = buffer.data();
+  buffer.clear();
+  AppendUrl("https://h:1", kSetMsgReadPath, credentials, "sig", UINT32_MAX, &buffer);
+  EXPECT_EQ(buffer.data(), data) << "a ten-digit random reallocated what a one-digit one built";
+  EXPECT_EQ(buffer, BuildUrl("https://h:1", kSetMsgReadPath, credentials, "sig", UINT32_MAX));
 }
 
 // The signature comes through a buffer the factory keeps: a new signature replaces the old one
