@@ -17,6 +17,16 @@ std::string Millis(absl::Duration d) { return absl::StrCat(absl::ToInt64Millisec
 
 constexpr absl::Duration kMaxMargin = absl::Milliseconds(100);
 
+// A hash table keeps its capacity when its elements are erased: one that a burst grew (10,000
+// calls at once leave about 0.4 MiB of slots) is shrunk to fit once at most an eighth of it is
+// used, so that its memory goes back rather than wait for the next burst. A table must then
+// shrink fourfold before it is rehashed again: amortized O(1) per element.
+template <typename Table>
+void ShrinkIfSparse(Table& table) {
+  constexpr size_t kKeep = 1024;
+  if (table.capacity() > kKeep && table.size() * 8 <= table.capacity()) table.rehash(0);
+}
+
 }  // namespace
 
 Dispatcher::Dispatcher(const Options& options, Clock& clock, ratelimit::RateLimiter& limiter,
@@ -332,6 +342,7 @@ void Dispatcher::Cancel(CallId id) {
 
 absl::Duration Dispatcher::Step() {
   owner_.Check();
+  ShrinkTables();
   const absl::Duration now = clock_.Monotonic();
   ExpireDue(now);
   // The scan is bounded: when a call is due to become hopeless, and every 10 ms (the round
@@ -351,6 +362,18 @@ absl::Duration Dispatcher::Step() {
   transport_.Anticipate(wanted);
   PublishGauges(now, wanted);
   return NextStep(now, pool_full);
+}
+
+void Dispatcher::ShrinkTables() {
+  // Between turns: no reference into a table is held (the flat ones move their elements).
+  ShrinkIfSparse(waiters_);
+  ShrinkIfSparse(entries_);
+  ShrinkIfSparse(pairs_);
+  ShrinkIfSparse(lanes_);
+}
+
+size_t Dispatcher::table_slots() const {
+  return waiters_.capacity() + entries_.capacity() + pairs_.capacity() + lanes_.capacity();
 }
 
 void Dispatcher::ExpireDue(absl::Duration now) {

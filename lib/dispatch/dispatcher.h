@@ -163,6 +163,9 @@ class Dispatcher final {
   size_t queued() const { return queued_; }         // Upstream calls waiting for a token.
   bool idle() const { return waiters_.empty() && in_flight_ == 0; }
   const DispatcherStats& stats() const { return stats_; }
+  // The slots the hash tables of calls, entries, pairs and lanes hold (their capacities): they
+  // grow with a burst and are shrunk once mostly empty again, by the next Step().
+  size_t table_slots() const;
   // Where to count what happens (nullptr: nowhere). Borrowed; set before the first call.
   void set_metrics(metrics::Metrics* metrics) { metrics_ = metrics; }
 
@@ -256,9 +259,10 @@ class Dispatcher final {
   // Whether the next send is the background lane's (SendInTurn).
   bool BackgroundTurn() const;
   void CountSend(bool background);
-  // Step()'s parts: answers the calls whose deadline passed; sends what the lanes' turns, the
-  // pool, the breaker, the window and the budget allow (true: stopped on a full pool); when
-  // to step again; the gauges.
+  // Step()'s parts: shrinks the tables a burst left mostly empty; answers the calls whose
+  // deadline passed; sends what the lanes' turns, the pool, the breaker, the window and the
+  // budget allow (true: stopped on a full pool); when to step again; the gauges.
+  void ShrinkTables();
   void ExpireDue(absl::Duration now);
   bool SendInTurn(absl::Duration now);
   absl::Duration NextStep(absl::Duration now, bool pool_full);

@@ -680,6 +680,37 @@ TEST_F(DispatcherTest, ALaneThatEmptiedTakesItsTurnsAgain) {
   EXPECT_EQ(order, std::vector<std::string>({"b4", "a4", "c0-again", "new", "b5"}));
 }
 
+// The tables a burst grew give their memory back once mostly empty: 5,000 calls of distinct
+// pairs, all but 40 cancelled, then the rest served: the next Step() shrinks the tables to fit,
+// and the calls still waiting are served as before.
+TEST_F(DispatcherTest, TablesABurstGrewAreShrunkOnceMostlyEmpty) {
+  Build({}, /*rate=*/10);
+  const size_t empty = dispatcher_->table_slots();
+  constexpr CallId kBurst = 5000;
+  for (CallId id = 1; id <= kBurst; ++id) Submit(id, absl::Minutes(5));
+  dispatcher_->Step();
+  const size_t grown = dispatcher_->table_slots();
+  EXPECT_GE(grown, 2 * kBurst) << "the calls and their entries hold a slot each";
+  for (CallId id = 41; id <= kBurst; ++id) dispatcher_->Cancel(id);
+  dispatcher_->Step();
+  const size_t shrunk = dispatcher_->table_slots();
+  EXPECT_LE(shrunk, 3 * 128 + 64) << "tables of 40 elements, shrunk to fit, from " << grown;
+  // The calls left are all served, the one in flight and those that wait.
+  for (int i = 0; i < 60 && answers_.size() < kBurst; ++i) {
+    dispatcher_->Step();
+    while (!transport_.pending().empty()) transport_.Answer(kOk);
+    clock_.Advance(absl::Milliseconds(100));
+  }
+  for (CallId id = 1; id <= 40; ++id) {
+    ASSERT_EQ(answers_[id], 1) << id;
+    EXPECT_EQ(outcomes_[id].kind, Outcome::Kind::kAnswered) << id;
+  }
+  // Small tables keep their slots for the next calls.
+  dispatcher_->Step();
+  EXPECT_LE(dispatcher_->table_slots(), shrunk);
+  EXPECT_GT(shrunk, empty);
+}
+
 // Weighted shares: a lane of weight 3 sends three calls per turn to a lane of weight 1's one,
 // and the admission estimate counts with the weights.
 TEST_F(DispatcherTest, LanesAreServedByWeight) {
